@@ -1,0 +1,32 @@
+# The two commands of the README: `make test` and `make demo`. Each creates .venv by itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch is pinned here (not in pyproject): a loose `torch` pulls a multi-GB CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: test demo lint format clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[all,dev]'
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/surgeon inspect --model tests.zoo:nanogpt
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check surgeon tests benchmarks examples
+	$(VENV)/bin/ruff check surgeon tests benchmarks examples
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format surgeon tests benchmarks examples
+	$(VENV)/bin/ruff check --fix surgeon tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

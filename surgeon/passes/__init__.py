@@ -1,0 +1,3 @@
+"""Passes: one file per pass, each a frozen dataclass registered by name here."""
+
+__all__: list[str] = []

@@ -1,0 +1,68 @@
+"""The command line: output on success; one line, exit 2 and no traceback on bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from surgeon.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_inspect_prints_table_and_json(capsys):
+    assert main(["inspect", "--model", "tests/zoo.py:nanogpt"]) == 0
+    out = capsys.readouterr().out
+    assert "transformer.wte.weight = lm_head.weight" in out
+    assert "aten.linear.default" in out
+    assert main(["inspect", "--model", "tests.zoo:llama", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["model"] == "LlamaForCausalLM"
+    assert summary["tied"] == [["model.embed_tokens.weight", "lm_head.weight"]]
+    assert summary["parameters"] == 100_800
+
+
+def test_inspect_loads_a_saved_hugging_face_folder(tmp_path, capsys):
+    from tests import zoo
+
+    model, _ = zoo.build("qwen2")
+    model.save_pretrained(tmp_path / "qwen2")
+    assert main(["inspect", "--model", str(tmp_path / "qwen2"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["model"] == "Qwen2ForCausalLM"
+    assert summary["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("does-not-exist", "neither a folder nor 'module:factory'"),
+        ("missing.py:build", "no such file: missing.py"),
+        ("tests.zoo:no_such_factory", "has no callable 'no_such_factory'"),
+        ("no_such_module_xyz:build", "cannot import 'no_such_module_xyz'"),
+        ("tests.zoo:untraceable", "cannot trace _Untraceable"),
+        ("tests", "has no config.json"),
+    ],
+)
+def test_bad_models_give_one_line_and_exit_2(model, message, capsys):
+    assert main(["inspect", "--model", model]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("surgeon: error: ")
+    assert message in err
+
+
+def test_console_script_prints_no_traceback():
+    exe = Path(sys.executable).with_name("surgeon")
+    result = subprocess.run(
+        [str(exe), "inspect", "--model", "tests.zoo:untraceable"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stdout == ""

@@ -1,0 +1,160 @@
+"""Frontends: every zoo model traces, reproduces eager, names its tensors, traces on meta."""
+
+import pytest
+import torch
+
+from surgeon.errors import SurgeonError, TraceError
+from surgeon.frontends import as_inputs, output_tensors, synthetic_inputs, trace
+from tests import zoo
+
+# Which names are one tensor, per zoo model (tied input/output embeddings and the like).
+EXPECTED_TIES = {
+    "nanogpt": [{"transformer.wte.weight", "lm_head.weight"}],
+    "gpt2": [{"transformer.wte.weight", "lm_head.weight"}],
+    "llama": [{"model.embed_tokens.weight", "lm_head.weight"}],
+    "gemma": [{"model.embed_tokens.weight", "lm_head.weight"}],
+    "gemma2": [{"model.embed_tokens.weight", "lm_head.weight"}],
+    "opt": [{"model.decoder.embed_tokens.weight", "lm_head.weight"}],
+    "bert": [
+        {"bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight"},
+        {"cls.predictions.bias", "cls.predictions.decoder.bias"},
+    ],
+}
+FRONTEND = {"nanogpt": "fx"}
+
+
+def test_zoo_has_the_issue_models():
+    assert len(zoo.NAMES) >= 13
+    assert {
+        "nanogpt",
+        "gpt2",
+        "llama",
+        "qwen2",
+        "mistral",
+        "phi3",
+        "phi",
+        "gemma",
+        "gemma2",
+        "gpt_neox",
+        "opt",
+        "bert",
+        "vit",
+    } <= set(zoo.NAMES)
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_trace_reproduces_eager(name):
+    model, example = zoo.build(name)
+    graph = trace(model, example, frontend=FRONTEND.get(name, "auto"))
+    assert graph.frontend == FRONTEND.get(name, "export")
+    inputs = as_inputs(example)
+    expected = output_tensors(inputs.call(model))
+    got = output_tensors(inputs.call(graph))
+    assert len(expected) == len(got) >= 1
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+    # Fresh inputs of the same shape: the graph is not specialised to the example's values.
+    fresh = as_inputs(example)
+    key = "pixel_values" if name == "vit" else None
+    if key:
+        fresh = as_inputs({key: torch.randn_like(example[key])})
+    elif isinstance(example, dict):
+        ids = torch.randint(3, zoo.VOCAB, example["input_ids"].shape)
+        fresh = as_inputs({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    else:
+        fresh = as_inputs((torch.randint(3, zoo.VOCAB, example[0].shape),))
+    torch.testing.assert_close(
+        output_tensors(fresh.call(graph))[0], output_tensors(fresh.call(model))[0]
+    )
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_parameter_table_covers_every_tensor_once(name):
+    model, example = zoo.build(name)
+    graph = trace(model, example, frontend=FRONTEND.get(name, "auto"))
+    table = graph.params
+    unique = {id(p): p for p in model.parameters()}  # parameters() yields each tensor once
+    by_name = dict(model.named_parameters(remove_duplicate=False))
+    entries = [e for e in table if e.kind == "parameter"]
+    assert len(entries) == len(unique)
+    # Each tensor exactly once: the names of one entry all point to the same tensor object.
+    covered = set()
+    for entry in entries:
+        ids = {id(by_name[n]) for n in entry.names}
+        assert len(ids) == 1, entry
+        assert ids.isdisjoint(covered)
+        covered |= ids
+    assert covered == set(unique)
+    assert all(n in table for n in by_name)
+    assert table.num_parameters() == sum(p.numel() for p in model.parameters())
+    assert [set(t) for t in table.tied] == EXPECTED_TIES.get(name, [])
+    # Every tensor the graph reads is named in the table.
+    for node in graph.tensor_nodes():
+        assert node.target in table, node.format_node()
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_trace_on_meta_device_reads_no_weights(name):
+    real_model, example = zoo.build(name)
+    model, _ = zoo.build(name, device="meta")
+    graph = trace(model, example, frontend=FRONTEND.get(name, "auto"))
+    assert all(t.device.type == "meta" for t in graph.module.state_dict().values())
+    meta_out = output_tensors(graph.inputs.call(graph))
+    real_out = output_tensors(as_inputs(example).call(real_model))
+    assert [t.shape for t in meta_out] == [t.shape for t in real_out]
+    assert all(t.device.type == "meta" for t in meta_out)
+    assert [set(t) for t in graph.params.tied] == EXPECTED_TIES.get(name, [])
+
+
+def test_nodes_carry_shapes_and_module_paths():
+    for name in ("nanogpt", "llama"):
+        model, example = zoo.build(name)
+        for frontend in ("fx", "export") if name == "nanogpt" else ("export",):
+            graph = trace(model, example, frontend=frontend)
+            linears = [n for n in graph.graph.nodes if "linear" in str(n.target)]
+            assert linears, frontend
+            for n in linears:
+                assert isinstance(n.meta["val"], torch.Tensor)
+                paths = [path for path, _ in n.meta["nn_module_stack"].values()]
+                assert any(".0." in p or ".1." in p or ".2." in p or "head" in p for p in paths)
+
+
+def test_untraceable_model_gives_trace_error_naming_each_frontend():
+    model, example = zoo.untraceable()
+    with pytest.raises(TraceError) as info:
+        trace(model, example)
+    message = str(info.value)
+    assert isinstance(info.value, SurgeonError)
+    assert "export failed" in message and "fx failed" in message and "Try:" in message
+    assert "\n" not in message
+    assert isinstance(info.value.__cause__, Exception)
+    with pytest.raises(TraceError, match="export failed"):
+        trace(model, example, frontend="export")
+
+
+def test_unknown_frontend_and_missing_inputs_are_clear_errors():
+    model, example = zoo.nanogpt()
+    with pytest.raises(TraceError, match="unknown frontend 'jit'"):
+        trace(model, example, frontend="jit")
+    with pytest.raises(TraceError, match="pass example_inputs"):
+        trace(model)
+
+
+def test_trace_restores_training_flags_and_cache_setting():
+    model, example = zoo.build("llama")
+    model.train()
+    model.model.layers[0].eval()
+    model.config.use_cache = True
+    trace(model, example)
+    assert model.training and model.model.training and not model.model.layers[0].training
+    assert model.config.use_cache is True
+
+
+@pytest.mark.parametrize("name", ["llama", "bert", "vit"])
+def test_hf_models_trace_without_example_inputs(name):
+    model, _ = zoo.build(name)
+    inputs = synthetic_inputs(model)
+    graph = trace(model)
+    torch.testing.assert_close(
+        output_tensors(inputs.call(graph))[0], output_tensors(inputs.call(model))[0]
+    )

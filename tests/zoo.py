@@ -1,0 +1,313 @@
+"""The model zoo: the one place that builds test models.
+
+Every entry is small (seconds to build and trace), has random weights drawn from a fixed
+seed, and comes with example inputs. `build(name)` returns `(model, example_inputs)` with
+the model in eval mode; `example_inputs` is a dict of keyword arguments for Hugging Face
+models and a tuple of positional arguments for plain modules. Each entry also works as a
+`--model tests/zoo.py:NAME` factory for the CLI.
+
+Sizes are chosen so that every dimension is distinct where the analysis must tell them
+apart: hidden 64, FFN 96 (or 128), 4 query heads, 2 KV groups, head_dim 16, 3 layers,
+vocab 128.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["BATCH", "SEQ", "NAMES", "HF_NAMES", "build", "nanogpt", "untraceable"]
+
+BATCH, SEQ, VOCAB, SEED = 2, 8, 128, 0
+
+
+# ---------------------------------------------------------------------------------------
+# nanoGPT: pre-LN, fused qkv, tied head, GELU MLP, as in karpathy/nanoGPT model.py
+# ---------------------------------------------------------------------------------------
+@dataclass
+class GPTConfig:
+    block_size: int = 32
+    vocab_size: int = VOCAB
+    n_layer: int = 3
+    n_head: int = 4
+    n_embd: int = 64
+    bias: bool = True
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+
+    def forward(self, x):
+        B, T, C = x.size()  # (B, T, C)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x):
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():
+            if pn.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx):
+        b, t = idx.size()  # (B, T)
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x)  # (B, T, vocab)
+
+
+def nanogpt(device: str = "cpu"):
+    """nanoGPT-style model; traced with torch.fx.symbolic_trace (`frontend="fx"`)."""
+    torch.manual_seed(SEED)
+    with torch.device(device):
+        model = GPT(GPTConfig()).eval()
+    return model, (_tokens(),)
+
+
+class _Untraceable(nn.Module):
+    """Branches on a tensor's value: neither torch.export nor torch.fx can trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = self.proj(x)
+        if y.sum() > 0:
+            return y
+        return -y
+
+
+def untraceable():
+    torch.manual_seed(SEED)
+    return _Untraceable().eval(), (torch.randn(2, 8),)
+
+
+# ---------------------------------------------------------------------------------------
+# Hugging Face models from small configs
+# ---------------------------------------------------------------------------------------
+_CAUSAL = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    use_cache=False,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def _hf_configs():
+    import transformers as tf
+
+    return {
+        "gpt2": (
+            tf.GPT2LMHeadModel,
+            tf.GPT2Config(
+                vocab_size=VOCAB,
+                n_positions=64,
+                n_embd=64,
+                n_layer=3,
+                n_head=4,
+                n_inner=96,
+                use_cache=False,
+                bos_token_id=1,
+                eos_token_id=2,
+            ),
+        ),
+        "llama": (tf.LlamaForCausalLM, tf.LlamaConfig(**_CAUSAL, tie_word_embeddings=True)),
+        "qwen2": (tf.Qwen2ForCausalLM, tf.Qwen2Config(**_CAUSAL, tie_word_embeddings=False)),
+        "mistral": (tf.MistralForCausalLM, tf.MistralConfig(**_CAUSAL, sliding_window=None)),
+        "phi3": (tf.Phi3ForCausalLM, tf.Phi3Config(**_CAUSAL)),
+        "phi": (tf.PhiForCausalLM, tf.PhiConfig(**_CAUSAL, partial_rotary_factor=0.5)),
+        "gemma": (tf.GemmaForCausalLM, tf.GemmaConfig(**_CAUSAL, head_dim=16)),
+        "gemma2": (
+            tf.Gemma2ForCausalLM,
+            tf.Gemma2Config(
+                **_CAUSAL,
+                head_dim=16,
+                sliding_window=4,
+                query_pre_attn_scalar=16,
+            ),
+        ),
+        "gpt_neox": (
+            tf.GPTNeoXForCausalLM,
+            tf.GPTNeoXConfig(
+                vocab_size=VOCAB,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                max_position_embeddings=64,
+                rotary_pct=0.5,
+                use_parallel_residual=True,
+                use_cache=False,
+            ),
+        ),
+        "opt": (
+            tf.OPTForCausalLM,
+            tf.OPTConfig(
+                vocab_size=VOCAB,
+                hidden_size=64,
+                ffn_dim=96,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                max_position_embeddings=64,
+                word_embed_proj_dim=64,
+                use_cache=False,
+                pad_token_id=0,
+            ),
+        ),
+        "bert": (
+            tf.BertForMaskedLM,
+            tf.BertConfig(
+                vocab_size=VOCAB,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                max_position_embeddings=64,
+            ),
+        ),
+        "vit": (
+            tf.ViTForImageClassification,
+            tf.ViTConfig(
+                image_size=16,
+                patch_size=4,
+                num_channels=3,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_labels=10,
+            ),
+        ),
+    }
+
+
+def _tokens():
+    g = torch.Generator().manual_seed(SEED + 1)
+    return torch.randint(3, VOCAB, (BATCH, SEQ), generator=g)
+
+
+def _hf(name: str, device: str = "cpu"):
+    cls, config = _hf_configs()[name]
+    torch.manual_seed(SEED)
+    with torch.device(device):
+        model = cls(config).eval()
+    if name == "vit":
+        g = torch.Generator().manual_seed(SEED + 1)
+        return model, {"pixel_values": torch.randn(BATCH, 3, 16, 16, generator=g)}
+    ids = _tokens()
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+HF_NAMES = (
+    "gpt2",
+    "llama",
+    "qwen2",
+    "mistral",
+    "phi3",
+    "phi",
+    "gemma",
+    "gemma2",
+    "gpt_neox",
+    "opt",
+    "bert",
+    "vit",
+)
+NAMES = ("nanogpt",) + HF_NAMES
+
+
+def build(name: str, device: str = "cpu"):
+    """Build zoo model `name`: returns `(model in eval mode, example_inputs)`.
+
+    `device="meta"` builds the same architecture with no weights in memory (the inputs
+    stay on the CPU: tracing moves them where the model is).
+    """
+    if name == "nanogpt":
+        return nanogpt(device)
+    if name not in HF_NAMES:
+        raise KeyError(f"no zoo model {name!r}; known: {', '.join(NAMES)}")
+    return _hf(name, device)
+
+
+def _factory(name):
+    def make():
+        return build(name)
+
+    make.__name__ = name
+    make.__doc__ = f"Zoo model {name!r}: returns (model, example_inputs)."
+    return make
+
+
+for _name in HF_NAMES:
+    globals()[_name] = _factory(_name)
