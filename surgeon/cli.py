@@ -13,14 +13,12 @@ __all__ = ["main"]
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .frontends import trace
     from .loading import load_model
-    from .report import graph_summary, render_summary
+    from .report import inspect
 
     model, inputs = load_model(args.model)
-    graph = trace(model, inputs, frontend=args.frontend)
-    summary = graph_summary(model, graph)
-    print(json.dumps(summary, indent=2) if args.json else render_summary(summary))
+    report = inspect(model, inputs, frontend=args.frontend)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0
 
 
@@ -30,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Initialize a small transformer from a larger pretrained one.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="trace a model and describe its graph")
+    p = sub.add_parser(
+        "inspect", help="trace a model and print its layers, widths, heads and groups"
+    )
     p.add_argument(
         "--model",
         required=True,

@@ -1,40 +1,133 @@
-"""What `surgeon inspect` prints: a summary of a traced model, as a dict and as a table."""
+"""`surgeon.inspect`: what the analysis found, as a report with `to_dict()` and a table."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
 from torch import nn
 
-from .frontends import Graph
+from .analysis import Analysis, analyse
+from .analysis.measure import residual_ratios
+from .frontends import trace
 
-__all__ = ["graph_summary", "render_summary"]
-
-
-def graph_summary(model: nn.Module, graph: Graph) -> dict:
-    """The traced graph in numbers: frontend, nodes, tensors, ties, and the op vocabulary."""
-    kinds: dict[str, int] = {}
-    for entry in graph.params:
-        kinds[entry.kind] = kinds.get(entry.kind, 0) + 1
-    return {
-        "model": type(model).__name__,
-        "frontend": graph.frontend,
-        "nodes": len(graph.graph.nodes),
-        "parameters": graph.params.num_parameters(),
-        "tensors": kinds,
-        "tied": [list(names) for names in graph.params.tied],
-        "ops": graph.op_counts(),
-    }
+__all__ = ["Report", "inspect"]
 
 
-def render_summary(summary: dict) -> str:
+@dataclass
+class Report:
+    """The structure of a model as surgeon sees it. `to_dict()` is what `--json` prints."""
+
+    model: str
+    analysis: Analysis
+    ratios: list[float] | None = None  # per block, when calibration data was given
+
+    def to_dict(self) -> dict[str, Any]:
+        a = self.analysis
+        kinds = {e.name: e for e in a.graph.params}
+        block_index = {id(b): i for i, b in enumerate(a.blocks)}
+        layers = []
+        for layer in a.layers:
+            entry = {
+                "name": layer.name,
+                "intermediate_size": layer.intermediate_size,
+                "num_heads": layer.num_heads,
+                "num_kv_heads": layer.num_kv_heads,
+                "head_dim": layer.head_dim,
+                "blocks": len(layer.blocks),
+            }
+            if self.ratios is not None:
+                entry["residual_ratio"] = [self.ratios[block_index[id(b)]] for b in layer.blocks]
+            layers.append(entry)
+        groups = []
+        for g in sorted(a.groups.values(), key=lambda g: (g.layer is not None, g.layer or 0, g.id)):
+            tensors = {name for name, _ in g.members}
+            groups.append(
+                {
+                    "id": g.id,
+                    "role": g.role,
+                    "size": g.size,
+                    "layer": g.layer,
+                    "pinned": g.pinned,
+                    "parameters": sum(
+                        kinds[t].numel for t in tensors if kinds[t].kind == "parameter"
+                    ),
+                    "literals": g.literals,
+                    "members": [f"{name}[{axis}]" for name, axis in g.members],
+                }
+            )
+        out = {
+            "model": self.model,
+            "frontend": a.graph.frontend,
+            "parameters": a.graph.params.num_parameters(),
+            "num_layers": len(a.layers),
+            "hidden_size": a.hidden_size,
+            "layers": layers,
+            **a.couplings,
+            "groups": groups,
+        }
+        if self.ratios is not None:
+            out["residual_ratio"] = self.ratios
+        return out
+
+    def render(self) -> str:
+        return render(self.to_dict())
+
+
+def inspect(
+    model: nn.Module,
+    example_inputs: Any = None,
+    *,
+    calibration: Iterable[Any] | None = None,
+    frontend: str = "auto",
+) -> Report:
+    """Trace and analyse `model`; with `calibration` (an iterable of input batches, in the
+    same forms as `example_inputs`), also measure each block's residual ratio
+    ‖f(x)‖ / ‖x + f(x)‖. The model is not changed."""
+    graph = trace(model, example_inputs, frontend=frontend)
+    analysis = analyse(graph)
+    ratios = residual_ratios(graph, analysis.blocks, calibration) if calibration else None
+    return Report(type(model).__name__, analysis, ratios)
+
+
+def render(d: dict[str, Any]) -> str:
+    """The report as a readable table."""
     lines = [
-        f"model       {summary['model']}  (traced with {summary['frontend']}, "
-        f"{summary['nodes']} nodes)",
-        f"parameters  {summary['parameters']:,}",
-        "tensors     " + ", ".join(f"{n} {kind}s" for kind, n in summary["tensors"].items()),
+        f"model        {d['model']}  (traced with {d['frontend']})",
+        f"parameters   {d['parameters']:,}",
+        f"layers       {d['num_layers']}",
+        f"residual     {d['hidden_size']}",
+        "",
+        f"{'layer':<28} {'ffn':>6} {'heads':>6} {'kv':>4} {'head_dim':>9}"
+        + ("  residual ratio" if "residual_ratio" in d else ""),
     ]
-    for names in summary["tied"]:
-        lines.append("tied        " + " = ".join(names))
-    lines.append("ops")
-    width = max((len(op) for op in summary["ops"]), default=0)
-    lines += [f"  {op:<{width}}  {n:>4}" for op, n in summary["ops"].items()]
+    for layer in d["layers"]:
+        row = (
+            f"{layer['name']:<28} {layer['intermediate_size']:>6} {layer['num_heads']:>6} "
+            f"{layer['num_kv_heads']:>4} {layer['head_dim']:>9}"
+        )
+        if "residual_ratio" in layer:
+            row += "  " + " ".join(f"{r:.3f}" for r in layer["residual_ratio"])
+        lines.append(row)
+    lines.append("")
+    for names in d["tied"]:
+        lines.append("tied         " + " = ".join(names))
+    for r in d["rotary"]:
+        lines.append(f"rotary       head_dim group {r['group']} <-> {', '.join(r['tensors'])}")
+    for f in d["fused"]:
+        lines.append(
+            f"fused        {f['tensor']} axis {f['axis']}: "
+            + " | ".join(str(s) for s in f["segments"])
+        )
+    for name in d["per_head_norms"]:
+        lines.append(f"per-head     {name}")
+    lines += ["", "parameters per group (shared groups first, then per layer)"]
+    lines.append(f"{'group':>6} {'role':<10} {'size':>6} {'layer':>5} {'params':>10}  note")
+    for g in d["groups"]:
+        layer = "-" if g["layer"] is None else str(g["layer"])
+        note = f"pinned: {g['pinned']}" if g["pinned"] else ""
+        lines.append(
+            f"{g['id']:>6} {g['role']:<10} {g['size']:>6} {layer:>5} {g['parameters']:>10,}  {note}"
+        )
     return "\n".join(lines)

@@ -15,13 +15,17 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_inspect_prints_table_and_json(capsys):
     assert main(["inspect", "--model", "tests/zoo.py:nanogpt"]) == 0
     out = capsys.readouterr().out
-    assert "transformer.wte.weight = lm_head.weight" in out
-    assert "aten.linear.default" in out
+    assert "tied         transformer.wte.weight = lm_head.weight" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("transformer.h.")]
+    assert rows == [[f"transformer.h.{i}", "256", "4", "4", "16"] for i in range(3)]
     assert main(["inspect", "--model", "tests.zoo:llama", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["model"] == "LlamaForCausalLM"
     assert summary["tied"] == [["model.embed_tokens.weight", "lm_head.weight"]]
     assert summary["parameters"] == 100_800
+    assert (summary["num_layers"], summary["hidden_size"]) == (3, 64)
+    assert summary["layers"][0]["num_kv_heads"] == 2
+    assert summary["rotary"][0]["tensors"] == ["model.rotary_emb.inv_freq"]
 
 
 def test_inspect_loads_a_saved_hugging_face_folder(tmp_path, capsys):
@@ -43,6 +47,7 @@ def test_inspect_loads_a_saved_hugging_face_folder(tmp_path, capsys):
         ("tests.zoo:no_such_factory", "has no callable 'no_such_factory'"),
         ("no_such_module_xyz:build", "cannot import 'no_such_module_xyz'"),
         ("tests.zoo:untraceable", "cannot trace _Untraceable"),
+        ("tests.zoo:unsupported_op", "no rule for op aten.sort.default"),
         ("tests", "has no config.json"),
     ],
 )

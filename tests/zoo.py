@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BATCH", "SEQ", "NAMES", "HF_NAMES", "build", "nanogpt", "untraceable"]
+__all__ = ["BATCH", "SEQ", "NAMES", "HF_NAMES", "build", "nanogpt", "untraceable", "unsupported_op"]
 
 BATCH, SEQ, VOCAB, SEED = 2, 8, 128, 0
 
@@ -311,3 +311,19 @@ def _factory(name):
 
 for _name in HF_NAMES:
     globals()[_name] = _factory(_name)
+
+
+class _Sorting(nn.Module):
+    """Uses an op (sort) that has no rule in the analysis."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.sort(self.proj(x), dim=-1).values
+
+
+def unsupported_op():
+    torch.manual_seed(SEED)
+    return _Sorting().eval(), (torch.randn(2, 8),)

@@ -1,0 +1,319 @@
+"""Analysis: the dimension groups, residual stream, blocks and layers of a traced model.
+
+`analyse(graph)` runs the op rules (`rules.py`) over the graph and reads the result:
+which axes are one group, what role each group plays, which layer it belongs to, and the
+couplings (tied tensors, buffers such as rotary frequencies, fused projections) that the
+surgery passes must respect. Nothing here knows a model family: roles come from the
+graph's structure (products of two activations are attention; the group spanning the
+most parameters is the residual stream; layers are numbered module-list entries).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+
+from ..frontends import Graph
+from .atoms import Atoms
+from .dims import Dims, discover_dims
+from .residual import Block, find_blocks, residual_root
+
+__all__ = ["Analysis", "Group", "LayerInfo", "analyse", "permuted_tensors"]
+
+ROLES = ("residual", "ffn", "heads", "kv_groups", "head_dim", "vocab", "other")
+
+
+@dataclass
+class Group:
+    """Axes that are permuted and sliced together: one leaf atom of the dimension algebra."""
+
+    id: int
+    size: int
+    role: str
+    members: list[tuple[str, int]]  # (tensor name, axis) whose positions it indexes
+    layer: int | None = None  # index into Analysis.layers, None when shared by several
+    pinned: str | None = None  # why it may not be permuted, if it may not
+    literals: int = 0  # shape literals (view sizes, split sizes, ...) that state its size
+
+
+@dataclass
+class LayerInfo:
+    name: str  # module path, e.g. "model.layers.0"
+    blocks: list[Block]
+    intermediate_size: int = 0
+    num_heads: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
+
+
+@dataclass
+class Analysis:
+    graph: Graph
+    dims: Dims
+    residual: int  # atom class of the residual stream
+    blocks: list[Block]
+    layers: list[LayerInfo]
+    groups: dict[int, Group]
+    couplings: dict[str, list] = field(default_factory=dict)
+
+    @property
+    def atoms(self) -> Atoms:
+        return self.dims.atoms
+
+    @property
+    def hidden_size(self) -> int:
+        return self.atoms.size[self.residual]
+
+    def by_role(self, role: str) -> list[Group]:
+        return [g for g in self.groups.values() if g.role == role]
+
+
+def analyse(graph: Graph) -> Analysis:
+    """Discover groups, residual stream, blocks, layers, roles and couplings of `graph`."""
+    dims = discover_dims(graph)
+    atoms = dims.atoms
+    kinds = {e.name: e.kind for e in graph.params}
+    root = residual_root(dims, kinds)
+
+    def canonical(target):
+        return graph.params.canonical(target) if target in graph.params else None
+
+    blocks = find_blocks(graph.graph, dims, root, canonical)
+    layers = _layers(blocks)
+    groups = _groups(graph, dims)
+    for leaf in atoms.leaves(root):
+        groups[leaf].role = "residual"
+    sites = _attention(dims, groups)
+    _vocab(graph, dims, groups)
+    _outputs_like_vocab(graph, dims, groups)
+    layer_of = {p: i for i, layer in enumerate(layers) for b in layer.blocks for p in b.params}
+    for g in groups.values():
+        owners = {layer_of.get(name) for name, _ in g.members if kinds.get(name) == "parameter"}
+        g.layer = owners.pop() if len(owners) == 1 else None
+        if (
+            g.role == "other"
+            and g.layer is not None
+            and g.pinned is None
+            and kinds.get(g.members[0][0]) == "parameter"
+        ):
+            g.role = "ffn"
+    _fill_layers(layers, groups, sites, dims)
+    analysis = Analysis(graph, dims, root, blocks, layers, groups)
+    analysis.couplings = _couplings(analysis, kinds)
+    return analysis
+
+
+def _layers(blocks: list[Block]) -> list[LayerInfo]:
+    layers: dict[str, LayerInfo] = {}
+    for b in blocks:
+        if b.layer is not None:
+            layers.setdefault(b.layer, LayerInfo(b.layer, [])).blocks.append(b)
+    return list(layers.values())
+
+
+def _groups(graph: Graph, dims: Dims) -> dict[int, Group]:
+    atoms = dims.atoms
+    pinned = atoms.pinned_leaves()
+    groups: dict[int, Group] = {}
+    for name, axes in dims.tensors.items():
+        for axis, a in enumerate(axes):
+            for leaf in dict.fromkeys(atoms.leaves(a)):
+                if atoms.size[leaf] == 1:
+                    continue
+                g = groups.setdefault(
+                    leaf, Group(leaf, atoms.size[leaf], "other", [], pinned=pinned.get(leaf))
+                )
+                g.members.append((name, axis))
+    for lit in dims.literals:
+        for leaf in set(atoms.leaves(lit.atom)):
+            if leaf in groups:
+                groups[leaf].literals += 1
+    return groups
+
+
+@dataclass
+class _Site:
+    node: fx.Node
+    heads: list[int]  # leaves of the heads axis, outermost first
+    kv: list[int]  # those of them that index the keys' own parameters (KV groups)
+    head_dim: int  # size of the contracted axis
+
+
+def _attention(dims: Dims, groups: dict[int, Group]) -> list[_Site]:
+    """Products of two activations over a parameter-indexed axis are q·kᵀ: the contracted
+    axis is head_dim, the shared parameter-indexed axes are heads. A heads leaf made by
+    broadcasting a parameter-derived tensor (expand of k/v) counts query heads per KV group."""
+    atoms = dims.atoms
+    shared = {atoms.find(a) for a, node in dims.broadcasts}
+    sites = []
+    for c in dims.contractions:
+        contracted = [leaf for leaf in atoms.leaves(c.contracted) if leaf in groups]
+        if not contracted:
+            continue  # attention · values contracts over positions
+        heads = [leaf for a in c.batch for leaf in atoms.leaves(a) if leaf in groups]
+        kv = [leaf for leaf in heads if atoms.find(leaf) not in shared]
+        for leaf in contracted:
+            groups[leaf].role = "head_dim"
+        for leaf in heads:
+            groups[leaf].role = "kv_groups" if leaf in kv and len(kv) < len(heads) else "heads"
+        site = _Site(c.node, heads, kv, atoms.size[atoms.find(c.contracted)])
+        sites.append(site)
+        _mark_values(dims, c.node, groups)
+    return sites
+
+
+def _mark_values(dims: Dims, qk: fx.Node, groups: dict[int, Group]) -> None:
+    """The value head_dim: the last axis of the attention output (SDPA) or of the next
+    activation product that consumes the scores."""
+    atoms = dims.atoms
+    for c in dims.contractions:
+        if c.node is qk or qk in c.operands or _reaches(qk, c.node):
+            out = dims.out[c.node]
+            for leaf in atoms.leaves(out[-1]):
+                if leaf in groups and groups[leaf].role in ("other", "ffn"):
+                    groups[leaf].role = "head_dim"
+            if c.node is not qk:
+                return
+
+
+def _reaches(a: fx.Node, b: fx.Node, limit: int = 12) -> bool:
+    frontier, seen = [a], {a}
+    for _ in range(limit):
+        frontier = [u for n in frontier for u in n.users if u not in seen]
+        seen.update(frontier)
+        if b in seen:
+            return True
+    return False
+
+
+def _vocab(graph: Graph, dims: Dims, groups: dict[int, Group]) -> None:
+    """Rows of an embedding looked up by the model's input ids are the vocabulary."""
+    atoms = dims.atoms
+    inputs = {n for n in graph.graph.nodes if n.op == "placeholder"}
+    for node in graph.graph.nodes:
+        if node.op == "get_attr" or "embedding" not in str(node.target):
+            continue
+        tensors = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+        ids = [t for t in tensors if t.op != "get_attr"]
+        table = [t for t in tensors if t.op == "get_attr"]
+        if ids and table and _from_inputs(ids[0], inputs):
+            for leaf in atoms.leaves(dims.out[table[0]][0]):
+                if leaf in groups:
+                    groups[leaf].role = "vocab"
+
+
+def _outputs_like_vocab(graph: Graph, dims: Dims, groups: dict[int, Group]) -> None:
+    """An output axis as wide as the vocabulary (an untied LM head) is the vocabulary too."""
+    sizes = {g.size for g in groups.values() if g.role == "vocab"}
+    for g in groups.values():
+        if g.role == "other" and g.pinned == "graph output" and g.size in sizes:
+            g.role = "vocab"
+
+
+def _from_inputs(node: fx.Node, inputs: set[fx.Node], limit: int = 8) -> bool:
+    frontier = [node]
+    for _ in range(limit):
+        if any(n in inputs for n in frontier):
+            return True
+        frontier = [i for n in frontier for i in n.all_input_nodes]
+    return False
+
+
+def _fill_layers(layers, groups, sites, dims) -> None:
+    for layer in layers:
+        nodes = set().union(*(b.nodes for b in layer.blocks))
+        ffn = [
+            g
+            for g in groups.values()
+            if g.role == "ffn" and g.layer is not None and layers[g.layer] is layer
+        ]
+        layer.intermediate_size = sum(g.size for g in ffn)
+        for s in sites:
+            if s.node in nodes:
+                layer.num_heads = math.prod(groups[leaf].size for leaf in s.heads)
+                layer.num_kv_heads = math.prod(groups[leaf].size for leaf in s.kv)
+                layer.head_dim = s.head_dim
+                break
+
+
+def _segments(atoms: Atoms, a: int) -> list[int]:
+    """The concatenated parts of an atom, nested concatenations flattened."""
+    r = atoms.parts(a)
+    if r is None or r.kind != "cat":
+        return [atoms.find(a)]
+    return [s for p in r.parts for s in _segments(atoms, p)]
+
+
+def permuted_tensors(
+    analysis: Analysis, perms: dict[int, torch.Tensor], only: set[tuple[str, int]] | None = None
+) -> dict[str, torch.Tensor]:
+    """Each tensor of the graph with the axes of the groups in `perms` permuted (new
+    position i holds old position perm[i]); `only` restricts it to some (tensor, axis)
+    members. Returns {canonical name: new tensor} for the tensors that changed."""
+    atoms, out = analysis.atoms, {}
+    module = analysis.graph.module
+    for name, axes in analysis.dims.tensors.items():
+        tensor = None
+        for axis, a in enumerate(axes):
+            for leaf, perm in perms.items():
+                if only is not None and (name, axis) not in only:
+                    continue
+                if leaf in atoms.leaves(a):
+                    src = out.get(name, tensor) if tensor is not None else _tensor(module, name)
+                    tensor = src.index_select(axis, atoms.index_map(a, leaf, perm))
+                    out[name] = tensor
+    return out
+
+
+def _tensor(module: torch.nn.Module, name: str) -> torch.Tensor:
+    owner, _, attr = name.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attr)
+
+
+def _couplings(analysis: Analysis, kinds: dict[str, str]) -> dict[str, list]:
+    """What the surgery must keep consistent besides the groups themselves."""
+    atoms, groups, graph = analysis.atoms, analysis.groups, analysis.graph
+    buffers = []
+    for g in groups.values():
+        held = sorted({name for name, _ in g.members if kinds.get(name) != "parameter"})
+        if held and any(kinds.get(name) == "parameter" for name, _ in g.members):
+            buffers.append({"group": g.id, "role": g.role, "tensors": held})
+    rotary = [b for b in buffers if b["role"] == "head_dim"]
+    # A projection whose whole output axis is cut into parts used separately (q|k|v,
+    # gate|up). A cut inside a per-head axis (rotary halves, per-head q|k|v) is not listed.
+    fused = []
+    for name, axes in analysis.dims.tensors.items():
+        if kinds.get(name) != "parameter" or len(axes) < 2:
+            continue
+        for axis, a in enumerate(axes):
+            for whole, node in analysis.dims.splits:
+                if atoms.find(a) == atoms.find(whole):
+                    fused.append(
+                        {
+                            "tensor": name,
+                            "axis": axis,
+                            "split_by": node.name,
+                            "segments": [atoms.size[p] for p in _segments(atoms, whole)],
+                        }
+                    )
+                    break
+    per_head_norms = [
+        name
+        for name, axes in analysis.dims.tensors.items()
+        if kinds.get(name) == "parameter"
+        and len(axes) == 1
+        and all(
+            groups.get(leaf) is not None and groups[leaf].role == "head_dim"
+            for leaf in atoms.leaves(axes[0])
+        )
+    ]
+    return {
+        "tied": [list(t) for t in graph.params.tied],
+        "rotary": rotary,
+        "buffers": [b for b in buffers if b not in rotary],
+        "fused": fused,
+        "per_head_norms": per_head_norms,
+    }

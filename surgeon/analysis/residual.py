@@ -1,0 +1,139 @@
+"""The residual stream: its group, its additions in order, and the blocks between them."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from torch import fx
+
+from .dims import Dims, rule_key
+
+__all__ = ["Block", "residual_root", "find_blocks", "HEAVY"]
+
+# Ops that mix the features of a residual-stream activation: a path through one of them is
+# a block's computation f(x), a path through none of them is the skip connection x.
+HEAVY = {
+    "linear",
+    "addmm",
+    "matmul",
+    "mm",
+    "bmm",
+    "baddbmm",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "einsum",
+}
+
+
+@dataclass
+class Block:
+    """One residual addition `out = x + f(x)` and the nodes that compute `f(x)` from `x`."""
+
+    add: fx.Node
+    skip: fx.Node  # x
+    branch: fx.Node  # f(x)
+    nodes: set[fx.Node]
+    params: list[str]  # canonical names of the tensors f reads
+    layer: str | None  # module path of the numbered layer it belongs to ("model.layers.3")
+
+
+def residual_root(dims: Dims, params_kind: dict[str, str]) -> int | None:
+    """The atom class that spans the most parameter tensors: the residual stream's width."""
+    counts: Counter[int] = Counter()
+    for name, axes in dims.tensors.items():
+        if params_kind.get(name) != "parameter":
+            continue
+        for root in {dims.atoms.find(a) for a in axes}:
+            counts[root] += 1
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _mixes_stream(dims: Dims, node: fx.Node, root: int) -> bool:
+    if node.op not in ("call_function", "call_method") or rule_key(node) not in HEAVY:
+        return False
+    for i in node.all_input_nodes:
+        axes = dims.out.get(i)
+        if i.op != "get_attr" and axes and isinstance(axes[0], int):
+            if any(dims.atoms.find(a) == root for a in axes):
+                return True
+    return False
+
+
+def _is_candidate(dims: Dims, node: fx.Node, root: int) -> bool:
+    if node.op not in ("call_function", "call_method") or rule_key(node) not in ("add", "iadd"):
+        return False
+    out = dims.out.get(node)
+    if not out or not isinstance(out[0], int) or dims.atoms.find(out[-1]) != root:
+        return False
+    operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+    return len(operands) == 2 and all(
+        dims.out.get(a) is not None and len(dims.out[a]) == len(out) for a in operands
+    )
+
+
+def find_blocks(graph: fx.Graph, dims: Dims, root: int, canonical) -> list[Block]:
+    """Residual additions in graph order: one operand reached through a heavy op since the
+    last residual value (f(x)), the other through none (x)."""
+    through_f: dict[fx.Node, bool] = {}  # node -> computed through a heavy op since x
+    adds = []
+    for node in graph.nodes:
+        inputs = node.all_input_nodes
+        if _mixes_stream(dims, node, root):
+            through_f[node] = True
+        elif _is_candidate(dims, node, root):
+            a, b = node.args[:2]
+            if through_f.get(a, False) != through_f.get(b, False):
+                skip, branch = (a, b) if through_f.get(b) else (b, a)
+                adds.append((node, skip, branch))
+                through_f[node] = False
+                continue
+            through_f[node] = any(through_f.get(i, False) for i in inputs)
+        else:
+            through_f[node] = any(through_f.get(i, False) for i in inputs)
+    blocks = []
+    stream = {skip for _, skip, _ in adds} | {add for add, _, _ in adds}
+    for add, skip, branch in adds:
+        nodes = _between(skip, branch, stream)
+        params = sorted(
+            {
+                canonical(i.target)
+                for n in nodes
+                for i in n.all_input_nodes
+                if i.op == "get_attr" and i.target is not None and canonical(i.target)
+            }
+        )
+        blocks.append(Block(add, skip, branch, nodes, params, _layer_of(params)))
+    return blocks
+
+
+def _between(start: fx.Node, end: fx.Node, stream: set[fx.Node]) -> set[fx.Node]:
+    """Nodes on a path from `start` to `end` that does not cross another residual value."""
+    ahead = {start}
+    frontier = [start]
+    while frontier:
+        n = frontier.pop()
+        for user in n.users:
+            if user not in ahead and user not in stream:
+                ahead.add(user)
+                frontier.append(user)
+    behind, frontier = {end}, [end]
+    while frontier:
+        n = frontier.pop()
+        for i in n.all_input_nodes:
+            if i not in behind and i in ahead:
+                behind.add(i)
+                frontier.append(i)
+    return (behind & ahead) - {start}
+
+
+_NUMBERED = re.compile(r"^(.*?\.\d+)(\.|$)")
+
+
+def _layer_of(params: list[str]) -> str | None:
+    """Layers are the numbered entries of a module list: `model.layers.3.mlp.up.weight` is in
+    layer `model.layers.3`. A block belongs to the layer most of its tensors are in."""
+    counts = Counter(m.group(1) for p in params if (m := _NUMBERED.match(p)))
+    return counts.most_common(1)[0][0] if counts else None

@@ -1,0 +1,167 @@
+"""Analysis: the report matches every zoo model's config, and every group is verified by
+permutation: permuting all of a group's axes keeps the output, permuting one changes it."""
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from surgeon import UnsupportedOpError
+from surgeon.analysis import analyse, permuted_tensors
+from surgeon.frontends import output_tensors, trace
+from surgeon.report import inspect
+from tests import zoo
+
+FRONTEND = {"nanogpt": "fx"}
+
+
+def _first(config, *names, default=None):
+    for n in names:
+        v = getattr(config, n, None)
+        if v is not None:
+            return v
+    return default
+
+
+def expected_shape(model):
+    """What the config says, read with each family's field names (tests may know them)."""
+    c = model.config
+    hidden = _first(c, "hidden_size", "n_embd")
+    heads = _first(c, "num_attention_heads", "n_head")
+    return {
+        "num_layers": _first(c, "num_hidden_layers", "n_layer"),
+        "hidden_size": hidden,
+        "intermediate_size": _first(
+            c, "intermediate_size", "n_inner", "ffn_dim", default=4 * hidden
+        ),
+        "num_heads": heads,
+        "num_kv_heads": _first(c, "num_key_value_heads", default=heads),
+        "head_dim": _first(c, "head_dim", default=hidden // heads),
+    }
+
+
+@pytest.fixture(scope="module", params=zoo.NAMES)
+def analysed(request):
+    name = request.param
+    model, example = zoo.build(name)
+    graph = trace(model, example, frontend=FRONTEND.get(name, "auto"))
+    return name, model, graph, analyse(graph)
+
+
+def test_report_matches_config(analysed):
+    name, model, graph, analysis = analysed
+    report = inspect(model, graph.inputs, frontend=graph.frontend).to_dict()
+    want = expected_shape(model)
+    assert report["num_layers"] == want["num_layers"]
+    assert report["hidden_size"] == want["hidden_size"]
+    assert len(report["layers"]) == want["num_layers"]
+    for layer in report["layers"]:
+        for key in ("intermediate_size", "num_heads", "num_kv_heads", "head_dim"):
+            assert layer[key] == want[key], (name, layer["name"], key)
+
+
+def _run(graph, tensors):
+    call = lambda *a, **k: functional_call(graph.module, tensors, a, k)  # noqa: E731
+    return output_tensors(graph.inputs.call(call))[0]
+
+
+def _with_aliases(graph, new):
+    """Give every name of a tied tensor its new value (functional_call needs each name)."""
+    present = {n for n, _ in graph.module.named_parameters(remove_duplicate=False)}
+    present |= {n for n, _ in graph.module.named_buffers(remove_duplicate=False)}
+    present |= {n.target for n in graph.tensor_nodes()}
+    return {
+        alias: t
+        for name, t in new.items()
+        for alias in graph.params[name].names
+        if alias in present
+    }
+
+
+def test_every_group_is_verified_by_permutation(analysed):
+    name, model, graph, analysis = analysed
+    reference = output_tensors(graph.inputs.call(graph.module))[0]
+    free = [g for g in analysis.groups.values() if g.pinned is None]
+    assert len(free) >= 4 * len(analysis.layers)  # ffn, heads, head_dim, ... per layer
+    broken_by_one = 0
+    for group in free:
+        gen = torch.Generator().manual_seed(group.id)
+        perm = torch.randperm(group.size, generator=gen)
+        while torch.equal(perm, torch.arange(group.size)):
+            perm = torch.randperm(group.size, generator=gen)
+        new = permuted_tensors(analysis, {group.id: perm})
+        assert new, group
+        out = _run(graph, _with_aliases(graph, new))
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5, msg=str(group))
+        # The same permutation on one member alone (the largest tensor axis that the group
+        # indexes once: q|k fused in one axis is both sides of a coupling) breaks the model.
+        once = [
+            m
+            for m in group.members
+            if analysis.atoms.leaves(analysis.dims.tensors[m[0]][m[1]]).count(group.id) == 1
+        ]
+        if len(group.members) < 2 or not once:
+            continue
+        member = max(once, key=lambda m: graph.params[m[0]].numel)
+        one = permuted_tensors(analysis, {group.id: perm}, only={member})
+        broken = _run(graph, _with_aliases(graph, one))
+        assert (broken - reference).abs().max() > 1e-4, (name, group.id, member)
+        broken_by_one += 1
+    assert broken_by_one >= 0.6 * len(free)
+
+
+def test_roles_and_couplings(analysed):
+    name, model, graph, analysis = analysed
+    roles = {g.role for g in analysis.groups.values()}
+    assert {"residual", "ffn", "head_dim"} <= roles
+    assert ("kv_groups" in roles) == (
+        name in {"llama", "qwen2", "mistral", "phi3", "gemma", "gemma2", "phi"}
+    )
+    report = inspect(model, graph.inputs, frontend=graph.frontend).to_dict()
+    rotary = {"llama", "qwen2", "mistral", "phi3", "phi", "gemma", "gemma2", "gpt_neox"}
+    assert bool(report["rotary"]) == (name in rotary)
+    fused = {f["tensor"].rsplit(".", 2)[-2] for f in report["fused"]}
+    assert fused == {
+        "nanogpt": {"c_attn"},
+        "gpt2": {"c_attn"},
+        "phi3": {"qkv_proj", "gate_up_proj"},
+    }.get(name, set())
+    assert report["tied"] == [list(t) for t in graph.params.tied]
+    assert all(r["tensors"] for r in report["rotary"])
+
+
+def test_unsupported_op_is_named_with_its_node_and_line():
+    model, example = zoo.unsupported_op()
+    graph = trace(model, example)
+    with pytest.raises(UnsupportedOpError) as info:
+        analyse(graph)
+    message = str(info.value)
+    assert "aten.sort" in message and "zoo.py:" in message and "docs/op-rules.md" in message
+
+
+def test_residual_ratio_matches_a_direct_measurement():
+    model, example = zoo.nanogpt()
+    batches = [
+        torch.randint(3, zoo.VOCAB, (2, 8), generator=torch.Generator().manual_seed(i))
+        for i in range(3)
+    ]
+    report = inspect(model, example, calibration=[(b,) for b in batches], frontend="fx")
+    ratios = report.to_dict()["residual_ratio"]
+    assert len(ratios) == 2 * model.config.n_layer
+    # Block 0 is x + attn(ln_1(x)) of layer 0: measure it with hooks on the eager model.
+    seen = {}
+    block = model.transformer.h[0]
+    hooks = [
+        block.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0])),
+        block.attn.register_forward_hook(lambda m, a, out: seen.__setitem__("f", out)),
+    ]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+            f, x = seen["f"], seen["x"]
+            r = f.norm(dim=-1) / (x + f).norm(dim=-1)
+            total, count = total + r.sum().item(), count + r.numel()
+    for h in hooks:
+        h.remove()
+    assert ratios[0] == pytest.approx(total / count, rel=1e-5)
+    assert all(0 < r < 10 for r in ratios)
