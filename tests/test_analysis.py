@@ -114,10 +114,12 @@ def test_roles_and_couplings(analysed):
     roles = {g.role for g in analysis.groups.values()}
     assert {"residual", "ffn", "head_dim"} <= roles
     assert ("kv_groups" in roles) == (
-        name in {"llama", "qwen2", "mistral", "phi3", "gemma", "gemma2", "phi"}
+        name in {"llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "phi"}
     )
     report = inspect(model, graph.inputs, frontend=graph.frontend).to_dict()
-    rotary = {"llama", "qwen2", "mistral", "phi3", "phi", "gemma", "gemma2", "gpt_neox"}
+    rotary = {"llama", "qwen2", "qwen3", "mistral", "phi3", "phi", "gemma", "gemma2", "gpt_neox"}
+    norms = {n.rsplit(".", 2)[-2] for n in report["per_head_norms"]}
+    assert norms == ({"q_norm", "k_norm"} if name == "qwen3" else set())
     assert bool(report["rotary"]) == (name in rotary)
     fused = {f["tensor"].rsplit(".", 2)[-2] for f in report["fused"]}
     assert fused == {

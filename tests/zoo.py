@@ -185,6 +185,8 @@ def _hf_configs():
         ),
         "llama": (tf.LlamaForCausalLM, tf.LlamaConfig(**_CAUSAL, tie_word_embeddings=True)),
         "qwen2": (tf.Qwen2ForCausalLM, tf.Qwen2Config(**_CAUSAL, tie_word_embeddings=False)),
+        # per-head q/k norms
+        "qwen3": (tf.Qwen3ForCausalLM, tf.Qwen3Config(**_CAUSAL, head_dim=16)),
         "mistral": (tf.MistralForCausalLM, tf.MistralConfig(**_CAUSAL, sliding_window=None)),
         "phi3": (tf.Phi3ForCausalLM, tf.Phi3Config(**_CAUSAL)),
         "phi": (tf.PhiForCausalLM, tf.PhiConfig(**_CAUSAL, partial_rotary_factor=0.5)),
@@ -274,6 +276,7 @@ HF_NAMES = (
     "gpt2",
     "llama",
     "qwen2",
+    "qwen3",
     "mistral",
     "phi3",
     "phi",
