@@ -71,6 +71,9 @@ def _load_factory(spec: str) -> tuple[nn.Module, Inputs | None]:
             module_spec = importlib.util.spec_from_file_location(module_name, file)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[module_name] = module
+            folder = str(file.resolve().parent)
+            if folder not in sys.path:  # so the file's own sibling imports work
+                sys.path.insert(0, folder)
             module_spec.loader.exec_module(module)
         else:
             if "" not in sys.path:  # like `python -m`: modules of the working folder import

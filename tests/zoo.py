@@ -330,3 +330,62 @@ class _Sorting(nn.Module):
 def unsupported_op():
     torch.manual_seed(SEED)
     return _Sorting().eval(), (torch.randn(2, 8),)
+
+
+# ---------------------------------------------------------------------------------------
+# Op cases: Linear(8 -> 12) -> op -> Linear(-> 5), one per rule that needs care. Each is
+# checked by permutation in tests/test_rules.py with both frontends.
+# ---------------------------------------------------------------------------------------
+class _OpCase(nn.Module):
+    def __init__(self, fn, width: int = 12):
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.fn = fn
+        self.c = nn.Linear(width, 5)
+
+    def forward(self, x):
+        return self.c(self.fn(self.a(x)))  # x (2, 3, 8)
+
+
+OP_CASES = {
+    "movedim": (lambda h: torch.movedim(h.view(2, 3, 3, 4), 2, 3).reshape(2, 3, 12), 12),
+    "permute_kwargs": (lambda h: h.permute(dims=(0, 2, 1)).transpose(1, 2), 12),
+    "swapaxes_kwargs": (
+        lambda h: torch.swapaxes(h.view(2, 3, 3, 4), axis0=2, axis1=3).reshape(2, 3, 12),
+        12,
+    ),
+    "numpy_T": (lambda h: h.view(2, 3, 3, 4).T.permute(3, 2, 1, 0).reshape(2, 3, 12), 12),
+    "norm_keepdim": (lambda h: h / h.norm(dim=-1, keepdim=True), 12),
+    "max_binary": (lambda h: torch.max(h, 2 * h), 12),
+    "max_dim": (lambda h: torch.max(h.view(2, 3, 3, 4), dim=2).values, 4),
+    "narrow_negative": (lambda h: h.narrow(-1, -4, 4), 4),
+    "cat_kwargs": (lambda h: torch.cat(tensors=[h[..., :6], h[..., 6:]], dim=-1), 12),
+    "chunk_reversed": (lambda h: torch.cat(h.chunk(3, -1)[::-1], -1), 12),
+    "split_slice": (lambda h: torch.cat(h.split(4, -1)[:2], -1), 8),
+    "list_index": (lambda h: h[..., [0, 2, 5]], 3),
+    "layer_norm_shape": (lambda h: F.layer_norm(h, h.shape[-1:]), 12),
+}
+
+
+def op_case(name: str):
+    torch.manual_seed(SEED)
+    fn, width = OP_CASES[name]
+    g = torch.Generator().manual_seed(SEED + 1)
+    return _OpCase(fn, width).eval(), (torch.randn(2, 3, 8, generator=g),)
+
+
+class _ParamMatmulHead(nn.Module):
+    """An untied output head written as `x @ w.t()`: a linear layer, not attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.w = nn.Parameter(torch.randn(5, 12))
+
+    def forward(self, x):
+        return self.a(x) @ self.w.t()
+
+
+def param_matmul_head():
+    torch.manual_seed(SEED)
+    return _ParamMatmulHead().eval(), (torch.randn(2, 3, 8),)

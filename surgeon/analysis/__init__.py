@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
+from ..errors import SurgeonError
 from ..frontends import Graph
 from .atoms import Atoms
 from .dims import Dims, discover_dims
@@ -77,6 +78,10 @@ def analyse(graph: Graph) -> Analysis:
     atoms = dims.atoms
     kinds = {e.name: e.kind for e in graph.params}
     root = residual_root(dims, kinds)
+    if root is None:
+        raise SurgeonError(
+            f"{type(graph.module).__name__} reads no parameters: there is nothing to subclone"
+        )
 
     def canonical(target):
         return graph.params.canonical(target) if target in graph.params else None
@@ -156,9 +161,11 @@ def _attention(dims: Dims, groups: dict[int, Group]) -> list[_Site]:
         heads = [leaf for a in c.batch for leaf in atoms.leaves(a) if leaf in groups]
         kv = [leaf for leaf in heads if atoms.find(leaf) not in shared]
         for leaf in contracted:
-            groups[leaf].role = "head_dim"
+            if groups[leaf].role != "residual":
+                groups[leaf].role = "head_dim"
         for leaf in heads:
-            groups[leaf].role = "kv_groups" if leaf in kv and len(kv) < len(heads) else "heads"
+            if groups[leaf].role != "residual":
+                groups[leaf].role = "kv_groups" if leaf in kv and len(kv) < len(heads) else "heads"
         site = _Site(c.node, heads, kv, atoms.size[atoms.find(c.contracted)])
         sites.append(site)
         _mark_values(dims, c.node, groups)

@@ -72,6 +72,7 @@ class Context:
         self.graph = graph
         self.dims = Dims(Atoms())
         self.A = self.dims.atoms
+        self.dynamic: set[fx.Node] = set()  # nodes whose value depends on the graph's inputs
 
     def fresh(self, shape: Any) -> Any:
         if shape is None:
@@ -127,6 +128,8 @@ def discover_dims(graph: Graph) -> Dims:
     ctx = Context(graph)
     for node in graph.graph.nodes:
         shape = _shapes(node.meta.get("val"))
+        if node.op == "placeholder" or any(i in ctx.dynamic for i in node.all_input_nodes):
+            ctx.dynamic.add(node)
         if node.op == "placeholder":
             ctx.dims.out[node] = ctx.fresh(shape)
             ctx.pin_all(ctx.dims.out[node], "graph input")

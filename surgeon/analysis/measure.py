@@ -9,7 +9,7 @@ import torch
 import torch.fx._pytree as fx_pytree
 from torch import fx
 
-from ..frontends import Graph, Inputs, as_inputs
+from ..frontends.graph import Graph, Inputs, as_inputs, bind_placeholders
 from .residual import Block
 
 __all__ = ["flat_inputs", "residual_ratios"]
@@ -21,9 +21,7 @@ def flat_inputs(graph: Graph, inputs: Inputs) -> list[Any]:
     info = getattr(codegen, "pytree_info", None)
     if info is not None and info.in_spec is not None:
         return fx_pytree.tree_flatten_spec((inputs.args, dict(inputs.kwargs)), info.in_spec)
-    names = [n.target for n in graph.graph.nodes if n.op == "placeholder"]
-    values = list(inputs.args)
-    return values + [inputs.kwargs[n] for n in names[len(values) :] if n in inputs.kwargs]
+    return bind_placeholders(graph.module, inputs)
 
 
 class _Recorder(fx.Interpreter):

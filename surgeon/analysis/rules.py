@@ -206,6 +206,9 @@ def data_dependent(ctx: Context, node: fx.Node) -> None:
     ctx.pin_all(ctx.dims.out[node], f"made by {node.name}")
 
 
+_ORDER_FIRST = ("norm", "linalg_vector_norm")
+
+
 # -- reductions -------------------------------------------------------------------------
 @rule(
     "mean",
@@ -231,11 +234,16 @@ def reduction(ctx: Context, node: fx.Node) -> None:
     out = ctx.dims.out[node]
     if x is None:
         return
+    if len(node.args) > 1 and ctx.axes(node.args[1]) is not None:  # max(a, b): element-wise
+        return elementwise(ctx, node)
     if out and not isinstance(out[0], int):  # (values, indices) pairs, var_mean, ...
         outs = out
     else:
         outs = [out]
-    dims = arg(node, 1, "dim")
+    from .dims import rule_key
+
+    # norm(x, p, dim) and linalg_vector_norm(x, ord, dim) take the order first
+    dims = arg(node, 2 if rule_key(node) in _ORDER_FIRST else 1, "dim")
     if isinstance(dims, int):
         dims = [dims]
     if not dims or isinstance(dims, fx.Node):  # full reduction (or a dtype/ord argument)
@@ -299,26 +307,49 @@ def expand(ctx: Context, node: fx.Node) -> None:
                 ctx.literal(node, (*base, i) if base else (1 + i,), out[i])
 
 
-@rule("transpose", "swapaxes", "t", "permute", "movedim", "numpy_T", "mT")
+@rule("transpose", "swapaxes", "swapdims", "t", "permute", "movedim", "moveaxis", "numpy_T", "mT")
 def transpose(ctx: Context, node: fx.Node) -> None:
+    """A reordering of axes: output axis i is input axis order[i]."""
     x, out = ctx.axes(node.args[0]), ctx.dims.out[node]
-    n = len(x)
-    order = list(range(n))
-    key = getattr(node.target, "__name__", str(node.target))
-    if "permute" in key or (node.op == "call_method" and node.target == "permute"):
-        dims = (
-            node.args[1]
-            if len(node.args) == 2 and isinstance(node.args[1], (list, tuple))
-            else node.args[1:]
-        )
-        order = [_dim(d, n) for d in dims]
-    elif n >= 2:
-        d0 = arg(node, 1, "dim0", -2 if n >= 2 else 0)
-        d1 = arg(node, 2, "dim1", -1)
-        d0, d1 = _dim(d0, n), _dim(d1, n)
-        order[d0], order[d1] = order[d1], order[d0]
+    order = _axis_order(node, len(x))
     for i, src in enumerate(order):
         ctx.A.unify(out[i], x[src])
+
+
+def _axis_order(node: fx.Node, n: int) -> list[int]:
+    from .dims import rule_key
+
+    key = rule_key(node)
+    order = list(range(n))
+    if key == "permute":
+        dims = node.args[1:] or node.kwargs.get("dims")
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = dims[0]
+        return [_dim(d, n) for d in dims]
+    if key == "numpy_T":
+        return order[::-1]
+    if key in ("movedim", "moveaxis"):
+        src = arg(node, 1, "source")
+        dst = arg(node, 2, "destination")
+        src = [src] if isinstance(src, int) else list(src)
+        dst = [dst] if isinstance(dst, int) else list(dst)
+        result: list[int | None] = [None] * n
+        for s_, d_ in zip(src, dst, strict=True):
+            result[_dim(d_, n)] = _dim(s_, n)
+        rest = iter(i for i in order if i not in {_dim(s_, n) for s_ in src})
+        return [r if r is not None else next(rest) for r in result]
+    if n < 2:
+        return order
+    if key == "t":
+        d0, d1 = 0, 1
+    elif key == "mT":
+        d0, d1 = n - 2, n - 1
+    else:
+        d0 = arg(node, 1, "dim0", node.kwargs.get("axis0"))
+        d1 = arg(node, 2, "dim1", node.kwargs.get("axis1"))
+    d0, d1 = _dim(d0, n), _dim(d1, n)
+    order[d0], order[d1] = order[d1], order[d0]
+    return order
 
 
 @rule("split", "split_with_sizes", "chunk", "unbind", "tensor_split")
@@ -340,7 +371,7 @@ def split(ctx: Context, node: fx.Node) -> None:
         ctx.A.refinement[whole] = Refinement("cat", tuple(segs))
         ctx.A.unify(x[dim], whole)
         ctx.dims.splits.append((whole, node))
-        sizes = node.args[1]
+        sizes = node.args[1] if rule_key_is(node, "split", "split_with_sizes") else None
         if isinstance(sizes, int):
             ctx.literal(node, (1,), segs[0])
         elif isinstance(sizes, (list, tuple)):
@@ -358,7 +389,11 @@ def split(ctx: Context, node: fx.Node) -> None:
 def cat(ctx: Context, node: fx.Node) -> None:
     from .atoms import Refinement
 
-    tensors = [ctx.axes(t) for t in node.args[0]]
+    given = arg(node, 0, "tensors")
+    if isinstance(given, fx.Node):  # torch.fx: a list made by another node (split(...)[:2])
+        tensors = list(ctx.dims.out[given])
+    else:
+        tensors = [ctx.axes(t) for t in given]
     out = ctx.dims.out[node]
     n = len(out)
     dim = _dim(arg(node, 1, "dim", 0), n)
@@ -381,6 +416,7 @@ def slice_(ctx: Context, node: fx.Node) -> None:
     size = ctx.size(x[dim])
     if rule_key_is(node, "narrow"):
         start = arg(node, 2, "start", 0)
+        start = start + size if isinstance(start, int) and start < 0 else start
         end = start + arg(node, 3, "length", size)
         step = 1
     else:
@@ -439,8 +475,11 @@ def getitem(ctx: Context, node: fx.Node) -> None:
     out = ctx.dims.out[node]
     parent = ctx.dims.out.get(src) if isinstance(src, fx.Node) else None
     if parent is not None and parent and not isinstance(parent[0], int):
-        for a, b in zip(parent[index], out, strict=True):
-            ctx.A.unify(a, b)
+        picked = parent[index]
+        pairs = zip(picked, out, strict=True) if isinstance(index, slice) else [(picked, out)]
+        for axes_in, axes_out in pairs:
+            for a, b in zip(axes_in, axes_out, strict=True):
+                ctx.A.unify(a, b)
         return
     x = ctx.axes(src)
     if x is None:
@@ -448,9 +487,33 @@ def getitem(ctx: Context, node: fx.Node) -> None:
     _tensor_index(ctx, node, x, out, index if isinstance(index, tuple) else (index,))
 
 
+@rule("getattr")
+def getattr_(ctx: Context, node: fx.Node) -> None:
+    """`.values` / `.indices` of a (values, indices) result, as torch.fx records them."""
+    src, name = node.args[0], node.args[1]
+    parent = ctx.dims.out.get(src) if isinstance(src, fx.Node) else None
+    fields = {"values": 0, "indices": 1}
+    if parent and isinstance(parent[0], int) and name in ("T", "mT"):  # x.T reverses axes
+        n = len(parent)
+        order = list(range(n))[::-1] if name == "T" else [*range(n - 2), n - 1, n - 2]
+        for i, src in enumerate(order):
+            ctx.A.unify(ctx.dims.out[node][i], parent[src])
+        return
+    if parent and not isinstance(parent[0], int) and name in fields:
+        for a, b in zip(parent[fields[name]], ctx.dims.out[node], strict=True):
+            ctx.A.unify(a, b)
+        return
+    from ..errors import UnsupportedOpError
+    from .dims import source_line
+
+    raise UnsupportedOpError(
+        f"no rule for attribute {name!r} read at node {node.name} ({source_line(node)})"
+    )
+
+
 def _tensor_index(ctx, node, x, out, index) -> None:
-    if any(isinstance(i, fx.Node) for i in index):
-        return data_dependent(ctx, node)
+    if any(isinstance(i, (fx.Node, list, tuple, torch.Tensor)) for i in index):
+        return data_dependent(ctx, node)  # advanced indexing: positions picked by data
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
     expanded = []
     for i in index:
@@ -512,8 +575,9 @@ def matmul(ctx: Context, node: fx.Node) -> None:
 
 
 def _record_contraction(ctx, node, batch, contracted, left, right) -> None:
-    """Products of two activations are attention; record them for role finding."""
-    if all(isinstance(t, fx.Node) and t.op != "get_attr" for t in (left, right)):
+    """Products of two activations (both computed from the inputs, not `x @ w.t()`) are
+    attention; record them for role finding."""
+    if all(t in ctx.dynamic for t in (left, right)):
         ctx.dims.contractions.append(Contraction(node, tuple(batch), contracted, (left, right)))
 
 
@@ -571,6 +635,8 @@ def layer_norm(ctx: Context, node: fx.Node) -> None:
     """Normalise over the trailing `normalized_shape` axes; weight and bias lie along them."""
     x, out = ctx.axes(node.args[0]), ctx.dims.out[node]
     shape = arg(node, 1, "normalized_shape")
+    if isinstance(shape, fx.Node):  # x.shape[-1:] in a torch.fx graph
+        shape = tuple(shape.meta.get("val") or ())
     k = len(shape)
     for i in range(k):
         if isinstance(shape[i], int):

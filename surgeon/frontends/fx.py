@@ -6,7 +6,7 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from .graph import Graph, Inputs, ParamTable
+from .graph import Graph, Inputs, ParamTable, bind_placeholders
 
 __all__ = ["trace_fx"]
 
@@ -39,9 +39,7 @@ def _propagate(module: fx.GraphModule, mode: FakeTensorMode):
     """A function called like the model that fills `meta["val"]` of every node."""
 
     def run(*args, **kwargs):
-        if kwargs:
-            names = [n.target for n in module.graph.nodes if n.op == "placeholder"]
-            args = args + tuple(kwargs[n] for n in names[len(args) :] if n in kwargs)
-        return FakeTensorProp(module, mode).propagate(*args)
+        values = bind_placeholders(module, Inputs(args, kwargs))
+        return FakeTensorProp(module, mode).propagate(*values)
 
     return run

@@ -11,7 +11,15 @@ from torch import fx, nn
 
 from ..errors import TraceError
 
-__all__ = ["Graph", "Inputs", "ParamTable", "TensorEntry", "as_inputs", "output_tensors"]
+__all__ = [
+    "Graph",
+    "Inputs",
+    "ParamTable",
+    "TensorEntry",
+    "as_inputs",
+    "bind_placeholders",
+    "output_tensors",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,17 @@ def as_inputs(example_inputs: Any) -> Inputs:
         "example_inputs must be a tensor, a tuple of positional arguments or a dict of "
         f"keyword arguments, not {type(example_inputs).__name__}"
     )
+
+
+def bind_placeholders(module: fx.GraphModule, inputs: Inputs) -> list[Any]:
+    """Values for a plain fx graph's placeholders from a call's args and kwargs, bound by
+    name; a placeholder not given takes its default (None when it has none)."""
+    placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
+    values = list(inputs.args)
+    for n in placeholders[len(values) :]:
+        default = n.args[0] if n.args else None
+        values.append(inputs.kwargs.get(n.target, default))
+    return values
 
 
 def output_tensors(output: Any) -> list[torch.Tensor]:
