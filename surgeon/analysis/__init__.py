@@ -22,8 +22,9 @@ from .atoms import Atoms
 from .dims import Dims, discover_dims
 from .residual import Block, find_blocks, residual_root
 
-__all__ = ["Analysis", "Group", "LayerInfo", "analyse", "permuted_tensors"]
+__all__ = ["ROLES", "Analysis", "Group", "LayerInfo", "analyse", "permuted_tensors"]
 
+# The roles a group can have (Group.role).
 ROLES = ("residual", "ffn", "heads", "kv_groups", "head_dim", "vocab", "other")
 
 

@@ -183,11 +183,3 @@ class Atoms:
         for p, m in zip(r.parts, maps, strict=True):
             index = index.unsqueeze(-1) * self.size[self.find(p)] + m
         return index.reshape(-1)
-
-    def contains(self, a: int, part: int) -> bool:
-        """Whether atom `part` (a leaf or not) is `a` or appears in its refinement tree."""
-        a, part = self.find(a), self.find(part)
-        if a == part:
-            return True
-        r = self.refinement.get(a)
-        return r is not None and any(self.contains(p, part) for p in r.parts)

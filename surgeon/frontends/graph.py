@@ -205,15 +205,6 @@ class Graph:
         """The get_attr nodes: where the graph reads a parameter, buffer or constant."""
         return [n for n in self.graph.nodes if n.op == "get_attr"]
 
-    def op_counts(self) -> dict[str, int]:
-        """How many times each op is called: the vocabulary the analysis needs rules for."""
-        counts: dict[str, int] = {}
-        for n in self.graph.nodes:
-            if n.op in ("call_function", "call_method"):
-                key = op_name(n)
-                counts[key] = counts.get(key, 0) + 1
-        return dict(sorted(counts.items()))
-
 
 def op_name(node: fx.Node) -> str:
     """A readable, stable name of the op a node calls (`aten.linear.default`, `view`, ...)."""
