@@ -8,7 +8,7 @@ from torch.func import functional_call
 from surgeon import UnsupportedOpError
 from surgeon.analysis import analyse, permuted_tensors
 from surgeon.frontends import output_tensors, trace
-from surgeon.report import inspect
+from surgeon.report import Report, inspect
 from tests import zoo
 
 FRONTEND = {"nanogpt": "fx"}
@@ -49,7 +49,7 @@ def analysed(request):
 
 def test_report_matches_config(analysed):
     name, model, graph, analysis = analysed
-    report = inspect(model, graph.inputs, frontend=graph.frontend).to_dict()
+    report = Report(type(model).__name__, analysis).to_dict()
     want = expected_shape(model)
     assert report["num_layers"] == want["num_layers"]
     assert report["hidden_size"] == want["hidden_size"]
@@ -116,7 +116,7 @@ def test_roles_and_couplings(analysed):
     assert ("kv_groups" in roles) == (
         name in {"llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "phi"}
     )
-    report = inspect(model, graph.inputs, frontend=graph.frontend).to_dict()
+    report = Report(type(model).__name__, analysis).to_dict()
     rotary = {"llama", "qwen2", "qwen3", "mistral", "phi3", "phi", "gemma", "gemma2", "gpt_neox"}
     norms = {n.rsplit(".", 2)[-2] for n in report["per_head_norms"]}
     assert norms == ({"q_norm", "k_norm"} if name == "qwen3" else set())

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import fx
 
-from .dims import Context, Contraction
+from ..errors import UnsupportedOpError
+from .atoms import Refinement
+from .dims import Context, Contraction, rule_key, source_line
 
 __all__ = ["RULES"]
 
@@ -240,8 +242,6 @@ def reduction(ctx: Context, node: fx.Node) -> None:
         outs = out
     else:
         outs = [out]
-    from .dims import rule_key
-
     # norm(x, p, dim) and linalg_vector_norm(x, ord, dim) take the order first
     dims = arg(node, 2 if rule_key(node) in _ORDER_FIRST else 1, "dim")
     if isinstance(dims, int):
@@ -285,8 +285,6 @@ def reshape(ctx: Context, node: fx.Node) -> None:
 
 
 def rule_key_is(node: fx.Node, *names: str) -> bool:
-    from .dims import rule_key
-
     return rule_key(node) in names
 
 
@@ -317,8 +315,6 @@ def transpose(ctx: Context, node: fx.Node) -> None:
 
 
 def _axis_order(node: fx.Node, n: int) -> list[int]:
-    from .dims import rule_key
-
     key = rule_key(node)
     order = list(range(n))
     if key == "permute":
@@ -360,8 +356,6 @@ def split(ctx: Context, node: fx.Node) -> None:
     dim = _dim(arg(node, 2, "dim", 0), n)
     if rule_key_is(node, "unbind"):
         dim = _dim(arg(node, 1, "dim", 0), n)
-    from .atoms import Refinement
-
     whole = ctx.A.new(ctx.size(x[dim]))
     segs = [o[dim] if len(o) == n else ctx.A.new(1) for o in outs]
     if rule_key_is(node, "unbind"):  # each output drops the axis: it is an index
@@ -387,8 +381,6 @@ def split(ctx: Context, node: fx.Node) -> None:
 
 @rule("cat", "concat", "concatenate")
 def cat(ctx: Context, node: fx.Node) -> None:
-    from .atoms import Refinement
-
     given = arg(node, 0, "tensors")
     if isinstance(given, fx.Node):  # torch.fx: a list made by another node (split(...)[:2])
         tensors = list(ctx.dims.out[given])
@@ -432,8 +424,6 @@ def slice_(ctx: Context, node: fx.Node) -> None:
 
 
 def _slice_axis(ctx, node, axis, out_axis, start, end, step, size) -> None:
-    from .atoms import Refinement
-
     if not all(isinstance(v, int) or v is None for v in (start, end, step)):
         ctx.A.pin(axis, f"sliced by {node.name} at a computed position")
         ctx.A.pin(out_axis, f"sliced by {node.name}")
@@ -503,9 +493,6 @@ def getattr_(ctx: Context, node: fx.Node) -> None:
         for a, b in zip(parent[fields[name]], ctx.dims.out[node], strict=True):
             ctx.A.unify(a, b)
         return
-    from ..errors import UnsupportedOpError
-    from .dims import source_line
-
     raise UnsupportedOpError(
         f"no rule for attribute {name!r} read at node {node.name} ({source_line(node)})"
     )
