@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from ..errors import SurgeonError
-from ..frontends import Graph
+from ..frontends import Graph, tensor_of
 from .atoms import Atoms
 from .dims import Dims, discover_dims
 from .residual import Block, find_blocks, residual_root
@@ -49,6 +49,8 @@ class LayerInfo:
     num_heads: int = 0
     num_kv_heads: int = 0
     head_dim: int = 0
+    heads: list[int] = field(default_factory=list)  # leaves of the heads axis, outermost first
+    kv: list[int] = field(default_factory=list)  # those of them that are KV groups
 
 
 @dataclass
@@ -134,7 +136,7 @@ def _groups(graph: Graph, dims: Dims) -> dict[int, Group]:
                 )
                 g.members.append((name, axis))
     for lit in dims.literals:
-        for leaf in set(atoms.leaves(lit.atom)):
+        for leaf in {leaf for a in lit.atoms if a >= 0 for leaf in atoms.leaves(a)}:
             if leaf in groups:
                 groups[leaf].literals += 1
     return groups
@@ -244,6 +246,7 @@ def _fill_layers(layers, groups, sites, dims) -> None:
                 layer.num_heads = math.prod(groups[leaf].size for leaf in s.heads)
                 layer.num_kv_heads = math.prod(groups[leaf].size for leaf in s.kv)
                 layer.head_dim = s.head_dim
+                layer.heads, layer.kv = list(s.heads), list(s.kv)
                 break
 
 
@@ -270,15 +273,10 @@ def permuted_tensors(
                 if only is not None and (name, axis) not in only:
                     continue
                 if leaf in atoms.leaves(a):
-                    src = out.get(name, tensor) if tensor is not None else _tensor(module, name)
-                    tensor = src.index_select(axis, atoms.index_map(a, leaf, perm))
+                    src = tensor if tensor is not None else tensor_of(module, name)
+                    tensor = src.index_select(axis, atoms.positions(a, {leaf: perm}))
                     out[name] = tensor
     return out
-
-
-def _tensor(module: torch.nn.Module, name: str) -> torch.Tensor:
-    owner, _, attr = name.rpartition(".")
-    return getattr(module.get_submodule(owner) if owner else module, attr)
 
 
 def _couplings(analysis: Analysis, kinds: dict[str, str]) -> dict[str, list]:

@@ -15,6 +15,7 @@ and neither may anything it is refined into.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -163,16 +164,16 @@ class Atoms:
                 out.setdefault(leaf, why)
         return out
 
-    def index_map(self, a: int, leaf: int, perm: torch.Tensor) -> torch.Tensor:
-        """For an axis of atom `a`: the source position of every position when group `leaf`
-        is permuted by `perm` (new position i holds old position perm[i])."""
+    def positions(self, a: int, select: dict[int, torch.Tensor]) -> torch.Tensor:
+        """For an axis of atom `a`: the old position each new position takes its values
+        from, when each leaf `g` in `select` keeps the old indices `select[g]` in that order
+        (a permutation, or a subset after slicing); other leaves keep all, in order."""
         a = self.find(a)
-        if a == leaf:
-            return perm
         r = self.refinement.get(a)
         if r is None:
-            return torch.arange(self.size[a])
-        maps = [self.index_map(p, leaf, perm) for p in r.parts]
+            chosen = select.get(a)
+            return torch.arange(self.size[a]) if chosen is None else chosen
+        maps = [self.positions(p, select) for p in r.parts]
         if r.kind == "cat":
             out, offset = [], 0
             for p, m in zip(r.parts, maps, strict=True):
@@ -183,3 +184,12 @@ class Atoms:
         for p, m in zip(r.parts, maps, strict=True):
             index = index.unsqueeze(-1) * self.size[self.find(p)] + m
         return index.reshape(-1)
+
+    def new_size(self, a: int, keep: dict[int, int]) -> int:
+        """The size of atom `a` when each leaf `g` in `keep` keeps `keep[g]` indices."""
+        a = self.find(a)
+        r = self.refinement.get(a)
+        if r is None:
+            return keep.get(a, self.size[a])
+        sizes = [self.new_size(p, keep) for p in r.parts]
+        return sum(sizes) if r.kind == "cat" else math.prod(sizes)

@@ -17,11 +17,19 @@ __all__ = ["Dims", "Literal", "Contraction", "discover_dims", "source_line"]
 
 @dataclass(frozen=True)
 class Literal:
-    """An integer in a node's arguments that states the size of an axis (or a segment)."""
+    """An argument of a node that states the size of axes, rewritten when they shrink.
+
+    kind "size": the size of atoms[0] (a `view` size); "split": the sizes of the segments
+    atoms (an int if all are equal); "slice" (start, end at the next position), "narrow"
+    (start, length) and "index" (a Python slice object): a range whose atoms are
+    (segment before it or -1, the range itself), `bounded` when it stops before the end.
+    """
 
     node: fx.Node
     where: tuple  # path into node.args: (arg index,) or (arg index, list position)
-    atom: int  # the axis (or segment) whose size it states
+    atoms: tuple[int, ...]
+    kind: str = "size"
+    bounded: bool = True
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class Dims:
     # atoms made by broadcasting (expand): a tensor shared by several heads, etc.
     broadcasts: list[tuple[int, fx.Node]] = field(default_factory=list)
     splits: list[tuple[int, fx.Node]] = field(default_factory=list)  # axes cut into segments
+    fan_in: dict[str, int] = field(default_factory=dict)  # weight -> axis summed over (inputs)
 
 
 def source_line(node: fx.Node) -> str:
@@ -92,8 +101,19 @@ class Context:
     def size(self, atom: int) -> int:
         return self.A.size[self.A.find(atom)]
 
-    def literal(self, node: fx.Node, where: tuple, atom: int) -> None:
-        self.dims.literals.append(Literal(node, where, atom))
+    def literal(
+        self, node: fx.Node, where: tuple, *atoms: int, kind: str = "size", bounded: bool = True
+    ) -> None:
+        self.dims.literals.append(Literal(node, where, tuple(atoms), kind, bounded))
+
+    def fan_in(self, weight: Any, axis: int) -> None:
+        """Record that `weight` (a parameter node) is contracted over `axis` (its inputs)."""
+        if (
+            isinstance(weight, fx.Node)
+            and weight.op == "get_attr"
+            and weight.target in (self.graph.params)
+        ):
+            self.dims.fan_in[self.graph.params.canonical(weight.target)] = axis
 
     def broadcast(self, out: list[int], operand: list[int]) -> None:
         """Elementwise: align from the right; unify equal sizes, skip broadcast (size 1)."""

@@ -279,8 +279,8 @@ def reshape(ctx: Context, node: fx.Node) -> None:
         shape = node.args[1] if len(node.args) == 2 else node.args[1:]
         base = 1 if len(node.args) == 2 else None
         if isinstance(shape, (list, tuple)):
-            for i, s in enumerate(shape):
-                if isinstance(s, int) and s != -1 and i < len(out):
+            for i, s in enumerate(shape):  # ints, and sizes computed in a torch.fx graph
+                if isinstance(s, (int, fx.Node)) and s != -1 and i < len(out):
                     ctx.literal(node, (base, i) if base is not None else (1 + i,), out[i])
 
 
@@ -301,7 +301,7 @@ def expand(ctx: Context, node: fx.Node) -> None:
     if rule_key_is(node, "expand") and isinstance(sizes, (list, tuple)):
         base = (1,) if len(node.args) == 2 else ()
         for i, s in enumerate(sizes):
-            if isinstance(s, int) and s != -1:
+            if isinstance(s, (int, fx.Node)) and s != -1:
                 ctx.literal(node, (*base, i) if base else (1 + i,), out[i])
 
 
@@ -367,7 +367,7 @@ def split(ctx: Context, node: fx.Node) -> None:
         ctx.dims.splits.append((whole, node))
         sizes = node.args[1] if rule_key_is(node, "split", "split_with_sizes") else None
         if isinstance(sizes, int):
-            ctx.literal(node, (1,), segs[0])
+            ctx.literal(node, (1,), *segs, kind="split")
         elif isinstance(sizes, (list, tuple)):
             for i, s in enumerate(sizes):
                 if isinstance(s, int):
@@ -420,10 +420,13 @@ def slice_(ctx: Context, node: fx.Node) -> None:
     for i in range(n):
         if i != dim:
             ctx.A.unify(out[i], x[i])
-    _slice_axis(ctx, node, x[dim], out[dim], start, end, step, size)
+    kind = "narrow" if rule_key_is(node, "narrow") else "slice"
+    _slice_axis(ctx, node, x[dim], out[dim], start, end, step, size, ((2,), kind))
 
 
-def _slice_axis(ctx, node, axis, out_axis, start, end, step, size) -> None:
+def _slice_axis(ctx, node, axis, out_axis, start, end, step, size, where) -> None:
+    """`where` = (path of the start argument, kind): "slice" (start, end follow at the
+    next positions), "narrow" (start, length) or "index" (a Python slice object)."""
     if not all(isinstance(v, int) or v is None for v in (start, end, step)):
         ctx.A.pin(axis, f"sliced by {node.name} at a computed position")
         ctx.A.pin(out_axis, f"sliced by {node.name}")
@@ -447,6 +450,9 @@ def _slice_axis(ctx, node, axis, out_axis, start, end, step, size) -> None:
     whole = ctx.A.new(size)
     ctx.A.refinement[whole] = Refinement("cat", tuple(parts))
     ctx.A.unify(axis, whole)
+    # The offsets, as sums of the segments before them (-1: no segment before).
+    before = parts[0] if start > 0 else -1
+    ctx.literal(node, where[0], before, out_axis, kind=where[1], bounded=end < size)
 
 
 @rule("select")
@@ -502,15 +508,19 @@ def _tensor_index(ctx, node, x, out, index) -> None:
     if any(isinstance(i, (fx.Node, list, tuple, torch.Tensor)) for i in index):
         return data_dependent(ctx, node)  # advanced indexing: positions picked by data
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
-    expanded = []
-    for i in index:
+    expanded, positions = [], []  # full index, and where each entry is in `index`
+    for p, i in enumerate(index):
         if i is Ellipsis:
             expanded += [slice(None)] * (len(x) - n_real)
+            positions += [-1] * (len(x) - n_real)
         else:
             expanded.append(i)
-    expanded += [slice(None)] * (len(x) - sum(1 for i in expanded if i is not None))
+            positions.append(p)
+    pad = len(x) - sum(1 for i in expanded if i is not None)
+    expanded += [slice(None)] * pad
+    positions += [-1] * pad
     xi = oi = 0
-    for i in expanded:
+    for position, i in zip(positions, expanded, strict=True):
         if i is None:
             oi += 1
         elif isinstance(i, int):
@@ -518,7 +528,10 @@ def _tensor_index(ctx, node, x, out, index) -> None:
             xi += 1
         else:
             size = ctx.size(x[xi])
-            _slice_axis(ctx, node, x[xi], out[oi], i.start, i.stop, i.step or 1, size)
+            path = (1, position) if isinstance(node.args[1], tuple) else (1,)
+            _slice_axis(
+                ctx, node, x[xi], out[oi], i.start, i.stop, i.step or 1, size, (path, "index")
+            )
             xi += 1
             oi += 1
 
@@ -530,6 +543,7 @@ def linear(ctx: Context, node: fx.Node) -> None:
     b, out = ctx.axes(arg(node, 2, "bias")), ctx.dims.out[node]
     ctx.A.unify(x[-1], w[1])
     ctx.A.unify(out[-1], w[0])
+    ctx.fan_in(arg(node, 1, "weight"), 1)
     if b is not None:
         ctx.A.unify(out[-1], b[0])
     for a, o in zip(x[:-1], out[:-1], strict=True):
@@ -544,6 +558,7 @@ def addmm(ctx: Context, node: fx.Node) -> None:
     ctx.A.unify(x[1], w[0])
     ctx.A.unify(out[1], w[1])
     ctx.A.unify(out[0], x[0])
+    ctx.fan_in(node.args[2], 0)
     ctx.broadcast(out, b)
 
 
@@ -556,6 +571,7 @@ def matmul(ctx: Context, node: fx.Node) -> None:
     ctx.A.unify(a[-1], b[-2])
     ctx.A.unify(out[-2], a[-2])
     ctx.A.unify(out[-1], b[-1])
+    ctx.fan_in(node.args[1], len(b) - 2)
     ctx.broadcast(out[:-2], a[:-2])
     ctx.broadcast(out[:-2], b[:-2])
     _record_contraction(ctx, node, out[:-2], a[-1], node.args[0], node.args[1])
@@ -649,6 +665,7 @@ def conv(ctx: Context, node: fx.Node) -> None:
         ctx.A.unify(out[1], b[0])
     if groups == 1:
         ctx.A.unify(x[1], w[1])
+        ctx.fan_in(arg(node, 1, "weight"), 1)
     else:
         ctx.pin_all([x[1], w[0], w[1]], f"grouped convolution {node.name}")
     ctx.pin_all([x[2:], w[2:], out[2:]], f"spatial axes of {node.name}")

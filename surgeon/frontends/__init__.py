@@ -19,7 +19,16 @@ from torch import nn
 from ..errors import TraceError, first_line
 from .export import trace_export
 from .fx import trace_fx
-from .graph import Graph, Inputs, ParamTable, TensorEntry, as_inputs, op_name, output_tensors
+from .graph import (
+    Graph,
+    Inputs,
+    ParamTable,
+    TensorEntry,
+    as_inputs,
+    op_name,
+    output_tensors,
+    tensor_of,
+)
 from .hf import synthetic_inputs, tracing_settings
 
 __all__ = [
@@ -32,6 +41,7 @@ __all__ = [
     "op_name",
     "output_tensors",
     "synthetic_inputs",
+    "tensor_of",
     "trace",
 ]
 

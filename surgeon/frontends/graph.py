@@ -19,6 +19,7 @@ __all__ = [
     "as_inputs",
     "bind_placeholders",
     "output_tensors",
+    "tensor_of",
 ]
 
 
@@ -204,6 +205,12 @@ class Graph:
     def tensor_nodes(self) -> list[fx.Node]:
         """The get_attr nodes: where the graph reads a parameter, buffer or constant."""
         return [n for n in self.graph.nodes if n.op == "get_attr"]
+
+
+def tensor_of(module: nn.Module, name: str) -> torch.Tensor:
+    """The tensor a module holds under a dotted name (parameter, buffer or plain attribute)."""
+    owner, _, attr = name.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attr)
 
 
 def op_name(node: fx.Node) -> str:

@@ -1,3 +1,16 @@
-"""Passes: one file per pass, each a frozen dataclass registered by name here."""
+"""Passes: one file per pass, each a frozen dataclass registered by name here.
 
-__all__: list[str] = []
+A pass reads and writes a `SurgeryState`: it decides (scores, which indices each group
+keeps and in what order, scale factors) and never touches the parent's tensors; the
+emitters build the child from those decisions.
+"""
+
+from .permute import Permute
+from .rescale import Rescale
+from .score import Score
+from .slice import Slice
+from .state import SurgeryState
+
+__all__ = ["PASSES", "Permute", "Rescale", "Score", "Slice", "SurgeryState"]
+
+PASSES = {p.name: p for p in (Score, Permute, Slice, Rescale)}

@@ -1,0 +1,23 @@
+"""`permute`: order every scored group by decreasing importance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .state import SurgeryState
+
+__all__ = ["Permute"]
+
+
+@dataclass(frozen=True)
+class Permute:
+    """Function-preserving: every axis of a group gets the same permutation, which the
+    analysis has verified keeps the model's output (tests/test_analysis.py)."""
+
+    name = "permute"
+
+    def run(self, state: SurgeryState) -> None:
+        for group, scores in state.scores.items():
+            state.select[group] = torch.argsort(scores, descending=True, stable=True)

@@ -1,0 +1,124 @@
+"""`slice`: keep the leading indices of the groups the target shrinks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from ..analysis import Analysis
+from ..errors import PlanError
+from .state import SurgeryState
+
+__all__ = ["Slice", "resolve_target"]
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Keeps `keep[group]` indices of each group (the leading ones in the permuted order);
+    the emitters cut every axis and rewrite every shape literal of the group accordingly."""
+
+    keep: Mapping[int, int] = field(default_factory=dict)
+    name = "slice"
+
+    def run(self, state: SurgeryState) -> None:
+        atoms = state.analysis.atoms
+        for group, k in self.keep.items():
+            order = state.select.get(group, torch.arange(atoms.size[group]))
+            state.select[group] = order[:k]
+
+
+def resolve_target(analysis: Analysis, target: Mapping[str, int], movable: set[int]) -> dict:
+    """Turn target sizes into the number of indices each group keeps; `PlanError` for a
+    target that is wider than the parent, does not divide, or cuts what must stay whole."""
+    keep: dict[int, int] = {}
+    atoms, groups = analysis.atoms, analysis.groups
+
+    def cut(group: int, k: int, what: str) -> None:
+        size = atoms.size[group]
+        if k > size:
+            raise PlanError(f"target.{what} = {k} is wider than the parent ({size})")
+        if k < size and group not in movable:
+            reason = groups[group].pinned or "a buffer shares it (it is rebuilt from the config)"
+            raise PlanError(f"target.{what} cannot be cut here: {reason}")
+        if k < size:
+            keep[group] = k
+
+    if "hidden_size" in target:
+        leaves = set(atoms.leaves(analysis.residual))
+        if len(leaves) != 1:
+            raise PlanError("target.hidden_size: this residual stream is made of several groups")
+        cut(leaves.pop(), target["hidden_size"], "hidden_size")
+    for layer in analysis.layers:
+        _layer_target(analysis, layer, target, cut)
+    if "head_dim" in target:
+        _head_dim(analysis, target["head_dim"])
+    return keep
+
+
+def _layer_target(analysis, layer, target, cut) -> None:
+    groups = analysis.groups
+    if "intermediate_size" in target:
+        ffn = [
+            g
+            for g in groups.values()
+            if g.role == "ffn" and g.layer is not None and analysis.layers[g.layer] is layer
+        ]
+        if len(ffn) != 1:
+            raise PlanError(
+                f"target.intermediate_size: {layer.name} has {len(ffn)} FFN groups, not one"
+            )
+        cut(ffn[0].id, target["intermediate_size"], "intermediate_size")
+    if "num_heads" not in target and "num_kv_heads" not in target:
+        return
+    if not layer.heads:
+        raise PlanError(f"target.num_heads: no attention found in {layer.name}")
+    if layer.kv == layer.heads:  # multi-head attention: one heads group
+        heads = target.get("num_heads", target.get("num_kv_heads"))
+        if target.get("num_kv_heads", heads) != heads:
+            raise PlanError(
+                f"target.num_kv_heads = {target['num_kv_heads']} must equal num_heads = {heads}: "
+                "this model has one key/value head per query head"
+            )
+        if len(layer.heads) != 1:
+            raise PlanError(f"target.num_heads: {layer.name} has several head groups")
+        cut(layer.heads[0], heads, "num_heads")
+        return
+    kv_groups = [g for g in layer.heads if g in layer.kv]
+    per_group = [g for g in layer.heads if g not in layer.kv]
+    if len(kv_groups) != 1 or len(per_group) != 1:
+        raise PlanError(f"target.num_heads: {layer.name} has an unusual head layout")
+    kv, rep = kv_groups[0], per_group[0]
+    num_kv = target.get("num_kv_heads", layer.num_kv_heads)
+    num_heads = target.get("num_heads", layer.num_heads)
+    if num_heads % num_kv:
+        raise PlanError(
+            f"target.num_heads = {num_heads} does not divide into num_kv_heads = {num_kv} groups"
+        )
+    per = num_heads // num_kv
+    size = analysis.atoms.size[rep]
+    if per > size:
+        raise PlanError(
+            f"target.num_heads = {num_heads} needs {per} query heads per KV group; the parent "
+            f"has {size} (at most {size * num_kv} heads with {num_kv} KV heads)"
+        )
+    cut(kv, num_kv, "num_kv_heads")
+    cut(rep, per, "num_heads")
+
+
+def _head_dim(analysis: Analysis, value: int) -> None:
+    dims = {layer.head_dim for layer in analysis.layers}
+    if dims == {value}:
+        return
+    rotary = analysis.couplings.get("rotary") or []
+    if rotary:
+        names = ", ".join(sorted({t for r in rotary for t in r["tensors"]}))
+        raise PlanError(
+            f"target.head_dim = {value}: head_dim is kept ({'/'.join(map(str, dims))}) because "
+            f"rotary embeddings couple it to {names}; shrink num_heads instead"
+        )
+    raise PlanError(
+        f"target.head_dim = {value}: heads are kept or dropped whole, so head_dim stays "
+        f"{'/'.join(map(str, dims))}; shrink num_heads instead"
+    )

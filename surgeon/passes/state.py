@@ -1,0 +1,36 @@
+"""What the passes read and write: the traced parent, its analysis, and the decisions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..analysis import Analysis
+from ..frontends import Graph
+
+__all__ = ["SurgeryState"]
+
+
+@dataclass
+class SurgeryState:
+    """The passes never touch the parent's tensors: they decide, the emitters build.
+
+    `select[group]` lists the parent positions the child keeps along a group, in the
+    child's order (a permutation of all of them, or the leading ones after slicing).
+    """
+
+    graph: Graph
+    analysis: Analysis
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    select: dict[int, torch.Tensor] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)  # tensor name -> factor
+
+    def new_size(self, atom: int) -> int:
+        """The size of an atom (an axis) in the child."""
+        keep = {g: len(chosen) for g, chosen in self.select.items()}
+        return self.analysis.atoms.new_size(atom, keep)
+
+    def positions(self, atom: int) -> torch.Tensor:
+        """For an axis: the parent position each child position takes its values from."""
+        return self.analysis.atoms.positions(atom, self.select)

@@ -1,0 +1,176 @@
+"""Width surgery on every zoo model: permute is the identity on the function, a full-size
+target is the identity, a shrink gives a trainable child that the parent's class holds
+exactly, and the parent is never changed."""
+
+import hashlib
+import re
+
+import pytest
+import torch
+
+import surgeon
+from surgeon import PlanError
+from surgeon.apply import subclone
+from surgeon.frontends import as_inputs, output_tensors
+from tests import zoo
+
+GQA = {"llama", "qwen2", "qwen3", "mistral", "phi3", "phi", "gemma", "gemma2"}
+
+
+def fingerprint(model):
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def shrink_plan(name):
+    """About half the hidden size, FFN and heads, with legal KV groups."""
+    ffn = 128 if name == "nanogpt" else 48
+    kv = 1 if name in GQA else 2
+    target = {"hidden_size": 32, "intermediate_size": ffn, "num_heads": 2, "num_kv_heads": kv}
+    return {"target": target}
+
+
+def out(model, inputs):
+    return output_tensors(inputs.call(model))[0]
+
+
+@pytest.fixture(scope="module", params=zoo.NAMES)
+def parent(request):
+    model, example = zoo.build(request.param)
+    return request.param, model, example, fingerprint(model)
+
+
+def test_permute_only_is_the_identity(parent):
+    name, model, example, _ = parent
+    inputs = as_inputs(example)
+    child = subclone(model, {"importance": "weight"}, example)
+    assert child.state.select, "weight importance permutes some groups"
+    moved = [g for g, idx in child.state.select.items() if not torch.equal(idx, idx.sort()[0])]
+    assert moved, "a permutation that moves nothing tests nothing"
+    torch.testing.assert_close(out(child.graph, inputs), out(model, inputs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out(child.model, inputs), out(model, inputs), atol=1e-5, rtol=1e-5)
+
+
+def test_full_size_target_is_the_identity(parent):
+    name, model, example, _ = parent
+    report = surgeon.inspect(model, example).to_dict()
+    layer = report["layers"][0]
+    target = {
+        "hidden_size": report["hidden_size"],
+        "intermediate_size": layer["intermediate_size"],
+        "num_heads": layer["num_heads"],
+        "num_kv_heads": layer["num_kv_heads"],
+    }
+    child = subclone(model, {"target": target, "importance": "first"}, example)
+    parent_state = model.state_dict()
+    for key, value in child.model.state_dict().items():
+        assert torch.equal(value, parent_state[key]), key
+    inputs = as_inputs(example)
+    assert torch.equal(out(child.model, inputs), out(model, inputs))
+
+
+def test_shrink_gives_a_trainable_child_the_parents_class_holds(parent):
+    name, model, example, before = parent
+    inputs = as_inputs(example)
+    child = subclone(model, shrink_plan(name), example)
+    graph_params = sum(p.numel() for p in child.graph.parameters())
+    assert graph_params < 0.5 * sum(p.numel() for p in model.parameters())
+    if name != "nanogpt":  # Hugging Face: same class, smaller config, same function
+        assert type(child.model) is type(model)
+        rebuilt = type(model)(child.model.config)
+        assert sum(p.numel() for p in rebuilt.parameters()) == graph_params
+        torch.testing.assert_close(out(child.model, inputs), out(child.graph, inputs))
+        shape = surgeon.inspect(child.model, example).to_dict()
+        assert shape["hidden_size"] == 32
+        want = shrink_plan(name)["target"]
+        assert {k: shape["layers"][0][k] for k in ("intermediate_size", "num_heads")} == {
+            "intermediate_size": want["intermediate_size"],
+            "num_heads": 2,
+        }
+        assert shape["layers"][0]["num_kv_heads"] == want["num_kv_heads"]
+    losses = train(child.model, inputs, steps=20)
+    assert losses[-1] < losses[0]
+    train(child.graph, inputs, steps=2)  # the graph child has its own Parameters too
+    assert fingerprint(model) == before
+
+
+def train(model, inputs, steps):
+    model.train()
+    torch.manual_seed(0)
+    logits = out(model, inputs)
+    target = torch.randint(0, logits.shape[-1], logits.shape[:-1])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        logits = out(model, inputs)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), target.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_rescale_paper_scales_cut_matrices():
+    model, example = zoo.build("llama")
+    plan = shrink_plan("llama")
+    scaled = subclone(model, plan, example)
+    plain = subclone(model, {**plan, "rescale": "none"}, example)
+    a = dict(scaled.model.named_parameters())
+    b = dict(plain.model.named_parameters())
+    q = "model.layers.0.self_attn.q_proj.weight"  # input axis 64 -> 32: sqrt(2)
+    torch.testing.assert_close(a[q], b[q] * 2**0.5)
+    down = "model.layers.0.mlp.down_proj.weight"  # input axis 96 -> 48
+    torch.testing.assert_close(a[down], b[down] * 2**0.5)
+    norm = "model.layers.0.input_layernorm.weight"  # not a matrix: unchanged
+    torch.testing.assert_close(a[norm], b[norm])
+
+
+@pytest.mark.parametrize(
+    "name, target, message",
+    [
+        ("llama", {"hidden_size": 65}, "wider than the parent (64)"),
+        ("llama", {"intermediate_size": 100}, "wider than the parent (96)"),
+        ("llama", {"num_heads": 3, "num_kv_heads": 2}, "does not divide"),
+        ("llama", {"num_heads": 6, "num_kv_heads": 1}, "needs 6 query heads per KV group"),
+        ("llama", {"num_kv_heads": 3, "num_heads": 3}, "wider than the parent (2)"),
+        ("gpt2", {"num_heads": 2, "num_kv_heads": 1}, "must equal num_heads"),
+        ("llama", {"head_dim": 8}, "rotary embeddings couple it"),
+        ("gpt2", {"head_dim": 8}, "heads are kept or dropped whole"),
+        ("gpt2", {"hidden_size": 32, "num_heads": 4}, "cannot hold this child"),
+        ("llama", {"hidden_size": 0}, "must be a positive integer"),
+        ("llama", {"hidden_size": "big"}, "must be a positive integer"),
+        ("llama", {"layers": 2}, "unknown target 'layers'"),
+    ],
+)
+def test_illegal_targets_are_plan_errors(name, target, message):
+    model, example = zoo.build(name)
+    before = fingerprint(model)
+    with pytest.raises(PlanError, match=re.escape(message)):
+        surgeon.apply(model, {"target": target}, example_inputs=example)
+    assert fingerprint(model) == before
+
+
+def test_bad_plans_are_plan_errors():
+    model, example = zoo.build("llama")
+    for plan, message in [
+        ({"importance": "magic"}, "importance 'magic' is not available"),
+        ({"rescale": 3}, "rescale 3 is not known"),
+        ({"targets": {}}, "unknown key 'targets'"),
+        ([1, 2], "a plan is a mapping"),
+        ("target: [", "not valid YAML"),
+        ("missing-plan.yaml", "does not exist"),
+    ]:
+        with pytest.raises(PlanError, match=re.escape(message)):
+            surgeon.apply(model, plan, example_inputs=example)
+
+
+def test_apply_returns_a_graph_module_for_plain_modules():
+    model, example = zoo.nanogpt()
+    child = surgeon.apply(model, shrink_plan("nanogpt"), example_inputs=example)
+    assert isinstance(child, torch.fx.GraphModule)
+    fresh = torch.randint(3, zoo.VOCAB, (2, 8))
+    assert child(fresh).shape == (2, 8, zoo.VOCAB)
