@@ -26,3 +26,13 @@ def test_python_examples_run_and_print_what_they_claim(path):
         assert len(printed) == len(claims)
         for line, claim in zip(printed, claims, strict=True):
             assert line == claim
+
+
+def test_yaml_plans_in_docs_are_valid_plans():
+    from surgeon import load_plan
+
+    blocks = [b for p in DOCS for b in re.findall(r"```yaml\n(.*?)```", p.read_text(), flags=re.S)]
+    assert blocks
+    for block in blocks:
+        plan = load_plan(block)
+        assert plan.target  # each documented plan states a destination

@@ -91,6 +91,11 @@ def test_shrink_gives_a_trainable_child_the_parents_class_holds(parent):
             "num_heads": 2,
         }
         assert shape["layers"][0]["num_kv_heads"] == want["num_kv_heads"]
+    for names in child.state.graph.params.tied:  # ties survive: one tensor, several names
+        for module in (child.model, child.graph):
+            present = dict(module.named_parameters(remove_duplicate=False))
+            tensors = {id(present[n]) for n in names if n in present}
+            assert len(tensors) == 1, (names, type(module).__name__)
     losses = train(child.model, inputs, steps=20)
     assert losses[-1] < losses[0]
     train(child.graph, inputs, steps=2)  # the graph child has its own Parameters too
