@@ -11,6 +11,7 @@ from torch import fx, nn
 
 from .analysis import analyse
 from .emit import check_config, emit_graph, emit_hf, is_hf_model
+from .errors import SurgeonError
 from .frontends import trace
 from .passes import Permute, Rescale, Score, Slice, SurgeryState
 from .passes.score import movable_groups
@@ -30,6 +31,11 @@ class Child:
 def subclone(model: nn.Module, plan: Any, example_inputs: Any = None) -> Child:
     """Everything `apply` does, keeping the intermediate results (for tests and tools)."""
     plan = load_plan(plan)
+    if any(t.device.type == "meta" for t in model.parameters()):
+        raise SurgeonError(
+            f"{type(model).__name__} has its weights on the meta device: surgery needs them "
+            "in memory (build or load the parent with its weights)"
+        )
     graph = trace(model, example_inputs)
     analysis = analyse(graph)
     state = SurgeryState(graph, analysis)

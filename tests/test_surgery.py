@@ -173,6 +173,12 @@ def test_bad_plans_are_plan_errors():
             surgeon.apply(model, plan, example_inputs=example)
 
 
+def test_a_parent_without_weights_is_a_clear_error():
+    model, example = zoo.build("llama", device="meta")
+    with pytest.raises(surgeon.SurgeonError, match="weights on the meta device"):
+        surgeon.apply(model, shrink_plan("llama"), example_inputs=example)
+
+
 def test_apply_returns_a_graph_module_for_plain_modules():
     model, example = zoo.nanogpt()
     child = surgeon.apply(model, shrink_plan("nanogpt"), example_inputs=example)
