@@ -11,9 +11,10 @@ from torch import fx, nn
 
 from .analysis import analyse
 from .emit import check_config, emit_graph, emit_hf, is_hf_model
-from .errors import SurgeonError
+from .errors import PlanError, SurgeonError
 from .frontends import trace
-from .passes import Permute, Rescale, Score, Slice, SurgeryState
+from .passes import Depth, Permute, Rescale, Score, Slice, SurgeryState
+from .passes.depth import choose_layers
 from .passes.score import movable_groups
 from .passes.slice import resolve_target
 from .plan import Plan, load_plan
@@ -28,7 +29,12 @@ class Child:
     state: SurgeryState
 
 
-def subclone(model: nn.Module, plan: Any, example_inputs: Any = None) -> Child:
+def subclone(
+    model: nn.Module,
+    plan: Any,
+    example_inputs: Any = None,
+    calibration: Iterable[Any] | None = None,
+) -> Child:
     """Everything `apply` does, keeping the intermediate results (for tests and tools)."""
     plan = load_plan(plan)
     if any(t.device.type == "meta" for t in model.parameters()):
@@ -40,12 +46,23 @@ def subclone(model: nn.Module, plan: Any, example_inputs: Any = None) -> Child:
     analysis = analyse(graph)
     state = SurgeryState(graph, analysis)
     keep = resolve_target(analysis, plan.target, {g.id for g in movable_groups(state)})
+    layers = _check_depth(plan, len(analysis.layers), calibration)
     config = None
     if is_hf_model(model):  # can the parent's class hold this child? Ask before cutting.
         probe = SurgeryState(graph, analysis, select={g: torch.arange(k) for g, k in keep.items()})
+        probe.layers = layers
         config = check_config(model, probe, _expected_shapes(probe))
-    for step in (Score(plan.importance), Permute(), Slice(keep), Rescale(plan.rescale)):
+    steps = (
+        Score(plan.importance),
+        Depth(plan.depth, plan.target.get("num_layers"), calibration),
+        Permute(),
+        Slice(keep),
+        Rescale(plan.rescale),
+    )
+    for step in steps:
         step.run(state)
+    if config is not None:  # the measured depth strategies choose their layers only now
+        config = check_config(model, state, _expected_shapes(state))
     child = emit_graph(state)
     hf = emit_hf(model, config, child, state) if config is not None else None
     return Child(child, hf if hf is not None else child, state)
@@ -60,10 +77,21 @@ def apply(
 ) -> nn.Module:
     """Return a smaller model initialised from `model` as `plan` says; `model` is not
     changed. A Hugging Face parent gives the same class with a smaller config; any other
-    module gives a trainable `torch.fx.GraphModule`. `calibration` is accepted for the
-    activation-based importance, which is not available yet: with `importance: weight`
-    or `first` it is not read."""
-    return subclone(model, plan, example_inputs).model
+    module gives a trainable `torch.fx.GraphModule`. `calibration` (an iterable of input
+    batches, in the forms `example_inputs` takes) is read by `depth: influence`."""
+    return subclone(model, plan, example_inputs, calibration).model
+
+
+def _check_depth(plan: Plan, n: int, calibration) -> list[int]:
+    """The child's layers as far as they can be known before measuring; `PlanError` early."""
+    num_layers = plan.target.get("num_layers")
+    measured = plan.depth == "influence" and (num_layers or n) < n
+    if measured and calibration is None:
+        raise PlanError(
+            "depth: influence measures every layer on calibration data: pass calibration "
+            "(a list of input batches), or choose middle, uniform, first or last"
+        )
+    return choose_layers(n, plan.depth, num_layers, [0.0] * n if measured else None)
 
 
 def _expected_shapes(state: SurgeryState) -> dict[str, tuple]:

@@ -2,7 +2,9 @@
 
 Short form (keys may be omitted; omitted target sizes keep the parent's):
 
-    target: {hidden_size: 384, intermediate_size: 1024, num_heads: 6, num_kv_heads: 2}
+    target: {num_layers: 10, hidden_size: 384, intermediate_size: 1024, num_heads: 6,
+             num_kv_heads: 2}
+    depth: middle           # middle | uniform | first | last | influence | [0, 1, 1, 2, ...]
     importance: weight      # weight | first
     rescale: paper          # paper | none
 """
@@ -20,15 +22,24 @@ from .errors import PlanError
 
 __all__ = ["Plan", "load_plan", "TARGETS", "IMPORTANCE", "RESCALE"]
 
-TARGETS = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
+TARGETS = (
+    "num_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+)
+DEPTH = ("middle", "uniform", "first", "last", "influence")
 IMPORTANCE = ("weight", "first")
 RESCALE = ("paper", "none")
-KEYS = ("target", "importance", "rescale")
+KEYS = ("target", "depth", "importance", "rescale")
 
 
 @dataclass(frozen=True)
 class Plan:
     target: Mapping[str, int] = field(default_factory=dict)
+    depth: str | tuple[int, ...] = "middle"  # a strategy, or the parent layers to keep
     importance: str = "weight"
     rescale: str = "paper"
 
@@ -62,7 +73,34 @@ def load_plan(plan: Any) -> Plan:
     rescale = plan.get("rescale", "paper")
     if rescale not in RESCALE:
         raise PlanError(f"rescale {rescale!r} is not known; choose one of: {', '.join(RESCALE)}")
-    return Plan(dict(target), importance, rescale)
+    depth = _depth(plan.get("depth", "middle"))
+    return Plan(dict(target), depth, importance, rescale)
+
+
+def _depth(depth: Any) -> str | tuple[int, ...]:
+    """A strategy name, or the parent's layers to keep in order (a repeat duplicates)."""
+    if isinstance(depth, str):
+        if depth not in DEPTH:
+            raise PlanError(
+                f"depth {depth!r} is not known; choose one of: {', '.join(DEPTH)}, "
+                "or a list of the layers to keep"
+            )
+        return depth
+    if (
+        isinstance(depth, (list, tuple))
+        and depth
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in depth)
+    ):
+        if list(depth) != sorted(depth):
+            raise PlanError(
+                f"depth {list(depth)}: layers keep the parent's order (list them sorted; "
+                "a repeated index duplicates that layer)"
+            )
+        return tuple(depth)
+    raise PlanError(
+        f"depth must be one of {', '.join(DEPTH)} or a non-empty list of layer indices, "
+        f"not {_kind(depth)}"
+    )
 
 
 def _read_yaml(source: str | Path) -> Any:

@@ -20,7 +20,7 @@ from ..errors import SurgeonError
 from ..frontends import Graph, tensor_of
 from .atoms import Atoms
 from .dims import Dims, discover_dims
-from .residual import Block, find_blocks, residual_root
+from .residual import Block, find_blocks, layer_span, residual_root
 
 __all__ = ["ROLES", "Analysis", "Group", "LayerInfo", "analyse", "permuted_tensors"]
 
@@ -49,6 +49,9 @@ class LayerInfo:
     num_heads: int = 0
     num_kv_heads: int = 0
     head_dim: int = 0
+    input: fx.Node | None = None  # the stream value the layer reads
+    output: fx.Node | None = None  # the stream value it leaves (after a post-norm, if any)
+    nodes: set[fx.Node] = field(default_factory=set)  # its nodes, input excluded
     heads: list[int] = field(default_factory=list)  # leaves of the heads axis, outermost first
     kv: list[int] = field(default_factory=list)  # those of them that are KV groups
 
@@ -119,6 +122,8 @@ def _layers(blocks: list[Block]) -> list[LayerInfo]:
     for b in blocks:
         if b.layer is not None:
             layers.setdefault(b.layer, LayerInfo(b.layer, [])).blocks.append(b)
+    for layer in layers.values():
+        layer.input, layer.output, layer.nodes = layer_span(layer.blocks, layer.name)
     return list(layers.values())
 
 

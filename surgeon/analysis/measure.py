@@ -12,7 +12,7 @@ from torch import fx
 from ..frontends.graph import Graph, Inputs, as_inputs, bind_placeholders
 from .residual import Block
 
-__all__ = ["flat_inputs", "residual_ratios"]
+__all__ = ["flat_inputs", "layer_influence", "residual_ratios"]
 
 
 def flat_inputs(graph: Graph, inputs: Inputs) -> list[Any]:
@@ -24,36 +24,56 @@ def flat_inputs(graph: Graph, inputs: Inputs) -> list[Any]:
     return bind_placeholders(graph.module, inputs)
 
 
-class _Recorder(fx.Interpreter):
-    """Runs the graph and adds up, per block, the per-position norms of f(x) and x + f(x)."""
+class _Capture(fx.Interpreter):
+    """Runs the graph and keeps the values of a few nodes (freed with the run)."""
 
-    def __init__(self, module: fx.GraphModule, blocks: list[Block]):
+    def __init__(self, module: fx.GraphModule, nodes: set[fx.Node]):
         super().__init__(module, garbage_collect_values=True)
-        self.watch = {}
-        for i, b in enumerate(blocks):
-            self.watch.setdefault(b.branch, []).append((i, "f"))
-            self.watch.setdefault(b.add, []).append((i, "out"))
-        self.norms: dict[int, dict[str, torch.Tensor]] = {}
+        self.nodes = nodes
+        self.values: dict[fx.Node, torch.Tensor] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         value = super().run_node(n)
-        for i, key in self.watch.get(n, ()):
-            norms = self.norms.setdefault(i, {})
-            norms[key] = value.detach().float().norm(dim=-1).flatten()
+        if n in self.nodes:
+            self.values[n] = value.detach().float()
         return value
+
+
+def _per_position_means(
+    graph: Graph, pairs: list[tuple[fx.Node, fx.Node]], batches: Iterable[Any], measure
+) -> list[float]:
+    """For each (a, b) node pair: the mean over positions and batches of measure(a, b),
+    a per-position statistic; running sums, so memory does not grow with the batches."""
+    sums = torch.zeros(len(pairs), dtype=torch.float64)
+    count = 0
+    watched = {n for pair in pairs for n in pair}
+    for batch in batches:
+        cap = _Capture(graph.module, watched)
+        cap.run(*flat_inputs(graph, as_inputs(batch)))
+        for i, (a, b) in enumerate(pairs):
+            values = measure(cap.values[a], cap.values[b])
+            sums[i] += values.double().sum()
+        count += values.numel() if pairs else 0
+    return (sums / max(count, 1)).tolist()
 
 
 @torch.no_grad()
 def residual_ratios(graph: Graph, blocks: list[Block], batches: Iterable[Any]) -> list[float]:
-    """Mean over positions and batches of ‖f(x)‖ / ‖x + f(x)‖ for every block (running sums:
-    memory does not grow with the number of batches)."""
-    sums = torch.zeros(len(blocks), dtype=torch.float64)
-    count = 0
-    for batch in batches:
-        rec = _Recorder(graph.module, blocks)
-        rec.run(*flat_inputs(graph, as_inputs(batch)))
-        for i, norms in rec.norms.items():
-            ratio = norms["f"] / norms["out"].clamp_min(1e-12)
-            sums[i] += ratio.double().sum()
-        count += next(iter(rec.norms.values()))["f"].numel() if rec.norms else 0
-    return (sums / max(count, 1)).tolist()
+    """‖f(x)‖ / ‖x + f(x)‖ per block, averaged over positions and batches (the paper's
+    additive-residual measure)."""
+
+    def ratio(f, out):
+        return f.norm(dim=-1) / out.norm(dim=-1).clamp_min(1e-12)
+
+    return _per_position_means(graph, [(b.branch, b.add) for b in blocks], batches, ratio)
+
+
+@torch.no_grad()
+def layer_influence(graph: Graph, layers: list, batches: Iterable[Any]) -> list[float]:
+    """1 − cos(x_in, x_out) per layer, averaged over positions and batches: how much a
+    layer turns the residual stream (0: it is the identity)."""
+
+    def turn(x_in, x_out):
+        return 1 - torch.nn.functional.cosine_similarity(x_in, x_out, dim=-1)
+
+    return _per_position_means(graph, [(la.input, la.output) for la in layers], batches, turn)

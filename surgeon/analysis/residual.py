@@ -10,7 +10,7 @@ from torch import fx
 
 from .dims import Dims, rule_key
 
-__all__ = ["Block", "residual_root", "find_blocks", "HEAVY"]
+__all__ = ["Block", "residual_root", "find_blocks", "layer_span", "HEAVY"]
 
 # Ops that mix the features of a residual-stream activation: a path through one of them is
 # a block's computation f(x), a path through none of them is the skip connection x.
@@ -127,6 +127,25 @@ def _between(start: fx.Node, end: fx.Node, stream: set[fx.Node]) -> set[fx.Node]
                 behind.add(i)
                 frontier.append(i)
     return (behind & ahead) - {start}
+
+
+def layer_span(blocks: list[Block], path: str) -> tuple[fx.Node, fx.Node, set[fx.Node]]:
+    """A layer's input (the stream value it reads), output (the stream value it leaves:
+    its last residual addition, or the norm after it in a post-norm layer) and the nodes
+    between them."""
+    start = blocks[0].skip
+    end = blocks[-1].add
+    while True:  # follow the stream while it stays inside the layer's modules
+        inside = [u for u in end.users if _in_module(u, path)]
+        if len(inside) != 1 or len(end.users) != 1:
+            break
+        end = inside[0]
+    return start, end, _between(start, end, set())
+
+
+def _in_module(node: fx.Node, path: str) -> bool:
+    stack = node.meta.get("nn_module_stack") or {}
+    return any(p == path or p.startswith(path + ".") for p, _ in stack.values())
 
 
 _NUMBERED = re.compile(r"^(.*?\.\d+)(\.|$)")

@@ -24,9 +24,121 @@ def emit_graph(state: SurgeryState) -> fx.GraphModule:
     for lit in state.analysis.dims.literals:
         _rewrite(state, nodes[lit.node.name], lit)
     _set_tensors(state, root)
+    state.layer_names = _edit_depth(state, root, nodes)
     child = fx.GraphModule(root, root.graph, type(parent).__name__)
     child.eval()
     return child
+
+
+def _edit_depth(state: SurgeryState, root: nn.Module, nodes: dict[str, fx.Node]) -> list[str]:
+    """Drop and duplicate whole layers; returns the module path of each child layer."""
+    layers = state.analysis.layers
+    order = list(range(len(layers))) if state.layers is None else state.layers
+    graph, names, alias = root.graph, [], {}
+
+    def resolve(node: fx.Node) -> fx.Node:
+        while node in alias:
+            node = alias[node]
+        return node
+
+    for i, layer in enumerate(layers):
+        start, end = nodes[layer.input.name], nodes[layer.output.name]
+        copies = order.count(i)
+        if copies == 0:  # x + f(x) -> x, for the whole layer
+            end.replace_all_uses_with(resolve(start))
+            alias[end] = resolve(start)
+            continue
+        names.append(layer.name)
+        last = end
+        for _ in range(1, copies):
+            users = list(last.users)
+            module = _copy_module(root, layer.name)
+            new_end = _copy_layer(graph, layer, nodes, module, last)
+            for user in users:
+                user.replace_input_with(last, new_end)
+            names.append(module)
+            last = new_end
+    if order != list(range(len(layers))):
+        _remove_dead(graph)
+    return names
+
+
+def _copy_module(root: nn.Module, path: str) -> str:
+    """A copy (own Parameters) of the layer's module, as the next free numbered entry of
+    its list (`model.layers.30` in a 30-layer model), so it reads as a layer again."""
+    owner, _, _ = path.rpartition(".")
+    container = root.get_submodule(owner) if owner else root
+    numbers = [int(k) for k in container._modules if k.isdigit()]
+    name = str(max(numbers, default=-1) + 1)
+    container.add_module(name, copy.deepcopy(root.get_submodule(path)))
+    return f"{owner}.{name}" if owner else name
+
+
+def _copy_layer(graph: fx.Graph, layer, nodes, module: str, source: fx.Node) -> fx.Node:
+    """Insert a copy of the layer's nodes after `source`, reading `source` as its input and
+    the copied module's tensors; returns the copy's output."""
+    members = {nodes[n.name] for n in layer.nodes}
+    mapping = {nodes[layer.input.name]: source}
+    prefix = layer.name + "."
+
+    def arg(x: fx.Node) -> fx.Node:
+        if x in mapping:
+            return mapping[x]
+        if x.op == "get_attr" and x.target.startswith(prefix):
+            mapping[x] = graph.get_attr(module + "." + x.target[len(prefix) :])
+        elif _from_params_of(x, prefix):  # e.g. (1 + norm.weight), computed from the layer
+            mapping[x] = graph.node_copy(x, arg)
+        else:
+            return x  # shared by all layers (rotary tables, masks)
+        return mapping[x]
+
+    with graph.inserting_before(source.next):
+        for n in [n for n in graph.nodes if n in members]:
+            mapping[n] = graph.node_copy(n, arg)
+    return mapping[nodes[layer.output.name]]
+
+
+def _from_params_of(node: fx.Node, prefix: str) -> bool:
+    """Whether `node` is computed from tensors only (no graph input), some of them under
+    `prefix`: a layer's own preprocessing of its weights."""
+    seen, stack, own = set(), [node], False
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder":
+            return False
+        own = own or (n.op == "get_attr" and n.target.startswith(prefix))
+        stack.extend(n.all_input_nodes)
+    return own
+
+
+def _remove_dead(graph: fx.Graph) -> None:
+    """Erase what no longer reaches the output, including the runtime shape checks
+    (`_assert_*`) of erased values, which would otherwise keep them alive."""
+
+    def is_check(n: fx.Node) -> bool:
+        name = getattr(n.target, "__name__", "")
+        return n.op == "call_function" and name.lstrip("_").startswith("assert")
+
+    def is_root(n: fx.Node) -> bool:  # kept for its own sake; random ops (SDPA) count as
+        # impure in fx but are kept only for their users
+        if n.op in ("output", "call_module"):
+            return True
+        return n.op == "call_function" and n.is_impure() and not n.users and not is_check(n)
+
+    live: set[fx.Node] = set()
+    stack = [n for n in graph.nodes if is_root(n)]
+    while stack:
+        n = stack.pop()
+        if n not in live:
+            live.add(n)
+            stack.extend(n.all_input_nodes)
+    for n in reversed(list(graph.nodes)):
+        keep = n in live or n.op == "placeholder"
+        if not keep and not (is_check(n) and all(i in live for i in n.all_input_nodes)):
+            graph.erase_node(n)
 
 
 def _set_tensors(state: SurgeryState, root: nn.Module) -> None:

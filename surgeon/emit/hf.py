@@ -26,6 +26,7 @@ CONFIG_FIELDS = {
     "num_heads": ("num_attention_heads", "n_head", "num_heads"),
     "num_kv_heads": ("num_key_value_heads", "num_kv_heads"),
     "head_dim": ("head_dim",),
+    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
 }
 # Fields that are the residual width under another name when they equal it in the parent.
 FOLLOW_HIDDEN = ("word_embed_proj_dim",)
@@ -82,7 +83,28 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
     for field in FOLLOW_HIDDEN:
         if getattr(config, field, None) == old_hidden:
             setattr(config, field, sizes["hidden_size"])
+    _set_depth(config, state)
     return config
+
+
+def _set_depth(config: Any, state: SurgeryState) -> None:
+    """The layer count, and every per-layer list of the config (layer types, sliding-window
+    patterns, ...) taken at the kept layers, so the saved model reloads as it was built."""
+    n = len(state.analysis.layers)
+    order = list(range(n)) if state.layers is None else state.layers
+    if order == list(range(n)):
+        return
+    for field in CONFIG_FIELDS["num_layers"]:
+        if getattr(config, field, None) == n:
+            setattr(config, field, len(order))
+            break
+    else:
+        raise PlanError(
+            f"{type(config).__name__} has no layer count equal to {n}: cannot change depth"
+        )
+    for field, value in list(vars(config).items()):
+        if isinstance(value, (list, tuple)) and len(value) == n and not field.startswith("_"):
+            setattr(config, field, type(value)(value[i] for i in order))
 
 
 def check_config(parent: nn.Module, state: SurgeryState, expected: dict[str, tuple]) -> Any:
@@ -116,9 +138,13 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
         )
     }
     by_canonical = {table.canonical(n): t for n, t in own.items() if n in table}
+    rename = _layer_renames(state)
     state_dict = {}
     for name in model.state_dict():
-        source = by_canonical.get(table.canonical(name)) if name in table else None
+        source_name = rename(name)  # child layer j reads the graph's layer it came from
+        source = own.get(source_name)
+        if source is None and source_name in table:
+            source = by_canonical.get(table.canonical(source_name))
         if source is None:
             raise InvariantError(f"the child has no tensor for {name}")
         state_dict[name] = source.detach()
@@ -128,6 +154,24 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
     _adopt_rebuilt_buffers(model, child)
     _check_same(model, child, state)
     return model
+
+
+def _layer_renames(state: SurgeryState):
+    """Child layer j of the rebuilt model is `state.layer_names[j]` in the child graph."""
+    layers = state.analysis.layers
+    if not layers or state.layer_names == [la.name for la in layers]:
+        return lambda name: name
+    owner = layers[0].name.rpartition(".")[0] + "."
+
+    def rename(name: str) -> str:
+        if not name.startswith(owner):
+            return name
+        index, _, rest = name[len(owner) :].partition(".")
+        if not index.isdigit() or int(index) >= len(state.layer_names):
+            return name
+        return f"{state.layer_names[int(index)]}.{rest}"
+
+    return rename
 
 
 def _adopt_rebuilt_buffers(model: nn.Module, child: fx.GraphModule) -> None:

@@ -5,12 +5,13 @@ keeps and in what order, scale factors) and never touches the parent's tensors; 
 emitters build the child from those decisions.
 """
 
+from .depth import Depth
 from .permute import Permute
 from .rescale import Rescale
 from .score import Score
 from .slice import Slice
 from .state import SurgeryState
 
-__all__ = ["PASSES", "Permute", "Rescale", "Score", "Slice", "SurgeryState"]
+__all__ = ["PASSES", "Depth", "Permute", "Rescale", "Score", "Slice", "SurgeryState"]
 
-PASSES = {p.name: p for p in (Score, Permute, Slice, Rescale)}
+PASSES = {p.name: p for p in (Score, Depth, Permute, Slice, Rescale)}

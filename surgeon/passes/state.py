@@ -25,6 +25,9 @@ class SurgeryState:
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
     select: dict[int, torch.Tensor] = field(default_factory=dict)
     scale: dict[str, float] = field(default_factory=dict)  # tensor name -> factor
+    layers: list[int] | None = None  # the parent layer behind each child layer (None: all)
+    influence: list[float] | None = None  # per parent layer, when measured
+    layer_names: list[str] = field(default_factory=list)  # child layer -> module in the graph
 
     def new_size(self, atom: int) -> int:
         """The size of an atom (an axis) in the child."""

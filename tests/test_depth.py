@@ -1,0 +1,174 @@
+"""Depth surgery on every zoo model: keep, remove and duplicate whole layers."""
+
+import pytest
+import torch
+
+import surgeon
+from surgeon import PlanError
+from surgeon.analysis import analyse
+from surgeon.analysis.dims import rule_key
+from surgeon.analysis.measure import layer_influence
+from surgeon.analysis.residual import HEAVY
+from surgeon.apply import subclone
+from surgeon.frontends import as_inputs, output_tensors, trace
+from surgeon.passes.depth import choose_layers
+from tests import zoo
+
+FRONTEND = {"nanogpt": "fx"}
+
+
+def out(model, inputs):
+    return output_tensors(inputs.call(model))[0]
+
+
+@pytest.fixture(scope="module", params=zoo.NAMES)
+def parent(request):
+    model, example = zoo.build(request.param)
+    graph = trace(model, example, frontend=FRONTEND.get(request.param, "auto"))
+    return request.param, model, example, analyse(graph)
+
+
+def test_keeping_all_layers_is_the_identity(parent):
+    name, model, example, analysis = parent
+    n = len(analysis.layers)
+    child = subclone(model, {"depth": list(range(n)), "importance": "first"}, example)
+    inputs = as_inputs(example)
+    assert torch.equal(out(child.model, inputs), out(model, inputs))
+
+
+@pytest.mark.parametrize("strategy", ["middle", "first", "last"])
+def test_removing_a_layer(parent, strategy):
+    name, model, example, analysis = parent
+    n = len(analysis.layers)
+    child = subclone(model, {"target": {"num_layers": n - 1}, "depth": strategy}, example)
+    removed = {0: "first", 1: "middle", n - 1: "last"}
+    gone = next(i for i, s in removed.items() if s == strategy)
+    assert child.state.layers == [i for i in range(n) if i != gone]
+    prefix = analysis.layers[gone].name + "."
+    expected = sum(p.numel() for k, p in model.named_parameters() if not k.startswith(prefix))
+    assert sum(p.numel() for p in child.graph.parameters()) == expected
+    inputs = as_inputs(example)
+    if name != "nanogpt":
+        assert sum(p.numel() for p in child.model.parameters()) == expected
+        torch.testing.assert_close(out(child.model, inputs), out(child.graph, inputs))
+        assert surgeon.inspect(child.model, example).to_dict()["num_layers"] == n - 1
+        _per_layer_lists_follow(model.config, child.model.config, child.state.layers, n)
+
+
+def _per_layer_lists_follow(parent_config, child_config, kept, n):
+    for field, value in vars(parent_config).items():
+        if isinstance(value, (list, tuple)) and len(value) == n:
+            assert list(getattr(child_config, field)) == [value[i] for i in kept], field
+
+
+def test_duplicate_then_silence_gives_the_parent_back(parent):
+    name, model, example, analysis = parent
+    n = len(analysis.layers)
+    order = [0, 1, 1] + list(range(2, n))
+    child = subclone(model, {"depth": order, "importance": "first"}, example)
+    inputs = as_inputs(example)
+    assert len(child.state.layer_names) == n + 1
+    target = child.model
+    sub = analyse(trace(target, example, frontend=FRONTEND.get(name, "auto")))
+    copy = sub.layers[2]
+    if _post_norm(copy):
+        pytest.skip("post-norm layer: LN(x + 0) is not x, so no copy can be silenced")
+    with torch.no_grad():
+        for block in copy.blocks:
+            for tensor in _writers(block, sub.graph):
+                tensor.zero_()
+    torch.testing.assert_close(out(target, inputs), out(model, inputs), atol=1e-5, rtol=1e-5)
+    if name != "nanogpt":
+        assert (
+            target.config.num_hidden_layers if hasattr(target.config, "num_hidden_layers") else True
+        )
+
+
+def _post_norm(layer) -> bool:
+    """Whether the layer normalises the stream after its last residual addition."""
+    node, chain = layer.blocks[-1].add, []
+    while node is not layer.output:
+        node = next(iter(node.users))
+        chain.append(rule_key(node))
+    return any(op in ("layer_norm", "rms_norm", "rsqrt") for op in chain)
+
+
+def _writers(block, graph):
+    """The weights and biases of the ops that write a block's output into the stream."""
+    found, stack, seen = [], [block.branch], set()
+    while stack:
+        n = stack.pop()
+        if n in seen or n.op != "call_function":
+            continue
+        seen.add(n)
+        if rule_key(n) in HEAVY:
+            found += [a for a in n.all_input_nodes if a.op == "get_attr"]
+            continue
+        stack.extend(n.all_input_nodes)
+    assert found, block.add
+    return [graph.module.get_parameter(a.target) for a in found]
+
+
+def test_copies_have_their_own_parameters():
+    model, example = zoo.build("gemma")
+    child = subclone(model, {"depth": [0, 1, 1, 2]}, example).model
+    a, b = child.model.layers[1], child.model.layers[2]
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr(), name
+
+
+def test_saved_child_reloads_with_its_layer_types(tmp_path):
+    model, example = zoo.build("gemma2")
+    child = surgeon.apply(
+        model, {"target": {"num_layers": 2}, "depth": "middle"}, example_inputs=example
+    )
+    assert child.config.layer_types == [model.config.layer_types[i] for i in (0, 2)]
+    child.save_pretrained(tmp_path)
+    again = type(model).from_pretrained(tmp_path).eval()
+    inputs = as_inputs(example)
+    torch.testing.assert_close(out(again, inputs), out(child, inputs))
+
+
+def test_influence_removes_the_least_influential_layers():
+    model, example = zoo.build("llama")
+    batches = [
+        {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        for ids in torch.randint(
+            3, zoo.VOCAB, (3, 2, 8), generator=torch.Generator().manual_seed(1)
+        )
+    ]
+    graph = trace(model, example)
+    analysis = analyse(graph)
+    influence = layer_influence(graph, analysis.layers, batches)
+    assert all(0 <= x <= 2 for x in influence)
+    child = subclone(model, {"target": {"num_layers": 2}, "depth": "influence"}, example, batches)
+    weakest = min(range(3), key=lambda i: influence[i])
+    assert child.state.layers == [i for i in range(3) if i != weakest]
+    assert child.state.influence == pytest.approx(influence)
+
+
+def test_strategies_choose_the_documented_layers():
+    assert choose_layers(30, "middle", 20) == list(range(10)) + list(range(20, 30))
+    assert choose_layers(30, "first", 20) == list(range(10, 30))
+    assert choose_layers(30, "last", 20) == list(range(20))
+    assert choose_layers(30, "uniform", 4) == [0, 10, 19, 29]
+    assert choose_layers(5, "middle", 4) == [0, 1, 3, 4]
+    assert choose_layers(4, (0, 1, 1, 3), None) == [0, 1, 1, 3]
+
+
+@pytest.mark.parametrize(
+    "plan, message",
+    [
+        ({"target": {"num_layers": 4}}, "deeper than the parent (3)"),
+        ({"depth": [0, 5]}, "depth lists layer 5; the parent has 3"),
+        ({"depth": [2, 0]}, "layers keep the parent's order"),
+        ({"depth": [0, 1], "target": {"num_layers": 3}}, "depth lists 2 layers"),
+        ({"depth": "random"}, "depth 'random' is not known"),
+        ({"depth": []}, "non-empty list"),
+        ({"target": {"num_layers": 2}, "depth": "influence"}, "pass calibration"),
+    ],
+)
+def test_bad_depth_plans_are_plan_errors(plan, message):
+    model, example = zoo.build("llama")
+    with pytest.raises(PlanError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        surgeon.apply(model, plan, example_inputs=example)
