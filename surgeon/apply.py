@@ -10,8 +10,9 @@ import torch
 from torch import fx, nn
 
 from .analysis import analyse
+from .calibration import check_batches, resolve_calibration
 from .emit import check_config, emit_graph, emit_hf, is_hf_model
-from .errors import PlanError, SurgeonError
+from .errors import SurgeonError
 from .frontends import trace
 from .passes import Depth, Permute, Rescale, Score, Slice, SurgeryState
 from .passes.depth import choose_layers
@@ -33,10 +34,19 @@ def subclone(
     model: nn.Module,
     plan: Any,
     example_inputs: Any = None,
-    calibration: Iterable[Any] | None = None,
+    calibration: Iterable[Any] | str | None = None,
+    tokenizer: Any = None,
+    progress: bool = False,
 ) -> Child:
     """Everything `apply` does, keeping the intermediate results (for tests and tools)."""
     plan = load_plan(plan)
+    measured_depth = plan.depth == "influence" and "num_layers" in plan.target
+    needed = plan.importance == "activation" or measured_depth
+    calibration = resolve_calibration(model, calibration, tokenizer, plan.calibration, needed)
+    if calibration is not None:
+        if example_inputs is None:
+            example_inputs = calibration[0]
+        check_batches(example_inputs, calibration)
     if any(t.device.type == "meta" for t in model.parameters()):
         raise SurgeonError(
             f"{type(model).__name__} has its weights on the meta device: surgery needs them "
@@ -46,17 +56,17 @@ def subclone(
     analysis = analyse(graph)
     state = SurgeryState(graph, analysis)
     keep = resolve_target(analysis, plan.target, {g.id for g in movable_groups(state)})
-    layers = _check_depth(plan, len(analysis.layers), calibration)
+    layers = _check_depth(plan, len(analysis.layers))
     config = None
     if is_hf_model(model):  # can the parent's class hold this child? Ask before cutting.
         probe = SurgeryState(graph, analysis, select={g: torch.arange(k) for g, k in keep.items()})
         probe.layers = layers
         config = check_config(model, probe, _expected_shapes(probe))
     steps = (
-        Score(plan.importance),
+        Score(plan.importance, calibration, progress),
         Depth(plan.depth, plan.target.get("num_layers"), calibration),
         Permute(),
-        Slice(keep),
+        Slice(keep, evenly=plan.importance == "uniform"),
         Rescale(plan.rescale),
     )
     for step in steps:
@@ -73,24 +83,25 @@ def apply(
     plan: Plan | dict | str,
     *,
     example_inputs: Any = None,
-    calibration: Iterable[Any] | None = None,
+    calibration: Iterable[Any] | str | None = None,
+    tokenizer: Any = None,
 ) -> nn.Module:
     """Return a smaller model initialised from `model` as `plan` says; `model` is not
     changed. A Hugging Face parent gives the same class with a smaller config; any other
-    module gives a trainable `torch.fx.GraphModule`. `calibration` (an iterable of input
-    batches, in the forms `example_inputs` takes) is read by `depth: influence`."""
-    return subclone(model, plan, example_inputs, calibration).model
+    module gives a trainable `torch.fx.GraphModule`.
+
+    `calibration` feeds `importance: activation` and `depth: influence`: an iterable of
+    input batches (tensors, tuples or dicts, all of one shape; the first also serves as
+    example inputs when none are given), or the path of a text file read with
+    `tokenizer`. Without it, those two read Python's own documentation with `tokenizer`.
+    """
+    return subclone(model, plan, example_inputs, calibration, tokenizer).model
 
 
-def _check_depth(plan: Plan, n: int, calibration) -> list[int]:
+def _check_depth(plan: Plan, n: int) -> list[int]:
     """The child's layers as far as they can be known before measuring; `PlanError` early."""
     num_layers = plan.target.get("num_layers")
     measured = plan.depth == "influence" and (num_layers or n) < n
-    if measured and calibration is None:
-        raise PlanError(
-            "depth: influence measures every layer on calibration data: pass calibration "
-            "(a list of input batches), or choose middle, uniform, first or last"
-        )
     return choose_layers(n, plan.depth, num_layers, [0.0] * n if measured else None)
 
 

@@ -5,7 +5,7 @@ Short form (keys may be omitted; omitted target sizes keep the parent's):
     target: {num_layers: 10, hidden_size: 384, intermediate_size: 1024, num_heads: 6,
              num_kv_heads: 2}
     depth: middle           # middle | uniform | first | last | influence | [0, 1, 1, 2, ...]
-    importance: weight      # weight | first
+    importance: activation  # activation | weight | uniform | first
     rescale: paper          # paper | none
 """
 
@@ -31,9 +31,10 @@ TARGETS = (
     "head_dim",
 )
 DEPTH = ("middle", "uniform", "first", "last", "influence")
-IMPORTANCE = ("weight", "first")
+IMPORTANCE = ("activation", "weight", "uniform", "first")
 RESCALE = ("paper", "none")
-KEYS = ("target", "depth", "importance", "rescale")
+KEYS = ("target", "depth", "importance", "rescale", "calibration")
+CALIBRATION = {"samples": 32, "seq_len": 256, "batch_size": 4}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Plan:
     depth: str | tuple[int, ...] = "middle"  # a strategy, or the parent layers to keep
     importance: str = "weight"
     rescale: str = "paper"
+    calibration: Mapping[str, int] = field(default_factory=lambda: dict(CALIBRATION))
 
 
 def load_plan(plan: Any) -> Plan:
@@ -74,7 +76,25 @@ def load_plan(plan: Any) -> Plan:
     if rescale not in RESCALE:
         raise PlanError(f"rescale {rescale!r} is not known; choose one of: {', '.join(RESCALE)}")
     depth = _depth(plan.get("depth", "middle"))
-    return Plan(dict(target), depth, importance, rescale)
+    return Plan(dict(target), depth, importance, rescale, _calibration(plan.get("calibration")))
+
+
+def _calibration(settings: Any) -> dict[str, int]:
+    """How much text to read when calibration comes from text: samples x seq_len tokens."""
+    if settings is None:
+        return dict(CALIBRATION)
+    if not isinstance(settings, Mapping):
+        raise PlanError(
+            f"calibration must be a mapping of {', '.join(CALIBRATION)}, not {_kind(settings)}"
+        )
+    out = dict(CALIBRATION)
+    for key, value in settings.items():
+        if key not in CALIBRATION:
+            raise PlanError(f"unknown key calibration.{key}; allowed: {', '.join(CALIBRATION)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise PlanError(f"calibration.{key} must be a positive integer, got {value!r}")
+        out[key] = value
+    return out
 
 
 def _depth(depth: Any) -> str | tuple[int, ...]:

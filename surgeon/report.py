@@ -11,6 +11,7 @@ from torch import nn
 from .analysis import Analysis, analyse
 from .analysis.measure import residual_ratios
 from .frontends import trace
+from .passes import Score, SurgeryState
 
 __all__ = ["Report", "inspect"]
 
@@ -22,6 +23,8 @@ class Report:
     model: str
     analysis: Analysis
     ratios: list[float] | None = None  # per block, when calibration data was given
+    scores: dict[int, list[float]] | None = None  # activation importance per group index
+    stream_scores: list[list[float]] | None = None  # per residual value, stream start first
 
     def to_dict(self) -> dict[str, Any]:
         a = self.analysis
@@ -69,6 +72,9 @@ class Report:
         }
         if self.ratios is not None:
             out["residual_ratio"] = self.ratios
+        if self.scores is not None:
+            out["importance"] = {str(g): v for g, v in self.scores.items()}
+            out["residual_importance_per_site"] = self.stream_scores
         return out
 
     def render(self) -> str:
@@ -83,12 +89,22 @@ def inspect(
     frontend: str = "auto",
 ) -> Report:
     """Trace and analyse `model`; with `calibration` (an iterable of input batches, in the
-    same forms as `example_inputs`), also measure each block's residual ratio
-    ‖f(x)‖ / ‖x + f(x)‖. The model is not changed."""
+    same forms as `example_inputs`, the first serving as example when none is given), also
+    measure each block's residual ratio ‖f(x)‖ / ‖x + f(x)‖ and the activation importance
+    of every group's indices (`importance` in `to_dict()`). The model is not changed."""
+    if calibration is not None:
+        calibration = list(calibration)
+        example_inputs = calibration[0] if example_inputs is None else example_inputs
     graph = trace(model, example_inputs, frontend=frontend)
     analysis = analyse(graph)
-    ratios = residual_ratios(graph, analysis.blocks, calibration) if calibration else None
-    return Report(type(model).__name__, analysis, ratios)
+    if not calibration:
+        return Report(type(model).__name__, analysis)
+    ratios = residual_ratios(graph, analysis.blocks, calibration)
+    state = SurgeryState(graph, analysis)
+    Score("activation", tuple(calibration)).run(state)
+    scores = {g: s.tolist() for g, s in state.scores.items()}
+    sites = [s.tolist() for s in state.residual_site_scores]
+    return Report(type(model).__name__, analysis, ratios, scores, sites)
 
 
 def render(d: dict[str, Any]) -> str:

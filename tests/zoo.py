@@ -389,3 +389,25 @@ class _ParamMatmulHead(nn.Module):
 def param_matmul_head():
     torch.manual_seed(SEED)
     return _ParamMatmulHead().eval(), (torch.randn(2, 3, 8),)
+
+
+# Important by construction, for the importance methods (tests/test_importance.py).
+KNOWN_RESIDUAL = (3, 17, 40, 51)  # embedding columns x 20: large on the whole stream
+KNOWN_FFN = (5, 77, 200)  # layer 0 FFN units whose input rows are x 10
+KNOWN_HEAD = 2  # layer 1 head whose value rows are x 10
+
+
+def known_importance():
+    """nanoGPT with a few neurons made important by scaling their weights."""
+    model, example = nanogpt()
+    with torch.no_grad():
+        wte = model.transformer.wte.weight
+        wte[:, list(KNOWN_RESIDUAL)] *= 20
+        model.transformer.wpe.weight[:, list(KNOWN_RESIDUAL)] *= 20
+        fc = model.transformer.h[0].mlp.c_fc
+        fc.weight[list(KNOWN_FFN)] *= 10
+        attn = model.transformer.h[1].attn
+        hd = attn.n_embd // attn.n_head
+        rows = slice(2 * attn.n_embd + KNOWN_HEAD * hd, 2 * attn.n_embd + (KNOWN_HEAD + 1) * hd)
+        attn.c_attn.weight[rows] *= 10
+    return model, example

@@ -53,6 +53,8 @@ class Dims:
     broadcasts: list[tuple[int, fx.Node]] = field(default_factory=list)
     splits: list[tuple[int, fx.Node]] = field(default_factory=list)  # axes cut into segments
     fan_in: dict[str, int] = field(default_factory=dict)  # weight -> axis summed over (inputs)
+    # (activation, axis) entering a weight matrix along its fan-in: where neurons are scored
+    inputs_of_weights: list[tuple[fx.Node, int]] = field(default_factory=list)
 
 
 def source_line(node: fx.Node) -> str:
@@ -106,14 +108,18 @@ class Context:
     ) -> None:
         self.dims.literals.append(Literal(node, where, tuple(atoms), kind, bounded))
 
-    def fan_in(self, weight: Any, axis: int) -> None:
-        """Record that `weight` (a parameter node) is contracted over `axis` (its inputs)."""
+    def fan_in(self, weight: Any, axis: int, activation: Any = None, act_axis: int = -1) -> None:
+        """Record that `weight` (a parameter node) is contracted over its `axis` with axis
+        `act_axis` of `activation`: the neurons that enter the weight matrix."""
         if (
             isinstance(weight, fx.Node)
             and weight.op == "get_attr"
             and weight.target in (self.graph.params)
         ):
             self.dims.fan_in[self.graph.params.canonical(weight.target)] = axis
+            if isinstance(activation, fx.Node) and activation in self.dynamic:
+                n = len(self.dims.out[activation])
+                self.dims.inputs_of_weights.append((activation, act_axis % n))
 
     def broadcast(self, out: list[int], operand: list[int]) -> None:
         """Elementwise: align from the right; unify equal sizes, skip broadcast (size 1)."""

@@ -12,7 +12,7 @@ from torch import fx
 from ..frontends.graph import Graph, Inputs, as_inputs, bind_placeholders
 from .residual import Block
 
-__all__ = ["flat_inputs", "layer_influence", "residual_ratios"]
+__all__ = ["activation_means", "flat_inputs", "layer_influence", "residual_ratios"]
 
 
 def flat_inputs(graph: Graph, inputs: Inputs) -> list[Any]:
@@ -77,3 +77,40 @@ def layer_influence(graph: Graph, layers: list, batches: Iterable[Any]) -> list[
         return 1 - torch.nn.functional.cosine_similarity(x_in, x_out, dim=-1)
 
     return _per_position_means(graph, [(la.input, la.output) for la in layers], batches, turn)
+
+
+class _AbsMeans(fx.Interpreter):
+    """Runs the graph; for each watched (node, axis) adds up |x| per index of the axis."""
+
+    def __init__(self, module: fx.GraphModule, sites: list[tuple[fx.Node, int]], sums, counts):
+        super().__init__(module, garbage_collect_values=True)
+        self.by_node: dict[fx.Node, list[tuple[int, int]]] = {}
+        for i, (node, axis) in enumerate(sites):
+            self.by_node.setdefault(node, []).append((i, axis))
+        self.sums, self.counts = sums, counts
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        for i, axis in self.by_node.get(n, ()):
+            x = value.detach().abs().double()
+            others = [d for d in range(x.dim()) if d != axis]
+            self.sums[i] += x.sum(dim=others) if others else x
+            self.counts[i] += x.numel() // x.shape[axis]
+        return value
+
+
+@torch.no_grad()
+def activation_means(
+    graph: Graph, sites: list[tuple[fx.Node, int]], batches: Iterable[Any], progress=None
+) -> list[torch.Tensor]:
+    """Mean of |x| along `axis` of each site's activation, over every other axis, every
+    position and every batch (the paper's neuron importance). Running sums: memory does not
+    grow with the number of batches. `progress` wraps the batches (e.g. tqdm)."""
+    sums = [torch.zeros(int(n.meta["val"].shape[a]), dtype=torch.float64) for n, a in sites]
+    counts = [0] * len(sites)
+    runner = _AbsMeans(graph.module, sites, sums, counts)
+    for batch in progress(batches) if progress else batches:
+        runner.run(*flat_inputs(graph, as_inputs(batch)))
+    if not any(counts):
+        raise ValueError("no calibration batch was given")
+    return [s / max(c, 1) for s, c in zip(sums, counts, strict=True)]

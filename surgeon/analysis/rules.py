@@ -543,7 +543,7 @@ def linear(ctx: Context, node: fx.Node) -> None:
     b, out = ctx.axes(arg(node, 2, "bias")), ctx.dims.out[node]
     ctx.A.unify(x[-1], w[1])
     ctx.A.unify(out[-1], w[0])
-    ctx.fan_in(arg(node, 1, "weight"), 1)
+    ctx.fan_in(arg(node, 1, "weight"), 1, arg(node, 0, "input"), -1)
     if b is not None:
         ctx.A.unify(out[-1], b[0])
     for a, o in zip(x[:-1], out[:-1], strict=True):
@@ -558,7 +558,7 @@ def addmm(ctx: Context, node: fx.Node) -> None:
     ctx.A.unify(x[1], w[0])
     ctx.A.unify(out[1], w[1])
     ctx.A.unify(out[0], x[0])
-    ctx.fan_in(node.args[2], 0)
+    ctx.fan_in(node.args[2], 0, node.args[1], 1)
     ctx.broadcast(out, b)
 
 
@@ -571,7 +571,7 @@ def matmul(ctx: Context, node: fx.Node) -> None:
     ctx.A.unify(a[-1], b[-2])
     ctx.A.unify(out[-2], a[-2])
     ctx.A.unify(out[-1], b[-1])
-    ctx.fan_in(node.args[1], len(b) - 2)
+    ctx.fan_in(node.args[1], len(b) - 2, node.args[0], -1)
     ctx.broadcast(out[:-2], a[:-2])
     ctx.broadcast(out[:-2], b[:-2])
     _record_contraction(ctx, node, out[:-2], a[-1], node.args[0], node.args[1])
@@ -665,7 +665,7 @@ def conv(ctx: Context, node: fx.Node) -> None:
         ctx.A.unify(out[1], b[0])
     if groups == 1:
         ctx.A.unify(x[1], w[1])
-        ctx.fan_in(arg(node, 1, "weight"), 1)
+        ctx.fan_in(arg(node, 1, "weight"), 1, arg(node, 0, "input"), 1)
     else:
         ctx.pin_all([x[1], w[0], w[1]], f"grouped convolution {node.name}")
     ctx.pin_all([x[2:], w[2:], out[2:]], f"spatial axes of {node.name}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..analysis.measure import activation_means
 from ..frontends import tensor_of
 from .state import SurgeryState
 
@@ -28,31 +29,83 @@ def movable_groups(state: SurgeryState) -> list:
 class Score:
     """Scores indices; changes nothing in the model.
 
-    `weight` (data-free): the mean absolute weight of every parameter slice an index owns,
-    each tensor normalised to mean 1 so that all of them count alike, summed over the
-    group's members (the residual stream thus gets one ranking shared by all layers, a KV
-    group the sum over its query heads). `first`: no scores, the order is kept.
+    `activation` (the paper): the mean |x| of each neuron over the calibration batches'
+    tokens. The residual stream is scored on the stream itself, summed over every residual
+    value (one ranking shared by all layers); every other group on the activation that
+    enters a weight matrix along it (the FFN hidden units entering the down projection;
+    the heads' outputs entering the output projection, so a head's score sums its
+    neurons and a KV group's sums its query heads). A group no weight reads is scored by
+    `weight`. `weight` (data-free): the mean absolute weight of every parameter slice an
+    index owns, each tensor normalised to mean 1, summed over the group's members.
+    `first` and `uniform`: no scores (the order is kept; `uniform` keeps evenly spaced
+    indices when slicing, the Weight Selection baseline).
     """
 
     method: str = "weight"
+    calibration: tuple | None = None
+    progress: bool = False
     name = "score"
 
     def run(self, state: SurgeryState) -> None:
-        if self.method == "first":
+        if self.method in ("first", "uniform"):
             return
-        atoms = state.analysis.atoms
-        module = state.graph.module
-        for group in movable_groups(state):
-            scores = torch.zeros(group.size, dtype=torch.float64)
-            for name, axis in group.members:
-                t = tensor_of(module, name).detach().double().abs()
-                dims = [d for d in range(t.dim()) if d != axis]
-                per_position = t.mean(dim=dims) if dims else t
-                per_position = per_position / per_position.mean().clamp_min(1e-30)
-                index = _coords(atoms, state.analysis.dims.tensors[name][axis], group.id)
-                valid = index >= 0
-                scores.index_add_(0, index[valid], per_position[valid])
-            state.scores[group.id] = scores
+        groups = movable_groups(state)
+        if self.method == "activation":
+            done = _activation_scores(state, groups, self.calibration, self.progress)
+            groups = [g for g in groups if g.id not in done]
+        _weight_scores(state, groups)
+
+
+def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> set[int]:
+    analysis = state.analysis
+    atoms, dims = analysis.atoms, analysis.dims
+    wanted = {g.id for g in groups}
+    residual = set(atoms.leaves(analysis.residual))
+    stream = [analysis.blocks[0].skip] + [b.add for b in analysis.blocks]
+    stream_sites = [(n, len(dims.out[n]) - 1) for n in stream]
+    inner_sites = sorted(set(dims.inputs_of_weights), key=lambda s: (s[0].name, s[1]))
+    sites = stream_sites + [s for s in inner_sites if s not in stream_sites]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        def bar(it):
+            return tqdm(it, desc="calibration", unit="batch")
+
+    means = activation_means(state.graph, sites, batches, bar)
+    scored: set[int] = set()
+    state.residual_site_scores = []
+    for (node, axis), mean in zip(sites, means, strict=True):
+        on_stream = (node, axis) in stream_sites
+        atom = dims.out[node][axis]
+        for leaf in set(atoms.leaves(atom)) & wanted:
+            if on_stream != (leaf in residual):
+                continue  # the stream scores the residual group, weights' inputs the rest
+            coords = _coords(atoms, atom, leaf)
+            valid = coords >= 0
+            site = torch.zeros(atoms.size[leaf], dtype=torch.float64)
+            site.index_add_(0, coords[valid], mean[valid])
+            state.scores[leaf] = state.scores.get(leaf, 0) + site
+            scored.add(leaf)
+            if on_stream:
+                state.residual_site_scores.append(site)
+    return scored
+
+
+def _weight_scores(state: SurgeryState, groups) -> None:
+    atoms = state.analysis.atoms
+    module = state.graph.module
+    for group in groups:
+        scores = torch.zeros(group.size, dtype=torch.float64)
+        for name, axis in group.members:
+            t = tensor_of(module, name).detach().double().abs()
+            dims = [d for d in range(t.dim()) if d != axis]
+            per_position = t.mean(dim=dims) if dims else t
+            per_position = per_position / per_position.mean().clamp_min(1e-30)
+            index = _coords(atoms, state.analysis.dims.tensors[name][axis], group.id)
+            valid = index >= 0
+            scores.index_add_(0, index[valid], per_position[valid])
+        state.scores[group.id] = scores
 
 
 def _coords(atoms, a: int, leaf: int) -> torch.Tensor:

@@ -20,13 +20,19 @@ class Slice:
     the emitters cut every axis and rewrite every shape literal of the group accordingly."""
 
     keep: Mapping[int, int] = field(default_factory=dict)
+    evenly: bool = False  # keep evenly spaced indices (Weight Selection), not the leading
     name = "slice"
 
     def run(self, state: SurgeryState) -> None:
         atoms = state.analysis.atoms
         for group, k in self.keep.items():
             order = state.select.get(group, torch.arange(atoms.size[group]))
-            state.select[group] = order[:k]
+            if self.evenly:
+                n = len(order)
+                picks = [round(i * (n - 1) / (k - 1)) for i in range(k)] if k > 1 else [0]
+                state.select[group] = order[torch.tensor(picks)]
+            else:
+                state.select[group] = order[:k]
 
 
 def resolve_target(analysis: Analysis, target: Mapping[str, int], movable: set[int]) -> dict:

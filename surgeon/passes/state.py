@@ -28,6 +28,7 @@ class SurgeryState:
     layers: list[int] | None = None  # the parent layer behind each child layer (None: all)
     influence: list[float] | None = None  # per parent layer, when measured
     layer_names: list[str] = field(default_factory=list)  # child layer -> module in the graph
+    residual_site_scores: list[torch.Tensor] = field(default_factory=list)  # per stream value
 
     def new_size(self, atom: int) -> int:
         """The size of an atom (an axis) in the child."""

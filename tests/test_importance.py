@@ -1,0 +1,131 @@
+"""Importance: the methods find what is important by construction; calibration forms."""
+
+import pytest
+import torch
+
+import surgeon
+from surgeon import PlanError
+from surgeon.apply import subclone
+from tests import zoo
+
+
+def _batches(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(3, zoo.VOCAB, (2, 8), generator=g),) for _ in range(n)]
+
+
+def _groups(child):
+    a = child.state.analysis
+    residual = a.atoms.leaves(a.residual)[0]
+    ffn0 = next(g.id for g in a.groups.values() if g.role == "ffn" and g.layer == 0)
+    heads1 = a.layers[1].heads[0]
+    return residual, ffn0, heads1
+
+
+def _top(scores, k):
+    return set(torch.topk(scores, k).indices.tolist())
+
+
+@pytest.mark.parametrize("method", ["activation", "weight"])
+def test_methods_recover_what_is_important_by_construction(method):
+    model, example = zoo.known_importance()
+    child = subclone(model, {"importance": method}, example, calibration=_batches())
+    residual, ffn0, heads1 = _groups(child)
+    scores = child.state.scores
+    assert _top(scores[residual], len(zoo.KNOWN_RESIDUAL)) == set(zoo.KNOWN_RESIDUAL)
+    assert _top(scores[ffn0], len(zoo.KNOWN_FFN)) == set(zoo.KNOWN_FFN)
+    assert _top(scores[heads1], 1) == {zoo.KNOWN_HEAD}
+    # and slicing keeps them, in front
+    plan = {"importance": method, "target": {"hidden_size": 8, "num_heads": 1}}
+    small = subclone(model, plan, example, calibration=_batches())
+    kept = small.state.select[residual].tolist()
+    assert set(kept[:4]) == set(zoo.KNOWN_RESIDUAL)
+    assert small.state.select[heads1].tolist() == [zoo.KNOWN_HEAD]
+
+
+def test_activation_scores_are_per_neuron_mean_absolute_activations():
+    """One stream value by hand: the residual score is the sum over stream values of
+    mean |x|, so with one layer-0 block input it must include the embedding's mean |x|."""
+    model, example = zoo.nanogpt()
+    batches = _batches(2)
+    child = subclone(model, {"importance": "activation"}, example, calibration=batches)
+    residual = _groups(child)[0]
+    first_site = child.state.residual_site_scores[0]  # the stream start: wte + wpe
+    with torch.no_grad():
+        x = torch.cat(
+            [model.transformer.wte(b[0]) + model.transformer.wpe(torch.arange(8)) for b in batches]
+        )
+    torch.testing.assert_close(first_site, x.abs().double().mean(dim=(0, 1)))
+    total = sum(child.state.residual_site_scores)
+    torch.testing.assert_close(child.state.scores[residual], total)
+    assert len(child.state.residual_site_scores) == 1 + 2 * model.config.n_layer
+
+
+def test_activation_scores_are_deterministic():
+    model, example = zoo.build("llama")
+    batches = [{"input_ids": b[0], "attention_mask": torch.ones_like(b[0])} for b in _batches()]
+    a = subclone(model, {"importance": "activation"}, calibration=batches).state.scores
+    b = subclone(model, {"importance": "activation"}, calibration=iter(batches)).state.scores
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_uniform_keeps_evenly_spaced_indices():
+    model, example = zoo.nanogpt()
+    child = subclone(model, {"importance": "uniform", "target": {"hidden_size": 8}}, example)
+    residual = _groups(child)[0]
+    assert child.state.select[residual].tolist() == [0, 9, 18, 27, 36, 45, 54, 63]
+
+
+class _Chars:
+    def __call__(self, text):
+        return {"input_ids": [ord(c) % zoo.VOCAB for c in text]}
+
+
+def test_calibration_from_a_text_file(tmp_path):
+    model, _ = zoo.nanogpt()
+    text = tmp_path / "calibration.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    plan = {
+        "importance": "activation",
+        "calibration": {"samples": 4, "seq_len": 8, "batch_size": 2},
+    }
+    child = subclone(model, plan, calibration=str(text), tokenizer=_Chars())
+    assert child.state.scores
+    default = subclone(model, plan, tokenizer=_Chars())  # Python's own docs
+    residual = _groups(default)[0]
+    assert not torch.equal(default.state.scores[residual], child.state.scores[residual])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "needs the model's tokenizer"),
+        ({"calibration": "missing.txt", "tokenizer": _Chars()}, "missing.txt does not exist"),
+        ({"calibration": []}, "calibration is empty"),
+        (
+            {
+                "calibration": [
+                    (torch.zeros(2, 8, dtype=torch.long),),
+                    (torch.zeros(3, 8, dtype=torch.long),),
+                ]
+            },
+            "calibration batch 1",
+        ),
+    ],
+)
+def test_calibration_errors(kwargs, message):
+    model, _ = zoo.nanogpt()
+    with pytest.raises(PlanError, match=message):
+        surgeon.apply(model, {"importance": "activation"}, **kwargs)
+
+
+def test_inspect_saves_scores_with_the_report():
+    import json
+
+    model, _ = zoo.known_importance()
+    report = surgeon.inspect(model, calibration=_batches()).to_dict()
+    json.dumps(report)  # the scores travel as JSON
+    residual = next(g for g in report["groups"] if g["role"] == "residual")
+    scores = torch.tensor(report["importance"][str(residual["id"])])
+    assert _top(scores, 4) == set(zoo.KNOWN_RESIDUAL)
+    assert len(report["residual_importance_per_site"]) == 1 + 2 * 3
