@@ -12,7 +12,7 @@ from torch import fx, nn
 from .analysis import analyse
 from .calibration import check_batches, resolve_calibration
 from .emit import check_config, emit_graph, emit_hf, is_hf_model
-from .errors import SurgeonError
+from .errors import PlanError, SurgeonError
 from .frontends import trace
 from .passes import Depth, Permute, Rescale, Score, Slice, SurgeryState
 from .passes.depth import choose_layers
@@ -40,20 +40,14 @@ def subclone(
 ) -> Child:
     """Everything `apply` does, keeping the intermediate results (for tests and tools)."""
     plan = load_plan(plan)
+    _check_parent(model, plan)
     measured_depth = plan.depth == "influence" and "num_layers" in plan.target
     needed = plan.importance == "activation" or measured_depth
     calibration = resolve_calibration(model, calibration, tokenizer, plan.calibration, needed)
     if calibration is not None:
-        if example_inputs is None:
-            example_inputs = calibration[0]
+        example_inputs = calibration[0] if example_inputs is None else example_inputs
         check_batches(example_inputs, calibration)
-    if any(t.device.type == "meta" for t in model.parameters()):
-        raise SurgeonError(
-            f"{type(model).__name__} has its weights on the meta device: surgery needs them "
-            "in memory (build or load the parent with its weights)"
-        )
-    graph = trace(model, example_inputs)
-    analysis = analyse(graph)
+    graph, analysis = _trace_and_analyse(model, example_inputs)
     state = SurgeryState(graph, analysis)
     keep = resolve_target(analysis, plan.target, {g.id for g in movable_groups(state)})
     layers = _check_depth(plan, len(analysis.layers))
@@ -75,7 +69,34 @@ def subclone(
         config = check_config(model, state, _expected_shapes(state))
     child = emit_graph(state)
     hf = emit_hf(model, config, child, state) if config is not None else None
-    return Child(child, hf if hf is not None else child, state)
+    return Child(child, child if plan.emit == "graph" or hf is None else hf, state)
+
+
+def _check_parent(model: nn.Module, plan: Plan) -> None:
+    if any(t.device.type == "meta" for t in model.parameters()):
+        raise SurgeonError(
+            f"{type(model).__name__} has its weights on the meta device: surgery needs them "
+            "in memory (build or load the parent with its weights)"
+        )
+    if plan.emit == "hf" and not is_hf_model(model):
+        raise PlanError(
+            f"emit: hf needs a Hugging Face parent; {type(model).__name__} gives a graph "
+            "(emit: graph or auto)"
+        )
+
+
+def _trace_and_analyse(model: nn.Module, example_inputs: Any):
+    """A plain module is traced with torch.fx first: its graph keeps batch and sequence
+    sizes symbolic, so the child runs (and exports) at any size. Hugging Face models, and
+    modules torch.fx cannot trace or analyse, go through torch.export."""
+    if not is_hf_model(model):
+        try:
+            graph = trace(model, example_inputs, frontend="fx")
+            return graph, analyse(graph)
+        except SurgeonError:
+            pass
+    graph = trace(model, example_inputs)
+    return graph, analyse(graph)
 
 
 def apply(

@@ -1,40 +1,101 @@
 """The plan: what the child should be. `load_plan` accepts a dict, a YAML string or a path.
 
-Short form (keys may be omitted; omitted target sizes keep the parent's):
+Short form (every key may be omitted; omitted target sizes keep the parent's):
 
     target: {num_layers: 10, hidden_size: 384, intermediate_size: 1024, num_heads: 6,
              num_kv_heads: 2}
     depth: middle           # middle | uniform | first | last | influence | [0, 1, 1, 2, ...]
     importance: activation  # activation | weight | uniform | first
     rescale: paper          # paper | none
+    calibration: {samples: 32, seq_len: 256, batch_size: 4}
+    emit: auto              # auto | hf | graph
+
+Long form: the same surgery as an explicit list of passes, in pipeline order:
+
+    passes:
+      - score: {method: activation}
+      - depth: {strategy: middle, num_layers: 10}
+      - permute: {}
+      - slice: {hidden_size: 384, intermediate_size: 1024, num_heads: 6, num_kv_heads: 2}
+      - rescale: {method: paper}
+
+The plan is checked against `SCHEMA` (a JSON Schema, written to docs/plan.schema.json by
+`python -m surgeon.plan`); every problem is one `PlanError` line naming the key, the value
+and what is allowed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
 from .errors import PlanError
 
-__all__ = ["Plan", "load_plan", "TARGETS", "IMPORTANCE", "RESCALE"]
+__all__ = ["Plan", "load_plan", "SCHEMA", "PASS_ORDER"]
 
-TARGETS = (
-    "num_layers",
-    "hidden_size",
-    "intermediate_size",
-    "num_heads",
-    "num_kv_heads",
-    "head_dim",
-)
+WIDTH = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
+TARGETS = ("num_layers", *WIDTH)
 DEPTH = ("middle", "uniform", "first", "last", "influence")
 IMPORTANCE = ("activation", "weight", "uniform", "first")
 RESCALE = ("paper", "none")
-KEYS = ("target", "depth", "importance", "rescale", "calibration")
+EMIT = ("auto", "hf", "graph")
 CALIBRATION = {"samples": 32, "seq_len": 256, "batch_size": 4}
+PASS_ORDER = ("score", "depth", "permute", "slice", "rescale")
+
+_SIZE = {"type": "integer", "minimum": 1}
+_DEPTH = {
+    "oneOf": [
+        {"enum": list(DEPTH)},
+        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+    ]
+}
+
+
+def _object(properties: dict, description: str = "") -> dict:
+    out = {"type": "object", "additionalProperties": False, "properties": properties}
+    return {**out, "description": description} if description else out
+
+
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "surgeon plan",
+    **_object(
+        {
+            "target": _object({k: _SIZE for k in TARGETS}, "sizes of the child"),
+            "depth": {
+                **_DEPTH,
+                "description": "which layers to keep (a list: in order; a repeat duplicates)",
+            },
+            "importance": {"enum": list(IMPORTANCE)},
+            "rescale": {"enum": list(RESCALE)},
+            "calibration": _object({k: _SIZE for k in CALIBRATION}, "text read for calibration"),
+            "emit": {"enum": list(EMIT)},
+            "passes": {
+                "type": "array",
+                "description": "long form: the passes in pipeline order",
+                "items": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "additionalProperties": False,
+                    "properties": {
+                        "score": _object({"method": {"enum": list(IMPORTANCE)}}),
+                        "depth": _object({"strategy": _DEPTH, "num_layers": _SIZE}),
+                        "permute": _object({}),
+                        "slice": _object({k: _SIZE for k in WIDTH}),
+                        "rescale": _object({"method": {"enum": list(RESCALE)}}),
+                    },
+                },
+            },
+        }
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -44,10 +105,11 @@ class Plan:
     importance: str = "weight"
     rescale: str = "paper"
     calibration: Mapping[str, int] = field(default_factory=lambda: dict(CALIBRATION))
+    emit: str = "auto"
 
 
 def load_plan(plan: Any) -> Plan:
-    """Read and check a plan; any problem is a one-line `PlanError` naming key and value."""
+    """Read and check a plan (a Plan, dict, YAML string or path to a YAML file)."""
     if isinstance(plan, Plan):
         return plan
     if isinstance(plan, (str, Path)):
@@ -55,72 +117,114 @@ def load_plan(plan: Any) -> Plan:
     if plan is None:
         plan = {}
     if not isinstance(plan, Mapping):
-        raise PlanError(f"a plan is a mapping of keys ({', '.join(KEYS)}), not {_kind(plan)}")
-    for key in plan:
-        if key not in KEYS:
-            raise PlanError(f"unknown key {key!r} in the plan; allowed: {', '.join(KEYS)}")
-    target = plan.get("target") or {}
-    if not isinstance(target, Mapping):
-        raise PlanError(f"target must be a mapping of sizes, not {_kind(target)}")
-    for key, value in target.items():
-        if key not in TARGETS:
-            raise PlanError(f"unknown target {key!r}; allowed: {', '.join(TARGETS)}")
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise PlanError(f"target.{key} must be a positive integer, got {value!r}")
-    importance = plan.get("importance", "weight")
-    if importance not in IMPORTANCE:
         raise PlanError(
-            f"importance {importance!r} is not available; choose one of: {', '.join(IMPORTANCE)}"
+            f"a plan is a mapping of keys ({', '.join(SCHEMA['properties'])}), not {_kind(plan)}"
         )
-    rescale = plan.get("rescale", "paper")
-    if rescale not in RESCALE:
-        raise PlanError(f"rescale {rescale!r} is not known; choose one of: {', '.join(RESCALE)}")
-    depth = _depth(plan.get("depth", "middle"))
-    return Plan(dict(target), depth, importance, rescale, _calibration(plan.get("calibration")))
+    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(plan), key=_depth_first)
+    if errors:
+        raise PlanError(_message(errors[0]))
+    if "passes" in plan:
+        plan = _from_passes(plan)
+    depth = plan.get("depth", "middle")
+    if isinstance(depth, list):
+        if depth != sorted(depth):
+            raise PlanError(
+                f"depth {depth}: layers keep the parent's order (list them sorted; a repeated "
+                "index duplicates that layer)"
+            )
+        depth = tuple(depth)
+    return Plan(
+        target=dict(plan.get("target") or {}),
+        depth=depth,
+        importance=plan.get("importance", "weight"),
+        rescale=plan.get("rescale", "paper"),
+        calibration={**CALIBRATION, **(plan.get("calibration") or {})},
+        emit=plan.get("emit", "auto"),
+    )
 
 
-def _calibration(settings: Any) -> dict[str, int]:
-    """How much text to read when calibration comes from text: samples x seq_len tokens."""
-    if settings is None:
-        return dict(CALIBRATION)
-    if not isinstance(settings, Mapping):
+def _from_passes(plan: Mapping) -> dict:
+    """The long form as the short form: the pipeline's order is fixed, so a list of passes
+    says which run and with what; a pass left out does nothing (no score: the order is
+    kept; no rescale: weights are copied as they are)."""
+    mixed = [k for k in ("target", "depth", "importance", "rescale") if k in plan]
+    if mixed:
         raise PlanError(
-            f"calibration must be a mapping of {', '.join(CALIBRATION)}, not {_kind(settings)}"
+            f"the plan has both passes and {', '.join(mixed)}: use the short form or the long "
+            "form (a list of passes), not both"
         )
-    out = dict(CALIBRATION)
-    for key, value in settings.items():
-        if key not in CALIBRATION:
-            raise PlanError(f"unknown key calibration.{key}; allowed: {', '.join(CALIBRATION)}")
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise PlanError(f"calibration.{key} must be a positive integer, got {value!r}")
-        out[key] = value
+    names = [next(iter(step)) for step in plan["passes"]]
+    for earlier, later in zip(names, names[1:], strict=False):
+        if PASS_ORDER.index(later) <= PASS_ORDER.index(earlier):
+            raise PlanError(
+                f"pass order impossible: {later!r} after {earlier!r}; passes run in the "
+                f"order {' -> '.join(PASS_ORDER)}, each at most once"
+            )
+    steps = {next(iter(step)): next(iter(step.values())) for step in plan["passes"]}
+    out = {k: v for k, v in plan.items() if k in ("calibration", "emit")}
+    out["importance"] = (
+        steps.get("score", {}).get("method", "weight") if "score" in steps else "first"
+    )
+    depth = steps.get("depth", {})
+    out["depth"] = depth.get("strategy", "middle")
+    target = dict(steps.get("slice", {}))
+    if "num_layers" in depth:
+        target["num_layers"] = depth["num_layers"]
+    out["target"] = target
+    out["rescale"] = (
+        steps.get("rescale", {}).get("method", "paper") if "rescale" in steps else "none"
+    )
+    if target.keys() - {"num_layers"} and "permute" not in steps and "score" in steps:
+        raise PlanError(
+            "pass order impossible: slice keeps the leading indices of the permuted order; "
+            "put permute between score and slice"
+        )
     return out
 
 
-def _depth(depth: Any) -> str | tuple[int, ...]:
-    """A strategy name, or the parent's layers to keep in order (a repeat duplicates)."""
-    if isinstance(depth, str):
-        if depth not in DEPTH:
-            raise PlanError(
-                f"depth {depth!r} is not known; choose one of: {', '.join(DEPTH)}, "
-                "or a list of the layers to keep"
+def _depth_first(error: jsonschema.ValidationError):
+    return (-len(error.absolute_path), str(list(error.absolute_path)))
+
+
+def _where(path) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "the plan"
+
+
+def _message(e: jsonschema.ValidationError) -> str:
+    """One line: the key, the value, what is allowed."""
+    path = list(e.absolute_path)
+    where, value = _where(path), e.instance
+    if e.validator == "oneOf" and path and path[-1] in ("depth", "strategy"):
+        return (
+            f"{where} must be one of {', '.join(DEPTH)} or a non-empty list of layer "
+            f"indices, not {_kind(value)}"
+        )
+    if e.validator == "additionalProperties":
+        allowed = list(e.schema.get("properties", {}))
+        unknown = sorted(set(value) - set(allowed))[0]
+        if len(path) >= 2 and path[-2] == "passes":
+            return (
+                f"unknown pass {unknown!r} in passes[{path[-1]}]; valid passes: "
+                f"{', '.join(PASS_ORDER)}"
             )
-        return depth
-    if (
-        isinstance(depth, (list, tuple))
-        and depth
-        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in depth)
-    ):
-        if list(depth) != sorted(depth):
-            raise PlanError(
-                f"depth {list(depth)}: layers keep the parent's order (list them sorted; "
-                "a repeated index duplicates that layer)"
-            )
-        return tuple(depth)
-    raise PlanError(
-        f"depth must be one of {', '.join(DEPTH)} or a non-empty list of layer indices, "
-        f"not {_kind(depth)}"
-    )
+        if path == ["target"]:
+            return f"unknown target {unknown!r}; allowed: {', '.join(allowed)}"
+        inside = "the plan" if not path else where
+        return f"unknown key {unknown!r} in {inside}; allowed: {', '.join(allowed) or 'none'}"
+    if e.validator in ("type", "minimum") and e.schema.get("type") == "integer":
+        return f"{where} must be a positive integer, got {value!r}"
+    if e.validator == "enum":
+        return f"{where} {value!r} is not one of: {', '.join(map(str, e.validator_value))}"
+    if e.validator in ("minProperties", "maxProperties"):
+        return f"{where} must name exactly one pass ({', '.join(PASS_ORDER)}), not {value!r}"
+    if e.validator == "type":
+        return (
+            f"{where} must be {e.validator_value_name()}, not {_kind(value)}"
+            if hasattr(e, "validator_value_name")
+            else f"{where} must be of type {e.validator_value}, not {_kind(value)}"
+        )
+    return f"{where}: {e.message.splitlines()[0]}"
 
 
 def _read_yaml(source: str | Path) -> Any:
@@ -134,9 +238,13 @@ def _read_yaml(source: str | Path) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise PlanError(f"the plan is not valid YAML: {str(e).splitlines()[0]}") from e
-    except OSError as e:
-        raise PlanError(f"cannot read plan {text}: {e.strerror}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise PlanError(f"cannot read plan {text}: {e}") from e
 
 
 def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
+
+
+if __name__ == "__main__":  # python -m surgeon.plan > docs/plan.schema.json
+    print(json.dumps(SCHEMA, indent=2))

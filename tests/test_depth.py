@@ -163,7 +163,7 @@ def test_strategies_choose_the_documented_layers():
         ({"depth": [0, 5]}, "depth lists layer 5; the parent has 3"),
         ({"depth": [2, 0]}, "layers keep the parent's order"),
         ({"depth": [0, 1], "target": {"num_layers": 3}}, "depth lists 2 layers"),
-        ({"depth": "random"}, "depth 'random' is not known"),
+        ({"depth": "random"}, "depth must be one of middle"),
         ({"depth": []}, "non-empty list"),
         ({"target": {"num_layers": 2}, "depth": "influence"}, "pass calibration"),
     ],

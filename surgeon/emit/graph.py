@@ -192,7 +192,12 @@ def _rewrite(state: SurgeryState, node: fx.Node, lit: Literal) -> None:
     old = state.analysis.atoms
     if lit.kind == "size":
         new = size(lit.atoms[0])
-        if new != old.size[old.find(lit.atoms[0])]:
+        # A size computed in the graph (torch.fx: C // n_head) may follow a cut axis at run
+        # time; it is fixed to the child's size unless it is a batch or sequence size.
+        computed = isinstance(_get_arg(node, lit.where), fx.Node) and any(
+            leaf in state.analysis.groups for leaf in old.leaves(lit.atoms[0])
+        )
+        if computed or new != old.size[old.find(lit.atoms[0])]:
             _set_arg(node, lit.where, new)
     elif lit.kind == "split":
         sizes = [size(a) for a in lit.atoms]
