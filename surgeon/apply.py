@@ -20,7 +20,7 @@ from .passes.score import movable_groups
 from .passes.slice import resolve_target
 from .plan import Plan, load_plan
 
-__all__ = ["Child", "apply", "subclone"]
+__all__ = ["Child", "apply", "dry_run", "subclone"]
 
 
 @dataclass
@@ -70,6 +70,24 @@ def subclone(
     child = emit_graph(state)
     hf = emit_hf(model, config, child, state) if config is not None else None
     return Child(child, child if plan.emit == "graph" or hf is None else hf, state)
+
+
+def dry_run(model: nn.Module, plan: Any, example_inputs: Any = None) -> str:
+    """Check a plan against a model without cutting anything; describes the child."""
+    plan = load_plan(plan)
+    _check_parent(model, plan)
+    graph, analysis = _trace_and_analyse(model, example_inputs)
+    state = SurgeryState(graph, analysis)
+    keep = resolve_target(analysis, plan.target, {g.id for g in movable_groups(state)})
+    layers = _check_depth(plan, len(analysis.layers))
+    state.select = {g: torch.arange(k) for g, k in keep.items()}
+    state.layers = layers
+    if is_hf_model(model):
+        check_config(model, state, _expected_shapes(state))
+    from .emit.hf import child_sizes
+
+    sizes = {"num_layers": len(layers), **child_sizes(state)}
+    return ", ".join(f"{k} {v}" for k, v in sizes.items())
 
 
 def _check_parent(model: nn.Module, plan: Plan) -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 from .errors import SurgeonError, first_line
 
@@ -22,6 +23,33 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .plan import load_plan
+
+    plan = load_plan(args.plan)
+    if not args.model:
+        print(f"{args.plan}: valid plan ({_describe(plan)})")
+        return 0
+    from .apply import dry_run
+    from .loading import load_model
+
+    model, inputs = load_model(args.model)
+    child = dry_run(model, plan, inputs)
+    print(f"{args.plan}: valid for {type(model).__name__}: child {child}")
+    return 0
+
+
+def _describe(plan) -> str:
+    target = ", ".join(f"{k} {v}" for k, v in plan.target.items()) or "parent's sizes"
+    return f"{target}; depth {plan.depth}; importance {plan.importance}; rescale {plan.rescale}"
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from .cli_apply import run_apply
+
+    return run_apply(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="surgeon",
@@ -31,19 +59,32 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "inspect", help="trace a model and print its layers, widths, heads and groups"
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        help="a Hugging Face folder, or 'module:factory' / 'file.py:factory'",
-    )
+    model_help = "a Hugging Face folder, or 'module:factory' / 'file.py:factory'"
+    p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--frontend", default="auto", choices=["auto", "export", "fx"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_cmd_inspect)
+
+    p = sub.add_parser("apply", help="build a smaller model from a plan and write it")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--plan", required=True, help="a plan file (YAML), see docs/plan.md")
+    p.add_argument("--out", required=True, help="the folder to write (must not exist)")
+    p.add_argument("--calibration", help="a text file for activation importance / influence")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=_cmd_apply)
+
+    p = sub.add_parser("validate", help="check a plan (and, with --model, its targets)")
+    p.add_argument("plan", help="a plan file (YAML)")
+    p.add_argument("--model", help=model_help + " (checks the targets; cuts nothing)")
+    p.set_defaults(run=_cmd_validate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # torch's pytree deprecation notice fires inside deepcopy; it is not the user's concern
+    warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
     try:
         return args.run(args)
     except SurgeonError as e:

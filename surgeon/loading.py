@@ -14,7 +14,7 @@ from torch import nn
 from .errors import ModelLoadError, first_line
 from .frontends import Inputs, as_inputs
 
-__all__ = ["load_model"]
+__all__ = ["load_model", "load_tokenizer"]
 
 
 def load_model(spec: str) -> tuple[nn.Module, Inputs | None]:
@@ -97,3 +97,19 @@ def _load_factory(spec: str) -> tuple[nn.Module, Inputs | None]:
     raise ModelLoadError(
         f"{spec}() returned {type(made).__name__}: return an nn.Module or (module, example_inputs)"
     )
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer saved in a Hugging Face folder, or None (factories have none)."""
+    path = Path(spec)
+    if not path.is_dir():
+        return None
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if not any((path / n).is_file() for n in names):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the tokenizer in {path}: {first_line(e)}") from e

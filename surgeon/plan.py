@@ -219,11 +219,8 @@ def _message(e: jsonschema.ValidationError) -> str:
     if e.validator in ("minProperties", "maxProperties"):
         return f"{where} must name exactly one pass ({', '.join(PASS_ORDER)}), not {value!r}"
     if e.validator == "type":
-        return (
-            f"{where} must be {e.validator_value_name()}, not {_kind(value)}"
-            if hasattr(e, "validator_value_name")
-            else f"{where} must be of type {e.validator_value}, not {_kind(value)}"
-        )
+        kind = {"object": "a mapping", "array": "a list"}.get(e.validator_value, e.validator_value)
+        return f"{where} must be {kind}, not {_kind(value)}"
     return f"{where}: {e.message.splitlines()[0]}"
 
 

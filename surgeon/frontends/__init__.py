@@ -40,6 +40,7 @@ __all__ = [
     "as_inputs",
     "op_name",
     "output_tensors",
+    "quiet_torch_logs",
     "synthetic_inputs",
     "tensor_of",
     "trace",
@@ -69,7 +70,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_torch_logs() -> Iterator[None]:
+def quiet_torch_logs() -> Iterator[None]:
     """torch logs and prints a failed trace at length (graph dumps); the TraceError says it
     in one line."""
     logger = logging.getLogger("torch")
@@ -114,7 +115,7 @@ def trace(model: nn.Module, example_inputs: Any = None, frontend: str = "auto") 
         inputs = inputs.to("meta")
     names = list(FRONTENDS) if frontend == "auto" else [frontend]
     failures = []
-    with eval_mode(model), tracing_settings(model), _quiet_torch_logs():
+    with eval_mode(model), tracing_settings(model), quiet_torch_logs():
         for name in names:
             try:
                 return FRONTENDS[name](model, inputs)

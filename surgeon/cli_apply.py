@@ -1,0 +1,115 @@
+"""`surgeon apply`: plan -> child model folder (+ ONNX), atomically, with a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import PlanError, SurgeonError
+from .output import check_output, staged_folder
+
+__all__ = ["run_apply"]
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    from .apply import subclone
+    from .loading import load_model, load_tokenizer
+    from .plan import load_plan
+
+    plan = load_plan(args.plan)  # everything that can be checked cheaply, first
+    out = Path(args.out)
+    check_output(out, args.force)
+    if args.calibration is not None:
+        _check_readable(Path(args.calibration))
+    started = time.perf_counter()
+    model, inputs = load_model(args.model)
+    tokenizer = load_tokenizer(args.model)
+    parent_params = sum(p.numel() for p in model.parameters())
+    child = subclone(model, plan, inputs, args.calibration, tokenizer, progress=True)
+    with staged_folder(out, args.force) as tmp:
+        _write_model(child, tokenizer, tmp)
+        diff = _write_onnx(child, tmp) if args.onnx else None
+        summary = _summary(args, child, parent_params, time.perf_counter() - started, diff)
+        (tmp / "surgeon.json").write_text(json.dumps(summary, indent=2))
+    _print(summary, out)
+    return 0
+
+
+def _check_readable(path: Path) -> None:
+    try:
+        with path.open(encoding="utf-8") as f:
+            f.read(4096)
+    except FileNotFoundError:
+        raise PlanError(f"calibration file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PlanError(f"cannot read calibration file {path}: {e}") from e
+
+
+def _write_model(child, tokenizer, folder: Path) -> None:
+    if child.model is child.graph:
+        try:
+            torch.save(child.graph, folder / "model.pt")
+        except Exception as e:  # noqa: BLE001
+            raise SurgeonError(f"cannot save the child graph: {e}") from e
+        return
+    child.model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def _write_onnx(child, folder: Path) -> float:
+    from .emit.onnx import check_onnx, export_onnx, fresh_like
+
+    example = child.state.graph.inputs
+    model = child.model
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    first = example.args[0] if example.args else next(iter(example.kwargs.values()))
+    batch, seq = first.shape[0], first.shape[1] if first.dim() > 1 else 1
+    export_onnx(model, example, folder / "model.onnx")
+    checks = [
+        fresh_like(example, batch + 1, seq + 3, vocab, 1),
+        fresh_like(example, 1, max(2, 2 * seq), vocab, 2),
+    ]
+    return check_onnx(model, folder / "model.onnx", checks)
+
+
+def _summary(args, child, parent_params: int, seconds: float, diff) -> dict:
+    from .emit.hf import child_sizes
+
+    state = child.state
+    sizes = child_sizes(state)
+    sizes["num_layers"] = (
+        len(state.layers) if state.layers is not None else len(state.analysis.layers)
+    )
+    return {
+        "parent": args.model,
+        "plan": args.plan,
+        "parent_parameters": parent_params,
+        "child_parameters": sum(p.numel() for p in child.model.parameters()),
+        "child": sizes,
+        "layers_kept": state.layers,
+        "model": type(child.model).__name__,
+        "onnx_max_relative_difference": diff,
+        "seconds": round(seconds, 2),
+    }
+
+
+def _print(summary: dict, out: Path) -> None:
+    s = summary
+    print(f"wrote {out}/  ({s['model']})")
+    print(
+        f"  parameters  {s['parent_parameters']:,} -> {s['child_parameters']:,} "
+        f"({s['child_parameters'] / s['parent_parameters']:.1%})"
+    )
+    for key, value in s["child"].items():
+        print(f"  {key:<18} {value}")
+    if s["onnx_max_relative_difference"] is not None:
+        print(
+            f"  onnx: model.onnx matches PyTorch within "
+            f"{s['onnx_max_relative_difference']:.1e} of the output scale (2 fresh shapes)"
+        )
+    print(f"  took {s['seconds']:.1f} s")

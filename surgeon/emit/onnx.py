@@ -1,0 +1,116 @@
+"""Export the child to ONNX (torch.onnx, dynamo) with dynamic batch and sequence axes, and
+check it with onnxruntime on fresh inputs of other sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InvariantError, SurgeonError
+from ..frontends import as_inputs, output_tensors, quiet_torch_logs
+
+__all__ = ["export_onnx", "check_onnx", "fresh_like"]
+
+
+def _dynamic_shapes(inputs) -> tuple[Any, Any]:
+    """Batch (axis 0) of every tensor is dynamic; so is the sequence (axis 1) of integer
+    tensors (token ids, masks). Image sizes stay fixed."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    seq = torch.export.Dim("sequence", min=2, max=8192)
+
+    def spec(t):
+        if not isinstance(t, torch.Tensor):
+            return None
+        dims = {0: batch}
+        if t.dim() >= 2 and not t.is_floating_point():
+            dims[1] = seq
+        return dims
+
+    return tuple(spec(a) for a in inputs.args), {k: spec(v) for k, v in inputs.kwargs.items()}
+
+
+def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> Path:
+    """Write `model` to `path` (weights in `path`.data beside it)."""
+    inputs = as_inputs(example_inputs)
+    args_spec, kwargs_spec = _dynamic_shapes(inputs)
+    model.eval()
+    try:
+        with quiet_torch_logs():
+            program = torch.onnx.export(
+                model,
+                inputs.args,
+                str(path),
+                kwargs=dict(inputs.kwargs),
+                dynamo=True,
+                dynamic_shapes=_by_signature(model, args_spec, kwargs_spec),
+                report=False,
+                verbose=False,
+            )
+    except Exception as e:  # noqa: BLE001 - the exporter's failures become one line
+        raise SurgeonError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from e
+    if program is None:
+        raise SurgeonError("ONNX export produced nothing")
+    return Path(path)
+
+
+def _by_signature(model, args_spec, kwargs_spec):
+    """dynamic_shapes keyed by the forward's parameter names, as torch.export wants them."""
+    import inspect
+
+    params = list(inspect.signature(model.forward).parameters)
+    out = {params[i]: s for i, s in enumerate(args_spec) if i < len(params)}
+    out.update(kwargs_spec)
+    return out
+
+
+def fresh_like(example_inputs: Any, batch: int, seq: int, vocab: int | None, seed: int = 0):
+    """Inputs like the example's, with another batch size and (for token ids) length."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = as_inputs(example_inputs)
+
+    def make(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        shape = list(t.shape)
+        shape[0] = batch
+        if t.is_floating_point():
+            return torch.randn(shape, generator=g, dtype=t.dtype)
+        if t.dim() >= 2:
+            shape[1] = seq
+        if t.dtype == torch.bool or int(t.max()) <= 1:  # masks
+            return torch.ones(shape, dtype=t.dtype)
+        high = vocab or int(t.max()) + 1
+        return torch.randint(0, high, shape, generator=g, dtype=t.dtype)
+
+    return type(inputs)(
+        tuple(make(a) for a in inputs.args), {k: make(v) for k, v in inputs.kwargs.items()}
+    )
+
+
+@torch.no_grad()
+def check_onnx(model: nn.Module, path: str | Path, inputs_list: list[Any], tol: float = 1e-4):
+    """Run the ONNX file with onnxruntime on each inputs and compare with PyTorch; returns
+    the largest difference relative to the output scale; `InvariantError` above `tol`."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    worst = 0.0
+    for example in inputs_list:
+        inputs = as_inputs(example)
+        positional = iter(inputs.args)  # named after the forward's arguments, in order
+        feed = {
+            n: (inputs.kwargs[n] if n in inputs.kwargs else next(positional)).numpy() for n in names
+        }
+        got = session.run(None, feed)[0]
+        want = output_tensors(inputs.call(model))[0]
+        scale = max(want.abs().max().item(), 1e-6)
+        worst = max(worst, (torch.from_numpy(got) - want).abs().max().item() / scale)
+    if worst > tol:
+        raise InvariantError(
+            f"onnxruntime differs from PyTorch by {worst:.2e} of the output scale (> {tol})"
+        )
+    return worst

@@ -1,0 +1,209 @@
+"""`surgeon apply` and `surgeon validate`: a child folder on success; on bad input one
+line, exit 2, no traceback, and nothing written."""
+
+import json
+
+import pytest
+import torch
+
+from surgeon.cli import main
+from tests import zoo
+
+GOOD = "target: {hidden_size: 32, intermediate_size: 48, num_heads: 2, num_kv_heads: 1}\n"
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("parent") / "llama"
+    model, _ = zoo.build("llama")
+    model.save_pretrained(folder)
+    return folder
+
+
+def _plan(tmp_path, text, name="plan.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_apply_writes_a_checked_child(parent, tmp_path, capsys):
+    out = tmp_path / "child"
+    plan = _plan(tmp_path, GOOD)
+    assert main(["apply", "--model", str(parent), "--plan", plan, "--out", str(out), "--onnx"]) == 0
+    printed = capsys.readouterr().out
+    assert "matches PyTorch within" in printed
+    summary = json.loads((out / "surgeon.json").read_text())
+    assert summary["child"]["hidden_size"] == 32 and summary["child"]["num_kv_heads"] == 1
+    assert summary["onnx_max_relative_difference"] < 1e-4
+    from transformers import LlamaForCausalLM
+
+    child = LlamaForCausalLM.from_pretrained(out)
+    assert child.config.hidden_size == 32
+    assert sum(p.numel() for p in child.parameters()) == summary["child_parameters"]
+    assert (out / "model.onnx").is_file()
+    assert not list(tmp_path.glob(".child.*"))
+    # --force replaces it, and only then
+    assert main(["apply", "--model", str(parent), "--plan", plan, "--out", str(out)]) == 2
+    assert (
+        main(["apply", "--model", str(parent), "--plan", plan, "--out", str(out), "--force"]) == 0
+    )
+    assert not (out / "model.onnx").exists()
+
+
+def test_apply_on_a_factory_writes_a_graph(tmp_path):
+    out = tmp_path / "child"
+    plan = _plan(tmp_path, "target: {hidden_size: 32, num_layers: 2}\n")
+    assert (
+        main(["apply", "--model", "tests/zoo.py:nanogpt", "--plan", plan, "--out", str(out)]) == 0
+    )
+    graph = torch.load(out / "model.pt", weights_only=False)
+    assert graph(torch.randint(0, zoo.VOCAB, (3, 5))).shape == (3, 5, zoo.VOCAB)
+
+
+def test_validate(parent, tmp_path, capsys):
+    plan = _plan(tmp_path, GOOD)
+    assert main(["validate", plan]) == 0
+    assert main(["validate", plan, "--model", str(parent)]) == 0
+    out = capsys.readouterr().out
+    assert "valid for LlamaForCausalLM: child num_layers 3, hidden_size 32" in out
+
+
+BAD_PLANS = [
+    ("targets: {}\n", "unknown key 'targets' in the plan"),
+    ("target: [1]\n", "target must be a mapping"),
+    ("target: {hidden_size: -3}\n", "target.hidden_size must be a positive integer, got -3"),
+    ("target: {hidden_size: 0}\n", "must be a positive integer, got 0"),
+    ("target: {hidden_size: big}\n", "got 'big'"),
+    ("target: {hidden_size: true}\n", "got True"),
+    ("target: {layers: 2}\n", "unknown target 'layers'"),
+    ("target: {hidden_size: 65}\n", "wider than the parent (64)"),
+    ("target: {num_heads: 3, num_kv_heads: 2}\n", "does not divide"),
+    ("target: {num_heads: 6, num_kv_heads: 1}\n", "needs 6 query heads per KV group"),
+    ("target: {num_kv_heads: 3, num_heads: 3}\n", "wider than the parent (2)"),
+    ("target: {head_dim: 8}\n", "rotary embeddings couple it"),
+    ("target: {num_layers: 4}\n", "deeper than the parent (3)"),
+    ("importance: magic\n", "importance 'magic' is not one of"),
+    ("rescale: half\n", "rescale 'half' is not one of"),
+    ("depth: random\n", "depth must be one of middle"),
+    ("depth: [2, 0]\n", "layers keep the parent's order"),
+    ("depth: [0, 7]\n", "depth lists layer 7; the parent has 3"),
+    ("passes: [{prune: {}}]\n", "unknown pass 'prune' in passes[0]; valid passes: score"),
+    ("passes: [{slice: {hidden_size: 32}}, {score: {}}]\n", "pass order impossible"),
+    ("passes: [{score: {}}]\ntarget: {hidden_size: 32}\n", "use the short form or the long"),
+    ("passes: [{score: {}, slice: {}}]\n", "must name exactly one pass"),
+    ("target: [\n", "not valid YAML"),
+    ("- 1\n- 2\n", "a plan is a mapping"),
+    ("calibration: {foo: 1}\n", "unknown key 'foo' in calibration"),
+    ("emit: onnx\n", "emit 'onnx' is not one of"),
+    ("importance: activation\ncalibration: {seq_len: 0}\n", "calibration.seq_len must be"),
+]
+
+
+def _fails_cleanly(argv, message, capsys, tmp_path):
+    before = set(tmp_path.iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("surgeon:")]
+    assert len(lines) == 1 and lines[0].startswith("surgeon: error: "), err
+    assert "Traceback" not in err
+    assert message in lines[0], lines[0]
+    assert set(tmp_path.iterdir()) == before  # nothing written, nothing half-written
+
+
+@pytest.mark.parametrize("text, message", BAD_PLANS)
+def test_bad_plans(parent, tmp_path, capsys, text, message):
+    plan = _plan(tmp_path, text)
+    before_plan = (tmp_path / "plan.yaml").read_bytes()
+    _fails_cleanly(
+        ["apply", "--model", str(parent), "--plan", plan, "--out", str(tmp_path / "child")],
+        message,
+        capsys,
+        tmp_path,
+    )
+    assert (tmp_path / "plan.yaml").read_bytes() == before_plan
+
+
+def test_bad_arguments(parent, tmp_path, capsys):
+    plan = _plan(tmp_path, GOOD)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00\x81" * 100)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    child = str(tmp_path / "child")
+    cases = [
+        (
+            ["--model", str(tmp_path / "nowhere"), "--plan", plan, "--out", child],
+            "neither a folder nor 'module:factory'",
+        ),
+        (["--model", str(existing), "--plan", plan, "--out", child], "has no config.json"),
+        (
+            ["--model", str(parent), "--plan", str(tmp_path / "none.yaml"), "--out", child],
+            "none.yaml does not exist",
+        ),
+        (
+            [
+                "--model",
+                str(parent),
+                "--plan",
+                plan,
+                "--out",
+                child,
+                "--calibration",
+                str(tmp_path / "missing.txt"),
+            ],
+            "missing.txt does not exist",
+        ),
+        (
+            ["--model", str(parent), "--plan", plan, "--out", child, "--calibration", str(binary)],
+            "cannot read calibration file",
+        ),
+        (
+            ["--model", str(parent), "--plan", plan, "--out", str(existing)],
+            "already exists: choose another --out, or pass --force",
+        ),
+        (
+            ["--model", str(parent), "--plan", plan, "--out", str(tmp_path / "no" / "child")],
+            "does not exist",
+        ),
+        (
+            [
+                "--model",
+                "tests/zoo.py:nanogpt",
+                "--plan",
+                _plan(tmp_path, "emit: hf\n", "e.yaml"),
+                "--out",
+                child,
+            ],
+            "emit: hf needs a Hugging Face parent",
+        ),
+        (
+            [
+                "--model",
+                "tests/zoo.py:nanogpt",
+                "--plan",
+                _plan(tmp_path, "importance: activation\n", "a.yaml"),
+                "--out",
+                child,
+            ],
+            "needs the model's tokenizer",
+        ),
+        (
+            [
+                "--model",
+                "tests/zoo.py:nanogpt",
+                "--plan",
+                _plan(tmp_path, "target: {num_layers: 2}\ndepth: influence\n", "i.yaml"),
+                "--out",
+                child,
+            ],
+            "needs the model's tokenizer",
+        ),
+        (
+            ["--model", "tests.zoo:untraceable", "--plan", plan, "--out", child],
+            "cannot trace _Untraceable",
+        ),
+    ]
+    for argv, message in cases:
+        _fails_cleanly(["apply", *argv], message, capsys, tmp_path)
+    assert (existing / "keep.txt").read_text() == "mine"

@@ -1,0 +1,23 @@
+"""Every zoo model's shrunk child exports to ONNX with dynamic batch and sequence axes and
+matches onnxruntime at two other sizes."""
+
+import pytest
+
+from surgeon.apply import subclone
+from surgeon.emit.onnx import check_onnx, export_onnx, fresh_like
+from tests import zoo
+from tests.test_surgery import shrink_plan
+
+
+@pytest.mark.parametrize("name", zoo.NAMES)
+def test_shrunk_child_matches_onnxruntime(name, tmp_path):
+    model, example = zoo.build(name)
+    child = subclone(model, shrink_plan(name), example)
+    path = export_onnx(child.model, example, tmp_path / "child.onnx")
+    sizes = [(3, 5), (1, 13)]  # batch, sequence: neither is the traced (2, 8)
+    worst = check_onnx(
+        child.model,
+        path,
+        [fresh_like(example, b, s, zoo.VOCAB, i) for i, (b, s) in enumerate(sizes)],
+    )
+    assert worst < 1e-4
