@@ -39,6 +39,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from .plan import SCHEMA
+
+    print(json.dumps(SCHEMA, indent=2))
+    return 0
+
+
 def _describe(plan) -> str:
     target = ", ".join(f"{k} {v}" for k, v in plan.target.items()) or "parent's sizes"
     return f"{target}; depth {plan.depth}; importance {plan.importance}; rescale {plan.rescale}"
@@ -78,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("plan", help="a plan file (YAML)")
     p.add_argument("--model", help=model_help + " (checks the targets; cuts nothing)")
     p.set_defaults(run=_cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of plans")
+    p.set_defaults(run=_cmd_schema)
     return parser
 
 

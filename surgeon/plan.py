@@ -20,13 +20,12 @@ Long form: the same surgery as an explicit list of passes, in pipeline order:
       - rescale: {method: paper}
 
 The plan is checked against `SCHEMA` (a JSON Schema, written to docs/plan.schema.json by
-`python -m surgeon.plan`); every problem is one `PlanError` line naming the key, the value
+`surgeon schema`); every problem is one `PlanError` line naming the key, the value
 and what is allowed.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +240,3 @@ def _read_yaml(source: str | Path) -> Any:
 
 def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
-
-
-if __name__ == "__main__":  # python -m surgeon.plan > docs/plan.schema.json
-    print(json.dumps(SCHEMA, indent=2))
