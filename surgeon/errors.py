@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "SurgeonError",
     "PlanError",
@@ -36,9 +38,12 @@ class ModelLoadError(SurgeonError):
     """The model named on the command line could not be found or built."""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours some libraries put in messages
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an error's message, shortened: what a one-line report shows."""
-    for line in str(error).splitlines():
+    for line in _ANSI.sub("", str(error)).splitlines():
         line = line.strip()
         if line:
             return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -54,3 +54,28 @@ def test_example_plan_validates_from_the_cli(path, capsys):
 def test_plan_schema_in_docs_is_current():
     written = json.loads((ROOT / "docs" / "plan.schema.json").read_text())
     assert written == SCHEMA, "regenerate: surgeon schema > docs/plan.schema.json"
+
+
+def test_demo_plan_fits_smollm2():
+    """The plan `make demo` runs, checked against SmolLM2-135M's shape on the meta device."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from surgeon.apply import dry_run
+
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+        use_cache=False,
+    )
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    described = dry_run(model, ROOT / "examples" / "smollm2" / "plan.yaml")
+    assert described.startswith(
+        "num_layers 15, hidden_size 384, intermediate_size 1024, "
+        "num_heads 6, num_kv_heads 2, head_dim 64"
+    )

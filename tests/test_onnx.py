@@ -21,3 +21,13 @@ def test_shrunk_child_matches_onnxruntime(name, tmp_path):
         [fresh_like(example, b, s, zoo.VOCAB, i) for i, (b, s) in enumerate(sizes)],
     )
     assert worst < 1e-4
+
+
+def test_export_turns_the_kv_cache_off(tmp_path):
+    model, example = zoo.build("llama")
+    model.config.use_cache = True  # as in most saved language models
+    child = subclone(model, shrink_plan("llama"), example)
+    assert child.model.config.use_cache
+    path = export_onnx(child.model, example, tmp_path / "cache.onnx")
+    assert check_onnx(child.model, path, [fresh_like(example, 2, 6, zoo.VOCAB)]) < 1e-4
+    assert child.model.config.use_cache

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InvariantError, SurgeonError
+from ..errors import InvariantError, SurgeonError, first_line
 from ..frontends import as_inputs, output_tensors, quiet_torch_logs
+from ..frontends.hf import tracing_settings
 
 __all__ = ["export_onnx", "check_onnx", "fresh_like"]
 
@@ -38,7 +39,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> Path
     args_spec, kwargs_spec = _dynamic_shapes(inputs)
     model.eval()
     try:
-        with quiet_torch_logs():
+        with quiet_torch_logs(), tracing_settings(model):  # no KV cache in the outputs
             program = torch.onnx.export(
                 model,
                 inputs.args,
@@ -50,10 +51,17 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> Path
                 verbose=False,
             )
     except Exception as e:  # noqa: BLE001 - the exporter's failures become one line
-        raise SurgeonError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from e
+        raise SurgeonError(f"ONNX export failed: {first_line(_cause(e))}") from e
     if program is None:
         raise SurgeonError("ONNX export produced nothing")
     return Path(path)
+
+
+def _cause(e: BaseException) -> BaseException:
+    """The exporter wraps the real error; report the innermost one."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return e
 
 
 def _by_signature(model, args_spec, kwargs_spec):
