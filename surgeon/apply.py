@@ -20,7 +20,7 @@ from .passes.score import movable_groups
 from .passes.slice import resolve_target
 from .plan import Plan, load_plan
 
-__all__ = ["Child", "apply", "dry_run", "subclone"]
+__all__ = ["Child", "apply", "check_depth", "dry_run", "expected_shapes", "subclone"]
 
 
 @dataclass
@@ -50,12 +50,12 @@ def subclone(
     graph, analysis = _trace_and_analyse(model, example_inputs)
     state = SurgeryState(graph, analysis)
     keep = resolve_target(analysis, plan.target, {g.id for g in movable_groups(state)})
-    layers = _check_depth(plan, len(analysis.layers))
+    layers = check_depth(plan, len(analysis.layers))
     config = None
     if is_hf_model(model):  # can the parent's class hold this child? Ask before cutting.
         probe = SurgeryState(graph, analysis, select={g: torch.arange(k) for g, k in keep.items()})
         probe.layers = layers
-        config = check_config(model, probe, _expected_shapes(probe))
+        config = check_config(model, probe, expected_shapes(probe))
     steps = (
         Score(plan.importance, calibration, progress),
         Depth(plan.depth, plan.target.get("num_layers"), calibration),
@@ -66,7 +66,7 @@ def subclone(
     for step in steps:
         step.run(state)
     if config is not None:  # the measured depth strategies choose their layers only now
-        config = check_config(model, state, _expected_shapes(state))
+        config = check_config(model, state, expected_shapes(state))
     child = emit_graph(state)
     hf = emit_hf(model, config, child, state) if config is not None else None
     return Child(child, child if plan.emit == "graph" or hf is None else hf, state)
@@ -79,11 +79,11 @@ def dry_run(model: nn.Module, plan: Any, example_inputs: Any = None) -> str:
     graph, analysis = _trace_and_analyse(model, example_inputs)
     state = SurgeryState(graph, analysis)
     keep = resolve_target(analysis, plan.target, {g.id for g in movable_groups(state)})
-    layers = _check_depth(plan, len(analysis.layers))
+    layers = check_depth(plan, len(analysis.layers))
     state.select = {g: torch.arange(k) for g, k in keep.items()}
     state.layers = layers
     if is_hf_model(model):
-        check_config(model, state, _expected_shapes(state))
+        check_config(model, state, expected_shapes(state))
     from .emit.hf import child_sizes
 
     sizes = {"num_layers": len(layers), **child_sizes(state)}
@@ -141,14 +141,14 @@ def apply(
     return subclone(model, plan, example_inputs, calibration, tokenizer).model
 
 
-def _check_depth(plan: Plan, n: int) -> list[int]:
+def check_depth(plan: Plan, n: int) -> list[int]:
     """The child's layers as far as they can be known before measuring; `PlanError` early."""
     num_layers = plan.target.get("num_layers")
     measured = plan.depth == "influence" and (num_layers or n) < n
     return choose_layers(n, plan.depth, num_layers, [0.0] * n if measured else None)
 
 
-def _expected_shapes(state: SurgeryState) -> dict[str, tuple]:
+def expected_shapes(state: SurgeryState) -> dict[str, tuple]:
     shapes = {}
     for name, axes in state.analysis.dims.tensors.items():
         shape = tuple(state.new_size(a) for a in axes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from .errors import PlanError, SurgeonError
 from .output import check_output, staged_folder
+from .stream import needs_forward_passes
 
 __all__ = ["run_apply"]
 
@@ -26,6 +28,16 @@ def run_apply(args: argparse.Namespace) -> int:
     if args.calibration is not None:
         _check_readable(Path(args.calibration))
     started = time.perf_counter()
+    folder = Path(args.model)
+    if folder.is_dir() and any(folder.glob("*.safetensors")) and plan.emit != "graph":
+        if not needs_forward_passes(plan):
+            return _run_streamed(args, plan, out, started)
+        size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        print(
+            f"surgeon: this plan runs the parent on calibration data: loading all of it "
+            f"({size / 2**30:.2f} GiB of weights, more during the forward passes)",
+            file=sys.stderr,
+        )
     model, inputs = load_model(args.model)
     tokenizer = load_tokenizer(args.model)
     parent_params = sum(p.numel() for p in model.parameters())
@@ -37,6 +49,47 @@ def run_apply(args: argparse.Namespace) -> int:
         (tmp / "surgeon.json").write_text(json.dumps(summary, indent=2))
     _print(summary, out)
     return 0
+
+
+def _run_streamed(args, plan, out: Path, started: float) -> int:
+    """A Hugging Face folder and a data-free plan: never load the parent."""
+    from .emit.hf import child_sizes
+    from .stream import stream_into
+
+    with staged_folder(out, args.force) as tmp:
+        state, streamed = stream_into(args.model, plan, tmp, progress=True)
+        diff = None
+        if args.onnx:
+            import transformers
+
+            config = transformers.AutoConfig.from_pretrained(tmp)
+            child = getattr(transformers, config.architectures[0]).from_pretrained(tmp).eval()
+            from .frontends import synthetic_inputs
+
+            diff = _check_onnx_of(child, synthetic_inputs(child), tmp)  # the parent's are meta
+        sizes = child_sizes(state)
+        sizes["num_layers"] = len(state.layers or state.analysis.layers)
+        summary = {
+            "parent": args.model,
+            "plan": args.plan,
+            "streamed": True,
+            "parent_parameters": state.graph.params.num_parameters(),
+            "child_parameters": streamed["child_parameters"],
+            "child": sizes,
+            "layers_kept": state.layers,
+            "model": type(state.graph.module).__name__,
+            "onnx_max_relative_difference": diff,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        summary["model"] = _architecture(tmp)
+        (tmp / "surgeon.json").write_text(json.dumps(summary, indent=2))
+    _print(summary, out)
+    return 0
+
+
+def _architecture(folder: Path) -> str:
+    config = json.loads((folder / "config.json").read_text())
+    return (config.get("architectures") or ["model"])[0]
 
 
 def _check_readable(path: Path) -> None:
@@ -62,10 +115,12 @@ def _write_model(child, tokenizer, folder: Path) -> None:
 
 
 def _write_onnx(child, folder: Path) -> float:
+    return _check_onnx_of(child.model, child.state.graph.inputs, folder)
+
+
+def _check_onnx_of(model, example, folder: Path) -> float:
     from .emit.onnx import check_onnx, export_onnx, fresh_like
 
-    example = child.state.graph.inputs
-    model = child.model
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     first = example.args[0] if example.args else next(iter(example.kwargs.values()))
     batch, seq = first.shape[0], first.shape[1] if first.dim() > 1 else 1

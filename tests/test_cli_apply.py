@@ -35,6 +35,7 @@ def test_apply_writes_a_checked_child(parent, tmp_path, capsys):
     summary = json.loads((out / "surgeon.json").read_text())
     assert summary["child"]["hidden_size"] == 32 and summary["child"]["num_kv_heads"] == 1
     assert summary["onnx_max_relative_difference"] < 1e-4
+    assert summary["streamed"]  # a data-free plan on a safetensors folder never loads it
     from transformers import LlamaForCausalLM
 
     child = LlamaForCausalLM.from_pretrained(out)

@@ -11,7 +11,7 @@ from torch import fx, nn
 from ..analysis.dims import Literal
 from ..passes.state import SurgeryState
 
-__all__ = ["emit_graph"]
+__all__ = ["cut", "emit_graph"]
 
 
 def emit_graph(state: SurgeryState) -> fx.GraphModule:
@@ -160,14 +160,20 @@ def _child_tensor(state: SurgeryState, root: nn.Module, name: str, axes, scale) 
     owner, _, attr = name.rpartition(".")
     module = root.get_submodule(owner) if owner else root
     tensor = getattr(module, attr)
-    value = tensor.detach()
-    for axis, atom in enumerate(axes or ()):
-        if state.new_size(atom) != value.shape[axis] or _moved(state, atom):
-            value = value.index_select(axis, state.positions(atom))
-    value = value.clone() if scale is None else value * scale
+    value = cut(state, tensor.detach(), axes, scale)
+    value = value.clone() if value is tensor or value.data_ptr() == tensor.data_ptr() else value
     if isinstance(tensor, nn.Parameter):
         return nn.Parameter(value, requires_grad=tensor.requires_grad)
     return value
+
+
+def cut(state: SurgeryState, value: torch.Tensor, axes, scale) -> torch.Tensor:
+    """The child's version of a parent tensor: every axis cut and reordered as the passes
+    decided, times the rescale factor. Returns `value` itself when nothing changes."""
+    for axis, atom in enumerate(axes or ()):
+        if state.new_size(atom) != value.shape[axis] or _moved(state, atom):
+            value = value.index_select(axis, state.positions(atom))
+    return value if scale is None else value * scale
 
 
 def _moved(state: SurgeryState, atom: int) -> bool:

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from ..analysis.measure import activation_means
-from ..frontends import tensor_of
 from .state import SurgeryState
 
-__all__ = ["Score", "movable_groups"]
+__all__ = ["Score", "mean_abs_along", "movable_groups"]
 
 
 def movable_groups(state: SurgeryState) -> list:
@@ -94,18 +93,33 @@ def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> 
 
 def _weight_scores(state: SurgeryState, groups) -> None:
     atoms = state.analysis.atoms
-    module = state.graph.module
     for group in groups:
         scores = torch.zeros(group.size, dtype=torch.float64)
         for name, axis in group.members:
-            t = tensor_of(module, name).detach().double().abs()
-            dims = [d for d in range(t.dim()) if d != axis]
-            per_position = t.mean(dim=dims) if dims else t
+            per_position = mean_abs_along(state.tensor(name), axis)
             per_position = per_position / per_position.mean().clamp_min(1e-30)
             index = _coords(atoms, state.analysis.dims.tensors[name][axis], group.id)
             valid = index >= 0
             scores.index_add_(0, index[valid], per_position[valid])
         state.scores[group.id] = scores
+
+
+def mean_abs_along(t: torch.Tensor, axis: int, rows: int = 1024) -> torch.Tensor:
+    """Mean of |t| over every axis but `axis`, in float64, a block of rows at a time: a
+    tensor mapped from a file is read once and never copied whole."""
+    t = t.detach()
+    if t.dim() == 1:
+        return t.double().abs()
+    n = t.shape[0]
+    if axis == 0:
+        return torch.cat(
+            [t[i : i + rows].double().abs().flatten(1).mean(1) for i in range(0, n, rows)]
+        )
+    total = torch.zeros(t.shape[axis], dtype=torch.float64)
+    for i in range(0, n, rows):
+        block = t[i : i + rows].double().abs()
+        total += block.sum(dim=[d for d in range(block.dim()) if d != axis])
+    return total / (t.numel() // t.shape[axis])
 
 
 def _coords(atoms, a: int, leaf: int) -> torch.Tensor:

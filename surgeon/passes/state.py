@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ..analysis import Analysis
-from ..frontends import Graph
+from ..frontends import Graph, tensor_of
 
 __all__ = ["SurgeryState"]
 
@@ -29,6 +30,14 @@ class SurgeryState:
     influence: list[float] | None = None  # per parent layer, when measured
     layer_names: list[str] = field(default_factory=list)  # child layer -> module in the graph
     residual_site_scores: list[torch.Tensor] = field(default_factory=list)  # per stream value
+    # where the parent's tensors are read from: the traced module, or files (streaming)
+    source: Callable[[str], torch.Tensor] | None = None
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The parent's tensor called `name` (a canonical name)."""
+        if self.source is not None:
+            return self.source(name)
+        return tensor_of(self.graph.module, name)
 
     def new_size(self, atom: int) -> int:
         """The size of an atom (an axis) in the child."""
