@@ -1,0 +1,219 @@
+"""Speed and memory of streaming surgery against a plain hand-written baseline.
+
+For each parent (SmolLM2-135M from its cached folder, and a 1.2 B Llama-shaped checkpoint
+with random weights that this script writes once as sharded safetensors), a child of about
+a quarter of the parent's size is built twice, each in a fresh process:
+
+- `surgeon apply` (streams: analyses on the meta device, reads tensors from the files);
+- the baseline a person would write: load the whole state dict, keep the leading
+  indices of every cut axis and the kept layers, save.
+
+Peak anonymous memory is `RssAnon` of `/proc/PID/status`, polled every 10 ms (pages of
+memory-mapped files are file-backed and do not count). Prints a table; writes JSON.
+
+    .venv/bin/python benchmarks/surgery_speed.py [--skip-1b] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIG = dict(
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    tie_word_embeddings=True,
+    max_position_embeddings=4096,
+)
+CHILDREN = {  # about a quarter of each parent
+    "smollm2-135m": dict(
+        num_layers=15, hidden_size=384, intermediate_size=768, num_heads=6, num_kv_heads=2
+    ),
+    "llama-1.2b": dict(
+        num_layers=12, hidden_size=1024, intermediate_size=4096, num_heads=16, num_kv_heads=4
+    ),
+}
+
+
+def make_big(folder: Path) -> Path:
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**BIG))
+    tmp = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(tmp, max_shard_size="1GB")
+    tmp.rename(folder)
+    return folder
+
+
+def measure(cmd: list[str]) -> dict:
+    """Wall time and peak RssAnon of a command, polled from /proc."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.01)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{cmd[:3]} failed: {proc.stderr.read()[-2000:]}")
+    return {"seconds": wall, "peak_rss_anon": peak}
+
+
+def baseline(parent: Path, out: Path, child: dict) -> None:
+    """The hand-written way: everything in memory, leading indices, Llama names."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(parent)
+    n = config.num_hidden_layers
+    keep = child["num_layers"]
+    start = keep // 2
+    layers = [i for i in range(n) if not start <= i < start + n - keep]
+    hd = config.head_dim
+    sizes = {
+        config.hidden_size: child["hidden_size"],
+        config.intermediate_size: child["intermediate_size"],
+        config.num_attention_heads * hd: child["num_heads"] * hd,
+        config.num_key_value_heads * hd: child["num_kv_heads"] * hd,
+    }
+    state = {}
+    for file in sorted(parent.glob("*.safetensors")):
+        state.update(load_file(file))
+    out.mkdir(parents=True)
+    new = {}
+    for name, t in state.items():
+        if ".layers." in name:
+            prefix, rest = name.split(".layers.", 1)
+            index, rest = rest.split(".", 1)
+            if int(index) not in layers:
+                continue
+            name = f"{prefix}.layers.{layers.index(int(index))}.{rest}"
+        for axis, size in enumerate(t.shape):
+            if size in sizes and not (axis == 0 and size == config.vocab_size):
+                t = t.narrow(axis, 0, sizes[size])
+        new[name] = t.contiguous()
+    save_file(new, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config.num_hidden_layers = keep
+    config.hidden_size = child["hidden_size"]
+    config.intermediate_size = child["intermediate_size"]
+    config.num_attention_heads = child["num_heads"]
+    config.num_key_value_heads = child["num_kv_heads"]
+    config.save_pretrained(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--skip-1b", action="store_true")
+    p.add_argument("--json")
+    p.add_argument("--baseline", nargs=3, help=argparse.SUPPRESS)  # parent out child-json
+    args = p.parse_args()
+    if args.baseline:
+        parent, out, child = args.baseline
+        baseline(Path(parent), Path(out), json.loads(child))
+        return
+    from surgeon.pretrained import DEFAULT_CACHE, smollm2
+
+    smollm2()  # converts once
+    parents = {"smollm2-135m": ROOT / DEFAULT_CACHE}
+    if not args.skip_1b:
+        parents["llama-1.2b"] = make_big(ROOT / ".cache" / "llama-1.2b-random")
+    surgeon = str(Path(sys.executable).with_name("surgeon"))
+    rows = []
+    for name, folder in parents.items():
+        size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        for importance in ("weight", "first"):
+            with tempfile.TemporaryDirectory() as tmp:
+                plan = Path(tmp) / "plan.yaml"
+                plan.write_text(
+                    json.dumps(
+                        {"target": CHILDREN[name], "depth": "middle", "importance": importance}
+                    )
+                )
+                r = measure(
+                    [
+                        surgeon,
+                        "apply",
+                        "--model",
+                        str(folder),
+                        "--plan",
+                        str(plan),
+                        "--out",
+                        str(Path(tmp) / "child"),
+                    ]
+                )
+                child_size = sum(f.stat().st_size for f in (Path(tmp) / "child").glob("*.st*"))
+            rows.append(
+                {
+                    "parent": name,
+                    "method": f"surgeon ({importance})",
+                    **r,
+                    "parent_bytes": size,
+                    "child_bytes": child_size,
+                }
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            r = measure(
+                [
+                    sys.executable,
+                    __file__,
+                    "--baseline",
+                    str(folder),
+                    str(Path(tmp) / "child"),
+                    json.dumps(CHILDREN[name]),
+                ]
+            )
+        rows.append(
+            {
+                "parent": name,
+                "method": "hand-written baseline",
+                **r,
+                "parent_bytes": size,
+                "child_bytes": None,
+            }
+        )
+    print(
+        f"{'parent':<14} {'method':<22} {'wall':>7} {'peak RssAnon':>13} {'/ parent':>9} "
+        f"{'vs baseline':>12}"
+    )
+    for row in rows:
+        base = next(r for r in rows if r["parent"] == row["parent"] and "baseline" in r["method"])
+        anon = row["peak_rss_anon"]
+        print(
+            f"{row['parent']:<14} {row['method']:<22} {row['seconds']:>6.1f}s "
+            f"{anon / 2**30:>11.2f} G {anon / row['parent_bytes']:>8.2f}x "
+            f"{row['seconds'] / base['seconds']:>11.2f}x"
+        )
+    print(
+        "parent sizes: "
+        + ", ".join(
+            f"{k} {sum(f.stat().st_size for f in v.glob('*.safetensors')) / 2**30:.2f} GiB"
+            for k, v in parents.items()
+        )
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
