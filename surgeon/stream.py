@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .analysis import analyse
+from .apply import check_depth, expected_shapes
 from .emit.graph import cut
 from .emit.hf import check_config
 from .errors import ModelLoadError, PlanError
@@ -120,8 +121,6 @@ def stream_into(
     """The work of `stream_apply`, written into the existing empty folder `tmp`. Plans
     that need forward passes are refused (`PlanError`)."""
     import transformers
-
-    from .apply import check_depth, expected_shapes
 
     plan = load_plan(plan)
     if needs_forward_passes(plan):
