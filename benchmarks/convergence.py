@@ -36,10 +36,10 @@ TARGET = {
     "num_heads": 6,
     "num_kv_heads": 2,
 }
-RECIPES = {
-    "weight selection": {"importance": "uniform", "depth": "last", "rescale": "none"},
-    "paper": {"importance": "activation", "depth": "middle", "rescale": "paper"},
-    "surgeon": {"importance": "activation", "depth": "influence", "rescale": "paper"},
+RECIPES = {  # the named recipes of surgeon's plans (surgeon/plan.py)
+    "weight selection": {"recipe": "weight-selection"},
+    "paper": {"recipe": "paper"},
+    "surgeon": {"recipe": "surgeon"},
 }
 GRID = [(1e-4, 0.001), (3e-4, 0.01), (1e-3, 0.1), (3e-3, 0.1)]  # (lr, weight decay)
 

@@ -39,7 +39,7 @@ def subclone(
     progress: bool = False,
 ) -> Child:
     """Everything `apply` does, keeping the intermediate results (for tests and tools)."""
-    plan = load_plan(plan)
+    plan = load_plan(plan).resolved(calibration is not None or tokenizer is not None)
     _check_parent(model, plan)
     measured_depth = plan.depth == "influence" and "num_layers" in plan.target
     needed = plan.importance == "activation" or measured_depth
@@ -72,9 +72,10 @@ def subclone(
     return Child(child, child if plan.emit == "graph" or hf is None else hf, state)
 
 
-def dry_run(model: nn.Module, plan: Any, example_inputs: Any = None) -> str:
-    """Check a plan against a model without cutting anything; describes the child."""
-    plan = load_plan(plan)
+def dry_run(model: nn.Module, plan: Any, example_inputs: Any = None, data: bool = False) -> str:
+    """Check a plan against a model without cutting anything; describes the child. `data`:
+    whether calibration data will be available (it decides the `auto` recipe)."""
+    plan = load_plan(plan).resolved(data)
     _check_emit(model, plan)  # the weights may be on the meta device: nothing is cut
     graph, analysis = _trace_and_analyse(model, example_inputs)
     state = SurgeryState(graph, analysis)

@@ -31,10 +31,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"{args.plan}: valid plan ({_describe(plan)})")
         return 0
     from .apply import dry_run
-    from .loading import load_model
+    from .loading import load_model, load_tokenizer
 
     model, inputs = load_model(args.model)
-    child = dry_run(model, plan, inputs)
+    child = dry_run(model, plan, inputs, data=load_tokenizer(args.model) is not None)
     print(f"{args.plan}: valid for {type(model).__name__}: child {child}")
     return 0
 
@@ -48,7 +48,12 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 def _describe(plan) -> str:
     target = ", ".join(f"{k} {v}" for k, v in plan.target.items()) or "parent's sizes"
-    return f"{target}; depth {plan.depth}; importance {plan.importance}; rescale {plan.rescale}"
+    chosen = [
+        f"{k} {v}"
+        for k in ("depth", "importance", "rescale")
+        if (v := getattr(plan, k)) is not None
+    ]
+    return "; ".join([target, f"recipe {plan.recipe}", *chosen])
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:

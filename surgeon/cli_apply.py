@@ -29,8 +29,10 @@ def run_apply(args: argparse.Namespace) -> int:
         _check_readable(Path(args.calibration))
     started = time.perf_counter()
     folder = Path(args.model)
+    tokenizer = load_tokenizer(args.model)
+    data = tokenizer is not None or args.calibration is not None
     if folder.is_dir() and any(folder.glob("*.safetensors")) and plan.emit != "graph":
-        if not needs_forward_passes(plan):
+        if not needs_forward_passes(plan, data):
             return _run_streamed(args, plan, out, started)
         size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
         print(
@@ -39,7 +41,6 @@ def run_apply(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     model, inputs = load_model(args.model)
-    tokenizer = load_tokenizer(args.model)
     parent_params = sum(p.numel() for p in model.parameters())
     child = subclone(model, plan, inputs, args.calibration, tokenizer, progress=True)
     with staged_folder(out, args.force) as tmp:
@@ -168,3 +169,7 @@ def _print(summary: dict, out: Path) -> None:
             f"{s['onnx_max_relative_difference']:.1e} of the output scale (2 fresh shapes)"
         )
     print(f"  took {s['seconds']:.1f} s")
+    print(
+        "hint: train it with AdamW at lr 1e-3 to 3e-3, weight decay 0.1: fastest for a "
+        "subclone in benchmarks/convergence.py (see docs/results.md)"
+    )

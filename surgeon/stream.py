@@ -88,8 +88,9 @@ class Shards:
         return flat.view(shape)
 
 
-def needs_forward_passes(plan: Any) -> bool:
-    plan = load_plan(plan)
+def needs_forward_passes(plan: Any, data: bool = False) -> bool:
+    """Whether the plan (its recipe resolved with or without data) runs the parent."""
+    plan = load_plan(plan).resolved(data)
     return plan.importance == "activation" or (
         plan.depth == "influence" and "num_layers" in plan.target
     )
@@ -122,7 +123,7 @@ def stream_into(
     that need forward passes are refused (`PlanError`)."""
     import transformers
 
-    plan = load_plan(plan)
+    plan = load_plan(plan).resolved(False)
     if needs_forward_passes(plan):
         raise PlanError(
             "this plan runs the parent on calibration data (importance: activation "

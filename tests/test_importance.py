@@ -129,3 +129,45 @@ def test_inspect_saves_scores_with_the_report():
     scores = torch.tensor(report["importance"][str(residual["id"])])
     assert _top(scores, 4) == set(zoo.KNOWN_RESIDUAL)
     assert len(report["residual_importance_per_site"]) == 1 + 2 * 3
+
+
+def test_recipes_fill_what_the_plan_leaves_open():
+    from surgeon.plan import load_plan
+
+    plan = load_plan({"target": {"num_layers": 2}})
+    assert (plan.importance, plan.depth, plan.rescale) == (None, None, None)
+    free = plan.resolved(data=False)
+    assert (free.recipe, free.importance, free.depth, free.rescale) == (
+        "data-free",
+        "weight",
+        "middle",
+        "paper",
+    )
+    best = plan.resolved(data=True)
+    assert (best.recipe, best.importance, best.depth) == ("surgeon", "activation", "influence")
+    paper = load_plan({"recipe": "paper", "rescale": "none"}).resolved(data=True)
+    assert (paper.importance, paper.depth, paper.rescale) == ("activation", "middle", "none")
+    baseline = load_plan({"recipe": "weight-selection"}).resolved(data=False)
+    assert (baseline.importance, baseline.depth, baseline.rescale) == ("uniform", "last", "none")
+
+
+def test_apply_uses_the_surgeon_recipe_when_it_has_data():
+    model, example = zoo.nanogpt()
+    child = subclone(model, {"target": {"num_layers": 2}}, calibration=_batches())
+    assert child.state.influence is not None  # depth measured
+    assert child.state.residual_site_scores  # activation importance
+    plain = subclone(model, {"target": {"num_layers": 2}}, example)
+    assert plain.state.layers == [0, 2] and not plain.state.residual_site_scores
+
+
+def test_mean_abs_profile_reads_every_axis_in_one_pass():
+    from surgeon.passes.score import mean_abs_profile
+
+    g = torch.Generator().manual_seed(0)
+    for shape, rows in [((3000, 70), 1024), ((5, 4, 3), 2), ((7,), 4)]:
+        t = torch.randn(*shape, generator=g)
+        profile = mean_abs_profile(t, rows=rows)
+        for axis in range(t.dim()):
+            others = [d for d in range(t.dim()) if d != axis]
+            want = t.abs().double().mean(dim=others) if others else t.abs().double()
+            torch.testing.assert_close(profile[axis], want, rtol=1e-5, atol=1e-7)

@@ -9,7 +9,7 @@ import torch
 from ..analysis.measure import activation_means
 from .state import SurgeryState
 
-__all__ = ["Score", "mean_abs_along", "movable_groups"]
+__all__ = ["Score", "mean_abs_along", "mean_abs_profile", "movable_groups"]
 
 
 def movable_groups(state: SurgeryState) -> list:
@@ -93,10 +93,13 @@ def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> 
 
 def _weight_scores(state: SurgeryState, groups) -> None:
     atoms = state.analysis.atoms
+    profiles: dict[str, list[torch.Tensor]] = {}  # each tensor is read once for all axes
     for group in groups:
         scores = torch.zeros(group.size, dtype=torch.float64)
         for name, axis in group.members:
-            per_position = mean_abs_along(state.tensor(name), axis)
+            if name not in profiles:
+                profiles[name] = mean_abs_profile(state.tensor(name))
+            per_position = profiles[name][axis]
             per_position = per_position / per_position.mean().clamp_min(1e-30)
             index = _coords(atoms, state.analysis.dims.tensors[name][axis], group.id)
             valid = index >= 0
@@ -104,22 +107,30 @@ def _weight_scores(state: SurgeryState, groups) -> None:
         state.scores[group.id] = scores
 
 
-def mean_abs_along(t: torch.Tensor, axis: int, rows: int = 1024) -> torch.Tensor:
-    """Mean of |t| over every axis but `axis`, in float64, a block of rows at a time: a
-    tensor mapped from a file is read once and never copied whole."""
+def mean_abs_along(t: torch.Tensor, axis: int, rows: int = 256) -> torch.Tensor:
+    """Mean of |t| over every axis but `axis` (float64)."""
+    return mean_abs_profile(t, rows)[axis]
+
+
+def mean_abs_profile(t: torch.Tensor, rows: int = 256) -> list[torch.Tensor]:
+    """For every axis of `t`, the mean of |t| over all the other axes, from one pass over
+    blocks of rows (a tensor mapped from a file is read once and never copied whole).
+    Block reductions are L1 norms in the tensor's float precision (no |t| is stored),
+    summed in float64."""
     t = t.detach()
+    if not t.is_floating_point():
+        t = t.float()
     if t.dim() == 1:
-        return t.double().abs()
-    n = t.shape[0]
-    if axis == 0:
-        return torch.cat(
-            [t[i : i + rows].double().abs().flatten(1).mean(1) for i in range(0, n, rows)]
-        )
-    total = torch.zeros(t.shape[axis], dtype=torch.float64)
+        return [t.double().abs()]
+    n, sums = t.shape[0], [torch.zeros(s, dtype=torch.float64) for s in t.shape]
     for i in range(0, n, rows):
-        block = t[i : i + rows].double().abs()
-        total += block.sum(dim=[d for d in range(block.dim()) if d != axis])
-    return total / (t.numel() // t.shape[axis])
+        block = t[i : i + rows]
+        dims = list(range(block.dim()))
+        sums[0][i : i + rows] = torch.linalg.vector_norm(block, 1, dim=dims[1:]).double()
+        for axis in dims[1:]:
+            others = [d for d in dims if d != axis]
+            sums[axis] += torch.linalg.vector_norm(block, 1, dim=others).double()
+    return [total / (t.numel() // size) for total, size in zip(sums, t.shape, strict=True)]
 
 
 def _coords(atoms, a: int, leaf: int) -> torch.Tensor:
