@@ -185,3 +185,13 @@ def test_apply_returns_a_graph_module_for_plain_modules():
     assert isinstance(child, torch.fx.GraphModule)
     fresh = torch.randint(3, zoo.VOCAB, (3, 12))  # traced with torch.fx: any batch and length
     assert child(fresh).shape == (3, 12, zoo.VOCAB)
+
+
+def test_child_shares_no_storage_with_the_parent():
+    """A kept range is cut as a view for speed; the child must still own its tensors."""
+    model, example = zoo.build("llama")
+    child = subclone(model, {**shrink_plan("llama"), "importance": "first"}, example)
+    parent = {t.untyped_storage().data_ptr() for t in model.parameters()}
+    for module in (child.graph, child.model):
+        for name, p in module.named_parameters():
+            assert p.untyped_storage().data_ptr() not in parent, name

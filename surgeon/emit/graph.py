@@ -161,7 +161,8 @@ def _child_tensor(state: SurgeryState, root: nn.Module, name: str, axes, scale) 
     module = root.get_submodule(owner) if owner else root
     tensor = getattr(module, attr)
     value = cut(state, tensor.detach(), axes, scale)
-    value = value.clone() if value is tensor or value.data_ptr() == tensor.data_ptr() else value
+    if value.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
+        value = value.clone()  # a view of the parent's storage: the child owns its tensors
     if isinstance(tensor, nn.Parameter):
         return nn.Parameter(value, requires_grad=tensor.requires_grad)
     return value
@@ -169,11 +170,17 @@ def _child_tensor(state: SurgeryState, root: nn.Module, name: str, axes, scale) 
 
 def cut(state: SurgeryState, value: torch.Tensor, axes, scale) -> torch.Tensor:
     """The child's version of a parent tensor: every axis cut and reordered as the passes
-    decided, times the rescale factor. Returns `value` itself when nothing changes."""
+    decided, times the rescale factor. It may be a view of `value` (a kept range, or
+    nothing cut): the in-memory emitter copies, the streaming one writes it out."""
     for axis, atom in enumerate(axes or ()):
         if state.new_size(atom) != value.shape[axis] or _moved(state, atom):
-            value = value.index_select(axis, state.positions(atom))
-    return value if scale is None else value * scale
+            index = state.positions(atom)
+            start = int(index[0]) if len(index) else 0
+            if torch.equal(index, torch.arange(start, start + len(index))):
+                value = value.narrow(axis, start, len(index))  # a range: no gather
+            else:
+                value = value.index_select(axis, index)
+    return value.contiguous() if scale is None else value * scale
 
 
 def _moved(state: SurgeryState, atom: int) -> bool:
