@@ -23,19 +23,13 @@ import time
 from pathlib import Path
 
 import torch
+from common import TARGET  # benchmarks/common.py: a script's folder is on sys.path
 
 from surgeon.apply import subclone
 from surgeon.calibration import resolve_calibration
 from surgeon.data import python_docs_text
 from surgeon.pretrained import smollm2
 
-TARGET = {
-    "num_layers": 10,
-    "hidden_size": 384,
-    "intermediate_size": 1024,
-    "num_heads": 6,
-    "num_kv_heads": 2,
-}
 RECIPES = {  # the named recipes of surgeon's plans (surgeon/plan.py)
     "weight selection": {"recipe": "weight-selection"},
     "paper": {"recipe": "paper"},

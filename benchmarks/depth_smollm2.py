@@ -17,16 +17,12 @@ import json
 import time
 
 import torch
+from common import loss  # benchmarks/common.py: a script's folder is on sys.path
 
 import surgeon
 from surgeon.apply import subclone
 from surgeon.data import python_docs_text, token_batches
 from surgeon.pretrained import smollm2
-
-
-def loss(model, batches) -> float:
-    with torch.no_grad():
-        return sum(model(**b, labels=b["input_ids"]).loss.item() for b in batches) / len(batches)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import json
 import time
 
 import torch
+from common import TARGET, loss  # benchmarks/common.py: a script's folder is on sys.path
 
 import surgeon
 from surgeon.analysis import analyse
@@ -30,19 +31,6 @@ from surgeon.calibration import resolve_calibration
 from surgeon.frontends import trace
 from surgeon.plan import CALIBRATION
 from surgeon.pretrained import smollm2
-
-TARGET = {
-    "num_layers": 10,
-    "hidden_size": 384,
-    "intermediate_size": 1024,
-    "num_heads": 6,
-    "num_kv_heads": 2,
-}
-
-
-def loss(model, batches) -> float:
-    with torch.no_grad():
-        return sum(model(**b, labels=b["input_ids"]).loss.item() for b in batches) / len(batches)
 
 
 def overlap(report, k_fraction=0.1):
