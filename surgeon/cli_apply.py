@@ -78,11 +78,10 @@ def _run_streamed(args, plan, out: Path, started: float) -> int:
             "child_parameters": streamed["child_parameters"],
             "child": sizes,
             "layers_kept": state.layers,
-            "model": type(state.graph.module).__name__,
+            "model": _architecture(tmp),
             "onnx_max_relative_difference": diff,
             "seconds": round(time.perf_counter() - started, 2),
         }
-        summary["model"] = _architecture(tmp)
         (tmp / "surgeon.json").write_text(json.dumps(summary, indent=2))
     _print(summary, out)
     return 0
