@@ -18,7 +18,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .report import inspect
 
     model, inputs = load_model(args.model)
-    report = inspect(model, inputs, frontend=args.frontend)
+    batches = None
+    if args.calibration is not None:
+        from .calibration import resolve_calibration
+        from .loading import load_tokenizer
+        from .plan import CALIBRATION
+
+        tokenizer = load_tokenizer(args.model)
+        batches = resolve_calibration(model, args.calibration, tokenizer, CALIBRATION, True)
+        inputs = None  # traced at the calibration batches' shape
+    report = inspect(model, inputs, calibration=batches, frontend=args.frontend)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0
 
@@ -75,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--frontend", default="auto", choices=["auto", "export", "fx"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--calibration",
+        help="a text file: also measure residual ratios and "
+        "neuron importance (needs the model folder's tokenizer)",
+    )
     p.set_defaults(run=_cmd_inspect)
 
     p = sub.add_parser("apply", help="build a smaller model from a plan and write it")

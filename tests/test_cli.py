@@ -71,3 +71,28 @@ def test_console_script_prints_no_traceback():
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
     assert result.stdout == ""
+
+
+def test_inspect_with_calibration_text(tmp_path, capsys):
+    """A folder with a tokenizer: residual ratios and importance in the report."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests import zoo
+
+    model, _ = zoo.build("llama")
+    folder = tmp_path / "llama"
+    model.save_pretrained(folder)
+    vocab = {chr(97 + i): i for i in range(26)} | {"[UNK]": 26}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text("abcdefghijklmnopqrstuvwxyz" * 400)
+    assert main(["inspect", "--model", str(folder), "--calibration", str(text), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["residual_ratio"]) == 6
+    assert all(len(layer["residual_ratio"]) == 2 for layer in report["layers"])
+    assert report["importance"]
+    assert main(["inspect", "--model", "tests.zoo:llama", "--calibration", str(text)]) == 2
+    assert "needs the model's tokenizer" in capsys.readouterr().err
