@@ -2,22 +2,27 @@
 
 For each parent (SmolLM2-135M from its cached folder, and a 1.2 B Llama-shaped checkpoint
 with random weights that this script writes once as sharded safetensors), a child of about
-a quarter of the parent's size is built twice, each in a fresh process:
+a quarter of the parent's size is built by each method, each run in a fresh process:
 
-- `surgeon apply` (streams: analyses on the meta device, reads tensors from the files);
+- `surgeon apply` with `weight` importance (the data-free default: reads every byte
+  once to score it) and with `first` (reads only the kept slices); both stream:
+  analyse on the meta device, read tensors from the files;
 - the baseline a person would write: load the whole state dict, keep the leading
-  indices of every cut axis and the kept layers, save.
+  indices of every cut axis and the kept layers, save with safetensors' `save_file`.
 
-Peak anonymous memory is `RssAnon` of `/proc/PID/status`, polled every 10 ms (pages of
-memory-mapped files are file-backed and do not count). Prints a table; writes JSON.
+Before every run the parent's files are read once, so every method starts with them in
+the page cache. Methods take turns for `--repeat` rounds; the table shows medians (every
+run is in the JSON). Peak anonymous memory is `RssAnon` of `/proc/PID/status`, polled
+every 10 ms (pages of memory-mapped files are file-backed and do not count).
 
-    .venv/bin/python benchmarks/surgery_speed.py [--skip-1b] [--json FILE]
+    .venv/bin/python benchmarks/surgery_speed.py [--skip-1b] [--repeat 3] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,6 +63,14 @@ def make_big(folder: Path) -> Path:
     model.save_pretrained(tmp, max_shard_size="1GB")
     tmp.rename(folder)
     return folder
+
+
+def warm(folder: Path) -> None:
+    """Read the parent's files once: each method then finds them in the page cache."""
+    for file in folder.glob("*.safetensors"):
+        with file.open("rb") as f:
+            while f.read(64 * 2**20):
+                pass
 
 
 def measure(cmd: list[str]) -> dict:
@@ -125,6 +138,7 @@ def baseline(parent: Path, out: Path, child: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--skip-1b", action="store_true")
+    p.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
     p.add_argument("--json")
     p.add_argument("--baseline", nargs=3, help=argparse.SUPPRESS)  # parent out child-json
     args = p.parse_args()
@@ -138,81 +152,79 @@ def main() -> None:
     parents = {"smollm2-135m": ROOT / DEFAULT_CACHE}
     if not args.skip_1b:
         parents["llama-1.2b"] = make_big(ROOT / ".cache" / "llama-1.2b-random")
-    surgeon = str(Path(sys.executable).with_name("surgeon"))
+    runs = []
+    for name, folder in parents.items():
+        for round_ in range(args.repeat):
+            for method in ("surgeon (weight)", "surgeon (first)", "hand-written baseline"):
+                warm(folder)
+                runs.append({"parent": name, "method": method, "round": round_})
+                runs[-1].update(run_once(method, folder, CHILDREN[name]))
+    rows = summarise(runs, parents)
+    print_table(rows, parents)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "runs": runs}, indent=2))
+
+
+def run_once(method: str, folder: Path, child: dict) -> dict:
+    with tempfile.TemporaryDirectory(dir=ROOT / ".cache") as tmp:
+        out = Path(tmp) / "child"
+        if method == "hand-written baseline":
+            cmd = [sys.executable, __file__, "--baseline", str(folder), str(out)]
+            r = measure([*cmd, json.dumps(child)])
+        else:
+            importance = method.split("(")[1].rstrip(")")
+            plan = Path(tmp) / "plan.yaml"
+            plan.write_text(
+                json.dumps({"target": child, "depth": "middle", "importance": importance})
+            )
+            surgeon = str(Path(sys.executable).with_name("surgeon"))
+            cmd = [surgeon, "apply", "--model", str(folder), "--plan", str(plan)]
+            r = measure([*cmd, "--out", str(out)])
+        r["child_bytes"] = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    return r
+
+
+def summarise(runs: list[dict], parents: dict) -> list[dict]:
     rows = []
     for name, folder in parents.items():
         size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-        for importance in ("weight", "first"):
-            with tempfile.TemporaryDirectory() as tmp:
-                plan = Path(tmp) / "plan.yaml"
-                plan.write_text(
-                    json.dumps(
-                        {"target": CHILDREN[name], "depth": "middle", "importance": importance}
-                    )
-                )
-                r = measure(
-                    [
-                        surgeon,
-                        "apply",
-                        "--model",
-                        str(folder),
-                        "--plan",
-                        str(plan),
-                        "--out",
-                        str(Path(tmp) / "child"),
-                    ]
-                )
-                child_size = sum(f.stat().st_size for f in (Path(tmp) / "child").glob("*.st*"))
+        mine = [r for r in runs if r["parent"] == name]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            these = [r for r in mine if r["method"] == method]
             rows.append(
                 {
                     "parent": name,
-                    "method": f"surgeon ({importance})",
-                    **r,
+                    "method": method,
+                    "seconds": statistics.median(r["seconds"] for r in these),
+                    "seconds_all": [round(r["seconds"], 2) for r in these],
+                    "peak_rss_anon": statistics.median(r["peak_rss_anon"] for r in these),
                     "parent_bytes": size,
-                    "child_bytes": child_size,
+                    "child_bytes": these[0]["child_bytes"],
                 }
             )
-        with tempfile.TemporaryDirectory() as tmp:
-            r = measure(
-                [
-                    sys.executable,
-                    __file__,
-                    "--baseline",
-                    str(folder),
-                    str(Path(tmp) / "child"),
-                    json.dumps(CHILDREN[name]),
-                ]
-            )
-        rows.append(
-            {
-                "parent": name,
-                "method": "hand-written baseline",
-                **r,
-                "parent_bytes": size,
-                "child_bytes": None,
-            }
-        )
+    return rows
+
+
+def print_table(rows: list[dict], parents: dict) -> None:
     print(
-        f"{'parent':<14} {'method':<22} {'wall':>7} {'peak RssAnon':>13} {'/ parent':>9} "
-        f"{'vs baseline':>12}"
+        f"{'parent':<14} {'method':<22} {'wall':>7} {'runs':>18} {'peak RssAnon':>13} "
+        f"{'/ parent':>9} {'vs baseline':>12}"
     )
     for row in rows:
         base = next(r for r in rows if r["parent"] == row["parent"] and "baseline" in r["method"])
         anon = row["peak_rss_anon"]
+        runs = "/".join(f"{s:.1f}" for s in row["seconds_all"])
         print(
-            f"{row['parent']:<14} {row['method']:<22} {row['seconds']:>6.1f}s "
+            f"{row['parent']:<14} {row['method']:<22} {row['seconds']:>6.1f}s {runs:>18} "
             f"{anon / 2**30:>11.2f} G {anon / row['parent_bytes']:>8.2f}x "
             f"{row['seconds'] / base['seconds']:>11.2f}x"
         )
-    print(
-        "parent sizes: "
-        + ", ".join(
-            f"{k} {sum(f.stat().st_size for f in v.glob('*.safetensors')) / 2**30:.2f} GiB"
-            for k, v in parents.items()
-        )
-    )
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    sizes = (f"{k} {rows_bytes(v) / 2**30:.2f} GiB" for k, v in parents.items())
+    print("parent sizes: " + ", ".join(sizes) + "; wall and peak are medians over the runs")
+
+
+def rows_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
 if __name__ == "__main__":

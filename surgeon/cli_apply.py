@@ -19,7 +19,7 @@ __all__ = ["run_apply"]
 
 def run_apply(args: argparse.Namespace) -> int:
     from .apply import subclone
-    from .loading import load_model, load_tokenizer
+    from .loading import has_tokenizer, load_model, load_tokenizer
     from .plan import load_plan
 
     plan = load_plan(args.plan)  # everything that can be checked cheaply, first
@@ -29,8 +29,7 @@ def run_apply(args: argparse.Namespace) -> int:
         _check_readable(Path(args.calibration))
     started = time.perf_counter()
     folder = Path(args.model)
-    tokenizer = load_tokenizer(args.model)
-    data = tokenizer is not None or args.calibration is not None
+    data = args.calibration is not None or has_tokenizer(args.model)
     if folder.is_dir() and any(folder.glob("*.safetensors")) and plan.emit != "graph":
         if not needs_forward_passes(plan, data):
             return _run_streamed(args, plan, out, started)
@@ -40,6 +39,7 @@ def run_apply(args: argparse.Namespace) -> int:
             f"({size / 2**30:.2f} GiB of weights, more during the forward passes)",
             file=sys.stderr,
         )
+    tokenizer = load_tokenizer(args.model)
     model, inputs = load_model(args.model)
     parent_params = sum(p.numel() for p in model.parameters())
     child = subclone(model, plan, inputs, args.calibration, tokenizer, progress=True)

@@ -14,7 +14,7 @@ from torch import nn
 from .errors import ModelLoadError, first_line
 from .frontends import Inputs, as_inputs
 
-__all__ = ["load_model", "load_tokenizer"]
+__all__ = ["has_tokenizer", "load_model", "load_tokenizer"]
 
 
 def load_model(spec: str) -> tuple[nn.Module, Inputs | None]:
@@ -99,13 +99,17 @@ def _load_factory(spec: str) -> tuple[nn.Module, Inputs | None]:
     )
 
 
+def has_tokenizer(spec: str) -> bool:
+    """Whether `spec` is a folder with tokenizer files (checked without loading them)."""
+    path = Path(spec)
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    return path.is_dir() and any((path / n).is_file() for n in names)
+
+
 def load_tokenizer(spec: str):
     """The tokenizer saved in a Hugging Face folder, or None (factories have none)."""
     path = Path(spec)
-    if not path.is_dir():
-        return None
-    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    if not any((path / n).is_file() for n in names):
+    if not has_tokenizer(spec):
         return None
     try:
         from transformers import AutoTokenizer

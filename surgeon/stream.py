@@ -1,13 +1,13 @@
 """Surgery on parents larger than memory: analyse on the meta device, read each tensor
 from memory-mapped safetensors shards (file pages, not process memory), write the child
-shard by shard. Only the child's tensors are ever materialised."""
+shard by shard, a block of rows at a time: no tensor, parent's or child's, is ever
+held whole in process memory."""
 
 from __future__ import annotations
 
 import json
-import mmap
 import shutil
-import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,30 +15,19 @@ import torch
 
 from .analysis import analyse
 from .apply import check_depth, expected_shapes
-from .emit.graph import cut
+from .emit.graph import axis_cuts, take
 from .emit.hf import check_config
-from .errors import ModelLoadError, PlanError
+from .errors import ModelLoadError, PlanError, SurgeonError
 from .frontends import trace
 from .output import staged_folder
 from .passes import Depth, Permute, Rescale, Score, Slice, SurgeryState
 from .passes.score import movable_groups
 from .passes.slice import resolve_target
 from .plan import load_plan
+from .shards import Entry, Shards, write_safetensors
 
-__all__ = ["Shards", "needs_forward_passes", "stream_apply", "stream_into"]
+__all__ = ["needs_forward_passes", "stream_apply", "stream_into"]
 
-DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 COPIED = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -49,43 +38,6 @@ COPIED = (
     "generation_config.json",
     "chat_template.jinja",
 )
-
-
-class Shards:
-    """The tensors of a folder of `.safetensors` files, as zero-copy views of the files."""
-
-    def __init__(self, folder: Path):
-        self.files = sorted(Path(folder).glob("*.safetensors"))
-        if not self.files:
-            raise ModelLoadError(f"{folder} has no .safetensors files")
-        self.index: dict[str, tuple[mmap.mmap, torch.dtype, list[int], int, int]] = {}
-        self.nbytes = 0
-        for file in self.files:
-            with file.open("rb") as f:
-                length = struct.unpack("<Q", f.read(8))[0]
-                header = json.loads(f.read(length))
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-            for name, info in header.items():
-                if name == "__metadata__":
-                    continue
-                begin, end = info["data_offsets"]
-                self.index[name] = (
-                    mm,
-                    DTYPES[info["dtype"]],
-                    info["shape"],
-                    8 + length + begin,
-                    end - begin,
-                )
-                self.nbytes += end - begin
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.index
-
-    def tensor(self, name: str) -> torch.Tensor:
-        mm, dtype, shape, offset, nbytes = self.index[name]
-        count = nbytes // torch.empty((), dtype=dtype).element_size()
-        flat = torch.frombuffer(mm, dtype=dtype, count=count, offset=offset)
-        return flat.view(shape)
 
 
 def needs_forward_passes(plan: Any, data: bool = False) -> bool:
@@ -160,8 +112,8 @@ def stream_into(
     ):
         step.run(state)
     with torch.device("meta"):
-        names = list(cls(child_config).state_dict())
-    written = _write(state, shards, names, tmp, max_shard_bytes, progress)
+        shapes = {k: v.shape for k, v in cls(child_config).state_dict().items()}
+    written = _write(state, shards, shapes, tmp, max_shard_bytes, progress)
     child_config.save_pretrained(tmp)
     for name in COPIED:
         if (folder / name).is_file():
@@ -184,47 +136,80 @@ def _parent_name(state: SurgeryState, child_name: str) -> str:
     return f"{layers[state.layers[int(index)]].name}.{rest}"
 
 
-def _write(state, shards, names, folder: Path, max_bytes: int, progress: bool) -> int:
-    from safetensors.torch import save_file
+BLOCK_BYTES = 16 * 2**20  # a child tensor is cut and written this many bytes at a time
 
-    table, dims = state.graph.params, state.analysis.dims
-    chunks: list[dict[str, torch.Tensor]] = [{}]
-    size, count, files = 0, 0, []
-    iterator = names
+
+def _write(state, shards, shapes: dict, folder: Path, max_bytes: int, progress: bool) -> int:
+    """Write every child tensor (`shapes`: name -> shape, from the child's class) into
+    safetensors shards of about `max_bytes`; returns the number of values written."""
+    entries = _entries(state, shards, shapes)
+    files: list[list[Entry]] = [[]]
+    size = 0
+    for entry in entries:
+        if files[-1] and size + entry.nbytes > max_bytes:
+            files.append([])
+            size = 0
+        files[-1].append(entry)
+        size += entry.nbytes
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(names, desc="writing", unit="tensor")
-    for child_name in iterator:
+        bar = tqdm(total=len(entries), desc="writing", unit="tensor")
+    written = []
+    for i, chunk in enumerate(files):
+        path = folder / f"part-{i:05d}.safetensors"
+        write_safetensors(chunk, path, bar)
+        written.append((path, [e.name for e in chunk]))
+    if bar is not None:
+        bar.close()
+    _name_shards(written, folder)
+    return sum(e.numel for e in entries)
+
+
+def _entries(state, shards, shapes: dict) -> list[Entry]:
+    """What to write for each child tensor: its parent's tensor, cut lazily in blocks."""
+    table, dims = state.graph.params, state.analysis.dims
+    entries = []
+    for child_name, shape in shapes.items():
         parent_name = _parent_name(state, child_name)
         if parent_name not in shards:  # a tied alias the parent did not store either
             continue
         canonical = table.canonical(parent_name) if parent_name in table else parent_name
-        value = cut(
-            state,
-            shards.tensor(parent_name),
-            dims.tensors.get(canonical),
-            state.scale.get(canonical),
-        )
-        chunks[-1][child_name] = value
-        size += value.numel() * value.element_size()
-        count += value.numel()
-        if size >= max_bytes:
-            files.append(_flush(chunks[-1], folder, len(files), save_file))
-            chunks.append({})
-            size = 0
-    if chunks[-1] or not files:
-        files.append(_flush(chunks[-1], folder, len(files), save_file))
-    _name_shards(files, folder)
-    return count
+        source = shards.tensor(parent_name)
+        cuts = axis_cuts(state, dims.tensors.get(canonical), source.shape)
+        new = list(source.shape)
+        for axis, how in cuts:
+            new[axis] = how.stop - how.start if isinstance(how, slice) else len(how)
+        if new != list(shape):
+            raise SurgeonError(
+                f"{child_name}: the cut gives {new}, the child's class expects {list(shape)}"
+            )
+        blocks = _blocks(source, cuts, state.scale.get(canonical))
+        entries.append(Entry(child_name, source.dtype, new, blocks))
+    return entries
 
 
-def _flush(tensors: dict, folder: Path, index: int, save_file) -> tuple[Path, list[str]]:
-    path = folder / f"part-{index:05d}.safetensors"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
-    names = list(tensors)
-    tensors.clear()
-    return path, names
+def _blocks(source: torch.Tensor, cuts: list, scale: float | None) -> Iterator[torch.Tensor]:
+    """The child's tensor as consecutive blocks of rows: each is `cut` applied to the rows
+    it needs, so the values are the in-memory emitter's, bit for bit."""
+    if source.dim() == 0:
+        yield source if scale is None else source * scale
+        return
+    rows = next((how for axis, how in cuts if axis == 0), slice(0, source.shape[0]))
+    rest = [(axis, how) for axis, how in cuts if axis != 0]
+    count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+    row_bytes = source[:1].numel() * source.element_size()  # a parent row bounds a block
+    step = max(1, BLOCK_BYTES // max(1, row_bytes))
+    for start in range(0, count, step):
+        stop = min(count, start + step)
+        if isinstance(rows, slice):
+            block = take(source, 0, slice(rows.start + start, rows.start + stop))
+        else:
+            block = take(source, 0, rows[start:stop])
+        for axis, how in rest:
+            block = take(block, axis, how)
+        yield block if scale is None else block * scale
 
 
 def _name_shards(files: list[tuple[Path, list[str]]], folder: Path) -> None:

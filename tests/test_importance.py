@@ -164,10 +164,12 @@ def test_mean_abs_profile_reads_every_axis_in_one_pass():
     from surgeon.passes.score import mean_abs_profile
 
     g = torch.Generator().manual_seed(0)
-    for shape, rows in [((3000, 70), 1024), ((5, 4, 3), 2), ((7,), 4)]:
-        t = torch.randn(*shape, generator=g)
+    cases = [((3000, 70), 1024, torch.float32), ((5, 4, 3), 2, torch.float32)]
+    cases += [((7,), 4, torch.float32), ((300, 9, 2), 64, torch.bfloat16)]
+    for shape, rows, dtype in cases:
+        t = torch.randn(*shape, generator=g).to(dtype)
         profile = mean_abs_profile(t, rows=rows)
         for axis in range(t.dim()):
             others = [d for d in range(t.dim()) if d != axis]
-            want = t.abs().double().mean(dim=others) if others else t.abs().double()
+            want = t.double().abs().mean(dim=others) if others else t.double().abs()
             torch.testing.assert_close(profile[axis], want, rtol=1e-5, atol=1e-7)

@@ -11,7 +11,7 @@ from torch import fx, nn
 from ..analysis.dims import Literal
 from ..passes.state import SurgeryState
 
-__all__ = ["cut", "emit_graph"]
+__all__ = ["axis_cuts", "cut", "emit_graph", "take"]
 
 
 def emit_graph(state: SurgeryState) -> fx.GraphModule:
@@ -172,15 +172,31 @@ def cut(state: SurgeryState, value: torch.Tensor, axes, scale) -> torch.Tensor:
     """The child's version of a parent tensor: every axis cut and reordered as the passes
     decided, times the rescale factor. It may be a view of `value` (a kept range, or
     nothing cut): the in-memory emitter copies, the streaming one writes it out."""
+    for axis, how in axis_cuts(state, axes, value.shape):
+        value = take(value, axis, how)
+    return value.contiguous() if scale is None else value * scale
+
+
+def axis_cuts(state: SurgeryState, axes, shape) -> list[tuple[int, slice | torch.Tensor]]:
+    """The axes of a parent tensor that the child changes, each with what it keeps: a
+    range of positions (a `slice`) or the positions in the child's order (a tensor)."""
+    out = []
     for axis, atom in enumerate(axes or ()):
-        if state.new_size(atom) != value.shape[axis] or _moved(state, atom):
+        if state.new_size(atom) != shape[axis] or _moved(state, atom):
             index = state.positions(atom)
             start = int(index[0]) if len(index) else 0
             if torch.equal(index, torch.arange(start, start + len(index))):
-                value = value.narrow(axis, start, len(index))  # a range: no gather
+                out.append((axis, slice(start, start + len(index))))
             else:
-                value = value.index_select(axis, index)
-    return value.contiguous() if scale is None else value * scale
+                out.append((axis, index))
+    return out
+
+
+def take(value: torch.Tensor, axis: int, how: slice | torch.Tensor) -> torch.Tensor:
+    """`value` along `axis` at the positions `how` (a range is a view, not a copy)."""
+    if isinstance(how, slice):
+        return value.narrow(axis, how.start, how.stop - how.start)
+    return value.index_select(axis, how)
 
 
 def _moved(state: SurgeryState, atom: int) -> bool:

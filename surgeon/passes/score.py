@@ -115,21 +115,26 @@ def mean_abs_along(t: torch.Tensor, axis: int, rows: int = 256) -> torch.Tensor:
 def mean_abs_profile(t: torch.Tensor, rows: int = 256) -> list[torch.Tensor]:
     """For every axis of `t`, the mean of |t| over all the other axes, from one pass over
     blocks of rows (a tensor mapped from a file is read once and never copied whole).
-    Block reductions are L1 norms in the tensor's float precision (no |t| is stored),
-    summed in float64."""
+    Each block's |t| goes into one reused buffer; its sums are taken in float32 (float64
+    for float64 tensors) and added up in float64."""
     t = t.detach()
     if not t.is_floating_point():
         t = t.float()
     if t.dim() == 1:
         return [t.double().abs()]
-    n, sums = t.shape[0], [torch.zeros(s, dtype=torch.float64) for s in t.shape]
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    n = t.shape[0]
+    first = torch.empty(n, dtype=torch.float64)  # per row: the sum over all other axes
+    rest = torch.zeros(t.shape[1:], dtype=torch.float64)  # the sum over rows
+    buffer = torch.empty((min(rows, n), *t.shape[1:]), dtype=t.dtype)
     for i in range(0, n, rows):
-        block = t[i : i + rows]
-        dims = list(range(block.dim()))
-        sums[0][i : i + rows] = torch.linalg.vector_norm(block, 1, dim=dims[1:]).double()
-        for axis in dims[1:]:
-            others = [d for d in dims if d != axis]
-            sums[axis] += torch.linalg.vector_norm(block, 1, dim=others).double()
+        block = torch.abs(t[i : i + rows], out=buffer[: min(rows, n - i)])
+        first[i : i + rows] = block.flatten(1).sum(1, dtype=acc)
+        rest += block.sum(0, dtype=acc)
+    sums = [first]
+    for axis in range(1, t.dim()):
+        others = [d for d in range(rest.dim()) if d != axis - 1]
+        sums.append(rest.sum(others) if others else rest)
     return [total / (t.numel() // size) for total, size in zip(sums, t.shape, strict=True)]
 
 
