@@ -75,18 +75,12 @@ def test_console_script_prints_no_traceback():
 
 def test_inspect_with_calibration_text(tmp_path, capsys):
     """A folder with a tokenizer: residual ratios and importance in the report."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from tests import zoo
 
     model, _ = zoo.build("llama")
     folder = tmp_path / "llama"
     model.save_pretrained(folder)
-    vocab = {chr(97 + i): i for i in range(26)} | {"[UNK]": 26}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(folder)
+    zoo.save_letter_tokenizer(folder)
     text = tmp_path / "text.txt"
     text.write_text("abcdefghijklmnopqrstuvwxyz" * 400)
     assert main(["inspect", "--model", str(folder), "--calibration", str(text), "--json"]) == 0

@@ -51,6 +51,33 @@ def test_apply_writes_a_checked_child(parent, tmp_path, capsys):
     assert not (out / "model.onnx").exists()
 
 
+def test_a_folder_with_a_tokenizer_streams_data_free_plans_only(tmp_path, monkeypatch):
+    """With a tokenizer, `recipe: auto` means calibration on text: the parent is loaded.
+    A data-free plan streams, and the tokenizer's files are copied, not loaded."""
+    import surgeon.loading
+
+    folder = tmp_path / "llama"
+    model, _ = zoo.build("llama")
+    model.save_pretrained(folder)
+    zoo.save_letter_tokenizer(folder)
+    runs = {"data-free": "recipe: data-free\n", "auto": ""}
+    load_tokenizer = surgeon.loading.load_tokenizer
+    for name, extra in runs.items():
+        out = tmp_path / name
+        if name == "data-free":  # loading it would cost seconds for nothing
+            monkeypatch.setattr(surgeon.loading, "load_tokenizer", None)
+        else:
+            monkeypatch.setattr(surgeon.loading, "load_tokenizer", load_tokenizer)
+        plan = _plan(tmp_path, "target: {num_layers: 1}\n" + extra)
+        assert main(["apply", "--model", str(folder), "--plan", plan, "--out", str(out)]) == 0
+        summary = json.loads((out / "surgeon.json").read_text())
+        assert summary.get("streamed", False) == (name == "data-free")
+        assert (out / "tokenizer.json").is_file()
+    assert (tmp_path / "data-free" / "tokenizer.json").read_bytes() == (
+        folder / "tokenizer.json"
+    ).read_bytes()
+
+
 def test_apply_on_a_factory_writes_a_graph(tmp_path):
     out = tmp_path / "child"
     plan = _plan(tmp_path, "target: {hidden_size: 32, num_layers: 2}\n")

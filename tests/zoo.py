@@ -303,6 +303,18 @@ def build(name: str, device: str = "cpu"):
     return _hf(name, device)
 
 
+def save_letter_tokenizer(folder) -> None:
+    """Save a tiny tokenizer (one token per letter, vocabulary 27) into `folder`, next to
+    a zoo model whose vocabulary is at least that large."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {chr(97 + i): i for i in range(26)} | {"[UNK]": 26}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(folder)
+
+
 def _factory(name):
     def make():
         return build(name)
