@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import PlanError, SurgeonError
+from .hf_names import NotStreamable
 from .output import check_output, staged_folder
 from .stream import needs_forward_passes
 
@@ -31,14 +32,18 @@ def run_apply(args: argparse.Namespace) -> int:
     folder = Path(args.model)
     data = args.calibration is not None or has_tokenizer(args.model)
     if folder.is_dir() and any(folder.glob("*.safetensors")) and plan.emit != "graph":
-        if not needs_forward_passes(plan, data):
-            return _run_streamed(args, plan, out, started)
-        size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-        print(
-            f"surgeon: this plan runs the parent on calibration data: loading all of it "
-            f"({size / 2**30:.2f} GiB of weights, more during the forward passes)",
-            file=sys.stderr,
-        )
+        size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**30
+        if needs_forward_passes(plan, data):
+            print(
+                f"surgeon: this plan runs the parent on calibration data: loading all of it "
+                f"({size:.2f} GiB of weights, more during the forward passes)",
+                file=sys.stderr,
+            )
+        else:
+            try:
+                return _run_streamed(args, plan, out, started)
+            except NotStreamable as e:
+                print(f"surgeon: {e}: loading all of it ({size:.2f} GiB)", file=sys.stderr)
     tokenizer = load_tokenizer(args.model)
     model, inputs = load_model(args.model)
     parent_params = sum(p.numel() for p in model.parameters())

@@ -19,6 +19,7 @@ from .emit.graph import axis_cuts, take
 from .emit.hf import check_config
 from .errors import ModelLoadError, PlanError, SurgeonError
 from .frontends import trace
+from .hf_names import load_names, save_names
 from .output import staged_folder
 from .passes import Depth, Permute, Rescale, Score, Slice, SurgeryState
 from .passes.score import movable_groups
@@ -87,15 +88,21 @@ def stream_into(
     with torch.device("meta"):
         parent = cls(config)
     shards = Shards(folder)
+    stored = load_names(parent, shards.index)  # the model's names -> the files'
+
+    def read(name: str) -> torch.Tensor | None:
+        """A parent tensor by the model's name for it (None: the files lack it)."""
+        return shards.tensor(stored[name]) if name in stored else None
+
     graph = trace(parent)
     analysis = analyse(graph)
     table = graph.params
 
     def source(name: str) -> torch.Tensor:
-        stored = next((n for n in table[name].names if n in shards), None)
-        if stored is None:
+        found = next((t for n in table[name].names if (t := read(n)) is not None), None)
+        if found is None:
             raise ModelLoadError(f"{folder} has no tensor {name}")
-        return shards.tensor(stored)
+        return found
 
     state = SurgeryState(graph, analysis, source=source)
     keep = resolve_target(analysis, plan.target, {g.id for g in movable_groups(state)})
@@ -112,8 +119,11 @@ def stream_into(
     ):
         step.run(state)
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in cls(child_config).state_dict().items()}
-    written = _write(state, shards, shapes, tmp, max_shard_bytes, progress)
+        child = cls(child_config)
+    shapes = {k: v.shape for k, v in child.state_dict().items()}
+    names = save_names(child, shapes)
+    child_tensors = {k: (names[k], shape) for k, shape in shapes.items()}
+    written = _write(state, read, child_tensors, tmp, max_shard_bytes, progress)
     child_config.save_pretrained(tmp)
     for name in COPIED:
         if (folder / name).is_file():
@@ -139,10 +149,10 @@ def _parent_name(state: SurgeryState, child_name: str) -> str:
 BLOCK_BYTES = 16 * 2**20  # a child tensor is cut and written this many bytes at a time
 
 
-def _write(state, shards, shapes: dict, folder: Path, max_bytes: int, progress: bool) -> int:
-    """Write every child tensor (`shapes`: name -> shape, from the child's class) into
-    safetensors shards of about `max_bytes`; returns the number of values written."""
-    entries = _entries(state, shards, shapes)
+def _write(state, read, child: dict, folder: Path, max_bytes: int, progress: bool) -> int:
+    """Write every child tensor (`child`: the class's name -> the name to store and the
+    shape) into safetensors shards of about `max_bytes`; returns the number of values."""
+    entries = _entries(state, read, child)
     files: list[list[Entry]] = [[]]
     size = 0
     for entry in entries:
@@ -167,16 +177,16 @@ def _write(state, shards, shapes: dict, folder: Path, max_bytes: int, progress: 
     return sum(e.numel for e in entries)
 
 
-def _entries(state, shards, shapes: dict) -> list[Entry]:
+def _entries(state, read, child: dict) -> list[Entry]:
     """What to write for each child tensor: its parent's tensor, cut lazily in blocks."""
     table, dims = state.graph.params, state.analysis.dims
     entries = []
-    for child_name, shape in shapes.items():
+    for child_name, (stored_name, shape) in child.items():
         parent_name = _parent_name(state, child_name)
-        if parent_name not in shards:  # a tied alias the parent did not store either
+        source = read(parent_name)
+        if source is None:  # a tied alias the parent did not store either
             continue
         canonical = table.canonical(parent_name) if parent_name in table else parent_name
-        source = shards.tensor(parent_name)
         cuts = axis_cuts(state, dims.tensors.get(canonical), source.shape)
         new = list(source.shape)
         for axis, how in cuts:
@@ -186,7 +196,7 @@ def _entries(state, shards, shapes: dict) -> list[Entry]:
                 f"{child_name}: the cut gives {new}, the child's class expects {list(shape)}"
             )
         blocks = _blocks(source, cuts, state.scale.get(canonical))
-        entries.append(Entry(child_name, source.dtype, new, blocks))
+        entries.append(Entry(stored_name, source.dtype, new, blocks))
     return entries
 
 

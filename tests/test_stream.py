@@ -8,6 +8,7 @@ from surgeon.apply import subclone
 from surgeon.shards import Shards, save_safetensors
 from surgeon.stream import stream_apply
 from tests import zoo
+from tests.test_surgery import shrink_plan
 
 PLAN = {
     "target": {
@@ -21,14 +22,21 @@ PLAN = {
 }
 
 
-@pytest.mark.parametrize(
-    "name, plan",
-    [
-        ("llama", PLAN),
-        ("gemma2", {**PLAN, "depth": [0, 1, 1, 2], "target": {"hidden_size": 32}}),
-        ("gpt2", {"target": {"hidden_size": 32, "num_heads": 2}, "importance": "uniform"}),
-    ],
-)
+def _shrink(name):
+    """The width shrink of test_surgery, one layer fewer, data-free scores, rescaled."""
+    plan = shrink_plan(name)
+    plan["target"]["num_layers"] = 2
+    return {**plan, "importance": "weight", "depth": "middle", "rescale": "paper"}
+
+
+CASES = [(name, _shrink(name)) for name in zoo.HF_NAMES] + [
+    ("gemma2", {**PLAN, "depth": [0, 1, 1, 2], "target": {"hidden_size": 32}}),
+    ("gpt2", {"target": {"hidden_size": 32, "num_heads": 2}, "importance": "uniform"}),
+    ("llama", {**PLAN, "importance": "first"}),
+]
+
+
+@pytest.mark.parametrize("name, plan", CASES)
 def test_streamed_child_is_bit_identical(tmp_path, monkeypatch, name, plan):
     import surgeon.stream
 
@@ -45,6 +53,8 @@ def test_streamed_child_is_bit_identical(tmp_path, monkeypatch, name, plan):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert summary["child_parameters"] <= sum(p.numel() for p in in_memory.parameters())
+    in_memory.save_pretrained(tmp_path / "in_memory")  # stored under the same names
+    assert Shards(tmp_path / "child").index.keys() == Shards(tmp_path / "in_memory").index.keys()
     assert len(list((tmp_path / "child").glob("*.safetensors"))) > 1
 
 
@@ -90,3 +100,54 @@ def test_own_safetensors_writer_reads_back_with_the_library(tmp_path):
     shards = Shards(tmp_path)
     for name, t in tensors.items():
         assert torch.equal(shards.tensor(name), t), name
+
+
+def test_checkpoint_names_follow_transformers_renaming():
+    """GPT-NeoX stores `embed_out.weight` for the model's `lm_head.weight` (transformers
+    renames it on load and back on save); streaming uses the same names both ways."""
+    from surgeon.hf_names import load_names, save_names
+
+    model, _ = zoo.build("gpt_neox", "meta")
+    stored = load_names(model, ["embed_out.weight", "gpt_neox.embed_in.weight"])
+    assert stored == {
+        "lm_head.weight": "embed_out.weight",
+        "gpt_neox.embed_in.weight": "gpt_neox.embed_in.weight",
+    }
+    assert save_names(model, ["lm_head.weight"]) == {"lm_head.weight": "embed_out.weight"}
+
+
+def test_a_checkpoint_converted_on_load_is_not_streamed(tmp_path, monkeypatch, capsys):
+    """A stored tensor that transformers would convert, not only rename (here a made-up
+    fused MLP it splits on load), cannot be read as stored: `surgeon apply` says so and
+    loads the parent instead."""
+    from transformers.core_model_loading import Chunk, WeightConverter
+
+    import surgeon.hf_names
+    import surgeon.stream
+    from surgeon.cli import main
+    from surgeon.hf_names import NotStreamable, load_names
+
+    split = WeightConverter(
+        "mlp.gate_up_proj.weight",
+        ["mlp.gate_proj.weight", "mlp.up_proj.weight"],
+        operations=[Chunk(dim=0)],
+    )
+    model, _ = zoo.build("llama")
+    with monkeypatch.context() as m:
+        m.setattr(surgeon.hf_names, "_transforms", lambda model, **kw: [split])
+        with pytest.raises(NotStreamable, match="converts on load"):
+            load_names(model, ["model.layers.0.mlp.gate_up_proj.weight"])
+
+    def refuse(model, stored):
+        raise NotStreamable("the checkpoint stores x in a layout y converts on load")
+
+    monkeypatch.setattr(surgeon.stream, "load_names", refuse)
+    model.save_pretrained(tmp_path / "parent")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("target: {hidden_size: 32}\nrecipe: data-free\n")
+    out = tmp_path / "child"
+    argv = ["apply", "--model", str(tmp_path / "parent"), "--plan", str(plan), "--out", str(out)]
+    assert main(argv) == 0
+    assert "converts on load: loading all of it" in capsys.readouterr().err
+    assert "streamed" not in (out / "surgeon.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child", "parent", "plan.yaml"]
