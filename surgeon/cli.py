@@ -17,7 +17,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .loading import load_model
     from .report import inspect
 
-    model, inputs = load_model(args.model)
+    model, inputs = load_model(args.model, weights=args.calibration is not None)
     batches = None
     if args.calibration is not None:
         from .calibration import resolve_calibration
@@ -40,10 +40,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"{args.plan}: valid plan ({_describe(plan)})")
         return 0
     from .apply import dry_run
-    from .loading import load_model, load_tokenizer
+    from .loading import has_tokenizer, load_model
 
-    model, inputs = load_model(args.model)
-    child = dry_run(model, plan, inputs, data=load_tokenizer(args.model) is not None)
+    model, inputs = load_model(args.model, weights=False)  # structure only: on meta
+    child = dry_run(model, plan, inputs, data=has_tokenizer(args.model))
     print(f"{args.plan}: valid for {type(model).__name__}: child {child}")
     return 0
 

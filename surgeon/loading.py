@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .errors import ModelLoadError, first_line
@@ -17,16 +18,17 @@ from .frontends import Inputs, as_inputs
 __all__ = ["has_tokenizer", "load_model", "load_tokenizer"]
 
 
-def load_model(spec: str) -> tuple[nn.Module, Inputs | None]:
+def load_model(spec: str, weights: bool = True) -> tuple[nn.Module, Inputs | None]:
     """Build the model named by `spec`; returns `(model, example_inputs or None)`.
 
     `spec` is a folder saved by Hugging Face `save_pretrained` (with `config.json`), or
     `module.path:factory` / `path/to/file.py:factory`, where `factory()` returns a module
-    or a `(module, example_inputs)` pair.
+    or a `(module, example_inputs)` pair. `weights=False`: a folder's model is built from
+    its config on the meta device, reading no weight (enough to trace and analyse it).
     """
     path = Path(spec)
     if path.is_dir():
-        return _load_hf_folder(path), None
+        return _load_hf_folder(path, weights), None
     if ":" not in spec:
         raise ModelLoadError(
             f"model {spec!r} is neither a folder nor 'module:factory': pass a Hugging Face "
@@ -35,7 +37,7 @@ def load_model(spec: str) -> tuple[nn.Module, Inputs | None]:
     return _load_factory(spec)
 
 
-def _load_hf_folder(folder: Path) -> nn.Module:
+def _load_hf_folder(folder: Path, weights: bool = True) -> nn.Module:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(
@@ -55,7 +57,12 @@ def _load_hf_folder(folder: Path) -> nn.Module:
     if cls is None:
         cls = transformers.AutoModel
     try:
-        return cls.from_pretrained(folder, local_files_only=True).eval()
+        if weights:
+            return cls.from_pretrained(folder, local_files_only=True).eval()
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):
+            model = cls.from_config(config) if cls is transformers.AutoModel else cls(config)
+        return model.eval()
     except Exception as e:  # noqa: BLE001 - any loading failure becomes one clear line
         raise ModelLoadError(f"cannot load {folder} with {cls.__name__}: {first_line(e)}") from e
 

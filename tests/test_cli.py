@@ -28,15 +28,37 @@ def test_inspect_prints_table_and_json(capsys):
     assert summary["rotary"][0]["tensors"] == ["model.rotary_emb.inv_freq"]
 
 
-def test_inspect_loads_a_saved_hugging_face_folder(tmp_path, capsys):
+def _without_ids(report):
+    """A report without group ids (numbered in trace order, which may differ)."""
+    if isinstance(report, dict):
+        return {k: _without_ids(v) for k, v in report.items() if k not in ("id", "group")}
+    if isinstance(report, list):
+        return [_without_ids(v) for v in report]
+    return report
+
+
+def test_inspect_and_validate_read_a_folder_on_the_meta_device(tmp_path, capsys):
+    """Structure only: the report is the loaded model's, and no weight file is read (they
+    are deleted here), so a parent of any size is inspected in seconds."""
+    from surgeon import inspect
     from tests import zoo
 
-    model, _ = zoo.build("qwen2")
+    model, example = zoo.build("qwen2")
     model.save_pretrained(tmp_path / "qwen2")
+    for weights in (tmp_path / "qwen2").glob("*.safetensors"):
+        weights.unlink()
     assert main(["inspect", "--model", str(tmp_path / "qwen2"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["model"] == "Qwen2ForCausalLM"
     assert summary["parameters"] == sum(p.numel() for p in model.parameters())
+    loaded = json.loads(json.dumps(inspect(model).to_dict()))
+    assert _without_ids(summary) == _without_ids(loaded)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("target: {intermediate_size: 48, num_layers: 2}\n")
+    assert main(["validate", str(plan), "--model", str(tmp_path / "qwen2")]) == 0
+    printed = capsys.readouterr().out
+    assert "valid for Qwen2ForCausalLM: child num_layers 2" in printed
+    assert "intermediate_size 48" in printed
 
 
 @pytest.mark.parametrize(
