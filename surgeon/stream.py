@@ -111,7 +111,7 @@ def stream_into(
     probe = SurgeryState(graph, analysis, select=select, layers=state.layers)
     child_config = check_config(parent, probe, expected_shapes(probe))
     for step in (
-        Score(plan.importance),
+        Score(plan.importance, progress=progress),
         Depth(plan.depth, plan.target.get("num_layers")),
         Permute(),
         Slice(keep, evenly=plan.importance == "uniform"),

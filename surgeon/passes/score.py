@@ -52,7 +52,7 @@ class Score:
         if self.method == "activation":
             done = _activation_scores(state, groups, self.calibration, self.progress)
             groups = [g for g in groups if g.id not in done]
-        _weight_scores(state, groups)
+        _weight_scores(state, groups, self.progress)
 
 
 def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> set[int]:
@@ -91,20 +91,30 @@ def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> 
     return scored
 
 
-def _weight_scores(state: SurgeryState, groups) -> None:
+def _weight_scores(state: SurgeryState, groups, progress: bool = False) -> None:
     atoms = state.analysis.atoms
     profiles: dict[str, list[torch.Tensor]] = {}  # each tensor is read once for all axes
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        tensors = {name for g in groups for name, _ in g.members}
+        bar = tqdm(total=len(tensors), desc="weight scores", unit="tensor")
     for group in groups:
         scores = torch.zeros(group.size, dtype=torch.float64)
         for name, axis in group.members:
             if name not in profiles:
                 profiles[name] = mean_abs_profile(state.tensor(name))
+                if bar is not None:
+                    bar.update(1)
             per_position = profiles[name][axis]
             per_position = per_position / per_position.mean().clamp_min(1e-30)
             index = _coords(atoms, state.analysis.dims.tensors[name][axis], group.id)
             valid = index >= 0
             scores.index_add_(0, index[valid], per_position[valid])
         state.scores[group.id] = scores
+    if bar is not None:
+        bar.close()
 
 
 def mean_abs_along(t: torch.Tensor, axis: int, rows: int = 256) -> torch.Tensor:
