@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PlanError, SurgeonError
-from .hf_names import NotStreamable
+from .errors import NotStreamable, PlanError, SurgeonError
 from .output import check_output, staged_folder
 from .stream import needs_forward_passes
 

@@ -11,6 +11,7 @@ __all__ = [
     "InvariantError",
     "TraceError",
     "ModelLoadError",
+    "NotStreamable",
 ]
 
 
@@ -36,6 +37,11 @@ class TraceError(SurgeonError):
 
 class ModelLoadError(SurgeonError):
     """The model named on the command line could not be found or built."""
+
+
+class NotStreamable(SurgeonError):
+    """The parent's files cannot be read tensor by tensor as stored (a dtype or layout
+    streaming does not read): the parent has to be loaded instead."""
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours some libraries put in messages

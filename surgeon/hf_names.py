@@ -15,13 +15,9 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from .errors import SurgeonError
+from .errors import NotStreamable
 
 __all__ = ["NotStreamable", "load_names", "save_names"]
-
-
-class NotStreamable(SurgeonError):
-    """The checkpoint cannot be read tensor by tensor as stored."""
 
 
 def _transforms(model: nn.Module, **kwargs) -> list | None:
@@ -37,13 +33,18 @@ def load_names(model: nn.Module, stored: Iterable[str]) -> dict[str, str]:
     transforms = _transforms(model)
     if not transforms:
         return {name: name for name in stored}
-    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    from transformers.core_model_loading import (
+        WeightConverter,
+        WeightRenaming,
+        dot_natural_key,
+        rename_source_key,
+    )
 
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     prefix, meta = model.base_model_prefix, model.state_dict()
-    out = {}
-    for key in stored:
+    out: dict[str, str] = {}
+    for key in sorted(stored, key=dot_natural_key):  # the loader's order; its first wins
         name, converted = rename_source_key(key, renamings, converters, prefix, meta)
         if name not in meta and key in meta:  # as from_pretrained does
             name, converted = rename_source_key(key, [], [], prefix, meta)
@@ -52,7 +53,7 @@ def load_names(model: nn.Module, stored: Iterable[str]) -> dict[str, str]:
                 f"the checkpoint stores {key} in a layout {type(model).__name__} converts "
                 "on load, not one it only renames"
             )
-        out[name] = key
+        out.setdefault(name, key)
     return out
 
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, NotStreamable
 
 __all__ = ["Entry", "Shards", "save_safetensors", "write_safetensors"]
 
@@ -37,9 +37,7 @@ class Shards:
     """The tensors of a folder of `.safetensors` files, as zero-copy views of the files."""
 
     def __init__(self, folder: Path):
-        self.files = sorted(Path(folder).glob("*.safetensors"))
-        if not self.files:
-            raise ModelLoadError(f"{folder} has no .safetensors files")
+        self.files = _weight_files(Path(folder))
         self.index: dict[str, tuple[mmap.mmap, torch.dtype, list[int], int, int]] = {}
         self.nbytes = 0
         for file in self.files:
@@ -50,6 +48,11 @@ class Shards:
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
+                if info["dtype"] not in DTYPES:
+                    raise NotStreamable(
+                        f"{file.name} stores {name} as {info['dtype']}, a dtype streaming "
+                        f"does not read (it reads {', '.join(DTYPES)})"
+                    )
                 begin, end = info["data_offsets"]
                 self.index[name] = (
                     mm,
@@ -70,6 +73,25 @@ class Shards:
             return torch.empty(shape, dtype=dtype)
         flat = torch.frombuffer(mm, dtype=dtype, count=count, offset=offset)
         return flat.view(shape)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The files of the checkpoint: those its index names, else every `.safetensors`
+    file (a folder may hold others, e.g. a `consolidated.safetensors` of another format)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise ModelLoadError(f"cannot read {index}: {e}") from e
+        missing = sorted(n for n in names if not (folder / n).is_file())
+        if missing:
+            raise ModelLoadError(f"{index.name} names {missing[0]}, which {folder} lacks")
+        return sorted(folder / n for n in names)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder} has no .safetensors files")
+    return files
 
 
 class Entry(NamedTuple):
@@ -102,6 +124,8 @@ def write_safetensors(entries: list[Entry], path: Path, bar=None) -> None:
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for e in entries:
+        if e.name in header:
+            raise ValueError(f"{e.name!r} twice, or a reserved name, in one safetensors file")
         header[e.name] = {
             "dtype": CODES[e.dtype],
             "shape": e.shape,

@@ -17,7 +17,7 @@ from .analysis import analyse
 from .apply import check_depth, expected_shapes
 from .emit.graph import axis_cuts, take
 from .emit.hf import check_config
-from .errors import ModelLoadError, PlanError, SurgeonError
+from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError
 from .frontends import trace
 from .hf_names import load_names, save_names
 from .output import staged_folder
@@ -84,6 +84,10 @@ def stream_into(
         )
     folder = Path(folder)
     config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    quantized = getattr(config, "quantization_config", None)
+    if quantized:
+        method = getattr(quantized, "quant_method", None) or dict(quantized).get("quant_method")
+        raise NotStreamable(f"the checkpoint is quantized ({method}): its tensors are packed")
     cls = getattr(transformers, (config.architectures or ["AutoModel"])[0])
     with torch.device("meta"):
         parent = cls(config)
@@ -170,7 +174,7 @@ def _write(state, read, child: dict, folder: Path, max_bytes: int, progress: boo
     for i, chunk in enumerate(files):
         path = folder / f"part-{i:05d}.safetensors"
         write_safetensors(chunk, path, bar)
-        written.append((path, [e.name for e in chunk]))
+        written.append((path, chunk))
     if bar is not None:
         bar.close()
     _name_shards(written, folder)
@@ -222,17 +226,17 @@ def _blocks(source: torch.Tensor, cuts: list, scale: float | None) -> Iterator[t
         yield block if scale is None else block * scale
 
 
-def _name_shards(files: list[tuple[Path, list[str]]], folder: Path) -> None:
+def _name_shards(files: list[tuple[Path, list[Entry]]], folder: Path) -> None:
     """Hugging Face's names: one `model.safetensors`, or numbered shards and an index."""
     if len(files) == 1:
         files[0][0].rename(folder / "model.safetensors")
         return
     weight_map, total = {}, 0
-    for i, (path, names) in enumerate(files, 1):
+    for i, (path, entries) in enumerate(files, 1):
         final = folder / f"model-{i:05d}-of-{len(files):05d}.safetensors"
         path.rename(final)
-        total += final.stat().st_size
-        weight_map.update(dict.fromkeys(names, final.name))
+        total += sum(e.nbytes for e in entries)  # the tensors' bytes, as huggingface_hub
+        weight_map.update(dict.fromkeys((e.name for e in entries), final.name))
     (folder / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
     )

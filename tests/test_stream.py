@@ -151,3 +151,46 @@ def test_a_checkpoint_converted_on_load_is_not_streamed(tmp_path, monkeypatch, c
     assert "converts on load: loading all of it" in capsys.readouterr().err
     assert "streamed" not in (out / "surgeon.json").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["child", "parent", "plan.yaml"]
+
+
+def test_shards_read_the_files_the_index_names(tmp_path):
+    """A folder may hold other safetensors files (Mistral's `consolidated.safetensors`):
+    with an index, only the files it names are the checkpoint."""
+    model, _ = zoo.build("llama")
+    model.save_pretrained(tmp_path, max_shard_size="40KB")
+    save_safetensors({"stray": torch.zeros(1000)}, tmp_path / "consolidated.safetensors")
+    shards = Shards(tmp_path)
+    assert "stray" not in shards and "consolidated.safetensors" not in str(shards.files)
+    assert shards.nbytes == sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_what_streaming_cannot_read_is_refused(tmp_path):
+    """A dtype the reader does not know (float8 here) or a quantized checkpoint: not
+    streamable (`surgeon apply` then loads the parent, tested above)."""
+    import json
+    import struct
+
+    from surgeon.errors import NotStreamable
+
+    header = json.dumps({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}})
+    raw = struct.pack("<Q", len(header)) + header.encode() + bytes(2)
+    (tmp_path / "x.safetensors").write_bytes(raw)
+    with pytest.raises(NotStreamable, match="stores w as F8_E4M3"):
+        Shards(tmp_path)
+    model, _ = zoo.build("llama")
+    model.config.quantization_config = {"quant_method": "made-up"}
+    model.save_pretrained(tmp_path / "parent")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("target: {hidden_size: 32}\nrecipe: data-free\n")
+    out = tmp_path / "child"
+    with pytest.raises(NotStreamable, match=r"quantized \(made-up\)"):
+        stream_apply(tmp_path / "parent", plan, out)
+    assert not out.exists()
+
+
+def test_the_writer_refuses_a_name_twice(tmp_path):
+    from surgeon.shards import Entry, write_safetensors
+
+    entries = [Entry("a", torch.float32, [1], [torch.zeros(1)])] * 2
+    with pytest.raises(ValueError, match="'a' twice"):
+        write_safetensors(entries, tmp_path / "x.safetensors")

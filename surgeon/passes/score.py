@@ -117,23 +117,28 @@ def _weight_scores(state: SurgeryState, groups, progress: bool = False) -> None:
         bar.close()
 
 
-def mean_abs_along(t: torch.Tensor, axis: int, rows: int = 256) -> torch.Tensor:
+def mean_abs_along(t: torch.Tensor, axis: int) -> torch.Tensor:
     """Mean of |t| over every axis but `axis` (float64)."""
-    return mean_abs_profile(t, rows)[axis]
+    return mean_abs_profile(t)[axis]
 
 
-def mean_abs_profile(t: torch.Tensor, rows: int = 256) -> list[torch.Tensor]:
+def mean_abs_profile(t: torch.Tensor, block_bytes: int = 8 * 2**20) -> list[torch.Tensor]:
     """For every axis of `t`, the mean of |t| over all the other axes, from one pass over
     blocks of rows (a tensor mapped from a file is read once and never copied whole).
-    Each block's |t| goes into one reused buffer; its sums are taken in float32 (float64
-    for float64 tensors) and added up in float64."""
+    Blocks hold up to 256 rows and about `block_bytes`; each block's |t| goes into one
+    reused buffer, its sums are taken in float32 (float64 for float64 tensors) and added
+    up in float64."""
     t = t.detach()
     if not t.is_floating_point():
         t = t.float()
     if t.dim() == 1:
         return [t.double().abs()]
+    if t.numel() == 0:
+        return [torch.zeros(size, dtype=torch.float64) for size in t.shape]
     acc = torch.float64 if t.dtype == torch.float64 else torch.float32
     n = t.shape[0]
+    row_bytes = t[0].numel() * max(t.element_size(), acc.itemsize)  # |t| and its sums
+    rows = max(1, min(256, block_bytes // row_bytes))
     first = torch.empty(n, dtype=torch.float64)  # per row: the sum over all other axes
     rest = torch.zeros(t.shape[1:], dtype=torch.float64)  # the sum over rows
     buffer = torch.empty((min(rows, n), *t.shape[1:]), dtype=t.dtype)
