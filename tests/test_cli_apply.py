@@ -78,6 +78,31 @@ def test_a_folder_with_a_tokenizer_streams_data_free_plans_only(tmp_path, monkey
     ).read_bytes()
 
 
+def test_a_bfloat16_folder_gives_a_bfloat16_child_and_a_float32_onnx(tmp_path):
+    """Streamed and loaded alike; onnxruntime lacks bfloat16 kernels, so the ONNX file is
+    a float32 copy, checked against the float32 child."""
+    from surgeon.shards import Shards
+
+    folder = tmp_path / "llama"
+    model, _ = zoo.build("llama")
+    model.to(torch.bfloat16).save_pretrained(folder)
+    for recipe in ("data-free", "paper"):  # streamed; loaded, calibrated on random text
+        out = tmp_path / recipe
+        plan = _plan(tmp_path, GOOD + f"recipe: {recipe}\n")
+        argv = ["apply", "--model", str(folder), "--plan", plan, "--out", str(out), "--onnx"]
+        if recipe == "paper":
+            text = tmp_path / "text.txt"
+            text.write_text("the quick brown fox jumps over the lazy dog " * 200)
+            zoo.save_letter_tokenizer(folder)
+            argv += ["--calibration", str(text)]
+        assert main(argv) == 0
+        summary = json.loads((out / "surgeon.json").read_text())
+        assert summary.get("streamed", False) == (recipe == "data-free")
+        assert summary["onnx_max_relative_difference"] < 1e-4
+        shards = Shards(out)
+        assert {shards.tensor(n).dtype for n in shards.index} == {torch.bfloat16}
+
+
 def test_apply_on_a_factory_writes_a_graph(tmp_path):
     out = tmp_path / "child"
     plan = _plan(tmp_path, "target: {hidden_size: 32, num_layers: 2}\n")

@@ -21,7 +21,7 @@ def fingerprint(model):
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -195,3 +195,18 @@ def test_child_shares_no_storage_with_the_parent():
     for module in (child.graph, child.model):
         for name, p in module.named_parameters():
             assert p.untyped_storage().data_ptr() not in parent, name
+
+
+@pytest.mark.parametrize("name", zoo.HF_NAMES)
+def test_a_bfloat16_parent_gives_a_bfloat16_child(name):
+    """Checkpoints are mostly bfloat16: the child keeps the dtype (buffers the
+    constructor rebuilds included) and the rebuilt class computes what the graph does."""
+    model, example = zoo.build(name)
+    model = model.to(torch.bfloat16)
+    before = fingerprint(model)
+    child = subclone(model, {**shrink_plan(name), "importance": "weight"}, example)
+    assert {p.dtype for p in child.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in child.graph.parameters()} == {torch.bfloat16}
+    inputs = as_inputs(example)
+    torch.testing.assert_close(out(child.model, inputs), out(child.graph, inputs), atol=0, rtol=0)
+    assert fingerprint(model) == before

@@ -147,8 +147,8 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
             source = by_canonical.get(table.canonical(source_name))
         if source is None:
             raise InvariantError(f"the child has no tensor for {name}")
-        state_dict[name] = source.detach()
-    model.load_state_dict(state_dict, strict=True)
+        state_dict[name] = source.detach().clone()
+    model.load_state_dict(state_dict, strict=True, assign=True)  # the child's dtypes too
     model.tie_weights()
     model.eval()
     _adopt_rebuilt_buffers(model, child)
@@ -176,9 +176,10 @@ def _layer_renames(state: SurgeryState):
 
 def _adopt_rebuilt_buffers(model: nn.Module, child: fx.GraphModule) -> None:
     """Buffers the constructor derives from the config (e.g. an embedding scale of
-    sqrt(hidden_size)) hold the child's values: give the graph child the same ones."""
+    sqrt(hidden_size)) hold the child's values: give the graph child the same ones, in
+    the dtype the parent had (a bfloat16 parent's graph expects bfloat16 buffers)."""
     persistent = set(model.state_dict())
-    for name, buffer in model.named_buffers():
+    for name, buffer in list(model.named_buffers()):
         if name in persistent:
             continue
         owner, _, attr = name.rpartition(".")
@@ -186,8 +187,11 @@ def _adopt_rebuilt_buffers(model: nn.Module, child: fx.GraphModule) -> None:
             module = child.get_submodule(owner) if owner else child
         except AttributeError:
             continue
-        if attr in module._buffers and module._buffers[attr].shape == buffer.shape:
-            module._buffers[attr] = buffer.detach().clone()
+        old = module._buffers.get(attr)
+        if old is not None and old.shape == buffer.shape:
+            value = buffer.detach().to(old.dtype)
+            module._buffers[attr] = value.clone()
+            model.get_submodule(owner)._buffers[attr] = value
 
 
 @torch.no_grad()

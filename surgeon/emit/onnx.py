@@ -13,7 +13,7 @@ from ..errors import InvariantError, SurgeonError, first_line
 from ..frontends import as_inputs, output_tensors, quiet_torch_logs
 from ..frontends.hf import tracing_settings
 
-__all__ = ["export_onnx", "check_onnx", "fresh_like"]
+__all__ = ["export_onnx", "check_onnx", "fresh_like", "onnx_ready"]
 
 
 def _dynamic_shapes(inputs) -> tuple[Any, Any]:
@@ -31,6 +31,18 @@ def _dynamic_shapes(inputs) -> tuple[Any, Any]:
         return dims
 
     return tuple(spec(a) for a in inputs.args), {k: spec(v) for k, v in inputs.kwargs.items()}
+
+
+def onnx_ready(model: nn.Module) -> nn.Module:
+    """`model`, or a float32 copy of it when it holds other floating dtypes: onnxruntime's
+    CPU kernels lack bfloat16 for common ops (Mul, among others), so the ONNX file of a
+    bfloat16 or float16 child is float32."""
+    dtypes = {t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()}
+    if dtypes <= {torch.float32}:
+        return model
+    import copy
+
+    return copy.deepcopy(model).float()
 
 
 def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> Path:
