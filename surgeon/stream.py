@@ -74,8 +74,6 @@ def stream_into(
 ) -> tuple[SurgeryState, dict]:
     """The work of `stream_apply`, written into the existing empty folder `tmp`. Plans
     that need forward passes are refused (`PlanError`)."""
-    import transformers
-
     plan = load_plan(plan).resolved(False)
     if needs_forward_passes(plan):
         raise PlanError(
@@ -83,14 +81,7 @@ def stream_into(
             "or depth: influence): it cannot be streamed"
         )
     folder = Path(folder)
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    quantized = getattr(config, "quantization_config", None)
-    if quantized:
-        method = getattr(quantized, "quant_method", None) or dict(quantized).get("quant_method")
-        raise NotStreamable(f"the checkpoint is quantized ({method}): its tensors are packed")
-    cls = getattr(transformers, (config.architectures or ["AutoModel"])[0])
-    with torch.device("meta"):
-        parent = cls(config)
+    parent = _meta_parent(folder)
     shards = Shards(folder)
     stored = load_names(parent, shards.index)  # the model's names -> the files'
 
@@ -122,18 +113,38 @@ def stream_into(
         Rescale(plan.rescale),
     ):
         step.run(state)
-    with torch.device("meta"):
-        child = cls(child_config)
-    shapes = {k: v.shape for k, v in child.state_dict().items()}
-    names = save_names(child, shapes)
-    child_tensors = {k: (names[k], shape) for k, shape in shapes.items()}
-    written = _write(state, read, child_tensors, tmp, max_shard_bytes, progress)
+    written = _write(
+        state, read, _child_tensors(parent, child_config), tmp, max_shard_bytes, progress
+    )
     child_config.save_pretrained(tmp)
     for name in COPIED:
         if (folder / name).is_file():
             shutil.copy2(folder / name, tmp / name)
     summary = {"parent_bytes": shards.nbytes, "child_parameters": written}
     return state, {**summary, "layers_kept": state.layers}
+
+
+def _meta_parent(folder: Path) -> torch.nn.Module:
+    """The parent's class built from its config on the meta device: no weight is read."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    quantized = getattr(config, "quantization_config", None)
+    if quantized:
+        method = getattr(quantized, "quant_method", None) or dict(quantized).get("quant_method")
+        raise NotStreamable(f"the checkpoint is quantized ({method}): its tensors are packed")
+    cls = getattr(transformers, (config.architectures or ["AutoModel"])[0])
+    with torch.device("meta"):
+        return cls(config)
+
+
+def _child_tensors(parent: torch.nn.Module, config) -> dict[str, tuple[str, torch.Size]]:
+    """Every tensor of the child's class: its name there -> (the name to store, shape)."""
+    with torch.device("meta"):
+        child = type(parent)(config)
+    shapes = {k: v.shape for k, v in child.state_dict().items()}
+    names = save_names(child, shapes)
+    return {k: (names[k], shape) for k, shape in shapes.items()}
 
 
 def _parent_name(state: SurgeryState, child_name: str) -> str:
