@@ -180,14 +180,14 @@ def run_once(method: str, folder: Path, child: dict) -> dict:
             surgeon = str(Path(sys.executable).with_name("surgeon"))
             cmd = [surgeon, "apply", "--model", str(folder), "--plan", str(plan)]
             r = measure([*cmd, "--out", str(out)])
-        r["child_bytes"] = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+        r["child_bytes"] = safetensors_bytes(out)
     return r
 
 
 def summarise(runs: list[dict], parents: dict) -> list[dict]:
     rows = []
     for name, folder in parents.items():
-        size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        size = safetensors_bytes(folder)
         mine = [r for r in runs if r["parent"] == name]
         for method in dict.fromkeys(r["method"] for r in mine):
             these = [r for r in mine if r["method"] == method]
@@ -219,11 +219,11 @@ def print_table(rows: list[dict], parents: dict) -> None:
             f"{anon / 2**30:>11.2f} G {anon / row['parent_bytes']:>8.2f}x "
             f"{row['seconds'] / base['seconds']:>11.2f}x"
         )
-    sizes = (f"{k} {rows_bytes(v) / 2**30:.2f} GiB" for k, v in parents.items())
+    sizes = (f"{k} {safetensors_bytes(v) / 2**30:.2f} GiB" for k, v in parents.items())
     print("parent sizes: " + ", ".join(sizes) + "; wall and peak are medians over the runs")
 
 
-def rows_bytes(folder: Path) -> int:
+def safetensors_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 

@@ -20,6 +20,7 @@ from .emit.hf import check_config
 from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError
 from .frontends import trace
 from .hf_names import load_names, save_names
+from .loading import load_model
 from .output import staged_folder
 from .passes import Depth, Permute, Rescale, Score, Slice, SurgeryState
 from .passes.score import movable_groups
@@ -126,16 +127,12 @@ def stream_into(
 
 def _meta_parent(folder: Path) -> torch.nn.Module:
     """The parent's class built from its config on the meta device: no weight is read."""
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    quantized = getattr(config, "quantization_config", None)
+    parent, _ = load_model(str(folder), weights=False)
+    quantized = getattr(parent.config, "quantization_config", None)
     if quantized:
         method = getattr(quantized, "quant_method", None) or dict(quantized).get("quant_method")
         raise NotStreamable(f"the checkpoint is quantized ({method}): its tensors are packed")
-    cls = getattr(transformers, (config.architectures or ["AutoModel"])[0])
-    with torch.device("meta"):
-        return cls(config)
+    return parent
 
 
 def _child_tensors(parent: torch.nn.Module, config) -> dict[str, tuple[str, torch.Size]]:

@@ -9,7 +9,7 @@ import torch
 from ..analysis.measure import activation_means
 from .state import SurgeryState
 
-__all__ = ["Score", "mean_abs_along", "mean_abs_profile", "movable_groups"]
+__all__ = ["Score", "mean_abs_profile", "movable_groups"]
 
 
 def movable_groups(state: SurgeryState) -> list:
@@ -115,11 +115,6 @@ def _weight_scores(state: SurgeryState, groups, progress: bool = False) -> None:
         state.scores[group.id] = scores
     if bar is not None:
         bar.close()
-
-
-def mean_abs_along(t: torch.Tensor, axis: int) -> torch.Tensor:
-    """Mean of |t| over every axis but `axis` (float64)."""
-    return mean_abs_profile(t)[axis]
 
 
 def mean_abs_profile(t: torch.Tensor, block_bytes: int = 8 * 2**20) -> list[torch.Tensor]:
