@@ -1,6 +1,6 @@
 """Analysis: the dimension groups, residual stream, blocks and layers of a traced model.
 
-`analyse(graph)` runs the op rules (`rules.py`) over the graph and reads the result:
+`analyse(graph)` runs the op rules (`rules.py`, `registry.py`) over the graph and reads the result:
 which axes are one group, what role each group plays, which layer it belongs to, and the
 couplings (tied tensors, buffers such as rotary frequencies, fused projections) that the
 surgery passes must respect. Nothing here knows a model family: roles come from the
@@ -20,9 +20,19 @@ from ..errors import SurgeonError
 from ..frontends import Graph, tensor_of
 from .atoms import Atoms
 from .dims import Dims, discover_dims
+from .registry import register_rule, rule_for, unregister_rule
 from .residual import Block, find_blocks, layer_span, residual_root
 
-__all__ = ["ROLES", "Analysis", "Group", "LayerInfo", "analyse", "permuted_tensors"]
+__all__ = [
+    "ROLES",
+    "Analysis",
+    "Group",
+    "LayerInfo",
+    "analyse",
+    "permuted_tensors",
+    "register_rule",
+    "unregister_rule",
+]
 
 # The roles a group can have (Group.role).
 ROLES = ("residual", "ffn", "heads", "kv_groups", "head_dim", "vocab", "other")
@@ -39,6 +49,10 @@ class Group:
     layer: int | None = None  # index into Analysis.layers, None when shared by several
     pinned: str | None = None  # why it may not be permuted, if it may not
     literals: int = 0  # shape literals (view sizes, split sizes, ...) that state its size
+    # whether the surgery may reorder and cut it: not pinned, and held only by parameters (a
+    # group a buffer shares, such as rotary frequencies, is rebuilt from the config by the
+    # emitters in its original order, so it keeps its order)
+    movable: bool = False
 
 
 @dataclass
@@ -54,6 +68,7 @@ class LayerInfo:
     nodes: set[fx.Node] = field(default_factory=set)  # its nodes, input excluded
     heads: list[int] = field(default_factory=list)  # leaves of the heads axis, outermost first
     kv: list[int] = field(default_factory=list)  # those of them that are KV groups
+    ffn: list[int] = field(default_factory=list)  # its FFN groups (their sizes add up)
 
 
 @dataclass
@@ -111,6 +126,8 @@ def analyse(graph: Graph) -> Analysis:
             and kinds.get(g.members[0][0]) == "parameter"
         ):
             g.role = "ffn"
+    for g in groups.values():
+        g.movable = g.pinned is None and all(kinds.get(n) == "parameter" for n, _ in g.members)
     _fill_layers(layers, groups, sites, dims)
     analysis = Analysis(graph, dims, root, blocks, layers, groups)
     analysis.couplings = _couplings(analysis, kinds)
@@ -205,17 +222,19 @@ def _reaches(a: fx.Node, b: fx.Node, limit: int = 12) -> bool:
 
 
 def _vocab(graph: Graph, dims: Dims, groups: dict[int, Group]) -> None:
-    """Rows of an embedding looked up by the model's input ids are the vocabulary."""
+    """Rows of a table looked up (`lookup` in the op table) by the model's input ids are
+    the vocabulary."""
     atoms = dims.atoms
     inputs = {n for n in graph.graph.nodes if n.op == "placeholder"}
-    for node in graph.graph.nodes:
-        if node.op == "get_attr" or "embedding" not in str(node.target):
+    for node, args in dims.args.items():
+        rule = rule_for(node)
+        if rule is None or rule.lookup is None:
             continue
-        tensors = [a for a in node.args[:2] if isinstance(a, fx.Node)]
-        ids = [t for t in tensors if t.op != "get_attr"]
-        table = [t for t in tensors if t.op == "get_attr"]
-        if ids and table and _from_inputs(ids[0], inputs):
-            for leaf in atoms.leaves(dims.out[table[0]][0]):
+        table, ids = (args.get(name) for name in rule.lookup)
+        if not (isinstance(table, fx.Node) and isinstance(ids, fx.Node)):
+            continue
+        if table.op == "get_attr" and ids.op != "get_attr" and _from_inputs(ids, inputs):
+            for leaf in atoms.leaves(dims.out[table][0]):
                 if leaf in groups:
                     groups[leaf].role = "vocab"
 
@@ -240,12 +259,12 @@ def _from_inputs(node: fx.Node, inputs: set[fx.Node], limit: int = 8) -> bool:
 def _fill_layers(layers, groups, sites, dims) -> None:
     for layer in layers:
         nodes = set().union(*(b.nodes for b in layer.blocks))
-        ffn = [
-            g
+        layer.ffn = [
+            g.id
             for g in groups.values()
             if g.role == "ffn" and g.layer is not None and layers[g.layer] is layer
         ]
-        layer.intermediate_size = sum(g.size for g in ffn)
+        layer.intermediate_size = sum(groups[g].size for g in layer.ffn)
         for s in sites:
             if s.node in nodes:
                 layer.num_heads = math.prod(groups[leaf].size for leaf in s.heads)

@@ -8,24 +8,14 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from .dims import Dims, rule_key
+from .dims import Dims
+from .registry import RULES, rule_for
 
 __all__ = ["Block", "residual_root", "find_blocks", "layer_span", "HEAVY"]
 
-# Ops that mix the features of a residual-stream activation: a path through one of them is
-# a block's computation f(x), a path through none of them is the skip connection x.
-HEAVY = {
-    "linear",
-    "addmm",
-    "matmul",
-    "mm",
-    "bmm",
-    "baddbmm",
-    "conv1d",
-    "conv2d",
-    "conv3d",
-    "einsum",
-}
+# The built-in ops that mix the features of a residual-stream activation (`mixes_stream`
+# in the table): kept for callers that read a set; the analysis asks the table.
+HEAVY = frozenset(key for key, rule in RULES.items() if rule.mixes_stream)
 
 
 @dataclass
@@ -52,7 +42,10 @@ def residual_root(dims: Dims, params_kind: dict[str, str]) -> int | None:
 
 
 def _mixes_stream(dims: Dims, node: fx.Node, root: int) -> bool:
-    if node.op not in ("call_function", "call_method") or rule_key(node) not in HEAVY:
+    """A path through an op that mixes the stream with weights (`mixes_stream` in the
+    table) is a block's computation f(x); a path through none of them is the skip x."""
+    rule = rule_for(node)
+    if rule is None or not rule.mixes_stream:
         return False
     for i in node.all_input_nodes:
         axes = dims.out.get(i)
@@ -62,13 +55,20 @@ def _mixes_stream(dims: Dims, node: fx.Node, root: int) -> bool:
     return False
 
 
+def _operands(dims: Dims, node: fx.Node) -> tuple:
+    """The two terms of an addition (`adds` in the table), by name, whatever the frontend."""
+    args = dims.args[node]
+    return args.input, args.other
+
+
 def _is_candidate(dims: Dims, node: fx.Node, root: int) -> bool:
-    if node.op not in ("call_function", "call_method") or rule_key(node) not in ("add", "iadd"):
+    rule = rule_for(node)
+    if rule is None or not rule.adds or node not in dims.args:
         return False
     out = dims.out.get(node)
     if not out or not isinstance(out[0], int) or dims.atoms.find(out[-1]) != root:
         return False
-    operands = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+    operands = [a for a in _operands(dims, node) if isinstance(a, fx.Node)]
     return len(operands) == 2 and all(
         dims.out.get(a) is not None and len(dims.out[a]) == len(out) for a in operands
     )
@@ -84,7 +84,7 @@ def find_blocks(graph: fx.Graph, dims: Dims, root: int, canonical) -> list[Block
         if _mixes_stream(dims, node, root):
             through_f[node] = True
         elif _is_candidate(dims, node, root):
-            a, b = node.args[:2]
+            a, b = _operands(dims, node)
             if through_f.get(a, False) != through_f.get(b, False):
                 skip, branch = (a, b) if through_f.get(b) else (b, a)
                 adds.append((node, skip, branch))

@@ -1,19 +1,18 @@
-"""The op-rule table: for each op, which axes of its inputs and output are one atom.
+"""The built-in op rules: for each op family, which axes of its inputs and output are one atom.
 
-A rule reads `ctx.axes(arg)` (atoms of an input tensor) and `ctx.dims.out[node]` (fresh
-atoms of the output, made from `node.meta["val"]`), and unifies, refines or pins them.
-Keys are op names without namespace or overload, shared by the ATen ops of torch.export
-(`aten.view.default` -> `view`) and the functions and methods of torch.fx (`Tensor.view`,
-`F.linear` -> `linear`), so one rule serves both frontends.
+A rule `fn(ctx, a)` reads the atoms of its inputs (`ctx.axes(a.input)`) and the fresh atoms
+of its output (`a.out`, made from `node.meta["val"]`), and unifies, refines or pins them.
+`a` holds the node's arguments by the names of the family's signature (the small
+functions `_sig_*` below), the same in both frontends: see `registry.py`. A rule does not
+look at the op's name; ops that differ are separate families.
 
-There is no default: an op missing here is an `UnsupportedOpError`. To add one, see
-`docs/op-rules.md`.
+There is no default: an op missing here is an `UnsupportedOpError`. To add one, use
+`surgeon.register_rule` (see `docs/op-rules.md`).
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,35 +20,53 @@ from torch import fx
 
 from ..errors import UnsupportedOpError
 from .atoms import Refinement
-from .dims import Context, Contraction, rule_key, source_line
+from .context import Context, Contraction, source_line
+from .registry import RULES, Args, register_rule
 
-__all__ = ["RULES"]
+__all__ = ["RULES", "register_rule"]
 
-Rule = Callable[[Context, fx.Node], None]
-RULES: dict[str, Rule] = {}
-
-
-def rule(*names: str) -> Callable[[Rule], Rule]:
-    def register(fn: Rule) -> Rule:
-        for name in names:
-            RULES[name] = fn
-        return fn
-
-    return register
-
-
-def arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
+_rule = register_rule  # the built-in rules register the way a user's do
 
 
 def _dim(d: int, ndim: int) -> int:
     return d + ndim if d < 0 else d
 
 
-def _is_aten(node: fx.Node) -> bool:
-    return isinstance(node.target, torch._ops.OpOverload)
+# -- signatures: the names of each family's arguments, in torch.fx's positional order ---------
+def _sig_any(*args, **kwargs): ...
+def _sig_unary(input, *rest, **options): ...
+def _sig_binary(input, other=None, *rest, **options): ...
+def _sig_shaped(input, *size, **options): ...
+def _sig_new_full(input, size, fill_value=None, **options): ...
+def _sig_factory(*size, **options): ...
+def _sig_full(size, fill_value=None, **options): ...
+def _sig_reduce(input, dim=None, *rest, **options): ...
+def _sig_norm(input, p="fro", dim=None, *rest, **options): ...
+def _sig_like(input, other=None, **options): ...
+def _sig_transpose(input, dim0, dim1): ...
+def _sig_permute(input, *dims): ...
+def _sig_movedim(input, source, destination): ...
+def _sig_split(input, sizes, dim=0): ...
+def _sig_cut(input, sections, dim=0): ...
+def _sig_unbind(input, dim=0): ...
+def _sig_cat(tensors, dim=0): ...
+def _sig_slice(input, dim=0, start=None, end=None, step=1): ...
+def _sig_narrow(input, dim, start, length): ...
+def _sig_select(input, dim, index): ...
+def _sig_getitem(input, index): ...
+def _sig_getattr(input, name): ...
+def _sig_linear(input, weight, bias=None): ...
+def _sig_addmm(input, mat1, mat2, *, beta=1, alpha=1): ...
+def _sig_matmul(input, other): ...
+def _sig_baddbmm(input, batch1, batch2, *, beta=1, alpha=1): ...
+def _sig_sdpa(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+    enable_gqa=False,
+): ...  # fmt: skip
+def _sig_embedding(input, weight, padding_idx=None, *rest, **options): ...
+def _sig_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, **options): ...
+def _sig_rms_norm(input, normalized_shape, weight=None, eps=None): ...
+def _sig_conv(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1): ...
 
 
 # -- elementwise ------------------------------------------------------------------------
@@ -57,7 +74,6 @@ def _is_aten(node: fx.Node) -> bool:
 # every tensor operand's axes line up with the output's from the right.
 ELEMENTWISE = (
     "abs",
-    "add",
     "sub",
     "rsub",
     "mul",
@@ -133,61 +149,73 @@ ELEMENTWISE = (
     "div_",
     "sub_",
     "masked_fill_",
+    "truediv",  # the name torch.fx gives `/`
 )
 
 
-@rule(*ELEMENTWISE)
-def elementwise(ctx: Context, node: fx.Node) -> None:
-    out = ctx.dims.out[node]
-    for x in node.all_input_nodes:
+@_rule(*ELEMENTWISE, signature=_sig_any)
+def elementwise(ctx: Context, a: Args) -> None:
+    """Every tensor operand lines up with the output from the right (broadcasting)."""
+    for x in a.node.all_input_nodes:
         axes = ctx.axes(x)
         if axes is not None:
-            ctx.broadcast(out, axes)
+            ctx.broadcast(a.out, axes)
 
 
-@rule("to", "_to_copy", "type_as", "type")
-def first_operand_only(ctx: Context, node: fx.Node) -> None:
+# `input + other`: element-wise, and the residual additions are among them.
+_rule("add", "iadd", signature=_sig_binary, adds=True)(elementwise)
+
+
+@_rule("to", "_to_copy", "type_as", "type", signature=_sig_unary)
+def first_operand_only(ctx: Context, a: Args) -> None:
     """The other tensor argument (if any) only lends a dtype or device."""
-    ctx.broadcast(ctx.dims.out[node], ctx.axes(node.args[0]))
+    ctx.broadcast(a.out, ctx.axes(a.input))
 
 
-@rule("new_ones", "new_zeros", "new_empty", "new_full")
-def new_factory(ctx: Context, node: fx.Node) -> None:
-    """A new tensor that takes only dtype and device from its first argument."""
-    _size_literals(ctx, node, 1)
+def _size_literals(ctx: Context, a: Args) -> None:
+    """Each int of `a.size` states the size of the output axis at its position."""
+    for i, s in enumerate(a.size):
+        if isinstance(s, int) and i < len(a.out):
+            ctx.literal(a.node, a.path("size", i), a.out[i])
 
 
-@rule("triu", "tril", "cumsum", "cumprod", "flip", "roll", "diff")
-def positional(ctx: Context, node: fx.Node) -> None:
+@_rule("new_ones", "new_zeros", "new_empty", signature=_sig_shaped)
+@_rule("new_full", signature=_sig_new_full)
+def new_factory(ctx: Context, a: Args) -> None:
+    """A new tensor of `size` that takes only dtype and device from `input`."""
+    _size_literals(ctx, a)
+
+
+@_rule("triu", "tril", "cumsum", "cumprod", "flip", "roll", "diff", signature=_sig_unary)
+def positional(ctx: Context, a: Args) -> None:
     """Values depend on positions along some axes: keep the shape, pin those axes."""
-    out, x = ctx.dims.out[node], ctx.axes(node.args[0])
+    out, x = a.out, ctx.axes(a.input)
     if x is not None and len(x) == len(out):
         ctx.broadcast(out, x)
-    ctx.pin_all(out, f"positions matter to {node.name}")
-    ctx.pin_all(x, f"positions matter to {node.name}")
+    ctx.pin_all(out, f"positions matter to {a.node.name}")
+    ctx.pin_all(x, f"positions matter to {a.node.name}")
 
 
 # -- factories and data-dependent ops ----------------------------------------------------
-def _size_literals(ctx: Context, node: fx.Node, index: int) -> None:
-    sizes = node.args[index] if len(node.args) > index else node.kwargs.get("size")
-    out = ctx.dims.out[node]
-    if isinstance(sizes, (list, tuple)):
-        for i, s in enumerate(sizes):
-            if isinstance(s, int) and i < len(out):
-                ctx.literal(node, (index, i), out[i])
+@_rule("zeros", "ones", "empty", "randn", "rand", signature=_sig_factory)
+@_rule("full", signature=_sig_full)
+def factory(ctx: Context, a: Args) -> None:
+    """A new tensor of `size`: its ints state the output's axis sizes."""
+    _size_literals(ctx, a)
 
 
-@rule("zeros", "ones", "empty", "full", "randn", "rand", "scalar_tensor", "tensor")
-def factory(ctx: Context, node: fx.Node) -> None:
-    _size_literals(ctx, node, 0)
+@_rule("scalar_tensor", "tensor", signature=_sig_any)
+def constant(ctx: Context, a: Args) -> None:
+    """A tensor made from data: its axes are fresh and free."""
 
 
-@rule("arange")
-def arange(ctx: Context, node: fx.Node) -> None:
-    ctx.pin_all(ctx.dims.out[node], "positions (arange)")
+@_rule("arange", signature=_sig_any)
+def arange(ctx: Context, a: Args) -> None:
+    """Positions 0, 1, ...: the output's axis is an index."""
+    ctx.pin_all(a.out, "positions (arange)")
 
 
-@rule(
+@_rule(
     "index",
     "index_select",
     "gather",
@@ -200,69 +228,63 @@ def arange(ctx: Context, node: fx.Node) -> None:
     "argmin",
     "bucketize",
     "searchsorted",
+    signature=_sig_any,
 )
-def data_dependent(ctx: Context, node: fx.Node) -> None:
+def data_dependent(ctx: Context, a: Args) -> None:
     """Which positions are read depends on data: every axis involved keeps its meaning."""
-    for x in node.all_input_nodes:
-        ctx.pin_all(ctx.axes(x), f"indexed by {node.name}")
-    ctx.pin_all(ctx.dims.out[node], f"made by {node.name}")
-
-
-_ORDER_FIRST = ("norm", "linalg_vector_norm")
+    for x in a.node.all_input_nodes:
+        ctx.pin_all(ctx.axes(x), f"indexed by {a.node.name}")
+    ctx.pin_all(a.out, f"made by {a.node.name}")
 
 
 # -- reductions -------------------------------------------------------------------------
-@rule(
-    "mean",
-    "sum",
-    "amax",
-    "amin",
-    "max",
-    "min",
-    "var",
-    "std",
-    "prod",
-    "norm",
-    "all",
-    "any",
-    "logsumexp",
-    "var_mean",
-    "std_mean",
-    "linalg_vector_norm",
-)
-def reduction(ctx: Context, node: fx.Node) -> None:
-    """Order-free reductions: the kept axes carry over; the reduced ones disappear."""
-    x = ctx.axes(node.args[0])
-    out = ctx.dims.out[node]
+_REDUCTIONS = ("mean", "sum", "amax", "amin", "var", "std", "prod", "all", "any")
+
+
+@_rule(*_REDUCTIONS, "logsumexp", "var_mean", "std_mean", signature=_sig_reduce)
+@_rule("norm", "linalg_vector_norm", signature=_sig_norm, aliases={"ord": "p"})
+def reduction(ctx: Context, a: Args) -> None:
+    """Order-free reductions over `dim` (all axes when None): the kept axes carry over,
+    the reduced ones disappear (or stay as size 1 with keepdim)."""
+    x = ctx.axes(a.input)
     if x is None:
         return
-    if len(node.args) > 1 and ctx.axes(node.args[1]) is not None:  # max(a, b): element-wise
-        return elementwise(ctx, node)
-    if out and not isinstance(out[0], int):  # (values, indices) pairs, var_mean, ...
-        outs = out
-    else:
-        outs = [out]
-    # norm(x, p, dim) and linalg_vector_norm(x, ord, dim) take the order first
-    dims = arg(node, 2 if rule_key(node) in _ORDER_FIRST else 1, "dim")
+    outs = a.out if a.out and not isinstance(a.out[0], int) else [a.out]  # (values, indices)
+    dims = a.dim
     if isinstance(dims, int):
         dims = [dims]
-    if not dims or isinstance(dims, fx.Node):  # full reduction (or a dtype/ord argument)
+    if not dims or isinstance(dims, fx.Node):  # full reduction
         dims = list(range(len(x))) if not outs[0] else []
     reduced = {_dim(d, len(x)) for d in dims}
     for o in outs:
-        kept = [a for i, a in enumerate(x) if i not in reduced]
+        kept = [ax for i, ax in enumerate(x) if i not in reduced]
         if len(o) == len(x):  # keepdim
-            kept = [a if i not in reduced else None for i, a in enumerate(x)]
-        for a, b in zip(kept, o, strict=False):
-            if a is not None:
-                ctx.A.unify(a, b)
+            kept = [ax if i not in reduced else None for i, ax in enumerate(x)]
+        for ax, b in zip(kept, o, strict=False):
+            if ax is not None:
+                ctx.A.unify(ax, b)
+
+
+@_rule("max", "min", signature=_sig_reduce, aliases={"other": "dim"})
+def extremum(ctx: Context, a: Args) -> None:
+    """`max(x, dim)` reduces; `max(x, y)` with a tensor `y` is element-wise."""
+    if ctx.axes(a.dim) is not None:
+        return elementwise(ctx, a)
+    return reduction(ctx, a)
 
 
 # -- shape ops --------------------------------------------------------------------------
-@rule(
-    "view",
-    "reshape",
-    "_unsafe_view",
+@_rule("view", "reshape", "_unsafe_view", signature=_sig_shaped, aliases={"shape": "size"})
+def view(ctx: Context, a: Args) -> None:
+    """The same elements in `size`: the two axis lists are one product of atoms, and each
+    size written in the call (an int, or one computed in a torch.fx graph) is a literal."""
+    ctx.A.unify_seq(list(ctx.axes(a.input)), list(a.out))
+    for i, s in enumerate(a.size):
+        if isinstance(s, (int, fx.Node)) and s != -1 and i < len(a.out):
+            ctx.literal(a.node, a.path("size", i), a.out[i])
+
+
+@_rule(
     "flatten",
     "unflatten",
     "unsqueeze",
@@ -270,125 +292,173 @@ def reduction(ctx: Context, node: fx.Node) -> None:
     "view_as",
     "reshape_as",
     "expand_as_view",
+    signature=_sig_unary,
 )
-def reshape(ctx: Context, node: fx.Node) -> None:
-    """A view of the same elements: the two axis lists are one product of atoms."""
-    x, out = ctx.axes(node.args[0]), ctx.dims.out[node]
-    ctx.A.unify_seq(list(x), list(out))
-    if rule_key_is(node, "view", "reshape", "_unsafe_view"):
-        shape = node.args[1] if len(node.args) == 2 else node.args[1:]
-        base = 1 if len(node.args) == 2 else None
-        if isinstance(shape, (list, tuple)):
-            for i, s in enumerate(shape):  # ints, and sizes computed in a torch.fx graph
-                if isinstance(s, (int, fx.Node)) and s != -1 and i < len(out):
-                    ctx.literal(node, (base, i) if base is not None else (1 + i,), out[i])
+def regroup(ctx: Context, a: Args) -> None:
+    """The same elements, axes merged, split or of size 1 added or removed, by sizes that
+    come from elsewhere: the two axis lists are one product of atoms."""
+    ctx.A.unify_seq(list(ctx.axes(a.input)), list(a.out))
 
 
-def rule_key_is(node: fx.Node, *names: str) -> bool:
-    return rule_key(node) in names
-
-
-@rule("expand", "expand_as", "broadcast_to")
-def expand(ctx: Context, node: fx.Node) -> None:
-    """Broadcast: existing axes carry over, size-1 axes grown become new atoms (e.g. the
-    query heads that share one KV group)."""
-    x, out = ctx.axes(node.args[0]), ctx.dims.out[node]
+def _broadcast_axes(ctx: Context, a: Args) -> None:
+    """Existing axes carry over; size-1 axes grown become new atoms (e.g. the query heads
+    that share one KV group), recorded as broadcasts."""
+    x, out = ctx.axes(a.input), a.out
     ctx.broadcast(out, x)
-    grown = [o for o, a in zip(reversed(out), reversed(x), strict=False) if ctx.size(a) == 1]
+    grown = [o for o, ax in zip(reversed(out), reversed(x), strict=False) if ctx.size(ax) == 1]
     grown += out[: len(out) - len(x)]
-    ctx.dims.broadcasts += [(a, node) for a in grown if ctx.size(a) > 1]
-    sizes = node.args[1] if len(node.args) == 2 else node.args[1:]
-    if rule_key_is(node, "expand") and isinstance(sizes, (list, tuple)):
-        base = (1,) if len(node.args) == 2 else ()
-        for i, s in enumerate(sizes):
-            if isinstance(s, (int, fx.Node)) and s != -1:
-                ctx.literal(node, (*base, i) if base else (1 + i,), out[i])
+    ctx.dims.broadcasts += [(g, a.node) for g in grown if ctx.size(g) > 1]
 
 
-@rule("transpose", "swapaxes", "swapdims", "t", "permute", "movedim", "moveaxis", "numpy_T", "mT")
-def transpose(ctx: Context, node: fx.Node) -> None:
-    """A reordering of axes: output axis i is input axis order[i]."""
-    x, out = ctx.axes(node.args[0]), ctx.dims.out[node]
-    order = _axis_order(node, len(x))
+@_rule("expand", signature=_sig_shaped)
+def expand(ctx: Context, a: Args) -> None:
+    """Broadcast to `size`; its entries other than -1 are literals."""
+    _broadcast_axes(ctx, a)
+    for i, s in enumerate(a.size):
+        if isinstance(s, (int, fx.Node)) and s != -1:
+            ctx.literal(a.node, a.path("size", i), a.out[i])
+
+
+@_rule("expand_as", "broadcast_to", signature=_sig_like)
+def expand_like(ctx: Context, a: Args) -> None:
+    """Broadcast to the shape of another tensor (or a size read from one)."""
+    _broadcast_axes(ctx, a)
+
+
+def _reorder(ctx: Context, a: Args, order: list[int]) -> None:
+    """Output axis i is input axis order[i]."""
+    x = ctx.axes(a.input)
     for i, src in enumerate(order):
-        ctx.A.unify(out[i], x[src])
+        ctx.A.unify(a.out[i], x[src])
 
 
-def _axis_order(node: fx.Node, n: int) -> list[int]:
-    key = rule_key(node)
+@_rule(
+    "transpose",
+    "swapaxes",
+    "swapdims",
+    signature=_sig_transpose,
+    aliases={"axis0": "dim0", "axis1": "dim1"},
+)
+def transpose(ctx: Context, a: Args) -> None:
+    """Axes `dim0` and `dim1` trade places."""
+    n = len(ctx.axes(a.input))
     order = list(range(n))
-    if key == "permute":
-        dims = node.args[1:] or node.kwargs.get("dims")
-        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
-            dims = dims[0]
-        return [_dim(d, n) for d in dims]
-    if key == "numpy_T":
-        return order[::-1]
-    if key in ("movedim", "moveaxis"):
-        src = arg(node, 1, "source")
-        dst = arg(node, 2, "destination")
-        src = [src] if isinstance(src, int) else list(src)
-        dst = [dst] if isinstance(dst, int) else list(dst)
-        result: list[int | None] = [None] * n
-        for s_, d_ in zip(src, dst, strict=True):
-            result[_dim(d_, n)] = _dim(s_, n)
-        rest = iter(i for i in order if i not in {_dim(s_, n) for s_ in src})
-        return [r if r is not None else next(rest) for r in result]
-    if n < 2:
-        return order
-    if key == "t":
-        d0, d1 = 0, 1
-    elif key == "mT":
-        d0, d1 = n - 2, n - 1
-    else:
-        d0 = arg(node, 1, "dim0", node.kwargs.get("axis0"))
-        d1 = arg(node, 2, "dim1", node.kwargs.get("axis1"))
-    d0, d1 = _dim(d0, n), _dim(d1, n)
+    d0, d1 = _dim(a.dim0, n), _dim(a.dim1, n)
     order[d0], order[d1] = order[d1], order[d0]
-    return order
+    _reorder(ctx, a, order)
 
 
-@rule("split", "split_with_sizes", "chunk", "unbind", "tensor_split")
-def split(ctx: Context, node: fx.Node) -> None:
-    """Cut one axis into segments: the axis is refined as their concatenation."""
-    x, outs = ctx.axes(node.args[0]), ctx.dims.out[node]
+@_rule("t", signature=_sig_unary)
+def t(ctx: Context, a: Args) -> None:
+    """The first two axes trade places (a 0-d or 1-d tensor is unchanged)."""
+    n = len(ctx.axes(a.input))
+    _reorder(ctx, a, [1, 0] if n == 2 else list(range(n)))
+
+
+@_rule("mT", signature=_sig_unary)
+def matrix_transpose(ctx: Context, a: Args) -> None:
+    """The last two axes trade places."""
+    n = len(ctx.axes(a.input))
+    _reorder(ctx, a, [*range(n - 2), n - 1, n - 2])
+
+
+@_rule("numpy_T", signature=_sig_unary)
+def reverse_axes(ctx: Context, a: Args) -> None:
+    """All axes in reverse order (`x.T`)."""
+    _reorder(ctx, a, list(range(len(ctx.axes(a.input))))[::-1])
+
+
+@_rule("permute", signature=_sig_permute)
+def permute(ctx: Context, a: Args) -> None:
+    """Output axis i is input axis dims[i]."""
+    n = len(ctx.axes(a.input))
+    _reorder(ctx, a, [_dim(d, n) for d in a.dims])
+
+
+@_rule("movedim", "moveaxis", signature=_sig_movedim)
+def movedim(ctx: Context, a: Args) -> None:
+    """Axes `source` move to `destination`; the others keep their order."""
+    n = len(ctx.axes(a.input))
+    src = [a.source] if isinstance(a.source, int) else list(a.source)
+    dst = [a.destination] if isinstance(a.destination, int) else list(a.destination)
+    order: list[int | None] = [None] * n
+    for s, d in zip(src, dst, strict=True):
+        order[_dim(d, n)] = _dim(s, n)
+    moved = {_dim(s, n) for s in src}
+    rest = iter(i for i in range(n) if i not in moved)
+    _reorder(ctx, a, [i if i is not None else next(rest) for i in order])
+
+
+def _cut(ctx: Context, a: Args, dim: int) -> list[int]:
+    """`input` cut along `dim` into the outputs: the axis is refined as the concatenation
+    of their axes `dim` (returned), and every other axis carries over."""
+    x = ctx.axes(a.input)
     n = len(x)
-    dim = _dim(arg(node, 2, "dim", 0), n)
-    if rule_key_is(node, "unbind"):
-        dim = _dim(arg(node, 1, "dim", 0), n)
     whole = ctx.A.new(ctx.size(x[dim]))
-    segs = [o[dim] if len(o) == n else ctx.A.new(1) for o in outs]
-    if rule_key_is(node, "unbind"):  # each output drops the axis: it is an index
-        ctx.A.pin(x[dim], f"unbound by {node.name}")
-        segs = []
-    else:
-        ctx.A.refinement[whole] = Refinement("cat", tuple(segs))
-        ctx.A.unify(x[dim], whole)
-        ctx.dims.splits.append((whole, node))
-        sizes = node.args[1] if rule_key_is(node, "split", "split_with_sizes") else None
-        if isinstance(sizes, int):
-            ctx.literal(node, (1,), *segs, kind="split")
-        elif isinstance(sizes, (list, tuple)):
-            for i, s in enumerate(sizes):
-                if isinstance(s, int):
-                    ctx.literal(node, (1, i), segs[i])
+    segs = [o[dim] if len(o) == n else ctx.A.new(1) for o in a.out]
+    ctx.A.refinement[whole] = Refinement("cat", tuple(segs))
+    ctx.A.unify(x[dim], whole)
+    ctx.dims.splits.append((whole, a.node))
+    _carry_other_axes(ctx, x, a.out, dim)
+    return segs
+
+
+def _carry_other_axes(ctx: Context, x: list[int], outs: list, dim: int) -> None:
     for o in outs:
-        rest = [a for i, a in enumerate(o) if i != dim or len(o) != n]
-        others = [a for i, a in enumerate(x) if i != dim]
-        for a, b in zip(others, rest, strict=False):
-            ctx.A.unify(a, b)
+        rest = [ax for i, ax in enumerate(o) if i != dim or len(o) != len(x)]
+        others = [ax for i, ax in enumerate(x) if i != dim]
+        for ax, b in zip(others, rest, strict=False):
+            ctx.A.unify(ax, b)
 
 
-@rule("cat", "concat", "concatenate")
-def cat(ctx: Context, node: fx.Node) -> None:
-    given = arg(node, 0, "tensors")
-    if isinstance(given, fx.Node):  # torch.fx: a list made by another node (split(...)[:2])
-        tensors = list(ctx.dims.out[given])
+@_rule(
+    "split",
+    "split_with_sizes",
+    signature=_sig_split,
+    aliases={"split_size": "sizes", "split_sizes": "sizes", "split_size_or_sections": "sizes"},
+)
+def split(ctx: Context, a: Args) -> None:
+    """Cut `dim` into pieces of `sizes` (one int: all but the last of that size); the
+    sizes written in the call are literals of the pieces."""
+    segs = _cut(ctx, a, _dim(a.dim, len(ctx.axes(a.input))))
+    if isinstance(a.sizes, int):
+        ctx.literal(a.node, a.path("sizes"), *segs, kind="split")
+    elif isinstance(a.sizes, (list, tuple)):
+        for i, s in enumerate(a.sizes):
+            if isinstance(s, int):
+                ctx.literal(a.node, a.path("sizes", i), segs[i])
+
+
+@_rule(
+    "chunk",
+    "tensor_split",
+    signature=_sig_cut,
+    aliases={"chunks": "sections", "indices_or_sections": "sections"},
+)
+def chunk(ctx: Context, a: Args) -> None:
+    """Cut `dim` into a number of pieces (or at indices) that follow from its size."""
+    _cut(ctx, a, _dim(a.dim, len(ctx.axes(a.input))))
+
+
+@_rule("unbind", signature=_sig_unbind)
+def unbind(ctx: Context, a: Args) -> None:
+    """One output per position along `dim`, which each output drops: `dim` is an index."""
+    x = ctx.axes(a.input)
+    dim = _dim(a.dim, len(x))
+    ctx.A.pin(x[dim], f"unbound by {a.node.name}")
+    _carry_other_axes(ctx, x, a.out, dim)
+
+
+@_rule("cat", "concat", "concatenate", signature=_sig_cat, aliases={"axis": "dim"})
+def cat(ctx: Context, a: Args) -> None:
+    """Join along `dim`: the output axis is refined as the concatenation of the inputs'."""
+    if isinstance(a.tensors, fx.Node):  # torch.fx: a list made by another node (split()[:2])
+        tensors = list(ctx.dims.out[a.tensors])
     else:
-        tensors = [ctx.axes(t) for t in given]
-    out = ctx.dims.out[node]
+        tensors = [ctx.axes(t) for t in a.tensors]
+    out = a.out
     n = len(out)
-    dim = _dim(arg(node, 1, "dim", 0), n)
+    dim = _dim(a.dim, n)
     tensors = [t for t in tensors if t is not None and len(t) == n]
     whole = ctx.A.new(ctx.size(out[dim]))
     ctx.A.refinement[whole] = Refinement("cat", tuple(t[dim] for t in tensors))
@@ -399,34 +469,36 @@ def cat(ctx: Context, node: fx.Node) -> None:
                 ctx.A.unify(out[i], t[i])
 
 
-@rule("slice", "narrow")
-def slice_(ctx: Context, node: fx.Node) -> None:
-    """A contiguous range of one axis: refine it as before | kept | after."""
-    x, out = ctx.axes(node.args[0]), ctx.dims.out[node]
-    n = len(x)
-    dim = _dim(arg(node, 1, "dim", 0), n)
-    size = ctx.size(x[dim])
-    if rule_key_is(node, "narrow"):
-        start = arg(node, 2, "start", 0)
-        start = start + size if isinstance(start, int) and start < 0 else start
-        end = start + arg(node, 3, "length", size)
-        step = 1
-    else:
-        start, end, step = (
-            arg(node, 2, "start", 0),
-            arg(node, 3, "end", None),
-            arg(node, 4, "step", 1),
-        )
-    for i in range(n):
-        if i != dim:
-            ctx.A.unify(out[i], x[i])
-    kind = "narrow" if rule_key_is(node, "narrow") else "slice"
-    _slice_axis(ctx, node, x[dim], out[dim], start, end, step, size, ((2,), kind))
+@_rule("slice", signature=_sig_slice)
+def slice_(ctx: Context, a: Args) -> None:
+    """Positions `start:end:step` of `dim`: refined as before | kept | after."""
+    x = ctx.axes(a.input)
+    dim = _dim(a.dim, len(x))
+    _carry_other_axes(ctx, x, [a.out], dim)
+    where = (a.path("start"), "slice")
+    _slice_axis(ctx, a.node, x[dim], a.out[dim], a.start, a.end, a.step, where)
 
 
-def _slice_axis(ctx, node, axis, out_axis, start, end, step, size, where) -> None:
+@_rule("narrow", signature=_sig_narrow)
+def narrow(ctx: Context, a: Args) -> None:
+    """`length` positions of `dim` from `start`: refined as before | kept | after."""
+    x = ctx.axes(a.input)
+    dim = _dim(a.dim, len(x))
+    _carry_other_axes(ctx, x, [a.out], dim)
+    start, length = a.start, a.length
+    if not (isinstance(start, int) and isinstance(length, int)):
+        ctx.A.pin(x[dim], f"sliced by {a.node.name} at a computed position")
+        ctx.A.pin(a.out[dim], f"sliced by {a.node.name}")
+        return
+    start = start + ctx.size(x[dim]) if start < 0 else start
+    where = (a.path("start"), "narrow")
+    _slice_axis(ctx, a.node, x[dim], a.out[dim], start, start + length, 1, where)
+
+
+def _slice_axis(ctx: Context, node: fx.Node, axis, out_axis, start, end, step, where) -> None:
     """`where` = (path of the start argument, kind): "slice" (start, end follow at the
     next positions), "narrow" (start, length) or "index" (a Python slice object)."""
+    size = ctx.size(axis)
     if not all(isinstance(v, int) or v is None for v in (start, end, step)):
         ctx.A.pin(axis, f"sliced by {node.name} at a computed position")
         ctx.A.pin(out_axis, f"sliced by {node.name}")
@@ -455,58 +527,58 @@ def _slice_axis(ctx, node, axis, out_axis, start, end, step, size, where) -> Non
     ctx.literal(node, where[0], before, out_axis, kind=where[1], bounded=end < size)
 
 
-@rule("select")
-def select(ctx: Context, node: fx.Node) -> None:
-    x, out = ctx.axes(node.args[0]), ctx.dims.out[node]
-    dim = _dim(arg(node, 1, "dim", 0), len(x))
-    ctx.A.pin(x[dim], f"one position taken by {node.name}")
-    for a, b in zip([a for i, a in enumerate(x) if i != dim], out, strict=True):
-        ctx.A.unify(a, b)
+@_rule("select", signature=_sig_select)
+def select(ctx: Context, a: Args) -> None:
+    """One position `index` of `dim`: that axis is an index and disappears."""
+    x = ctx.axes(a.input)
+    dim = _dim(a.dim, len(x))
+    ctx.A.pin(x[dim], f"one position taken by {a.node.name}")
+    for ax, b in zip([ax for i, ax in enumerate(x) if i != dim], a.out, strict=True):
+        ctx.A.unify(ax, b)
 
 
-@rule("getitem")
-def getitem(ctx: Context, node: fx.Node) -> None:
-    """Tuple element (of split, var_mean, ...) or tensor indexing with slices (torch.fx)."""
-    src, index = node.args[0], node.args[1]
-    out = ctx.dims.out[node]
-    parent = ctx.dims.out.get(src) if isinstance(src, fx.Node) else None
-    if parent is not None and parent and not isinstance(parent[0], int):
-        picked = parent[index]
-        pairs = zip(picked, out, strict=True) if isinstance(index, slice) else [(picked, out)]
+@_rule("getitem", signature=_sig_getitem)
+def getitem(ctx: Context, a: Args) -> None:
+    """`input[index]`: an element of a tuple (split, var_mean, ...), or tensor indexing
+    with ints, slices, None and ... (torch.fx)."""
+    parent = ctx.dims.out.get(a.input) if isinstance(a.input, fx.Node) else None
+    if parent and not isinstance(parent[0], int):  # a tuple of tensors
+        picked = parent[a.index]
+        pairs = zip(picked, a.out, strict=True) if isinstance(a.index, slice) else [(picked, a.out)]
         for axes_in, axes_out in pairs:
-            for a, b in zip(axes_in, axes_out, strict=True):
-                ctx.A.unify(a, b)
+            for x, b in zip(axes_in, axes_out, strict=True):
+                ctx.A.unify(x, b)
         return
-    x = ctx.axes(src)
+    x = ctx.axes(a.input)
     if x is None:
         return
-    _tensor_index(ctx, node, x, out, index if isinstance(index, tuple) else (index,))
+    _tensor_index(ctx, a, x, a.index if isinstance(a.index, tuple) else (a.index,))
 
 
-@rule("getattr")
-def getattr_(ctx: Context, node: fx.Node) -> None:
-    """`.values` / `.indices` of a (values, indices) result, as torch.fx records them."""
-    src, name = node.args[0], node.args[1]
-    parent = ctx.dims.out.get(src) if isinstance(src, fx.Node) else None
+@_rule("getattr", signature=_sig_getattr)
+def getattr_(ctx: Context, a: Args) -> None:
+    """`.T`, `.mT` of a tensor, `.values` / `.indices` of a (values, indices) result, as
+    torch.fx records them."""
+    parent = ctx.dims.out.get(a.input) if isinstance(a.input, fx.Node) else None
     fields = {"values": 0, "indices": 1}
-    if parent and isinstance(parent[0], int) and name in ("T", "mT"):  # x.T reverses axes
+    if parent and isinstance(parent[0], int) and a.name in ("T", "mT"):
         n = len(parent)
-        order = list(range(n))[::-1] if name == "T" else [*range(n - 2), n - 1, n - 2]
+        order = list(range(n))[::-1] if a.name == "T" else [*range(n - 2), n - 1, n - 2]
         for i, src in enumerate(order):
-            ctx.A.unify(ctx.dims.out[node][i], parent[src])
+            ctx.A.unify(a.out[i], parent[src])
         return
-    if parent and not isinstance(parent[0], int) and name in fields:
-        for a, b in zip(parent[fields[name]], ctx.dims.out[node], strict=True):
-            ctx.A.unify(a, b)
+    if parent and not isinstance(parent[0], int) and a.name in fields:
+        for x, b in zip(parent[fields[a.name]], a.out, strict=True):
+            ctx.A.unify(x, b)
         return
     raise UnsupportedOpError(
-        f"no rule for attribute {name!r} read at node {node.name} ({source_line(node)})"
+        f"no rule for attribute {a.name!r} read at node {a.node.name} ({source_line(a.node)})"
     )
 
 
-def _tensor_index(ctx, node, x, out, index) -> None:
+def _tensor_index(ctx: Context, a: Args, x: list[int], index: tuple) -> None:
     if any(isinstance(i, (fx.Node, list, tuple, torch.Tensor)) for i in index):
-        return data_dependent(ctx, node)  # advanced indexing: positions picked by data
+        return data_dependent(ctx, a)  # advanced indexing: positions picked by data
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
     expanded, positions = [], []  # full index, and where each entry is in `index`
     for p, i in enumerate(index):
@@ -524,154 +596,156 @@ def _tensor_index(ctx, node, x, out, index) -> None:
         if i is None:
             oi += 1
         elif isinstance(i, int):
-            ctx.A.pin(x[xi], f"one position taken by {node.name}")
+            ctx.A.pin(x[xi], f"one position taken by {a.node.name}")
             xi += 1
         else:
-            size = ctx.size(x[xi])
-            path = (1, position) if isinstance(node.args[1], tuple) else (1,)
+            path = a.path("index", position) if isinstance(a.index, tuple) else a.path("index")
             _slice_axis(
-                ctx, node, x[xi], out[oi], i.start, i.stop, i.step or 1, size, (path, "index")
+                ctx, a.node, x[xi], a.out[oi], i.start, i.stop, i.step or 1, (path, "index")
             )
             xi += 1
             oi += 1
 
 
 # -- ops with parameters ----------------------------------------------------------------
-@rule("linear")
-def linear(ctx: Context, node: fx.Node) -> None:
-    x, w = ctx.axes(arg(node, 0, "input")), ctx.axes(arg(node, 1, "weight"))
-    b, out = ctx.axes(arg(node, 2, "bias")), ctx.dims.out[node]
+@_rule("linear", signature=_sig_linear, mixes_stream=True)
+def linear(ctx: Context, a: Args) -> None:
+    """input (..., in) · weight (out, in) + bias (out) -> (..., out)."""
+    x, w, b = ctx.axes(a.input), ctx.axes(a.weight), ctx.axes(a.bias)
     ctx.A.unify(x[-1], w[1])
-    ctx.A.unify(out[-1], w[0])
-    ctx.fan_in(arg(node, 1, "weight"), 1, arg(node, 0, "input"), -1)
+    ctx.A.unify(a.out[-1], w[0])
+    ctx.fan_in(a.weight, 1, a.input, -1)
     if b is not None:
-        ctx.A.unify(out[-1], b[0])
-    for a, o in zip(x[:-1], out[:-1], strict=True):
-        ctx.A.unify(a, o)
+        ctx.A.unify(a.out[-1], b[0])
+    for ax, o in zip(x[:-1], a.out[:-1], strict=True):
+        ctx.A.unify(ax, o)
 
 
-@rule("addmm")
-def addmm(ctx: Context, node: fx.Node) -> None:
-    """bias + x @ w with w stored (in, out), as in Conv1D layers."""
-    b, x, w = (ctx.axes(a) for a in node.args[:3])
-    out = ctx.dims.out[node]
+@_rule("addmm", signature=_sig_addmm, mixes_stream=True)
+def addmm(ctx: Context, a: Args) -> None:
+    """input + mat1 (n, in) @ mat2 (in, out), the weight stored (in, out) as in Conv1D."""
+    x, w = ctx.axes(a.mat1), ctx.axes(a.mat2)
     ctx.A.unify(x[1], w[0])
-    ctx.A.unify(out[1], w[1])
-    ctx.A.unify(out[0], x[0])
-    ctx.fan_in(node.args[2], 0, node.args[1], 1)
-    ctx.broadcast(out, b)
+    ctx.A.unify(a.out[1], w[1])
+    ctx.A.unify(a.out[0], x[0])
+    ctx.fan_in(a.mat2, 0, a.mat1, 1)
+    ctx.broadcast(a.out, ctx.axes(a.input))
 
 
-@rule("matmul", "mm", "bmm")
-def matmul(ctx: Context, node: fx.Node) -> None:
-    a, b, out = ctx.axes(node.args[0]), ctx.axes(node.args[1]), ctx.dims.out[node]
-    if len(a) < 2 or len(b) < 2:
-        ctx.pin_all([a, b, out], f"vector product {node.name}")
-        return
-    ctx.A.unify(a[-1], b[-2])
-    ctx.A.unify(out[-2], a[-2])
-    ctx.A.unify(out[-1], b[-1])
-    ctx.fan_in(node.args[1], len(b) - 2, node.args[0], -1)
-    ctx.broadcast(out[:-2], a[:-2])
-    ctx.broadcast(out[:-2], b[:-2])
-    _record_contraction(ctx, node, out[:-2], a[-1], node.args[0], node.args[1])
-
-
-def _record_contraction(ctx, node, batch, contracted, left, right) -> None:
+def _record_contraction(ctx: Context, a: Args, batch, contracted, left, right) -> None:
     """Products of two activations (both computed from the inputs, not `x @ w.t()`) are
     attention; record them for role finding."""
     if all(t in ctx.dynamic for t in (left, right)):
-        ctx.dims.contractions.append(Contraction(node, tuple(batch), contracted, (left, right)))
+        ctx.dims.contractions.append(Contraction(a.node, tuple(batch), contracted, (left, right)))
 
 
-@rule("baddbmm")
-def baddbmm(ctx: Context, node: fx.Node) -> None:
-    c, a, b = (ctx.axes(t) for t in node.args[:3])
-    out = ctx.dims.out[node]
-    ctx.A.unify(a[-1], b[-2])
-    ctx.A.unify(out[-2], a[-2])
-    ctx.A.unify(out[-1], b[-1])
-    ctx.A.unify(out[0], a[0])
-    ctx.A.unify(out[0], b[0])
-    ctx.broadcast(out, c)
-    _record_contraction(ctx, node, out[:1], a[-1], node.args[1], node.args[2])
+@_rule("matmul", "mm", "bmm", signature=_sig_matmul, aliases={"mat2": "other"}, mixes_stream=True)
+def matmul(ctx: Context, a: Args) -> None:
+    """input (..., n, k) @ other (..., k, m) -> (..., n, m), batch axes broadcast."""
+    x, y, out = ctx.axes(a.input), ctx.axes(a.other), a.out
+    if len(x) < 2 or len(y) < 2:
+        ctx.pin_all([x, y, out], f"vector product {a.node.name}")
+        return
+    ctx.A.unify(x[-1], y[-2])
+    ctx.A.unify(out[-2], x[-2])
+    ctx.A.unify(out[-1], y[-1])
+    ctx.fan_in(a.other, len(y) - 2, a.input, -1)
+    ctx.broadcast(out[:-2], x[:-2])
+    ctx.broadcast(out[:-2], y[:-2])
+    _record_contraction(ctx, a, out[:-2], x[-1], a.input, a.other)
 
 
-@rule("scaled_dot_product_attention")
-def sdpa(ctx: Context, node: fx.Node) -> None:
-    """q (..., L, E), k (..., S, E), v (..., S, Ev) -> (..., L, Ev); mask (..., L, S)."""
-    q, k, v = (ctx.axes(arg(node, i, n)) for i, n in enumerate(("query", "key", "value")))
-    mask, out = ctx.axes(arg(node, 3, "attn_mask")), ctx.dims.out[node]
+@_rule("baddbmm", signature=_sig_baddbmm, mixes_stream=True)
+def baddbmm(ctx: Context, a: Args) -> None:
+    """input + batch1 (b, n, k) @ batch2 (b, k, m) -> (b, n, m)."""
+    x, y, out = ctx.axes(a.batch1), ctx.axes(a.batch2), a.out
+    ctx.A.unify(x[-1], y[-2])
+    ctx.A.unify(out[-2], x[-2])
+    ctx.A.unify(out[-1], y[-1])
+    ctx.A.unify(out[0], x[0])
+    ctx.A.unify(out[0], y[0])
+    ctx.broadcast(out, ctx.axes(a.input))
+    _record_contraction(ctx, a, out[:1], x[-1], a.batch1, a.batch2)
+
+
+@_rule("scaled_dot_product_attention", signature=_sig_sdpa)
+def sdpa(ctx: Context, a: Args) -> None:
+    """query (..., L, E), key (..., S, E), value (..., S, Ev) -> (..., L, Ev); attn_mask
+    (..., L, S). With `enable_gqa` the query heads are KV heads x queries per KV head."""
+    q, k, v = ctx.axes(a.query), ctx.axes(a.key), ctx.axes(a.value)
+    mask, out = ctx.axes(a.attn_mask), a.out
     ctx.A.unify(q[-1], k[-1])
     ctx.A.unify(k[-2], v[-2])
     ctx.A.unify(out[-2], q[-2])
     ctx.A.unify(out[-1], v[-1])
     for t in (q, k, v):
-        for o, a in zip(reversed(out[:-2]), reversed(t[:-2]), strict=False):
-            if ctx.size(o) == ctx.size(a):
-                ctx.A.unify(o, a)
-            elif node.kwargs.get("enable_gqa") and ctx.size(o) % ctx.size(a) == 0:
-                # grouped-query: query heads = KV heads x queries per KV head
-                shared = ctx.A.new(ctx.size(o) // ctx.size(a))
-                ctx.A.unify_seq([o], [a, shared])
-                ctx.dims.broadcasts.append((shared, node))
+        for o, x in zip(reversed(out[:-2]), reversed(t[:-2]), strict=False):
+            if ctx.size(o) == ctx.size(x):
+                ctx.A.unify(o, x)
+            elif a.enable_gqa and ctx.size(o) % ctx.size(x) == 0:
+                shared = ctx.A.new(ctx.size(o) // ctx.size(x))
+                ctx.A.unify_seq([o], [x, shared])
+                ctx.dims.broadcasts.append((shared, a.node))
     if mask is not None:
         ctx.broadcast(out[:-1] + [k[-2]], mask)
-    ctx.dims.contractions.append(
-        Contraction(node, tuple(out[:-2]), q[-1], (node.args[0], node.args[1]))
-    )
+    ctx.dims.contractions.append(Contraction(a.node, tuple(out[:-2]), q[-1], (a.query, a.key)))
 
 
-@rule("embedding")
-def embedding(ctx: Context, node: fx.Node) -> None:
-    """Rows of the table are picked by ids: the row axis is pinned (its index is a token)."""
-    weight, ids = (node.args[0], node.args[1]) if _is_aten(node) else (node.args[1], node.args[0])
-    w, i, out = ctx.axes(weight), ctx.axes(ids), ctx.dims.out[node]
+@_rule(
+    "embedding",
+    signature=_sig_embedding,
+    aliases={"indices": "input"},
+    lookup=("weight", "input"),
+)
+def embedding(ctx: Context, a: Args) -> None:
+    """Rows of `weight` picked by the ids `input`: the row axis is pinned (its index is a
+    token), the output is the ids' axes and the row's."""
+    w, ids, out = ctx.axes(a.weight), ctx.axes(a.input), a.out
     ctx.A.pin(w[0], "rows picked by ids (embedding)")
     ctx.A.unify(out[-1], w[1])
-    for a, b in zip(i, out[:-1], strict=True):
-        ctx.A.unify(a, b)
+    for x, b in zip(ids, out[:-1], strict=True):
+        ctx.A.unify(x, b)
 
 
-@rule("layer_norm", "rms_norm")
-def layer_norm(ctx: Context, node: fx.Node) -> None:
-    """Normalise over the trailing `normalized_shape` axes; weight and bias lie along them."""
-    x, out = ctx.axes(node.args[0]), ctx.dims.out[node]
-    shape = arg(node, 1, "normalized_shape")
+@_rule("layer_norm", signature=_sig_layer_norm)
+@_rule("rms_norm", signature=_sig_rms_norm)
+def layer_norm(ctx: Context, a: Args) -> None:
+    """Normalise over the trailing `normalized_shape` axes; `weight` and `bias` (if any)
+    lie along them; the ints of `normalized_shape` are literals."""
+    x = ctx.axes(a.input)
+    shape: Any = a.normalized_shape
     if isinstance(shape, fx.Node):  # x.shape[-1:] in a torch.fx graph
         shape = tuple(shape.meta.get("val") or ())
+    elif isinstance(shape, int):
+        shape = (shape,)
     k = len(shape)
     for i in range(k):
-        if isinstance(shape[i], int):
-            ctx.literal(node, (1, i), x[len(x) - k + i])
-    for a, o in zip(x, out, strict=True):
-        ctx.A.unify(a, o)
-    for param in (arg(node, 2, "weight"), arg(node, 3, "bias")):
+        if isinstance(shape[i], int) and isinstance(a.normalized_shape, (list, tuple)):
+            ctx.literal(a.node, a.path("normalized_shape", i), x[len(x) - k + i])
+    for ax, o in zip(x, a.out, strict=True):
+        ctx.A.unify(ax, o)
+    for param in (a.weight, a.get("bias")):
         p = ctx.axes(param)
         if p is not None:
-            for a, b in zip(p, x[-k:], strict=True):
-                ctx.A.unify(a, b)
+            for ax, b in zip(p, x[-k:], strict=True):
+                ctx.A.unify(ax, b)
 
 
-@rule("conv1d", "conv2d", "conv3d")
-def conv(ctx: Context, node: fx.Node) -> None:
-    """x (B, Cin, *space) * w (Cout, Cin/groups, *kernel): channels couple, space is pinned."""
-    x, w = ctx.axes(arg(node, 0, "input")), ctx.axes(arg(node, 1, "weight"))
-    b, out = ctx.axes(arg(node, 2, "bias")), ctx.dims.out[node]
-    groups = arg(node, 6, "groups", 1)
+@_rule("conv1d", "conv2d", "conv3d", signature=_sig_conv, mixes_stream=True)
+def conv(ctx: Context, a: Args) -> None:
+    """input (B, Cin, *space) * weight (Cout, Cin/groups, *kernel): channels couple, space
+    is pinned."""
+    x, w, b, out = ctx.axes(a.input), ctx.axes(a.weight), ctx.axes(a.bias), a.out
     ctx.A.unify(out[0], x[0])
     ctx.A.unify(out[1], w[0])
     if b is not None:
         ctx.A.unify(out[1], b[0])
-    if groups == 1:
+    if a.groups == 1:
         ctx.A.unify(x[1], w[1])
-        ctx.fan_in(arg(node, 1, "weight"), 1, arg(node, 0, "input"), 1)
+        ctx.fan_in(a.weight, 1, a.input, 1)
     else:
-        ctx.pin_all([x[1], w[0], w[1]], f"grouped convolution {node.name}")
-    ctx.pin_all([x[2:], w[2:], out[2:]], f"spatial axes of {node.name}")
+        ctx.pin_all([x[1], w[0], w[1]], f"grouped convolution {a.node.name}")
+    ctx.pin_all([x[2:], w[2:], out[2:]], f"spatial axes of {a.node.name}")
 
 
-# torch.fx spells some calls with the names of Python operators.
-RULES["iadd"] = RULES["add"]
-RULES["truediv"] = RULES["div"]
-RULES[operator.matmul.__name__] = RULES["matmul"]
+assert operator.matmul.__name__ == "matmul"  # torch.fx records `@` as operator.matmul
