@@ -433,7 +433,12 @@ def split(ctx: Context, a: Args) -> None:
     "chunk",
     "tensor_split",
     signature=_sig_cut,
-    aliases={"chunks": "sections", "indices_or_sections": "sections"},
+    aliases={
+        "chunks": "sections",
+        "indices": "sections",
+        "indices_or_sections": "sections",
+        "tensor_indices_or_sections": "sections",
+    },
 )
 def chunk(ctx: Context, a: Args) -> None:
     """Cut `dim` into a number of pieces (or at indices) that follow from its size."""
