@@ -20,9 +20,9 @@ import torch
 from common import loss  # benchmarks/common.py: a script's folder is on sys.path
 
 import surgeon
-from surgeon.apply import subclone
-from surgeon.data import python_docs_text, token_batches
-from surgeon.pretrained import smollm2
+from surgeon.api import subclone
+from surgeon.io.text import python_docs_text, token_batches
+from surgeon.demo.smollm2 import smollm2
 
 
 def main() -> None:

@@ -26,11 +26,11 @@ from common import TARGET, loss  # benchmarks/common.py: a script's folder is on
 import surgeon
 from surgeon.analysis import analyse
 from surgeon.analysis.measure import activation_means
-from surgeon.apply import subclone
-from surgeon.calibration import resolve_calibration
+from surgeon.api import subclone
+from surgeon.io.calibration import resolve_calibration
 from surgeon.frontends import trace
 from surgeon.plan import CALIBRATION
-from surgeon.pretrained import smollm2
+from surgeon.demo.smollm2 import smollm2
 
 
 def overlap(report, k_fraction=0.1):

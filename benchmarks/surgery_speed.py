@@ -146,7 +146,7 @@ def main() -> None:
         parent, out, child = args.baseline
         baseline(Path(parent), Path(out), json.loads(child))
         return
-    from surgeon.pretrained import DEFAULT_CACHE, smollm2
+    from surgeon.demo.smollm2 import DEFAULT_CACHE, smollm2
 
     smollm2()  # converts once
     parents = {"smollm2-135m": ROOT / DEFAULT_CACHE}

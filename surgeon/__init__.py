@@ -1,12 +1,15 @@
 """surgeon: initialize a small transformer from a larger pretrained one (weight subcloning)."""
 
-from .apply import apply
+from .api import apply
 from .errors import InvariantError, PlanError, SurgeonError, TraceError, UnsupportedOpError
+from .pipeline import Parent, prepare
 from .plan import Plan, load_plan
 from .report import Report, inspect
 
 __all__ = [
     "apply",
+    "prepare",
+    "Parent",
     "inspect",
     "load_plan",
     "Plan",

@@ -114,7 +114,9 @@ SCHEMA = {
 @dataclass(frozen=True)
 class Plan:
     """A checked plan. `importance`, `depth` and `rescale` are None where the plan leaves
-    them to its recipe; `resolved()` fills them in."""
+    them to its recipe; `resolved()` fills them in. A long-form plan lists its `passes`
+    (name, parameters) and leaves the short-form fields empty; `steps()` gives the passes
+    of either form."""
 
     target: Mapping[str, int] = field(default_factory=dict)
     depth: str | tuple[int, ...] | None = None  # a strategy, or the parent layers to keep
@@ -123,11 +125,14 @@ class Plan:
     calibration: Mapping[str, int] = field(default_factory=lambda: dict(CALIBRATION))
     emit: str = "auto"
     recipe: str = "auto"
+    passes: tuple[tuple[str, Mapping[str, Any]], ...] = ()  # the long form, as written
 
     def resolved(self, data: bool) -> Plan:
         """The plan with its recipe's defaults; `data`: whether calibration data can be
         had (a calibration argument, or a tokenizer for text), which `auto` needs for the
-        `surgeon` recipe (else it is `data-free`)."""
+        `surgeon` recipe (else it is `data-free`). A long-form plan has nothing to fill."""
+        if self.passes:
+            return self
         name = self.recipe if self.recipe != "auto" else ("surgeon" if data else "data-free")
         recipe = RECIPES[name]
         return replace(
@@ -137,6 +142,57 @@ class Plan:
             rescale=self.rescale or recipe["rescale"],
             recipe=name,
         )
+
+    @property
+    def needs_resolving(self) -> bool:
+        return not self.passes and None in (self.importance, self.depth, self.rescale)
+
+    def steps(self) -> list[tuple[str, dict[str, Any]]]:
+        """The passes of the (resolved) plan in pipeline order, each with its parameters.
+        The short form runs all five; a long-form plan runs the passes it lists. Slicing
+        keeps evenly spaced positions when the scores are `uniform`."""
+        if self.needs_resolving:
+            raise ValueError("resolve the plan first: plan.resolved(data)")
+        if self.passes:
+            steps = [(name, dict(params)) for name, params in self.passes]
+        else:
+            depth: dict[str, Any] = {"strategy": self.depth}
+            if "num_layers" in self.target:
+                depth["num_layers"] = self.target["num_layers"]
+            width = {k: v for k, v in self.target.items() if k != "num_layers"}
+            steps = [
+                ("score", {"method": self.importance}),
+                ("depth", depth),
+                ("permute", {}),
+                ("slice", width),
+                ("rescale", {"method": self.rescale}),
+            ]
+        if dict(steps).get("score", {}).get("method") == "uniform":
+            steps = [(n, {**p, "evenly": True} if n == "slice" else p) for n, p in steps]
+        return steps
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The target sizes, from either form (empty: the parent's sizes)."""
+        if not self.passes:
+            return dict(self.target)
+        steps = dict(self.passes)
+        sizes = {k: v for k, v in steps.get("slice", {}).items() if k in WIDTH}
+        if "num_layers" in steps.get("depth", {}):
+            sizes["num_layers"] = steps["depth"]["num_layers"]
+        return sizes
+
+    def describe(self) -> str:
+        """One line: the target sizes and how the child is chosen."""
+        target = ", ".join(f"{k} {v}" for k, v in self.sizes.items()) or "parent's sizes"
+        if self.passes:
+            return f"{target}; passes " + " -> ".join(name for name, _ in self.passes)
+        chosen = [
+            f"{k} {v}"
+            for k in ("depth", "importance", "rescale")
+            if (v := getattr(self, k)) is not None
+        ]
+        return "; ".join([target, f"recipe {self.recipe}", *chosen])
 
 
 def load_plan(plan: Any) -> Plan:
@@ -154,37 +210,47 @@ def load_plan(plan: Any) -> Plan:
     errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(plan), key=_depth_first)
     if errors:
         raise PlanError(_message(errors[0]))
+    settings = {
+        "calibration": {**CALIBRATION, **(plan.get("calibration") or {})},
+        "emit": plan.get("emit", "auto"),
+    }
     if "passes" in plan:
-        plan = _from_passes(plan)
-    depth = plan.get("depth")
-    if isinstance(depth, list):
-        if depth != sorted(depth):
-            raise PlanError(
-                f"depth {depth}: layers keep the parent's order (list them sorted; a repeated "
-                "index duplicates that layer)"
-            )
-        depth = tuple(depth)
+        return Plan(passes=_passes(plan), **settings)
     return Plan(
         target=dict(plan.get("target") or {}),
-        depth=depth,
+        depth=_depth(plan.get("depth")),
         importance=plan.get("importance"),
         rescale=plan.get("rescale"),
-        calibration={**CALIBRATION, **(plan.get("calibration") or {})},
-        emit=plan.get("emit", "auto"),
         recipe=plan.get("recipe", "auto"),
+        **settings,
     )
 
 
-def _from_passes(plan: Mapping) -> dict:
-    """The long form as the short form: the pipeline's order is fixed, so a list of passes
-    says which run and with what; a pass left out does nothing (no score: the order is
-    kept; no rescale: weights are copied as they are)."""
+def _depth(depth: Any) -> Any:
+    """A list of layers as a tuple, checked to keep the parent's order."""
+    if not isinstance(depth, list):
+        return depth
+    if depth != sorted(depth):
+        raise PlanError(
+            f"depth {depth}: layers keep the parent's order (list them sorted; a repeated "
+            "index duplicates that layer)"
+        )
+    return tuple(depth)
+
+
+def _passes(plan: Mapping) -> tuple[tuple[str, Mapping[str, Any]], ...]:
+    """The long form's passes, checked: each at most once, in the pipeline's order, with a
+    permutation between scoring and slicing (slice keeps the leading positions of the
+    permuted order). A pass left out does nothing (no score: the order is kept; no
+    rescale: weights are copied as they are)."""
     mixed = [k for k in ("target", "depth", "importance", "rescale") if k in plan]
     if mixed:
         raise PlanError(
             f"the plan has both passes and {', '.join(mixed)}: use the short form or the long "
             "form (a list of passes), not both"
         )
+    if "recipe" in plan:
+        raise PlanError("the long form lists its passes: a recipe has nothing to fill in")
     names = [next(iter(step)) for step in plan["passes"]]
     for earlier, later in zip(names, names[1:], strict=False):
         if PASS_ORDER.index(later) <= PASS_ORDER.index(earlier):
@@ -192,28 +258,16 @@ def _from_passes(plan: Mapping) -> dict:
                 f"pass order impossible: {later!r} after {earlier!r}; passes run in the "
                 f"order {' -> '.join(PASS_ORDER)}, each at most once"
             )
-    steps = {next(iter(step)): next(iter(step.values())) for step in plan["passes"]}
-    out = {k: v for k, v in plan.items() if k in ("calibration", "emit")}
-    if "recipe" in plan:
-        raise PlanError("the long form lists its passes: a recipe has nothing to fill in")
-    out["importance"] = (
-        steps.get("score", {}).get("method", "weight") if "score" in steps else "first"
-    )
-    depth = steps.get("depth", {})
-    out["depth"] = depth.get("strategy", "middle")
-    target = dict(steps.get("slice", {}))
-    if "num_layers" in depth:
-        target["num_layers"] = depth["num_layers"]
-    out["target"] = target
-    out["rescale"] = (
-        steps.get("rescale", {}).get("method", "paper") if "rescale" in steps else "none"
-    )
-    if target.keys() - {"num_layers"} and "permute" not in steps and "score" in steps:
+    steps = {next(iter(step)): dict(next(iter(step.values()))) for step in plan["passes"]}
+    if "strategy" in steps.get("depth", {}):
+        steps["depth"]["strategy"] = _depth(steps["depth"]["strategy"])
+    slices = steps.get("slice", {}).keys() - {"num_layers"}
+    if slices and "permute" not in steps and "score" in steps:
         raise PlanError(
             "pass order impossible: slice keeps the leading indices of the permuted order; "
             "put permute between score and slice"
         )
-    return out
+    return tuple(steps.items())
 
 
 def _depth_first(error: jsonschema.ValidationError):

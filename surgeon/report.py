@@ -11,7 +11,9 @@ from torch import nn
 from .analysis import Analysis, analyse
 from .analysis.measure import residual_ratios
 from .frontends import trace
+from .io.calibration import check_batches
 from .passes import Score, SurgeryState
+from .pipeline import Parent
 
 __all__ = ["Report", "inspect"]
 
@@ -82,26 +84,32 @@ class Report:
 
 
 def inspect(
-    model: nn.Module,
+    model: nn.Module | Parent,
     example_inputs: Any = None,
     *,
     calibration: Iterable[Any] | None = None,
     frontend: str = "auto",
 ) -> Report:
-    """Trace and analyse `model`; with `calibration` (an iterable of input batches, in the
-    same forms as `example_inputs`, the first serving as example when none is given), also
-    measure each block's residual ratio ‖f(x)‖ / ‖x + f(x)‖ and the activation importance
-    of every group's indices (`importance` in `to_dict()`). The model is not changed."""
+    """Trace and analyse `model` (or read the analysis of a parent prepared with
+    `surgeon.prepare`); with `calibration` (an iterable of input batches, in the same forms
+    as `example_inputs`, the first serving as example when none is given), also measure
+    each block's residual ratio ‖f(x)‖ / ‖x + f(x)‖ and the activation importance of every
+    group's indices (`importance` in `to_dict()`). The model is not changed."""
     if calibration is not None:
         calibration = list(calibration)
         example_inputs = calibration[0] if example_inputs is None else example_inputs
-    graph = trace(model, example_inputs, frontend=frontend)
-    analysis = analyse(graph)
+    if isinstance(model, Parent):
+        graph, analysis, model = model.graph, model.analysis, model.model
+        if calibration:
+            check_batches(graph.inputs, calibration)
+    else:
+        graph = trace(model, example_inputs, frontend=frontend)
+        analysis = analyse(graph)
     if not calibration:
         return Report(type(model).__name__, analysis)
     ratios = residual_ratios(graph, analysis.blocks, calibration)
-    state = SurgeryState(graph, analysis)
-    Score("activation", tuple(calibration)).run(state)
+    state = SurgeryState(graph, analysis, calibration=calibration)
+    Score("activation").run(state)
     scores = {g: s.tolist() for g, s in state.scores.items()}
     sites = [s.tolist() for s in state.residual_site_scores]
     return Report(type(model).__name__, analysis, ratios, scores, sites)

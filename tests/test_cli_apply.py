@@ -54,20 +54,20 @@ def test_apply_writes_a_checked_child(parent, tmp_path, capsys):
 def test_a_folder_with_a_tokenizer_streams_data_free_plans_only(tmp_path, monkeypatch):
     """With a tokenizer, `recipe: auto` means calibration on text: the parent is loaded.
     A data-free plan streams, and the tokenizer's files are copied, not loaded."""
-    import surgeon.loading
+    import surgeon.frontends.load
 
     folder = tmp_path / "llama"
     model, _ = zoo.build("llama")
     model.save_pretrained(folder)
     zoo.save_letter_tokenizer(folder)
     runs = {"data-free": "recipe: data-free\n", "auto": ""}
-    load_tokenizer = surgeon.loading.load_tokenizer
+    load_tokenizer = surgeon.frontends.load.load_tokenizer
     for name, extra in runs.items():
         out = tmp_path / name
         if name == "data-free":  # loading it would cost seconds for nothing
-            monkeypatch.setattr(surgeon.loading, "load_tokenizer", None)
+            monkeypatch.setattr(surgeon.frontends.load, "load_tokenizer", None)
         else:
-            monkeypatch.setattr(surgeon.loading, "load_tokenizer", load_tokenizer)
+            monkeypatch.setattr(surgeon.frontends.load, "load_tokenizer", load_tokenizer)
         plan = _plan(tmp_path, "target: {num_layers: 1}\n" + extra)
         assert main(["apply", "--model", str(folder), "--plan", plan, "--out", str(out)]) == 0
         summary = json.loads((out / "surgeon.json").read_text())
@@ -81,7 +81,7 @@ def test_a_folder_with_a_tokenizer_streams_data_free_plans_only(tmp_path, monkey
 def test_a_bfloat16_folder_gives_a_bfloat16_child_and_a_float32_onnx(tmp_path):
     """Streamed and loaded alike; onnxruntime lacks bfloat16 kernels, so the ONNX file is
     a float32 copy, checked against the float32 child."""
-    from surgeon.shards import Shards
+    from surgeon.io.shards import Shards
 
     folder = tmp_path / "llama"
     model, _ = zoo.build("llama")

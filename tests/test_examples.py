@@ -38,9 +38,9 @@ def test_example_plan_builds_a_child_that_runs(path):
         example_inputs=None if plan.importance == "activation" else example,
         tokenizer=_Chars(),
     )
-    layers = plan.target.get("num_layers", len(plan.depth) if isinstance(plan.depth, tuple) else 3)
+    layers = plan.sizes.get("num_layers", len(plan.depth) if isinstance(plan.depth, tuple) else 3)
     assert child.config.num_hidden_layers == layers
-    assert child.config.hidden_size == plan.target.get("hidden_size", 64)
+    assert child.config.hidden_size == plan.sizes.get("hidden_size", 64)
     logits = output_tensors(as_inputs(example).call(child))[0]
     assert logits.shape == (2, 8, zoo.VOCAB) and torch.isfinite(logits).all()
 
@@ -60,7 +60,7 @@ def test_demo_plan_fits_smollm2():
     """The plan `make demo` runs, checked against SmolLM2-135M's shape on the meta device."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from surgeon.apply import dry_run
+    from surgeon.api import dry_run
 
     config = LlamaConfig(
         vocab_size=49152,

@@ -5,7 +5,7 @@ import torch
 
 import surgeon
 from surgeon import PlanError
-from surgeon.apply import subclone
+from surgeon.api import subclone
 from tests import zoo
 
 

@@ -3,7 +3,7 @@ matches onnxruntime at two other sizes."""
 
 import pytest
 
-from surgeon.apply import subclone
+from surgeon.api import subclone
 from surgeon.emit.onnx import check_onnx, export_onnx, fresh_like
 from tests import zoo
 from tests.test_surgery import shrink_plan

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from surgeon import PlanError
-from surgeon.apply import subclone
-from surgeon.shards import Shards, save_safetensors
-from surgeon.stream import stream_apply
+from surgeon.api import stream_apply, subclone
+from surgeon.io.shards import Shards, save_safetensors
 from tests import zoo
 from tests.test_surgery import shrink_plan
 
@@ -38,9 +37,9 @@ CASES = [(name, _shrink(name)) for name in zoo.HF_NAMES] + [
 
 @pytest.mark.parametrize("name, plan", CASES)
 def test_streamed_child_is_bit_identical(tmp_path, monkeypatch, name, plan):
-    import surgeon.stream
+    import surgeon.emit.shards
 
-    monkeypatch.setattr(surgeon.stream, "BLOCK_BYTES", 100)  # many blocks per tensor
+    monkeypatch.setattr(surgeon.emit.shards, "BLOCK_BYTES", 100)  # many blocks per tensor
     model, example = zoo.build(name)
     parent = tmp_path / "parent"
     model.save_pretrained(parent, max_shard_size="40KB")  # several shards
@@ -105,7 +104,7 @@ def test_own_safetensors_writer_reads_back_with_the_library(tmp_path):
 def test_checkpoint_names_follow_transformers_renaming():
     """GPT-NeoX stores `embed_out.weight` for the model's `lm_head.weight` (transformers
     renames it on load and back on save); streaming uses the same names both ways."""
-    from surgeon.hf_names import load_names, save_names
+    from surgeon.io.names import load_names, save_names
 
     model, _ = zoo.build("gpt_neox", "meta")
     stored = load_names(model, ["embed_out.weight", "gpt_neox.embed_in.weight"])
@@ -122,10 +121,9 @@ def test_a_checkpoint_converted_on_load_is_not_streamed(tmp_path, monkeypatch, c
     loads the parent instead."""
     from transformers.core_model_loading import Chunk, WeightConverter
 
-    import surgeon.hf_names
-    import surgeon.stream
+    import surgeon.io.names
     from surgeon.cli import main
-    from surgeon.hf_names import NotStreamable, load_names
+    from surgeon.io.names import NotStreamable, load_names
 
     split = WeightConverter(
         "mlp.gate_up_proj.weight",
@@ -134,14 +132,14 @@ def test_a_checkpoint_converted_on_load_is_not_streamed(tmp_path, monkeypatch, c
     )
     model, _ = zoo.build("llama")
     with monkeypatch.context() as m:
-        m.setattr(surgeon.hf_names, "_transforms", lambda model, **kw: [split])
+        m.setattr(surgeon.io.names, "_transforms", lambda model, **kw: [split])
         with pytest.raises(NotStreamable, match="converts on load"):
             load_names(model, ["model.layers.0.mlp.gate_up_proj.weight"])
 
     def refuse(model, stored):
         raise NotStreamable("the checkpoint stores x in a layout y converts on load")
 
-    monkeypatch.setattr(surgeon.stream, "load_names", refuse)
+    monkeypatch.setattr(surgeon.io.names, "load_names", refuse)
     model.save_pretrained(tmp_path / "parent")
     plan = tmp_path / "plan.yaml"
     plan.write_text("target: {hidden_size: 32}\nrecipe: data-free\n")
@@ -189,7 +187,7 @@ def test_what_streaming_cannot_read_is_refused(tmp_path):
 
 
 def test_the_writer_refuses_a_name_twice(tmp_path):
-    from surgeon.shards import Entry, write_safetensors
+    from surgeon.io.shards import Entry, write_safetensors
 
     entries = [Entry("a", torch.float32, [1], [torch.zeros(1)])] * 2
     with pytest.raises(ValueError, match="'a' twice"):

@@ -10,7 +10,7 @@ import torch
 
 import surgeon
 from surgeon import PlanError
-from surgeon.apply import subclone
+from surgeon.api import subclone
 from surgeon.frontends import as_inputs, output_tensors
 from tests import zoo
 

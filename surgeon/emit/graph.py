@@ -24,14 +24,15 @@ def emit_graph(state: SurgeryState) -> fx.GraphModule:
     for lit in state.analysis.dims.literals:
         _rewrite(state, nodes[lit.node.name], lit)
     _set_tensors(state, root)
-    state.layer_names = _edit_depth(state, root, nodes)
+    _edit_depth(state, root, nodes)
     child = fx.GraphModule(root, root.graph, type(parent).__name__)
     child.eval()
     return child
 
 
 def _edit_depth(state: SurgeryState, root: nn.Module, nodes: dict[str, fx.Node]) -> list[str]:
-    """Drop and duplicate whole layers; returns the module path of each child layer."""
+    """Drop and duplicate whole layers; returns the module path of each child layer (a
+    duplicate is a copy of its layer's module, with its own Parameters)."""
     layers = state.analysis.layers
     order = list(range(len(layers))) if state.layers is None else state.layers
     graph, names, alias = root.graph, [], {}

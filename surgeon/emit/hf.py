@@ -40,38 +40,10 @@ def is_hf_model(model: nn.Module) -> bool:
     return isinstance(model, PreTrainedModel)
 
 
-def child_sizes(state: SurgeryState) -> dict[str, int]:
-    """The child's sizes, read from the analysis and the passes' decisions."""
-    a = state.analysis
-    sizes = {"hidden_size": state.new_size(a.residual)}
-    per_layer: dict[str, set[int]] = {}
-    for layer in a.layers:
-        ffn = [
-            g.id
-            for g in a.groups.values()
-            if g.role == "ffn" and g.layer is not None and a.layers[g.layer] is layer
-        ]
-        per_layer.setdefault("intermediate_size", set()).add(sum(state.new_size(g) for g in ffn))
-        if layer.heads:
-            heads = 1
-            for g in layer.heads:
-                heads *= state.new_size(g)
-            kv = 1
-            for g in layer.kv:
-                kv *= state.new_size(g)
-            per_layer.setdefault("num_heads", set()).add(heads)
-            per_layer.setdefault("num_kv_heads", set()).add(kv)
-            per_layer.setdefault("head_dim", set()).add(layer.head_dim)
-    for key, values in per_layer.items():
-        if len(values) == 1:
-            sizes[key] = values.pop()
-    return sizes
-
-
 def child_config(parent: nn.Module, state: SurgeryState) -> Any:
     """A copy of the parent's config with the child's sizes."""
     config = copy.deepcopy(parent.config)
-    sizes = child_sizes(state)
+    sizes = state.child_sizes()
     old_hidden = state.analysis.hidden_size
     for key, value in sizes.items():
         for field in CONFIG_FIELDS[key]:
@@ -138,10 +110,9 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
         )
     }
     by_canonical = {table.canonical(n): t for n, t in own.items() if n in table}
-    rename = _layer_renames(state)
     state_dict = {}
     for name in model.state_dict():
-        source_name = rename(name)  # child layer j reads the graph's layer it came from
+        source_name = state.parent_name(name)  # child layer j: the graph's layer it came from
         source = own.get(source_name)
         if source is None and source_name in table:
             source = by_canonical.get(table.canonical(source_name))
@@ -154,24 +125,6 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
     _adopt_rebuilt_buffers(model, child)
     _check_same(model, child, state)
     return model
-
-
-def _layer_renames(state: SurgeryState):
-    """Child layer j of the rebuilt model is `state.layer_names[j]` in the child graph."""
-    layers = state.analysis.layers
-    if not layers or state.layer_names == [la.name for la in layers]:
-        return lambda name: name
-    owner = layers[0].name.rpartition(".")[0] + "."
-
-    def rename(name: str) -> str:
-        if not name.startswith(owner):
-            return name
-        index, _, rest = name[len(owner) :].partition(".")
-        if not index.isdigit() or int(index) >= len(state.layer_names):
-            return name
-        return f"{state.layer_names[int(index)]}.{rest}"
-
-    return rename
 
 
 def _adopt_rebuilt_buffers(model: nn.Module, child: fx.GraphModule) -> None:

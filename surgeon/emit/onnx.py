@@ -13,7 +13,7 @@ from ..errors import InvariantError, SurgeonError, first_line
 from ..frontends import as_inputs, output_tensors, quiet_torch_logs
 from ..frontends.hf import tracing_settings
 
-__all__ = ["export_onnx", "check_onnx", "fresh_like", "onnx_ready"]
+__all__ = ["check_onnx", "emit_onnx", "export_onnx", "fresh_like", "onnx_ready"]
 
 
 def _dynamic_shapes(inputs) -> tuple[Any, Any]:
@@ -134,3 +134,20 @@ def check_onnx(model: nn.Module, path: str | Path, inputs_list: list[Any], tol: 
             f"onnxruntime differs from PyTorch by {worst:.2e} of the output scale (> {tol})"
         )
     return worst
+
+
+def emit_onnx(model: nn.Module, example_inputs: Any, folder: str | Path) -> float:
+    """Write `folder`/model.onnx for `model` (float32) and check it with onnxruntime on
+    two fresh input shapes; returns the largest difference relative to the output scale."""
+    model = onnx_ready(model)
+    example = as_inputs(example_inputs)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    first = example.args[0] if example.args else next(iter(example.kwargs.values()))
+    batch, seq = first.shape[0], first.shape[1] if first.dim() > 1 else 1
+    path = Path(folder) / "model.onnx"
+    export_onnx(model, example, path)
+    checks = [
+        fresh_like(example, batch + 1, seq + 3, vocab, 1),
+        fresh_like(example, 1, max(2, 2 * seq), vocab, 2),
+    ]
+    return check_onnx(model, path, checks)

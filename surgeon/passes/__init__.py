@@ -1,9 +1,21 @@
-"""Passes: one file per pass, each a frozen dataclass registered by name here.
+"""Passes: one file per pass, each a frozen dataclass registered by name in `PASSES`.
 
-A pass reads and writes a `SurgeryState`: it decides (scores, which indices each group
-keeps and in what order, scale factors) and never touches the parent's tensors; the
-emitters build the child from those decisions.
+A pass's fields are its plan parameters (`slice: {hidden_size: 384}` is
+`Slice(hidden_size=384)`). It reads and writes a `SurgeryState`: it decides (scores, which
+indices each group keeps and in what order, scale factors) and never touches the parent's
+tensors; the emitters build the child from those decisions. Every pass has
+
+- `name`: its key in plans and in `PASSES`;
+- `needs_data`: whether it runs the parent on calibration data;
+- `check(state)`: what can be known before any pass runs (`PlanError` for an impossible
+  parameter; the slice pass records how many positions each group keeps, the depth pass
+  the child's layers as far as they are known);
+- `run(state)`: its decisions, in pipeline order (`ORDER`).
 """
+
+from __future__ import annotations
+
+from typing import Protocol
 
 from .depth import Depth
 from .permute import Permute
@@ -12,6 +24,29 @@ from .score import Score
 from .slice import Slice
 from .state import SurgeryState
 
-__all__ = ["PASSES", "Depth", "Permute", "Rescale", "Score", "Slice", "SurgeryState"]
+__all__ = [
+    "ORDER",
+    "PASSES",
+    "Depth",
+    "Pass",
+    "Permute",
+    "Rescale",
+    "Score",
+    "Slice",
+    "SurgeryState",
+]
 
-PASSES = {p.name: p for p in (Score, Depth, Permute, Slice, Rescale)}
+
+class Pass(Protocol):
+    name: str
+
+    @property
+    def needs_data(self) -> bool: ...
+
+    def check(self, state: SurgeryState) -> None: ...
+
+    def run(self, state: SurgeryState) -> None: ...
+
+
+PASSES: dict[str, type] = {p.name: p for p in (Score, Depth, Permute, Slice, Rescale)}
+ORDER = tuple(PASSES)  # the pipeline's order: score, depth, permute, slice, rescale

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from ..analysis.measure import layer_influence
 from ..errors import PlanError
@@ -29,16 +27,32 @@ class Depth:
 
     strategy: str | tuple[int, ...] = "middle"
     num_layers: int | None = None
-    calibration: Iterable[Any] | None = None
     name = "depth"
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether it runs the parent on calibration data (a measured strategy)."""
+        return self.strategy == "influence" and self.num_layers is not None
+
+    def check(self, state: SurgeryState) -> None:
+        """The child's layers as far as they can be known before measuring (a measured
+        strategy gets a placeholder of the right length); `PlanError` when impossible."""
+        n = len(state.analysis.layers)
+        measured = self._measures(n)
+        state.layers = choose_layers(
+            n, self.strategy, self.num_layers, [0.0] * n if measured else None
+        )
 
     def run(self, state: SurgeryState) -> None:
         n = len(state.analysis.layers)
         influence = None
-        if self.strategy == "influence" and (self.num_layers or n) < n:
-            influence = layer_influence(state.graph, state.analysis.layers, self.calibration)
+        if self._measures(n):
+            influence = layer_influence(state.graph, state.analysis.layers, state.calibration)
             state.influence = influence
         state.layers = choose_layers(n, self.strategy, self.num_layers, influence)
+
+    def _measures(self, n: int) -> bool:
+        return self.strategy == "influence" and (self.num_layers or n) < n
 
 
 def choose_layers(

@@ -17,6 +17,10 @@ class Permute:
     analysis has verified keeps the model's output (tests/test_analysis.py)."""
 
     name = "permute"
+    needs_data = False
+
+    def check(self, state: SurgeryState) -> None:
+        pass
 
     def run(self, state: SurgeryState) -> None:
         for group, scores in state.scores.items():

@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import PlanError
 from .state import SurgeryState
 
-__all__ = ["Rescale"]
+__all__ = ["METHODS", "Rescale"]
+
+METHODS = ("paper", "none")
 
 
 @dataclass(frozen=True)
@@ -19,17 +22,20 @@ class Rescale:
 
     method: str = "paper"
     name = "rescale"
+    needs_data = False
+
+    def check(self, state: SurgeryState) -> None:
+        if self.method not in METHODS:
+            raise PlanError(f"rescale {self.method!r} is not one of: {', '.join(METHODS)}")
 
     def run(self, state: SurgeryState) -> None:
         if self.method == "none":
             return
+        atoms = state.analysis.atoms
         for name, axis in state.analysis.dims.fan_in.items():
             if state.graph.params[name].aliases:
                 continue
             atom = state.analysis.dims.tensors[name][axis]
-            old, new = (
-                state.analysis.atoms.size[state.analysis.atoms.find(atom)],
-                (state.new_size(atom)),
-            )
+            old, new = atoms.size[atoms.find(atom)], state.new_size(atom)
             if new < old:
                 state.scale[name] = math.sqrt(old / new)

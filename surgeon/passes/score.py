@@ -7,21 +7,18 @@ from dataclasses import dataclass
 import torch
 
 from ..analysis.measure import activation_means
+from ..errors import PlanError
 from .state import SurgeryState
 
-__all__ = ["Score", "mean_abs_profile", "movable_groups"]
+__all__ = ["METHODS", "Score", "mean_abs_profile", "movable_groups"]
+
+
+METHODS = ("activation", "weight", "uniform", "first")
 
 
 def movable_groups(state: SurgeryState) -> list:
-    """Groups the surgery may reorder and cut: not pinned, and held only by parameters.
-    A group that a buffer shares (rotary frequencies) is rebuilt from the config by the
-    emitters in its original order, so it keeps its order here too."""
-    kinds = {e.name: e.kind for e in state.graph.params}
-    return [
-        g
-        for g in state.analysis.groups.values()
-        if g.pinned is None and all(kinds.get(name) == "parameter" for name, _ in g.members)
-    ]
+    """Groups the surgery may reorder and cut (`Group.movable`)."""
+    return [g for g in state.analysis.groups.values() if g.movable]
 
 
 @dataclass(frozen=True)
@@ -41,18 +38,24 @@ class Score:
     """
 
     method: str = "weight"
-    calibration: tuple | None = None
-    progress: bool = False
     name = "score"
+
+    @property
+    def needs_data(self) -> bool:
+        return self.method == "activation"
+
+    def check(self, state: SurgeryState) -> None:
+        if self.method not in METHODS:
+            raise PlanError(f"importance {self.method!r} is not one of: {', '.join(METHODS)}")
 
     def run(self, state: SurgeryState) -> None:
         if self.method in ("first", "uniform"):
             return
         groups = movable_groups(state)
         if self.method == "activation":
-            done = _activation_scores(state, groups, self.calibration, self.progress)
+            done = _activation_scores(state, groups, state.calibration, state.progress)
             groups = [g for g in groups if g.id not in done]
-        _weight_scores(state, groups, self.progress)
+        _weight_scores(state, groups, state.progress)
 
 
 def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> set[int]:

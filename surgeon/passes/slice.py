@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -11,21 +11,40 @@ from ..analysis import Analysis
 from ..errors import PlanError
 from .state import SurgeryState
 
-__all__ = ["Slice", "resolve_target"]
+__all__ = ["SIZES", "Slice", "resolve_target"]
+
+SIZES = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
 
 
 @dataclass(frozen=True)
 class Slice:
-    """Keeps `keep[group]` indices of each group (the leading ones in the permuted order);
-    the emitters cut every axis and rewrite every shape literal of the group accordingly."""
+    """Keeps the leading positions of each group the target shrinks (in the permuted
+    order); the emitters cut every axis and rewrite every shape literal of the group.
+    Its fields are target sizes (None: the parent's); `evenly` keeps evenly spaced
+    positions instead (the Weight Selection baseline)."""
 
-    keep: Mapping[int, int] = field(default_factory=dict)
-    evenly: bool = False  # keep evenly spaced indices (Weight Selection), not the leading
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    evenly: bool = False
     name = "slice"
+    needs_data = False
+
+    @property
+    def target(self) -> dict[str, int]:
+        sizes = {k: getattr(self, k) for k in SIZES}
+        return {k: v for k, v in sizes.items() if v is not None}
+
+    def check(self, state: SurgeryState) -> None:
+        """How many positions each group keeps (`state.keep`); `PlanError` for a target
+        that is wider than the parent, does not divide, or cuts what must stay whole."""
+        state.keep = resolve_target(state.analysis, self.target)
 
     def run(self, state: SurgeryState) -> None:
         atoms = state.analysis.atoms
-        for group, k in self.keep.items():
+        for group, k in state.keep.items():
             order = state.select.get(group, torch.arange(atoms.size[group]))
             if self.evenly:
                 n = len(order)
@@ -35,7 +54,7 @@ class Slice:
                 state.select[group] = order[:k]
 
 
-def resolve_target(analysis: Analysis, target: Mapping[str, int], movable: set[int]) -> dict:
+def resolve_target(analysis: Analysis, target: Mapping[str, int]) -> dict[int, int]:
     """Turn target sizes into the number of indices each group keeps; `PlanError` for a
     target that is wider than the parent, does not divide, or cuts what must stay whole."""
     keep: dict[int, int] = {}
@@ -45,7 +64,7 @@ def resolve_target(analysis: Analysis, target: Mapping[str, int], movable: set[i
         size = atoms.size[group]
         if k > size:
             raise PlanError(f"target.{what} = {k} is wider than the parent ({size})")
-        if k < size and group not in movable:
+        if k < size and not groups[group].movable:
             reason = groups[group].pinned or "a buffer shares it (it is rebuilt from the config)"
             raise PlanError(f"target.{what} cannot be cut here: {reason}")
         if k < size:
@@ -64,18 +83,12 @@ def resolve_target(analysis: Analysis, target: Mapping[str, int], movable: set[i
 
 
 def _layer_target(analysis, layer, target, cut) -> None:
-    groups = analysis.groups
     if "intermediate_size" in target:
-        ffn = [
-            g
-            for g in groups.values()
-            if g.role == "ffn" and g.layer is not None and analysis.layers[g.layer] is layer
-        ]
-        if len(ffn) != 1:
+        if len(layer.ffn) != 1:
             raise PlanError(
-                f"target.intermediate_size: {layer.name} has {len(ffn)} FFN groups, not one"
+                f"target.intermediate_size: {layer.name} has {len(layer.ffn)} FFN groups, not one"
             )
-        cut(ffn[0].id, target["intermediate_size"], "intermediate_size")
+        cut(layer.ffn[0], target["intermediate_size"], "intermediate_size")
     if "num_heads" not in target and "num_kv_heads" not in target:
         return
     if not layer.heads:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -19,19 +21,23 @@ class SurgeryState:
 
     `select[group]` lists the parent positions the child keeps along a group, in the
     child's order (a permutation of all of them, or the leading ones after slicing).
+    `keep[group]` is how many positions the target leaves it (set by the slice pass's
+    check, before any pass runs); `layers` the parent layer behind each child layer.
     """
 
     graph: Graph
     analysis: Analysis
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
     select: dict[int, torch.Tensor] = field(default_factory=dict)
+    keep: dict[int, int] = field(default_factory=dict)  # group -> positions the child keeps
     scale: dict[str, float] = field(default_factory=dict)  # tensor name -> factor
     layers: list[int] | None = None  # the parent layer behind each child layer (None: all)
     influence: list[float] | None = None  # per parent layer, when measured
-    layer_names: list[str] = field(default_factory=list)  # child layer -> module in the graph
     residual_site_scores: list[torch.Tensor] = field(default_factory=list)  # per stream value
     # where the parent's tensors are read from: the traced module, or files (streaming)
     source: Callable[[str], torch.Tensor] | None = None
+    calibration: list[Any] | None = None  # input batches for the passes that measure
+    progress: bool = False  # show progress bars
 
     def tensor(self, name: str) -> torch.Tensor:
         """The parent's tensor called `name` (a canonical name)."""
@@ -47,3 +53,43 @@ class SurgeryState:
     def positions(self, atom: int) -> torch.Tensor:
         """For an axis: the parent position each child position takes its values from."""
         return self.analysis.atoms.positions(atom, self.select)
+
+    def kept_layers(self) -> list[int]:
+        """The parent layer behind each child layer (all of them when depth is unchanged)."""
+        return list(range(len(self.analysis.layers))) if self.layers is None else self.layers
+
+    def child_sizes(self) -> dict[str, int]:
+        """The child's residual width, and each per-layer size (FFN, heads, KV heads,
+        head_dim) that is the same in every layer."""
+        a = self.analysis
+        sizes = {"hidden_size": self.new_size(a.residual)}
+        per_layer: dict[str, set[int]] = {}
+        for layer in a.layers:
+            ffn = sum(self.new_size(g) for g in layer.ffn)
+            per_layer.setdefault("intermediate_size", set()).add(ffn)
+            if layer.heads:
+                heads = math.prod(self.new_size(g) for g in layer.heads)
+                kv = math.prod(self.new_size(g) for g in layer.kv)
+                per_layer.setdefault("num_heads", set()).add(heads)
+                per_layer.setdefault("num_kv_heads", set()).add(kv)
+                per_layer.setdefault("head_dim", set()).add(layer.head_dim)
+        for key, values in per_layer.items():
+            if len(values) == 1:
+                sizes[key] = values.pop()
+        return sizes
+
+    def parent_name(self, child_name: str) -> str:
+        """The parent's name for a tensor the child's class calls `child_name`: child layer
+        j holds parent layer `layers[j]` (`model.layers.1.mlp.up_proj.weight` of a child
+        that keeps parent layers [0, 2] is the parent's `model.layers.2.mlp.up_proj.weight`).
+        """
+        layers = self.analysis.layers
+        if self.layers is None or not layers:
+            return child_name
+        owner = layers[0].name.rpartition(".")[0] + "."
+        if not child_name.startswith(owner):
+            return child_name
+        index, _, rest = child_name[len(owner) :].partition(".")
+        if not index.isdigit() or int(index) >= len(self.layers):
+            return child_name
+        return f"{layers[self.layers[int(index)]].name}.{rest}"

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelLoadError, first_line
-from .frontends import Inputs, as_inputs
+from ..errors import ModelLoadError, first_line
+from . import Inputs, as_inputs
 
 __all__ = ["has_tokenizer", "load_model", "load_tokenizer"]
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from .errors import NotStreamable
+from ..errors import NotStreamable
 
 __all__ = ["NotStreamable", "load_names", "save_names"]
 

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import SurgeonError
+from ..errors import SurgeonError
 
 __all__ = ["check_output", "staged_folder"]
 

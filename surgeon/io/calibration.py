@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import python_docs_text, token_batches
-from .errors import PlanError
-from .frontends import as_inputs
+from ..errors import PlanError
+from ..frontends import as_inputs
+from .text import python_docs_text, token_batches
 
 __all__ = ["resolve_calibration"]
 

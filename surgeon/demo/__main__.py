@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from .cli import main as cli_main
-from .data import python_docs_text, token_batches
-from .plan import load_plan
-from .pretrained import DEFAULT_CACHE, smollm2
+from ..cli import main as cli_main
+from ..io.text import python_docs_text, token_batches
+from ..plan import load_plan
+from .smollm2 import DEFAULT_CACHE, smollm2
 
 __all__ = ["main"]
 
-PLAN = Path(__file__).resolve().parent.parent / "examples" / "smollm2" / "plan.yaml"
+PLAN = Path(__file__).resolve().parents[2] / "examples" / "smollm2" / "plan.yaml"
 
 
 def held_out_loss(model, batches) -> float:
@@ -112,7 +112,7 @@ def _random_like(child):
 def _weight_selection(parent, plan, example):
     """The same shape by the Weight Selection baseline: evenly spaced neurons, the first
     layers, no rescale."""
-    from .apply import apply
+    from ..api import apply
 
     baseline = {
         "target": dict(plan.target),
@@ -129,8 +129,8 @@ def _figures(parent, tokenizer, plan, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .calibration import resolve_calibration
-    from .report import inspect
+    from ..io.calibration import resolve_calibration
+    from ..report import inspect
 
     batches = resolve_calibration(parent, None, tokenizer, plan.calibration, True)
     report = inspect(parent, calibration=batches).to_dict()

@@ -10,29 +10,29 @@ from pathlib import Path
 
 import torch
 
-from .errors import NotStreamable, PlanError, SurgeonError
-from .output import check_output, staged_folder
-from .stream import needs_forward_passes
+from ..emit.onnx import emit_onnx
+from ..errors import NotStreamable, PlanError, SurgeonError
+from ..io.output import check_output, staged_folder
 
 __all__ = ["run_apply"]
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    from .apply import subclone
-    from .loading import has_tokenizer, load_model, load_tokenizer
-    from .plan import load_plan
+    from ..api import subclone
+    from ..frontends.load import has_tokenizer, load_model, load_tokenizer
+    from ..pipeline import resolve
 
-    plan = load_plan(args.plan)  # everything that can be checked cheaply, first
+    data = args.calibration is not None or has_tokenizer(args.model)
+    surgery = resolve(args.plan, data)  # everything that can be checked cheaply, first
     out = Path(args.out)
     check_output(out, args.force)
     if args.calibration is not None:
         _check_readable(Path(args.calibration))
     started = time.perf_counter()
     folder = Path(args.model)
-    data = args.calibration is not None or has_tokenizer(args.model)
-    if folder.is_dir() and any(folder.glob("*.safetensors")) and plan.emit != "graph":
+    if folder.is_dir() and any(folder.glob("*.safetensors")) and surgery.plan.emit != "graph":
         size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**30
-        if needs_forward_passes(plan, data):
+        if surgery.needs_data:
             print(
                 f"surgeon: this plan runs the parent on calibration data: loading all of it "
                 f"({size:.2f} GiB of weights, more during the forward passes)",
@@ -40,51 +40,49 @@ def run_apply(args: argparse.Namespace) -> int:
             )
         else:
             try:
-                return _run_streamed(args, plan, out, started)
+                return _run_streamed(args, surgery, out, started)
             except NotStreamable as e:
                 print(f"surgeon: {e}: loading all of it ({size:.2f} GiB)", file=sys.stderr)
     tokenizer = load_tokenizer(args.model)
     model, inputs = load_model(args.model)
     parent_params = sum(p.numel() for p in model.parameters())
-    child = subclone(model, plan, inputs, args.calibration, tokenizer, progress=True)
+    child = subclone(model, surgery, inputs, args.calibration, tokenizer, progress=True)
     with staged_folder(out, args.force) as tmp:
         _write_model(child, tokenizer, tmp)
-        diff = _write_onnx(child, tmp) if args.onnx else None
-        summary = _summary(args, child, parent_params, time.perf_counter() - started, diff)
+        diff = emit_onnx(child.model, child.state.graph.inputs, tmp) if args.onnx else None
+        summary = {
+            **_summary(args, child.cut, type(child.model).__name__, diff, started),
+            "parent_parameters": parent_params,
+            "child_parameters": sum(p.numel() for p in child.model.parameters()),
+        }
         (tmp / "surgeon.json").write_text(json.dumps(summary, indent=2))
     _print(summary, out)
     return 0
 
 
-def _run_streamed(args, plan, out: Path, started: float) -> int:
+def _run_streamed(args, surgery, out: Path, started: float) -> int:
     """A Hugging Face folder and a data-free plan: never load the parent."""
-    from .emit.hf import child_sizes
-    from .stream import stream_into
+    from ..emit.shards import emit_shards
+    from ..pipeline import decide, prepare_folder
 
+    parent = prepare_folder(args.model)  # NotStreamable: the caller loads it instead
+    cut = decide(parent, surgery, progress=True)
     with staged_folder(out, args.force) as tmp:
-        state, streamed = stream_into(args.model, plan, tmp, progress=True)
+        written = emit_shards(cut, tmp, progress=True)
         diff = None
         if args.onnx:
             import transformers
 
-            config = transformers.AutoConfig.from_pretrained(tmp)
-            child = getattr(transformers, config.architectures[0]).from_pretrained(tmp).eval()
-            from .frontends import synthetic_inputs
+            from ..frontends import synthetic_inputs
 
-            diff = _check_onnx_of(child, synthetic_inputs(child), tmp)  # the parent's are meta
-        sizes = child_sizes(state)
-        sizes["num_layers"] = len(state.layers or state.analysis.layers)
+            cls = getattr(transformers, cut.config.architectures[0])
+            child = cls.from_pretrained(tmp).eval()
+            diff = emit_onnx(child, synthetic_inputs(child), tmp)  # the parent's are meta
         summary = {
-            "parent": args.model,
-            "plan": args.plan,
+            **_summary(args, cut, _architecture(tmp), diff, started),
             "streamed": True,
-            "parent_parameters": state.graph.params.num_parameters(),
-            "child_parameters": streamed["child_parameters"],
-            "child": sizes,
-            "layers_kept": state.layers,
-            "model": _architecture(tmp),
-            "onnx_max_relative_difference": diff,
-            "seconds": round(time.perf_counter() - started, 2),
+            "parent_parameters": parent.graph.params.num_parameters(),
+            "child_parameters": written,
         }
         (tmp / "surgeon.json").write_text(json.dumps(summary, indent=2))
     _print(summary, out)
@@ -118,44 +116,15 @@ def _write_model(child, tokenizer, folder: Path) -> None:
         tokenizer.save_pretrained(folder)
 
 
-def _write_onnx(child, folder: Path) -> float:
-    return _check_onnx_of(child.model, child.state.graph.inputs, folder)
-
-
-def _check_onnx_of(model, example, folder: Path) -> float:
-    from .emit.onnx import check_onnx, export_onnx, fresh_like, onnx_ready
-
-    model = onnx_ready(model)  # float32: what onnxruntime runs
-
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    first = example.args[0] if example.args else next(iter(example.kwargs.values()))
-    batch, seq = first.shape[0], first.shape[1] if first.dim() > 1 else 1
-    export_onnx(model, example, folder / "model.onnx")
-    checks = [
-        fresh_like(example, batch + 1, seq + 3, vocab, 1),
-        fresh_like(example, 1, max(2, 2 * seq), vocab, 2),
-    ]
-    return check_onnx(model, folder / "model.onnx", checks)
-
-
-def _summary(args, child, parent_params: int, seconds: float, diff) -> dict:
-    from .emit.hf import child_sizes
-
-    state = child.state
-    sizes = child_sizes(state)
-    sizes["num_layers"] = (
-        len(state.layers) if state.layers is not None else len(state.analysis.layers)
-    )
+def _summary(args, cut, model: str, diff: float | None, started: float) -> dict:
     return {
         "parent": args.model,
         "plan": args.plan,
-        "parent_parameters": parent_params,
-        "child_parameters": sum(p.numel() for p in child.model.parameters()),
-        "child": sizes,
-        "layers_kept": state.layers,
-        "model": type(child.model).__name__,
+        "child": cut.sizes,
+        "layers_kept": cut.state.layers,
+        "model": model,
         "onnx_max_relative_difference": diff,
-        "seconds": round(seconds, 2),
+        "seconds": round(time.perf_counter() - started, 2),
     }
 
 

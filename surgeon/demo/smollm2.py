@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 __all__ = ["smollm2", "DEFAULT_CACHE"]
 

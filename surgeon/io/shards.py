@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from .errors import ModelLoadError, NotStreamable
+from ..errors import ModelLoadError, NotStreamable
 
 __all__ = ["Entry", "Shards", "save_safetensors", "write_safetensors"]
 

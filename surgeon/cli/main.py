@@ -8,21 +8,21 @@ import os
 import sys
 import warnings
 
-from .errors import SurgeonError, first_line
+from ..errors import SurgeonError, first_line
 
 __all__ = ["main"]
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .loading import load_model
-    from .report import inspect
+    from ..frontends.load import load_model
+    from ..report import inspect
 
     model, inputs = load_model(args.model, weights=args.calibration is not None)
     batches = None
     if args.calibration is not None:
-        from .calibration import resolve_calibration
-        from .loading import load_tokenizer
-        from .plan import CALIBRATION
+        from ..frontends.load import load_tokenizer
+        from ..io.calibration import resolve_calibration
+        from ..plan import CALIBRATION
 
         tokenizer = load_tokenizer(args.model)
         batches = resolve_calibration(model, args.calibration, tokenizer, CALIBRATION, True)
@@ -33,14 +33,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .plan import load_plan
+    from ..plan import load_plan
 
     plan = load_plan(args.plan)
     if not args.model:
-        print(f"{args.plan}: valid plan ({_describe(plan)})")
+        print(f"{args.plan}: valid plan ({plan.describe()})")
         return 0
-    from .apply import dry_run
-    from .loading import has_tokenizer, load_model
+    from ..api import dry_run
+    from ..frontends.load import has_tokenizer, load_model
 
     model, inputs = load_model(args.model, weights=False)  # structure only: on meta
     child = dry_run(model, plan, inputs, data=has_tokenizer(args.model))
@@ -49,24 +49,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from .plan import SCHEMA
+    from ..plan import SCHEMA
 
     print(json.dumps(SCHEMA, indent=2))
     return 0
 
 
-def _describe(plan) -> str:
-    target = ", ".join(f"{k} {v}" for k, v in plan.target.items()) or "parent's sizes"
-    chosen = [
-        f"{k} {v}"
-        for k in ("depth", "importance", "rescale")
-        if (v := getattr(plan, k)) is not None
-    ]
-    return "; ".join([target, f"recipe {plan.recipe}", *chosen])
-
-
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from .cli_apply import run_apply
+    from .apply import run_apply
 
     return run_apply(args)
 

@@ -1,0 +1,7 @@
+"""`python -m surgeon ...` is the `surgeon` command (also under torchrun)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

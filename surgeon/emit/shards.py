@@ -1,0 +1,143 @@
+"""Write the child of a streamed parent as a Hugging Face folder, shard by shard, a block
+of rows at a time: no tensor, parent's or child's, is ever held whole in process memory.
+The values are the in-memory emitter's, bit for bit (the same `axis_cuts` and `take`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import SurgeonError
+from ..io.names import save_names
+from ..io.shards import Entry, write_safetensors
+from .graph import axis_cuts, take
+
+if TYPE_CHECKING:
+    from ..pipeline import Cut
+
+__all__ = ["BLOCK_BYTES", "COPIED", "emit_shards"]
+
+BLOCK_BYTES = 16 * 2**20  # a child tensor is cut and written this many bytes at a time
+COPIED = (  # files of the parent's folder that the child's folder keeps as they are
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "generation_config.json",
+    "chat_template.jinja",
+)
+
+
+def emit_shards(
+    cut: Cut, folder: Path, max_shard_bytes: int = 512 * 2**20, progress: bool = False
+) -> int:
+    """Write the child (config, safetensors shards of about `max_shard_bytes`, the
+    parent's tokenizer files) into the existing empty `folder`; returns the number of
+    values written. The parent's tensors are read from `cut.parent`."""
+    parent = cut.parent
+    entries = _entries(cut, _child_tensors(parent.model, cut.config))
+    files: list[list[Entry]] = [[]]
+    size = 0
+    for entry in entries:
+        if files[-1] and size + entry.nbytes > max_shard_bytes:
+            files.append([])
+            size = 0
+        files[-1].append(entry)
+        size += entry.nbytes
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(entries), desc="writing", unit="tensor")
+    written = []
+    for i, chunk in enumerate(files):
+        path = folder / f"part-{i:05d}.safetensors"
+        write_safetensors(chunk, path, bar)
+        written.append((path, chunk))
+    if bar is not None:
+        bar.close()
+    _name_shards(written, folder)
+    cut.config.save_pretrained(folder)
+    if parent.folder is not None:
+        for name in COPIED:
+            if (parent.folder / name).is_file():
+                shutil.copy2(parent.folder / name, folder / name)
+    return sum(e.numel for e in entries)
+
+
+def _child_tensors(parent: torch.nn.Module, config) -> dict[str, tuple[str, torch.Size]]:
+    """Every tensor of the child's class: its name there -> (the name to store, shape)."""
+    with torch.device("meta"):
+        child = type(parent)(config)
+    shapes = {k: v.shape for k, v in child.state_dict().items()}
+    names = save_names(child, shapes)
+    return {k: (names[k], shape) for k, shape in shapes.items()}
+
+
+def _entries(cut: Cut, child: dict) -> list[Entry]:
+    """What to write for each child tensor: its parent's tensor, cut lazily in blocks."""
+    state, parent = cut.state, cut.parent
+    table, dims = state.graph.params, state.analysis.dims
+    entries = []
+    for child_name, (stored_name, shape) in child.items():
+        parent_name = state.parent_name(child_name)
+        source = parent.read(parent_name)
+        if source is None:  # a tied alias the parent did not store either
+            continue
+        canonical = table.canonical(parent_name) if parent_name in table else parent_name
+        cuts = axis_cuts(state, dims.tensors.get(canonical), source.shape)
+        new = list(source.shape)
+        for axis, how in cuts:
+            new[axis] = how.stop - how.start if isinstance(how, slice) else len(how)
+        if new != list(shape):
+            raise SurgeonError(
+                f"{child_name}: the cut gives {new}, the child's class expects {list(shape)}"
+            )
+        blocks = _blocks(source, cuts, state.scale.get(canonical))
+        entries.append(Entry(stored_name, source.dtype, new, blocks))
+    return entries
+
+
+def _blocks(source: torch.Tensor, cuts: list, scale: float | None) -> Iterator[torch.Tensor]:
+    """The child's tensor as consecutive blocks of rows: each is `cut` applied to the rows
+    it needs, so the values are the in-memory emitter's, bit for bit."""
+    if source.dim() == 0:
+        yield source if scale is None else source * scale
+        return
+    rows = next((how for axis, how in cuts if axis == 0), slice(0, source.shape[0]))
+    rest = [(axis, how) for axis, how in cuts if axis != 0]
+    count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+    row_bytes = source[:1].numel() * source.element_size()  # a parent row bounds a block
+    step = max(1, BLOCK_BYTES // max(1, row_bytes))
+    for start in range(0, count, step):
+        stop = min(count, start + step)
+        if isinstance(rows, slice):
+            block = take(source, 0, slice(rows.start + start, rows.start + stop))
+        else:
+            block = take(source, 0, rows[start:stop])
+        for axis, how in rest:
+            block = take(block, axis, how)
+        yield block if scale is None else block * scale
+
+
+def _name_shards(files: list[tuple[Path, list[Entry]]], folder: Path) -> None:
+    """Hugging Face's names: one `model.safetensors`, or numbered shards and an index."""
+    if len(files) == 1:
+        files[0][0].rename(folder / "model.safetensors")
+        return
+    weight_map, total = {}, 0
+    for i, (path, entries) in enumerate(files, 1):
+        final = folder / f"model-{i:05d}-of-{len(files):05d}.safetensors"
+        path.rename(final)
+        total += sum(e.nbytes for e in entries)  # the tensors' bytes, as huggingface_hub
+        weight_map.update(dict.fromkeys((e.name for e in entries), final.name))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )

@@ -1,0 +1,219 @@
+"""The one pipeline every entry point runs (`surgeon.apply`, the streamed path of `surgeon
+apply`, `surgeon validate`, the demo):
+
+    prepare(model) / prepare_folder(path)  ->  Parent   traced and analysed once
+    resolve(plan, data)                    ->  Surgery  the plan as its passes, once
+    decide(parent, surgery, calibration)   ->  Cut      every pass checked, then run
+    emit_graph / emit_hf / emit_shards / emit_onnx      the child, built from a Cut
+
+A `Parent` is reusable for any number of plans: nothing downstream changes it. The
+in-memory and streamed paths differ only in where the parent's tensors are read from
+(the traced module, or the files) and in the emitter that writes the child.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .analysis import Analysis, analyse
+from .emit.hf import check_config, is_hf_model
+from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError
+from .frontends import Graph, tensor_of, trace
+from .io.shards import Shards
+from .passes import PASSES, Pass, SurgeryState
+from .plan import Plan, load_plan
+
+__all__ = ["Cut", "Parent", "Surgery", "check", "decide", "prepare", "prepare_folder", "resolve"]
+
+
+@dataclass
+class Parent:
+    """A parent traced and analysed once; reusable for any number of plans.
+
+    `model` holds its weights in memory, or sits on the meta device when `shards` (the
+    safetensors files of the folder it came from) holds them. `tensor(name)` reads a
+    parent tensor from wherever it lives.
+    """
+
+    model: nn.Module
+    graph: Graph
+    analysis: Analysis
+    shards: Shards | None = None
+    stored: dict[str, str] = field(default_factory=dict)  # the model's name -> the files'
+    folder: Path | None = None
+
+    @property
+    def is_hf(self) -> bool:
+        return is_hf_model(self.model)
+
+    @property
+    def streamed(self) -> bool:
+        return self.shards is not None
+
+    def read(self, name: str) -> torch.Tensor | None:
+        """A tensor by the model's name for it, None when the files lack it."""
+        if self.shards is None:
+            return tensor_of(self.graph.module, name)
+        stored = self.stored.get(name)
+        return self.shards.tensor(stored) if stored is not None else None
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The parent's tensor by any of its names (tied names are one tensor)."""
+        if self.shards is None:
+            return tensor_of(self.graph.module, name)
+        for alias in self.graph.params[name].names:
+            found = self.read(alias)
+            if found is not None:
+                return found
+        raise ModelLoadError(f"{self.folder} has no tensor {name}")
+
+
+def prepare(model: nn.Module, example_inputs: Any = None) -> Parent:
+    """Trace and analyse a module (its weights may be on the meta device: then only its
+    structure can be used, as by `surgeon validate`).
+
+    A plain module is traced with torch.fx first: its graph keeps batch and sequence sizes
+    symbolic, so the child runs (and exports) at any size. Hugging Face models, and modules
+    torch.fx cannot trace or analyse, go through torch.export."""
+    if not is_hf_model(model):
+        try:
+            graph = trace(model, example_inputs, frontend="fx")
+            return Parent(model, graph, analyse(graph))
+        except SurgeonError:
+            pass
+    graph = trace(model, example_inputs)
+    return Parent(model, graph, analyse(graph))
+
+
+def prepare_folder(folder: str | Path) -> Parent:
+    """A Hugging Face folder of safetensors files, never loaded: the model is built from
+    its config on the meta device, traced and analysed, and its tensors are read from the
+    files as views (file pages, not process memory). `NotStreamable` for checkpoints whose
+    tensors transformers converts on load, or that are quantized."""
+    from .frontends.load import load_model
+    from .io.names import load_names
+
+    folder = Path(folder)
+    model, _ = load_model(str(folder), weights=False)
+    quantized = getattr(model.config, "quantization_config", None)
+    if quantized:
+        method = getattr(quantized, "quant_method", None) or dict(quantized).get("quant_method")
+        raise NotStreamable(f"the checkpoint is quantized ({method}): its tensors are packed")
+    shards = Shards(folder)
+    stored = load_names(model, shards.index)
+    graph = trace(model)
+    return Parent(model, graph, analyse(graph), shards, stored, folder)
+
+
+@dataclass(frozen=True)
+class Surgery:
+    """A plan resolved into its passes, in pipeline order."""
+
+    plan: Plan
+    passes: tuple[Pass, ...]
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether a pass runs the parent on calibration data."""
+        return any(p.needs_data for p in self.passes)
+
+
+def resolve(plan: Any, data: bool = False) -> Surgery:
+    """The plan (a `Plan`, dict, YAML string or file) as its passes. `data`: whether
+    calibration data can be had (it decides the `auto` recipe). A `Surgery` is returned
+    as it is."""
+    if isinstance(plan, Surgery):
+        return plan
+    plan = load_plan(plan).resolved(data)
+    return Surgery(plan, tuple(PASSES[name](**params) for name, params in plan.steps()))
+
+
+@dataclass
+class Cut:
+    """What the passes decided for one plan on one parent: all an emitter needs.
+    `config`: the child's Hugging Face config (Hugging Face parents), checked on the
+    meta device to hold exactly the child's tensor shapes."""
+
+    parent: Parent
+    surgery: Surgery
+    state: SurgeryState
+    config: Any = None
+
+    @cached_property
+    def sizes(self) -> dict[str, int]:
+        """The child's sizes: layers, residual width, and the per-layer sizes that are
+        the same in every layer."""
+        state = _planned(self.state)
+        return {**state.child_sizes(), "num_layers": len(state.kept_layers())}
+
+
+def check(
+    parent: Parent, surgery: Surgery, calibration: list | None = None, progress: bool = False
+) -> Cut:
+    """Every check that can be made before any pass runs: each pass's own (`PlanError`
+    for an impossible target or depth), then whether the parent's class can hold the
+    child. Returns the unrun decisions."""
+    state = SurgeryState(parent.graph, parent.analysis, calibration=calibration)
+    state.progress = progress
+    if parent.streamed:
+        state.source = parent.tensor
+    for p in surgery.passes:
+        p.check(state)
+    return Cut(parent, surgery, state, _child_config(parent, state))
+
+
+def decide(
+    parent: Parent, surgery: Surgery, calibration: list | None = None, progress: bool = False
+) -> Cut:
+    """Check, then run every pass; returns the decisions (the parent is not changed).
+    `calibration`: the input batches the measuring passes run (needed when
+    `surgery.needs_data`)."""
+    if surgery.needs_data and parent.streamed:
+        raise PlanError(
+            "this plan runs the parent on calibration data (importance: activation or "
+            "depth: influence): it cannot be streamed"
+        )
+    if surgery.needs_data and not calibration:
+        raise PlanError(
+            "this plan runs the parent on calibration data (importance: activation or "
+            "depth: influence): pass calibration batches"
+        )
+    cut = check(parent, surgery, calibration, progress)
+    planned = cut.state.layers
+    for p in surgery.passes:
+        p.run(cut.state)
+    if cut.config is not None and cut.state.layers != planned:  # measured depth
+        cut.config = _child_config(parent, cut.state)
+    return cut
+
+
+def _child_config(parent: Parent, state: SurgeryState) -> Any:
+    """The child's config, checked against the parent's class before any weight is cut
+    (None for a module without one). Before the passes run, the sizes come from `keep`."""
+    if not parent.is_hf:
+        return None
+    state = _planned(state)
+    return check_config(parent.model, state, expected_shapes(state))
+
+
+def _planned(state: SurgeryState) -> SurgeryState:
+    """Before the passes run, a state whose selections have the sizes `keep` gives."""
+    if state.select or not state.keep:
+        return state
+    return replace(state, select={g: torch.arange(k) for g, k in state.keep.items()})
+
+
+def expected_shapes(state: SurgeryState) -> dict[str, tuple]:
+    """Every name of every parent tensor -> the shape the child gives it."""
+    shapes = {}
+    for name, axes in state.analysis.dims.tensors.items():
+        shape = tuple(state.new_size(a) for a in axes)
+        for alias in state.graph.params[name].names:
+            shapes[alias] = shape
+    return shapes
