@@ -1,5 +1,6 @@
 """surgeon: initialize a small transformer from a larger pretrained one (weight subcloning)."""
 
+from .analysis import register_rule, unregister_rule
 from .api import apply
 from .errors import InvariantError, PlanError, SurgeonError, TraceError, UnsupportedOpError
 from .pipeline import Parent, prepare
@@ -11,6 +12,8 @@ __all__ = [
     "prepare",
     "Parent",
     "inspect",
+    "register_rule",
+    "unregister_rule",
     "load_plan",
     "Plan",
     "Report",

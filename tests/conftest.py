@@ -1,6 +1,51 @@
+"""Session-wide fixtures: each zoo parent is built, traced and analysed once
+(`surgeon.prepare`) and reused by every test and plan that needs it; at the end of the
+session every shared parent is checked to be exactly as it was built."""
+
+from __future__ import annotations
+
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `from tests import zoo` from any working folder
     sys.path.insert(0, str(ROOT))
+
+import surgeon  # noqa: E402
+from tests import zoo  # noqa: E402
+from tests.helpers import fingerprint  # noqa: E402
+
+
+@dataclass
+class Prepared:
+    """A zoo model, its example inputs, and the parent prepared from them. Tests must not
+    change `model` (build your own with `zoo.build` to change it)."""
+
+    name: str
+    model: Any
+    example: Any
+    parent: surgeon.Parent
+    fingerprint: str
+
+
+_PREPARED: dict[str, Prepared] = {}
+
+
+def prepare(name: str) -> Prepared:
+    if name not in _PREPARED:
+        model, example = zoo.build(name)
+        parent = surgeon.prepare(model, example)
+        _PREPARED[name] = Prepared(name, model, example, parent, fingerprint(model))
+    return _PREPARED[name]
+
+
+@pytest.fixture(scope="session")
+def prepared():
+    """`prepared(name)`: the shared `Prepared` zoo parent called `name`."""
+    yield prepare
+    changed = [p.name for p in _PREPARED.values() if fingerprint(p.model) != p.fingerprint]
+    assert not changed, f"tests changed the shared parents {changed}"

@@ -6,13 +6,13 @@ import pytest
 from surgeon.api import subclone
 from surgeon.emit.onnx import check_onnx, export_onnx, fresh_like
 from tests import zoo
-from tests.test_surgery import shrink_plan
+from tests.helpers import shrink_plan
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)
-def test_shrunk_child_matches_onnxruntime(name, tmp_path):
-    model, example = zoo.build(name)
-    child = subclone(model, shrink_plan(name), example)
+def test_shrunk_child_matches_onnxruntime(prepared, name, tmp_path):
+    example = prepared(name).example
+    child = subclone(prepared(name).parent, shrink_plan(name))
     path = export_onnx(child.model, example, tmp_path / "child.onnx")
     sizes = [(3, 5), (1, 13)]  # batch, sequence: neither is the traced (2, 8)
     worst = check_onnx(

@@ -7,7 +7,7 @@ from surgeon import PlanError
 from surgeon.api import stream_apply, subclone
 from surgeon.io.shards import Shards, save_safetensors
 from tests import zoo
-from tests.test_surgery import shrink_plan
+from tests.helpers import shrink_plan
 
 PLAN = {
     "target": {
@@ -36,17 +36,17 @@ CASES = [(name, _shrink(name)) for name in zoo.HF_NAMES] + [
 
 
 @pytest.mark.parametrize("name, plan", CASES)
-def test_streamed_child_is_bit_identical(tmp_path, monkeypatch, name, plan):
+def test_streamed_child_is_bit_identical(prepared, tmp_path, monkeypatch, name, plan):
     import surgeon.emit.shards
 
     monkeypatch.setattr(surgeon.emit.shards, "BLOCK_BYTES", 100)  # many blocks per tensor
-    model, example = zoo.build(name)
+    model = prepared(name).model
     parent = tmp_path / "parent"
     model.save_pretrained(parent, max_shard_size="40KB")  # several shards
     assert len(list(parent.glob("*.safetensors"))) > 1
     summary = stream_apply(parent, plan, tmp_path / "child", max_shard_bytes=30_000)
     streamed = type(model).from_pretrained(tmp_path / "child").eval()
-    in_memory = subclone(model, plan, example).model
+    in_memory = subclone(prepared(name).parent, plan).model
     a, b = streamed.state_dict(), in_memory.state_dict()
     assert a.keys() == b.keys()
     for key in a:

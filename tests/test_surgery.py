@@ -2,7 +2,6 @@
 target is the identity, a shrink gives a trainable child that the parent's class holds
 exactly, and the parent is never changed."""
 
-import hashlib
 import re
 
 import pytest
@@ -11,42 +10,20 @@ import torch
 import surgeon
 from surgeon import PlanError
 from surgeon.api import subclone
-from surgeon.frontends import as_inputs, output_tensors
+from surgeon.frontends import as_inputs
 from tests import zoo
-
-GQA = {"llama", "qwen2", "qwen3", "mistral", "phi3", "phi", "gemma", "gemma2"}
-
-
-def fingerprint(model):
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+from tests.helpers import fingerprint, out, shrink_plan, train
 
 
-def shrink_plan(name):
-    """About half the hidden size, FFN and heads, with legal KV groups."""
-    ffn = 128 if name == "nanogpt" else 48
-    kv = 1 if name in GQA else 2
-    target = {"hidden_size": 32, "intermediate_size": ffn, "num_heads": 2, "num_kv_heads": kv}
-    return {"target": target}
-
-
-def out(model, inputs):
-    return output_tensors(inputs.call(model))[0]
-
-
-@pytest.fixture(scope="module", params=zoo.NAMES)
-def parent(request):
-    model, example = zoo.build(request.param)
-    return request.param, model, example, fingerprint(model)
+@pytest.fixture(params=zoo.NAMES)
+def parent(request, prepared):
+    """Each zoo parent, traced and analysed once for the whole session."""
+    return prepared(request.param)
 
 
 def test_permute_only_is_the_identity(parent):
-    name, model, example, _ = parent
-    inputs = as_inputs(example)
-    child = subclone(model, {"importance": "weight"}, example)
+    model, inputs = parent.model, as_inputs(parent.example)
+    child = subclone(parent.parent, {"importance": "weight"})
     assert child.state.select, "weight importance permutes some groups"
     moved = [g for g, idx in child.state.select.items() if not torch.equal(idx, idx.sort()[0])]
     assert moved, "a permutation that moves nothing tests nothing"
@@ -55,8 +32,8 @@ def test_permute_only_is_the_identity(parent):
 
 
 def test_full_size_target_is_the_identity(parent):
-    name, model, example, _ = parent
-    report = surgeon.inspect(model, example).to_dict()
+    model, example = parent.model, parent.example
+    report = surgeon.inspect(parent.parent).to_dict()
     layer = report["layers"][0]
     target = {
         "hidden_size": report["hidden_size"],
@@ -64,7 +41,7 @@ def test_full_size_target_is_the_identity(parent):
         "num_heads": layer["num_heads"],
         "num_kv_heads": layer["num_kv_heads"],
     }
-    child = subclone(model, {"target": target, "importance": "first"}, example)
+    child = subclone(parent.parent, {"target": target, "importance": "first"})
     parent_state = model.state_dict()
     for key, value in child.model.state_dict().items():
         assert torch.equal(value, parent_state[key]), key
@@ -73,9 +50,9 @@ def test_full_size_target_is_the_identity(parent):
 
 
 def test_shrink_gives_a_trainable_child_the_parents_class_holds(parent):
-    name, model, example, before = parent
+    name, model, example = parent.name, parent.model, parent.example
     inputs = as_inputs(example)
-    child = subclone(model, shrink_plan(name), example)
+    child = subclone(parent.parent, shrink_plan(name))
     graph_params = sum(p.numel() for p in child.graph.parameters())
     assert graph_params < 0.5 * sum(p.numel() for p in model.parameters())
     if name != "nanogpt":  # Hugging Face: same class, smaller config, same function
@@ -99,31 +76,14 @@ def test_shrink_gives_a_trainable_child_the_parents_class_holds(parent):
     losses = train(child.model, inputs, steps=20)
     assert losses[-1] < losses[0]
     train(child.graph, inputs, steps=2)  # the graph child has its own Parameters too
-    assert fingerprint(model) == before
+    assert fingerprint(model) == parent.fingerprint
 
 
-def train(model, inputs, steps):
-    model.train()
-    torch.manual_seed(0)
-    logits = out(model, inputs)
-    target = torch.randint(0, logits.shape[-1], logits.shape[:-1])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(steps):
-        logits = out(model, inputs)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), target.flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
-def test_rescale_paper_scales_cut_matrices():
-    model, example = zoo.build("llama")
+def test_rescale_paper_scales_cut_matrices(prepared):
+    parent = prepared("llama").parent
     plan = shrink_plan("llama")
-    scaled = subclone(model, plan, example)
-    plain = subclone(model, {**plan, "rescale": "none"}, example)
+    scaled = subclone(parent, plan)
+    plain = subclone(parent, {**plan, "rescale": "none"})
     a = dict(scaled.model.named_parameters())
     b = dict(plain.model.named_parameters())
     q = "model.layers.0.self_attn.q_proj.weight"  # input axis 64 -> 32: sqrt(2)
@@ -151,16 +111,17 @@ def test_rescale_paper_scales_cut_matrices():
         ("llama", {"layers": 2}, "unknown target 'layers'"),
     ],
 )
-def test_illegal_targets_are_plan_errors(name, target, message):
-    model, example = zoo.build(name)
-    before = fingerprint(model)
+def test_illegal_targets_are_plan_errors(prepared, name, target, message):
+    p = prepared(name)
     with pytest.raises(PlanError, match=re.escape(message)):
-        surgeon.apply(model, {"target": target}, example_inputs=example)
-    assert fingerprint(model) == before
+        surgeon.apply(p.parent, {"target": target})
+    with pytest.raises(PlanError, match=re.escape(message)):  # and from a plain module
+        surgeon.apply(p.model, {"target": target}, example_inputs=p.example)
+    assert fingerprint(p.model) == p.fingerprint
 
 
-def test_bad_plans_are_plan_errors():
-    model, example = zoo.build("llama")
+def test_bad_plans_are_plan_errors(prepared):
+    p = prepared("llama")
     for plan, message in [
         ({"importance": "magic"}, "importance 'magic' is not one of: activation"),
         ({"rescale": 3}, "rescale 3 is not one of: paper, none"),
@@ -170,7 +131,7 @@ def test_bad_plans_are_plan_errors():
         ("missing-plan.yaml", "does not exist"),
     ]:
         with pytest.raises(PlanError, match=re.escape(message)):
-            surgeon.apply(model, plan, example_inputs=example)
+            surgeon.apply(p.parent, plan)
 
 
 def test_a_parent_without_weights_is_a_clear_error():
@@ -187,10 +148,10 @@ def test_apply_returns_a_graph_module_for_plain_modules():
     assert child(fresh).shape == (3, 12, zoo.VOCAB)
 
 
-def test_child_shares_no_storage_with_the_parent():
+def test_child_shares_no_storage_with_the_parent(prepared):
     """A kept range is cut as a view for speed; the child must still own its tensors."""
-    model, example = zoo.build("llama")
-    child = subclone(model, {**shrink_plan("llama"), "importance": "first"}, example)
+    model = prepared("llama").model
+    child = subclone(prepared("llama").parent, {**shrink_plan("llama"), "importance": "first"})
     parent = {t.untyped_storage().data_ptr() for t in model.parameters()}
     for module in (child.graph, child.model):
         for name, p in module.named_parameters():

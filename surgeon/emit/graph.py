@@ -263,12 +263,14 @@ def _rewrite_range(state: SurgeryState, node: fx.Node, lit: Literal) -> None:
 
 
 def _get_arg(node: fx.Node, where: tuple) -> Any:
-    value = node.args[where[0]]
+    """The argument at `where`: (position or keyword,) or (position or keyword, index)."""
+    value = node.kwargs[where[0]] if isinstance(where[0], str) else node.args[where[0]]
     return value[where[1]] if len(where) > 1 else value
 
 
 def _set_arg(node: fx.Node, where: tuple, value: Any) -> None:
-    args = list(node.args)
+    keyword = isinstance(where[0], str)
+    args = dict(node.kwargs) if keyword else list(node.args)
     if len(where) == 1:
         args[where[0]] = value
     else:
@@ -276,4 +278,7 @@ def _set_arg(node: fx.Node, where: tuple, value: Any) -> None:
         items = list(inner)
         items[where[1]] = value
         args[where[0]] = tuple(items) if isinstance(inner, tuple) else items
-    node.args = tuple(args)
+    if keyword:
+        node.kwargs = args
+    else:
+        node.args = tuple(args)

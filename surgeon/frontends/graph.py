@@ -219,7 +219,7 @@ def op_name(node: fx.Node) -> str:
     if node.op == "call_method":
         return f"Tensor.{t}"
     if isinstance(t, torch._ops.OpOverload):
-        return f"aten.{t._schema.name.split('::')[-1]}.{t._overloadname}"
+        return f"{t._schema.name.replace('::', '.')}.{t._overloadname}"
     module = getattr(t, "__module__", None) or ""
     name = getattr(t, "__name__", str(t))
     if module in ("_operator", "operator"):

@@ -1,0 +1,55 @@
+"""What several test files share: the standard shrink plan, a parent's fingerprint, the
+output of a model, a few training steps. Tests import this (and `tests.zoo`), never
+each other."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from surgeon.frontends import output_tensors
+
+__all__ = ["GQA", "fingerprint", "out", "shrink_plan", "train"]
+
+GQA = {"llama", "qwen2", "qwen3", "mistral", "phi3", "phi", "gemma", "gemma2"}
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of every tensor of the state dict, by name: equal iff nothing changed."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def shrink_plan(name: str) -> dict:
+    """About half the hidden size, FFN and heads, with legal KV groups."""
+    ffn = 128 if name == "nanogpt" else 48
+    kv = 1 if name in GQA else 2
+    target = {"hidden_size": 32, "intermediate_size": ffn, "num_heads": 2, "num_kv_heads": kv}
+    return {"target": target}
+
+
+def out(model, inputs) -> torch.Tensor:
+    """The first output tensor (logits, or the last hidden state) of `model` on `inputs`."""
+    return output_tensors(inputs.call(model))[0]
+
+
+def train(model, inputs, steps: int) -> list[float]:
+    """`steps` AdamW steps towards fixed random targets; the losses."""
+    model.train()
+    torch.manual_seed(0)
+    logits = out(model, inputs)
+    target = torch.randint(0, logits.shape[-1], logits.shape[:-1])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        logits = out(model, inputs)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), target.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
