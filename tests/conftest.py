@@ -1,15 +1,21 @@
 """Session-wide fixtures: each zoo parent is built, traced and analysed once
 (`surgeon.prepare`) and reused by every test and plan that needs it; at the end of the
-session every shared parent is checked to be exactly as it was built."""
+session every shared parent is checked to be exactly as it was built.
+
+`make test` runs the suite on one pytest-xdist worker per core; each worker then uses one
+torch thread, so the workers do not fight over the cores (the models are tiny: threads
+within an op gain nothing)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `from tests import zoo` from any working folder
@@ -18,6 +24,9 @@ if str(ROOT) not in sys.path:  # `from tests import zoo` from any working folder
 import surgeon  # noqa: E402
 from tests import zoo  # noqa: E402
 from tests.helpers import fingerprint  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @dataclass
