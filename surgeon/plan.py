@@ -201,8 +201,12 @@ def load_plan(plan: Any) -> Plan:
         return plan
     if isinstance(plan, (str, Path)):
         plan = _read_yaml(plan)
-    if plan is None:
-        plan = {}
+    _check_size(plan)
+    if plan is None or (isinstance(plan, Mapping) and not plan):
+        raise PlanError(
+            "the plan is empty: say what the child should be (e.g. target: {num_layers: 8}, "
+            "see docs/plan.md)"
+        )
     if not isinstance(plan, Mapping):
         raise PlanError(
             f"a plan is a mapping of keys ({', '.join(SCHEMA['properties'])}), not {_kind(plan)}"
@@ -312,13 +316,57 @@ def _message(e: jsonschema.ValidationError) -> str:
     return f"{where}: {e.message.splitlines()[0]}"
 
 
+MAX_PLAN_BYTES = 2**20  # a plan is a few lines; more is not a plan
+MAX_PLAN_ITEMS = 10_000  # values in the plan, aliases expanded (a YAML alias bomb: refused)
+
+
+def _check_size(plan: Any) -> None:
+    """`PlanError` for a plan of more than `MAX_PLAN_ITEMS` values once its YAML aliases
+    are expanded (safe_load shares aliased values, so a "billion laughs" plan loads in
+    microseconds; everything that walks it afterwards would not end), or one that holds
+    itself. Each distinct value is visited once: linear in the size of the YAML text."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (Mapping, list, tuple)):
+            return 1
+        key = id(value)
+        if key in sizes:
+            return sizes[key]
+        if key in visiting:
+            raise PlanError("the plan contains itself (a recursive YAML alias)")
+        visiting.add(key)
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        total = 1
+        for k, v in items:
+            total += size(k) + size(v)
+            if total > MAX_PLAN_ITEMS:
+                break
+        visiting.discard(key)
+        sizes[key] = total
+        return total
+
+    if size(plan) > MAX_PLAN_ITEMS:
+        raise PlanError(
+            f"the plan expands to more than {MAX_PLAN_ITEMS:,} values (YAML aliases repeated "
+            "over and over?): a plan is a few lines"
+        )
+
+
 def _read_yaml(source: str | Path) -> Any:
     text = str(source)
     path = Path(text) if "\n" not in text and len(text) < 4096 else None
     try:
         if path is not None and (path.suffix in (".yaml", ".yml", ".json") or path.exists()):
+            if path.is_dir():
+                raise PlanError(f"plan {text} is a folder: name the plan file inside it")
             if not path.is_file():
                 raise PlanError(f"plan file {text} does not exist")
+            if path.stat().st_size > MAX_PLAN_BYTES:
+                raise PlanError(
+                    f"plan file {text} is {path.stat().st_size:,} bytes: a plan is a few lines"
+                )
             text = path.read_text()
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
