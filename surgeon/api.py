@@ -90,18 +90,23 @@ def stream_apply(
     force: bool = False,
     max_shard_bytes: int = 512 * 2**20,
     progress: bool = False,
+    check: bool = True,
 ) -> dict:
     """Write the child of the Hugging Face folder `folder` to `out` without loading the
     parent (atomically: a failure leaves no `out`); returns a summary. Plans that run
-    the parent on calibration data are a `PlanError`."""
+    the parent on calibration data are a `PlanError`; `out` may not be, hold or sit in
+    `folder`. `check`: compare a sample of the written tensors with the same tensors
+    cut in memory (`surgeon.emit.shards.check_written`; on by default, a few percent of
+    the time)."""
     from .emit.shards import emit_shards
-    from .io.output import staged_folder
+    from .io.output import check_output, staged_folder
 
     surgery = resolve(plan, False)
+    check_output(Path(out), force, folder)  # before any work
     parent = prepare_folder(folder)
     cut = decide(parent, surgery, progress=progress)
-    with staged_folder(Path(out), force) as tmp:
-        written = emit_shards(cut, tmp, max_shard_bytes, progress)
+    with staged_folder(Path(out), force, folder) as tmp:
+        written = emit_shards(cut, tmp, max_shard_bytes, progress, check)
     return {
         "parent_bytes": parent.shards.nbytes,
         "child_parameters": written,

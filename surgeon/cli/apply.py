@@ -25,7 +25,7 @@ def run_apply(args: argparse.Namespace) -> int:
     data = args.calibration is not None or has_tokenizer(args.model)
     surgery = resolve(args.plan, data)  # everything that can be checked cheaply, first
     out = Path(args.out)
-    check_output(out, args.force)
+    check_output(out, args.force, args.model)  # also: not in, at or around the parent
     if args.calibration is not None:
         _check_readable(Path(args.calibration))
     started = time.perf_counter()
@@ -47,11 +47,12 @@ def run_apply(args: argparse.Namespace) -> int:
     model, inputs = load_model(args.model)
     parent_params = sum(p.numel() for p in model.parameters())
     child = subclone(model, surgery, inputs, args.calibration, tokenizer, progress=True)
-    with staged_folder(out, args.force) as tmp:
+    with staged_folder(out, args.force, args.model) as tmp:
         _write_model(child, tokenizer, tmp)
         diff = emit_onnx(child.model, child.state.graph.inputs, tmp) if args.onnx else None
         summary = {
             **_summary(args, child.cut, type(child.model).__name__, diff, started),
+            "causal_lm": _is_causal_lm(type(child.model).__name__),
             "parent_parameters": parent_params,
             "child_parameters": sum(p.numel() for p in child.model.parameters()),
         }
@@ -67,7 +68,7 @@ def _run_streamed(args, surgery, out: Path, started: float) -> int:
 
     parent = prepare_folder(args.model)  # NotStreamable: the caller loads it instead
     cut = decide(parent, surgery, progress=True)
-    with staged_folder(out, args.force) as tmp:
+    with staged_folder(out, args.force, args.model) as tmp:
         written = emit_shards(cut, tmp, progress=True)
         diff = None
         if args.onnx:
@@ -81,6 +82,7 @@ def _run_streamed(args, surgery, out: Path, started: float) -> int:
         summary = {
             **_summary(args, cut, _architecture(tmp), diff, started),
             "streamed": True,
+            "causal_lm": _is_causal_lm(_architecture(tmp)),
             "parent_parameters": parent.graph.params.num_parameters(),
             "child_parameters": written,
         }
@@ -143,7 +145,19 @@ def _print(summary: dict, out: Path) -> None:
             f"{s['onnx_max_relative_difference']:.1e} of the output scale (2 fresh shapes)"
         )
     print(f"  took {s['seconds']:.1f} s")
-    print(
-        "hint: train it with AdamW at lr 1e-3 to 3e-3, weight decay 0.1: fastest for a "
-        "subclone in benchmarks/convergence.py (see docs/results.md)"
-    )
+    if s.get("causal_lm"):  # what benchmarks/convergence.py measured (a Llama)
+        print(
+            "hint: train it with AdamW at lr 1e-3 to 3e-3, weight decay 0.1: fastest for a "
+            "subclone in benchmarks/convergence.py (see docs/results.md)"
+        )
+
+
+def _is_causal_lm(name: str) -> bool:
+    """Whether the class `name` is a Hugging Face causal language model (not a graph
+    child, not an encoder): what the lr hint was measured on."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:
+        return False
+    names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    return any(name == n or (not isinstance(n, str) and name in n) for n in names)
