@@ -40,19 +40,17 @@ class Shards:
         self.files = _weight_files(Path(folder))
         self.index: dict[str, tuple[mmap.mmap, torch.dtype, list[int], int, int]] = {}
         self.nbytes = 0
+        where: dict[str, Path] = {}
         for file in self.files:
+            length, header = read_header(file)
             with file.open("rb") as f:
-                length = struct.unpack("<Q", f.read(8))[0]
-                header = json.loads(f.read(length))
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
-                if info["dtype"] not in DTYPES:
-                    raise NotStreamable(
-                        f"{file.name} stores {name} as {info['dtype']}, a dtype streaming "
-                        f"does not read (it reads {', '.join(DTYPES)})"
-                    )
+                if name in where:
+                    raise ModelLoadError(f"{file} and {where[name].name} both store {name}")
+                where[name] = file
                 begin, end = info["data_offsets"]
                 self.index[name] = (
                     mm,
@@ -62,6 +60,7 @@ class Shards:
                     end - begin,
                 )
                 self.nbytes += end - begin
+        _check_index(Path(folder), where)
 
     def __contains__(self, name: object) -> bool:
         return name in self.index
@@ -92,6 +91,109 @@ def _weight_files(folder: Path) -> list[Path]:
     if not files:
         raise ModelLoadError(f"{folder} has no .safetensors files")
     return files
+
+
+# Every dtype safetensors defines; those not in DTYPES are valid but not streamed.
+SAFETENSORS_DTYPES = {
+    *DTYPES,
+    *("U16", "U32", "U64", "F8_E5M2", "F8_E4M3", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4"),
+    *("C64", "I4", "U4"),
+}
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on the header's length
+
+
+def read_header(file: Path) -> tuple[int, dict]:
+    """The header of the safetensors file `file`, checked before any tensor is read:
+    its length against the file's, its JSON, and each tensor's dtype, shape and
+    `data_offsets` (ordered, inside the data section, as many bytes as the shape and
+    dtype need). `ModelLoadError` naming the file and what is wrong; `NotStreamable` for
+    a valid dtype that streaming does not read. Returns (header length, header)."""
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ModelLoadError(
+                    f"{file} is {size} bytes: too short for a safetensors file (truncated?)"
+                )
+            length = struct.unpack("<Q", head)[0]
+            if length > size - 8 or length > MAX_HEADER:
+                raise ModelLoadError(
+                    f"{file}: its header claims {length:,} bytes, the file has {size - 8:,} "
+                    "after the length: the file is truncated or not safetensors"
+                )
+            raw = f.read(length)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {file}: {e.strerror or e}") from e
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelLoadError(
+            f"{file}: the header is not valid JSON ({e}): the file is corrupt"
+        ) from e
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{file}: the header is not a JSON object: the file is corrupt")
+    data = size - 8 - length
+    for name, info in header.items():
+        if name != "__metadata__":
+            _check_entry(file, name, info, data)
+    return length, header
+
+
+def _check_entry(file: Path, name: str, info, data: int) -> None:
+    def bad(what: str) -> ModelLoadError:
+        return ModelLoadError(f"{file}: tensor {name} {what}: the file is corrupt")
+
+    if not isinstance(info, dict):
+        raise bad("has no dtype, shape and data_offsets")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise bad(f"has the dtype {dtype!r}, which is not a safetensors dtype")
+    if dtype not in DTYPES:
+        raise NotStreamable(
+            f"{file.name} stores {name} as {dtype}, a dtype streaming does not read (it "
+            f"reads {', '.join(DTYPES)})"
+        )
+    if not isinstance(shape, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise bad(f"has the shape {shape!r}, not a list of non-negative integers")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
+    ):
+        raise bad(f"has the data_offsets {offsets!r}, not two integers")
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        raise bad(f"has the data_offsets {offsets}, not in order")
+    if end > data:
+        raise bad(f"ends at byte {end:,} of a data section of {data:,} bytes (truncated?)")
+    need = math.prod(shape) * DTYPES[dtype].itemsize
+    if end - begin != need:
+        raise bad(f"has {end - begin:,} bytes, its shape {shape} of {dtype} needs {need:,}")
+
+
+def _check_index(folder: Path, where: dict[str, Path]) -> None:
+    """The index's weight map and the files agree: each tensor is where it says."""
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return
+    weight_map = json.loads(index.read_text())["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise ModelLoadError(f"{index}: weight_map is not a mapping")
+    for name, file in where.items():
+        if name not in weight_map:
+            raise ModelLoadError(
+                f"{index} does not list {name}, which {file.name} stores: the index is "
+                "incomplete or out of date"
+            )
+    for name, file_name in weight_map.items():
+        if where.get(name) is None or where[name].name != file_name:
+            raise ModelLoadError(
+                f"{index} puts {name} in {file_name}, which does not store it: the index "
+                "is out of date or a shard is wrong"
+            )
 
 
 class Entry(NamedTuple):
