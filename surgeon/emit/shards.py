@@ -8,19 +8,20 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from ..errors import SurgeonError
+from ..errors import InvariantError, ModelLoadError, SurgeonError
 from ..io.names import save_names
-from ..io.shards import Entry, write_safetensors
+from ..io.shards import Entry, Shards, write_safetensors
 from .graph import axis_cuts, take
+from .graph import cut as graph_cut
 
 if TYPE_CHECKING:
     from ..pipeline import Cut
 
-__all__ = ["BLOCK_BYTES", "COPIED", "emit_shards"]
+__all__ = ["BLOCK_BYTES", "COPIED", "check_written", "emit_shards"]
 
 BLOCK_BYTES = 16 * 2**20  # a child tensor is cut and written this many bytes at a time
 COPIED = (  # files of the parent's folder that the child's folder keeps as they are
@@ -36,13 +37,20 @@ COPIED = (  # files of the parent's folder that the child's folder keeps as they
 
 
 def emit_shards(
-    cut: Cut, folder: Path, max_shard_bytes: int = 512 * 2**20, progress: bool = False
+    cut: Cut,
+    folder: Path,
+    max_shard_bytes: int = 512 * 2**20,
+    progress: bool = False,
+    check: bool = True,
 ) -> int:
     """Write the child (config, safetensors shards of about `max_shard_bytes`, the
     parent's tokenizer files) into the existing empty `folder`; returns the number of
-    values written. The parent's tensors are read from `cut.parent`."""
+    values written. The parent's tensors are read from `cut.parent`. `check`: re-read a
+    sample of the written tensors and compare them with the in-memory emitter's cut
+    (`check_written`; `InvariantError` on a difference)."""
     parent = cut.parent
-    entries = _entries(cut, _child_tensors(parent.model, cut.config))
+    planned = _entries(cut, _child_tensors(parent.model, cut.config))
+    entries = [p.entry for p in planned]
     files: list[list[Entry]] = [[]]
     size = 0
     for entry in entries:
@@ -64,6 +72,8 @@ def emit_shards(
     if bar is not None:
         bar.close()
     _name_shards(written, folder)
+    if check:
+        check_written(cut, folder, planned)
     cut.config.save_pretrained(folder)
     if parent.folder is not None:
         for name in COPIED:
@@ -81,16 +91,35 @@ def _child_tensors(parent: torch.nn.Module, config) -> dict[str, tuple[str, torc
     return {k: (names[k], shape) for k, shape in shapes.items()}
 
 
-def _entries(cut: Cut, child: dict) -> list[Entry]:
-    """What to write for each child tensor: its parent's tensor, cut lazily in blocks."""
+class Planned(NamedTuple):
+    """A child tensor to write, and where it comes from."""
+
+    child_name: str
+    parent_name: str
+    canonical: str
+    cuts: list
+    entry: Entry
+
+
+def _entries(cut: Cut, child: dict) -> list[Planned]:
+    """What to write for each child tensor: its parent's tensor, cut lazily in blocks.
+    A tensor the files lack is a `ModelLoadError`, unless it is another name of a tied
+    tensor whose stored name is there (the child's class ties it again on load)."""
     state, parent = cut.state, cut.parent
     table, dims = state.graph.params, state.analysis.dims
-    entries = []
+    planned = []
     for child_name, (stored_name, shape) in child.items():
         parent_name = state.parent_name(child_name)
         source = parent.read(parent_name)
-        if source is None:  # a tied alias the parent did not store either
-            continue
+        if source is None:
+            aliases = table[parent_name].names if parent_name in table else ()
+            if any(a != parent_name and parent.read(a) is not None for a in aliases):
+                continue  # a tied alias: the tensor is stored under another of its names
+            raise ModelLoadError(
+                f"{parent.folder} has no tensor {parent.stored.get(parent_name, parent_name)} "
+                f"({parent_name}): the checkpoint is incomplete (a missing shard or index "
+                "entry?); restore the parent's files"
+            )
         canonical = table.canonical(parent_name) if parent_name in table else parent_name
         cuts = axis_cuts(state, dims.tensors.get(canonical), source.shape)
         new = list(source.shape)
@@ -101,8 +130,44 @@ def _entries(cut: Cut, child: dict) -> list[Entry]:
                 f"{child_name}: the cut gives {new}, the child's class expects {list(shape)}"
             )
         blocks = _blocks(source, cuts, state.scale.get(canonical))
-        entries.append(Entry(stored_name, source.dtype, new, blocks))
-    return entries
+        entry = Entry(stored_name, source.dtype, new, blocks)
+        planned.append(Planned(child_name, parent_name, canonical, cuts, entry))
+    return planned
+
+
+CHECK_LARGEST = 3  # the run-time check compares the largest cut tensors ...
+CHECK_PERMUTED = 3  # ... the largest with a reordered axis, and a few more
+CHECK_MAX_BYTES = 64 * 2**20  # ... of at most this size in the child each
+
+
+def check_written(cut: Cut, folder: Path, planned: list[Planned]) -> list[str]:
+    """Compare a sample of the written child tensors, re-read from `folder`'s files, with
+    the same tensors cut in memory from the parent by the in-memory emitter's `cut`;
+    `InvariantError` on any difference. The sample: the `CHECK_LARGEST` largest tensors
+    the surgery cuts, the `CHECK_PERMUTED` largest with a reordered axis, the first and
+    last tensors written, each at most `CHECK_MAX_BYTES` in the child (the cut in memory
+    holds it whole; larger ones are checked only by the blocks' own shape checks).
+    Returns the names compared."""
+    state, parent = cut.state, cut.parent
+    small = [p for p in planned if p.entry.nbytes <= CHECK_MAX_BYTES]
+    by_size = sorted(small, key=lambda p: -p.entry.nbytes)
+    chosen = [p for p in by_size if p.cuts][:CHECK_LARGEST]
+    moved = [p for p in by_size if any(not isinstance(h, slice) for _, h in p.cuts)]
+    chosen += moved[:CHECK_PERMUTED]
+    chosen += small[:1] + small[-1:]
+    chosen = list({p.entry.name: p for p in chosen}.values())
+    written = Shards(folder)
+    for p in chosen:
+        source = parent.read(p.parent_name)
+        axes = state.analysis.dims.tensors.get(p.canonical)
+        want = graph_cut(state, source, axes, state.scale.get(p.canonical))
+        got = written.tensor(p.entry.name)
+        if got.dtype != want.dtype or got.shape != want.shape or not torch.equal(got, want):
+            raise InvariantError(
+                f"the written child tensor {p.entry.name} differs from the same tensor cut "
+                "in memory: please report this model"
+            )
+    return [p.entry.name for p in chosen]
 
 
 def _blocks(source: torch.Tensor, cuts: list, scale: float | None) -> Iterator[torch.Tensor]:
