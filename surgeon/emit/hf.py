@@ -17,7 +17,7 @@ from ..errors import InvariantError, PlanError
 from ..frontends import output_tensors
 from ..passes.state import SurgeryState
 
-__all__ = ["CONFIG_FIELDS", "is_hf_model", "child_config", "check_config", "emit_hf"]
+__all__ = ["CONFIG_FIELDS", "PER_LAYER", "is_hf_model", "child_config", "check_config", "emit_hf"]
 
 # What each size is called in the configs of transformers (first match is set).
 CONFIG_FIELDS = {
@@ -59,9 +59,31 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
     return config
 
 
+# Config fields that hold one entry per layer (found in transformers' configuration
+# files), re-indexed with the layers when depth changes. Other lists are kept as they are,
+# whatever their length: `eos_token_id: [2, 5, 7]` in a 3-layer model is not per layer.
+PER_LAYER = (
+    "layer_types",  # Gemma2/3, Qwen2/3, Mistral, Cohere2, ... ("sliding_attention", ...)
+    "mlp_layer_types",  # dense or sparse MLP per layer
+    "layers_block_type",  # hybrid models (Jamba, Zamba, Granite hybrid, ...)
+    "block_types",  # RecurrentGemma-style block kinds
+    "attention_layers",  # GPT-Neo's expanded attention types
+    "no_rope_layers",  # SmolLM3, Llama 4: 0/1 per layer
+    "layer_rope_theta",  # Granite SWA
+    "block_configs",  # Nemotron-NAS: one block config per layer
+    "num_attention_heads_per_layer",
+    "num_key_value_heads_per_layer",
+    "activation_sparsity_pattern",  # Gemma3n
+    "intermediate_size",  # a list only where sizes differ per layer (Gemma3n)
+    "num_key_value_heads",
+    "num_attention_heads",
+)
+
+
 def _set_depth(config: Any, state: SurgeryState) -> None:
-    """The layer count, and every per-layer list of the config (layer types, sliding-window
-    patterns, ...) taken at the kept layers, so the saved model reloads as it was built."""
+    """The layer count, and every per-layer list of the config (`PER_LAYER`: layer types,
+    per-layer RoPE switches, ...) taken at the kept layers, so the saved model reloads as
+    it was built."""
     n = len(state.analysis.layers)
     order = list(range(n)) if state.layers is None else state.layers
     if order == list(range(n)):
@@ -74,8 +96,9 @@ def _set_depth(config: Any, state: SurgeryState) -> None:
         raise PlanError(
             f"{type(config).__name__} has no layer count equal to {n}: cannot change depth"
         )
-    for field, value in list(vars(config).items()):
-        if isinstance(value, (list, tuple)) and len(value) == n and not field.startswith("_"):
+    for field in PER_LAYER:
+        value = getattr(config, field, None)
+        if isinstance(value, (list, tuple)) and len(value) == n:
             setattr(config, field, type(value)(value[i] for i in order))
 
 
@@ -149,13 +172,82 @@ def _adopt_rebuilt_buffers(model: nn.Module, child: fx.GraphModule) -> None:
 
 @torch.no_grad()
 def _check_same(model: nn.Module, child: fx.GraphModule, state: SurgeryState) -> None:
+    """The rebuilt model computes what the child graph computes, on three inputs:
+
+    1. the traced inputs: every output, graph against rebuilt model;
+    2. where the model takes token ids and an `attention_mask`: the same tokens with the
+       last quarter of row 0 masked out (right padding). The graph, traced by
+       torch.export with an all-ones mask, may have specialised on it, so for a causal
+       language model the rebuilt model's outputs at the unmasked positions (row 0's
+       first positions, every other row) are compared with the graph's on the traced
+       inputs: causally they only see unmasked tokens. For other models the rebuilt
+       model's outputs are only checked to be finite;
+    3. a second sequence length (half the traced one): the graph's shapes are fixed at
+       the traced ones, so for a causal language model the rebuilt model's outputs on
+       the first half of the tokens are compared with the graph's first positions on
+       the traced inputs; for other models they are checked to be finite.
+
+    `InvariantError` on a difference."""
     inputs = state.graph.inputs
     want = output_tensors(inputs.call(child))
     got = output_tensors(inputs.call(model))
+    _compare(model, want, got, "the traced inputs")
+    ids = inputs.kwargs.get("input_ids")
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
+        return
+    causal = _is_causal_lm(model)
+    seq = ids.shape[1]
+    logits = want[0]
+    mask = inputs.kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
+        padded = mask.clone()
+        keep = seq - max(1, seq // 4)
+        padded[0, keep:] = 0
+        out = output_tensors(model(**{**inputs.kwargs, "attention_mask": padded}))[0]
+        if causal:
+            _compare(model, [logits[0, :keep]], [out[0, :keep]], "a padded attention mask")
+            if ids.shape[0] > 1:
+                _compare(model, [logits[1:]], [out[1:]], "a padded attention mask")
+        else:
+            _finite(model, out, "a padded attention mask")
+    half = seq // 2
+    short = {
+        k: v[:, :half] if isinstance(v, torch.Tensor) and v.shape == ids.shape else v
+        for k, v in inputs.kwargs.items()
+    }
+    out = output_tensors(model(*inputs.args, **short))[0]
+    if causal:
+        _compare(model, [logits[:, :half]], [out], f"a sequence length of {half}")
+    else:
+        _finite(model, out, f"a sequence length of {half}")
+
+
+def _is_causal_lm(model: nn.Module) -> bool:
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:
+        return False
+    name = type(model).__name__
+    return any(
+        name == n or (not isinstance(n, str) and name in n)
+        for n in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    )
+
+
+def _compare(model: nn.Module, want, got, what: str) -> None:
     for w, g in zip(want, got, strict=True):
         scale = max(w.abs().max().item(), 1.0)
-        if not torch.allclose(g, w, atol=1e-5 * scale, rtol=1e-4):
+        if g.shape != w.shape or not torch.allclose(g, w, atol=1e-5 * scale, rtol=1e-4):
+            diff = (g - w).abs().max().item() if g.shape == w.shape else float("nan")
             raise InvariantError(
                 f"the rebuilt {type(model).__name__} differs from the child graph by "
-                f"{(g - w).abs().max().item():.3g}: please report this model"
+                f"{diff:.3g} on {what}: please report this model"
             )
+
+
+def _finite(model: nn.Module, out: torch.Tensor, what: str) -> None:
+    if out.is_floating_point() and not torch.isfinite(out).all():
+        raise InvariantError(
+            f"the rebuilt {type(model).__name__} gives non-finite outputs on {what}: please "
+            "report this model"
+        )
