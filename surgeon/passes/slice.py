@@ -75,6 +75,14 @@ def resolve_target(analysis: Analysis, target: Mapping[str, int]) -> dict[int, i
         if len(leaves) != 1:
             raise PlanError("target.hidden_size: this residual stream is made of several groups")
         cut(leaves.pop(), target["hidden_size"], "hidden_size")
+    per_layer = [
+        k for k in ("intermediate_size", "num_heads", "num_kv_heads", "head_dim") if k in target
+    ]
+    if per_layer and not analysis.layers:
+        raise PlanError(
+            f"target.{per_layer[0]} cannot be applied: no layers were found in this model (a "
+            "numbered list of residual blocks); `surgeon inspect` shows what was found"
+        )
     for layer in analysis.layers:
         _layer_target(analysis, layer, target, cut)
     if "head_dim" in target:
