@@ -71,7 +71,10 @@ class Parent:
             found = self.read(alias)
             if found is not None:
                 return found
-        raise ModelLoadError(f"{self.folder} has no tensor {name}")
+        raise ModelLoadError(
+            f"{self.folder} has no tensor {name}: the checkpoint is incomplete (a missing "
+            "shard or index entry?); restore the parent's files"
+        )
 
 
 def prepare(model: nn.Module, example_inputs: Any = None) -> Parent:

@@ -356,7 +356,7 @@ def _check_size(plan: Any) -> None:
 
 def _read_yaml(source: str | Path) -> Any:
     text = str(source)
-    path = Path(text) if "\n" not in text and len(text) < 4096 else None
+    path = Path(text) if "\n" not in text and 0 < len(text.strip()) < 4096 else None
     try:
         if path is not None and (path.suffix in (".yaml", ".yml", ".json") or path.exists()):
             if path.is_dir():

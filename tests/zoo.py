@@ -423,3 +423,23 @@ def known_importance():
         rows = slice(2 * attn.n_embd + KNOWN_HEAD * hd, 2 * attn.n_embd + (KNOWN_HEAD + 1) * hd)
         attn.c_attn.weight[rows] *= 10
     return model, example
+
+
+# A CNN: convolutions as named attributes, no numbered list of residual blocks (no layers).
+class _CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 24, 3, padding=1)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        return self.head(x.mean((2, 3)))
+
+
+def cnn():
+    """A small CNN: the analysis finds no layers (per-layer targets cannot apply)."""
+    torch.manual_seed(SEED)
+    return _CNN().eval(), (torch.randn(2, 3, 8, 8),)

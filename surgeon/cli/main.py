@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_bars() -> None:
+    """Close the progress bars an error interrupted, so its line starts a line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # torch's pytree deprecation notice fires inside deepcopy; it is not the user's concern
@@ -107,14 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except SurgeonError as e:
+        _close_bars()
         print(f"surgeon: error: {first_line(e, 1000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("surgeon: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # SIGTERM / SIGHUP while writing (surgeon.io.output)
+        if isinstance(e.code, int) and e.code > 128:
+            _close_bars()
+            print(f"surgeon: stopped by signal {e.code - 128}: nothing written", file=sys.stderr)
+        raise
     except Exception as e:  # a bug in surgeon: still one line, traceback on request
         if os.environ.get("SURGEON_DEBUG"):
             raise
+        _close_bars()
         print(
             f"surgeon: internal error: {type(e).__name__}: {first_line(e)} "
             "(set SURGEON_DEBUG=1 for the traceback, and please report it)",
