@@ -39,12 +39,12 @@ def expected_shape(model):
     }
 
 
-@pytest.fixture(scope="module", params=zoo.NAMES)
-def analysed(request):
-    name = request.param
-    model, example = zoo.build(name)
-    graph = trace(model, example, frontend=FRONTEND.get(name, "auto"))
-    return name, model, graph, analyse(graph)
+@pytest.fixture(params=zoo.NAMES)
+def analysed(request, prepared):
+    """(name, model, graph, analysis): each zoo model traced and analysed once a session
+    (torch.fx for plain modules, torch.export for Hugging Face ones)."""
+    p = prepared(request.param)
+    return p.name, p.model, p.parent.graph, p.parent.analysis
 
 
 def test_report_matches_config(analysed):

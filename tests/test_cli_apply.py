@@ -88,7 +88,8 @@ def test_a_bfloat16_folder_gives_a_bfloat16_child_and_a_float32_onnx(tmp_path):
     model.to(torch.bfloat16).save_pretrained(folder)
     for recipe in ("data-free", "paper"):  # streamed; loaded, calibrated on random text
         out = tmp_path / recipe
-        plan = _plan(tmp_path, GOOD + f"recipe: {recipe}\n")
+        small = "calibration: {samples: 4, seq_len: 16, batch_size: 2}\n"  # traced at 2 x 16
+        plan = _plan(tmp_path, GOOD + f"recipe: {recipe}\n" + small)
         argv = ["apply", "--model", str(folder), "--plan", plan, "--out", str(out), "--onnx"]
         if recipe == "paper":
             text = tmp_path / "text.txt"

@@ -20,26 +20,26 @@ def out(model, inputs):
     return output_tensors(inputs.call(model))[0]
 
 
-@pytest.fixture(scope="module", params=zoo.NAMES)
-def parent(request):
-    model, example = zoo.build(request.param)
-    graph = trace(model, example, frontend=FRONTEND.get(request.param, "auto"))
-    return request.param, model, example, analyse(graph)
+@pytest.fixture(params=zoo.NAMES)
+def parent(request, prepared):
+    """(name, model, example inputs, analysis, prepared parent), traced once a session."""
+    p = prepared(request.param)
+    return p.name, p.model, p.example, p.parent.analysis, p.parent
 
 
 def test_keeping_all_layers_is_the_identity(parent):
-    name, model, example, analysis = parent
+    name, model, example, analysis, prepared = parent
     n = len(analysis.layers)
-    child = subclone(model, {"depth": list(range(n)), "importance": "first"}, example)
+    child = subclone(prepared, {"depth": list(range(n)), "importance": "first"})
     inputs = as_inputs(example)
     assert torch.equal(out(child.model, inputs), out(model, inputs))
 
 
 @pytest.mark.parametrize("strategy", ["middle", "first", "last"])
 def test_removing_a_layer(parent, strategy):
-    name, model, example, analysis = parent
+    name, model, example, analysis, prepared = parent
     n = len(analysis.layers)
-    child = subclone(model, {"target": {"num_layers": n - 1}, "depth": strategy}, example)
+    child = subclone(prepared, {"target": {"num_layers": n - 1}, "depth": strategy})
     removed = {0: "first", 1: "middle", n - 1: "last"}
     gone = next(i for i, s in removed.items() if s == strategy)
     assert child.state.layers == [i for i in range(n) if i != gone]
@@ -61,10 +61,10 @@ def _per_layer_lists_follow(parent_config, child_config, kept, n):
 
 
 def test_duplicate_then_silence_gives_the_parent_back(parent):
-    name, model, example, analysis = parent
+    name, model, example, analysis, prepared = parent
     n = len(analysis.layers)
     order = [0, 1, 1] + list(range(2, n))
-    child = subclone(model, {"depth": order, "importance": "first"}, example)
+    child = subclone(prepared, {"depth": order, "importance": "first"})
     inputs = as_inputs(example)
     assert child.state.layers == order
     target = child.model

@@ -43,9 +43,9 @@ def test_zoo_has_the_issue_models():
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)
-def test_trace_reproduces_eager(name):
-    model, example = zoo.build(name)
-    graph = trace(model, example, frontend=FRONTEND.get(name, "auto"))
+def test_trace_reproduces_eager(prepared, name):
+    p = prepared(name)
+    model, example, graph = p.model, p.example, p.parent.graph
     assert graph.frontend == FRONTEND.get(name, "export")
     inputs = as_inputs(example)
     expected = output_tensors(inputs.call(model))
@@ -69,9 +69,8 @@ def test_trace_reproduces_eager(name):
 
 
 @pytest.mark.parametrize("name", zoo.NAMES)
-def test_parameter_table_covers_every_tensor_once(name):
-    model, example = zoo.build(name)
-    graph = trace(model, example, frontend=FRONTEND.get(name, "auto"))
+def test_parameter_table_covers_every_tensor_once(prepared, name):
+    model, graph = prepared(name).model, prepared(name).parent.graph
     table = graph.params
     unique = {id(p): p for p in model.parameters()}  # parameters() yields each tensor once
     by_name = dict(model.named_parameters(remove_duplicate=False))

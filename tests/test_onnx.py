@@ -1,5 +1,7 @@
 """Every zoo model's shrunk child exports to ONNX with dynamic batch and sequence axes and
-matches onnxruntime at two other sizes."""
+matches onnxruntime at two other sizes. The child is cut in width and in depth (its first
+two layers, which keep Gemma2's alternating attention kinds): export time grows with the
+graph, and a third copy of the same layer checks nothing more."""
 
 import pytest
 
@@ -12,7 +14,8 @@ from tests.helpers import shrink_plan
 @pytest.mark.parametrize("name", zoo.NAMES)
 def test_shrunk_child_matches_onnxruntime(prepared, name, tmp_path):
     example = prepared(name).example
-    child = subclone(prepared(name).parent, shrink_plan(name))
+    child = subclone(prepared(name).parent, {**shrink_plan(name), "depth": [0, 1]})
+    assert child.model is child.graph or child.model.config.num_hidden_layers == 2
     path = export_onnx(child.model, example, tmp_path / "child.onnx")
     sizes = [(3, 5), (1, 13)]  # batch, sequence: neither is the traced (2, 8)
     worst = check_onnx(

@@ -16,9 +16,9 @@ from torch import fx
 
 from ..errors import UnsupportedOpError
 from ..frontends import Graph, op_name
-from . import rules  # noqa: F401  (fills the table with the built-in rules)
 from .context import Context, Contraction, Dims, Literal, source_line
-from .registry import RULES, bind, rule_key
+from .registry import bind, rule_key
+from .rules import RULES  # the table, with the built-in rules in it
 
 __all__ = ["Dims", "Literal", "Contraction", "discover_dims", "rule_key", "source_line"]
 
