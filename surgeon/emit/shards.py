@@ -153,7 +153,8 @@ def check_written(cut: Cut, folder: Path, planned: list[Planned]) -> list[str]:
     by_size = sorted(small, key=lambda p: -p.entry.nbytes)
     chosen = [p for p in by_size if p.cuts][:CHECK_LARGEST]
     moved = [p for p in by_size if any(not isinstance(h, slice) for _, h in p.cuts)]
-    chosen += [p for p in moved if p not in chosen][:CHECK_PERMUTED]
+    taken = {p.entry.name for p in chosen}
+    chosen += [p for p in moved if p.entry.name not in taken][:CHECK_PERMUTED]
     chosen += small[:1] + small[-1:]
     chosen = list({p.entry.name: p for p in chosen}.values())
     written = Shards(folder)
