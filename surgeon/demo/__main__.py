@@ -19,8 +19,10 @@ from pathlib import Path
 
 import torch
 
+from ..api import apply
 from ..cli import main as cli_main
 from ..io.text import python_docs_text, token_batches
+from ..pipeline import prepare
 from ..plan import load_plan
 from .smollm2 import DEFAULT_CACHE, smollm2
 
@@ -72,11 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     )  # the windows after the calibration's
     held_out = [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows]
     child = type(parent).from_pretrained(out / "child").eval()
+    prepared = prepare(parent, held_out[0])  # traced once: the baseline and the figures
     rows = {
         "parent": (parent, None),
         "subclone (surgeon)": (child, applied),
         "random init": (_random_like(child), None),
-        "Weight Selection init": _timed(lambda: _weight_selection(parent, plan, held_out[0])),
+        "Weight Selection init": _timed(lambda: _weight_selection(prepared, plan)),
     }
     results = {}
     print(f"\n{'model':<24} {'parameters':>11} {'held-out loss':>14} {'built in':>9}")
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         took = f"{seconds:.1f} s" if seconds is not None else ""
         print(f"{name:<24} {params / 1e6:>9.1f} M {loss:>14.3f} {took:>9}")
         results[name] = {"parameters": params, "held_out_loss": loss, "seconds": seconds}
-    figures = _figures(parent, tokenizer, plan, out)
+    figures = _figures(prepared, tokenizer, plan, out)
     total = time.perf_counter() - started
     print(f"\nheld-out text: {len(held_out)} x {tuple(windows[0].shape)} tokens of Python's docs")
     print(
@@ -109,21 +112,19 @@ def _random_like(child):
     return type(child)(child.config).eval()
 
 
-def _weight_selection(parent, plan, example):
+def _weight_selection(prepared, plan):
     """The same shape by the Weight Selection baseline: evenly spaced neurons, the first
     layers, no rescale."""
-    from ..api import apply
-
     baseline = {
         "target": dict(plan.target),
         "importance": "uniform",
         "depth": "last",
         "rescale": "none",
     }
-    return apply(parent, baseline, example_inputs=example).eval()
+    return apply(prepared, baseline).eval()
 
 
-def _figures(parent, tokenizer, plan, out: Path) -> list[Path]:
+def _figures(prepared, tokenizer, plan, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,8 +133,8 @@ def _figures(parent, tokenizer, plan, out: Path) -> list[Path]:
     from ..io.calibration import resolve_calibration
     from ..report import inspect
 
-    batches = resolve_calibration(parent, None, tokenizer, plan.calibration, True)
-    report = inspect(parent, calibration=batches).to_dict()
+    batches = resolve_calibration(prepared.model, None, tokenizer, plan.calibration, True)
+    report = inspect(prepared, calibration=batches).to_dict()
     ratios = report["residual_ratio"]
     fig, ax = plt.subplots(figsize=(9, 3.2))
     ax.bar(
