@@ -168,6 +168,7 @@ def check_written(cut: Cut, folder: Path, planned: list[Planned]) -> list[str]:
                 f"the written child tensor {p.entry.name} differs from the same tensor cut "
                 "in memory: please report this model"
             )
+        del want, got  # one tensor's worth of memory at a time
     return [p.entry.name for p in chosen]
 
 
