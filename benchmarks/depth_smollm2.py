@@ -21,8 +21,8 @@ from common import loss  # benchmarks/common.py: a script's folder is on sys.pat
 
 import surgeon
 from surgeon.api import subclone
-from surgeon.io.text import python_docs_text, token_batches
 from surgeon.demo.smollm2 import smollm2
+from surgeon.io.text import python_docs_text, token_batches
 
 
 def main() -> None:

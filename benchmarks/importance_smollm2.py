@@ -27,10 +27,10 @@ import surgeon
 from surgeon.analysis import analyse
 from surgeon.analysis.measure import activation_means
 from surgeon.api import subclone
-from surgeon.io.calibration import resolve_calibration
-from surgeon.frontends import trace
-from surgeon.plan import CALIBRATION
 from surgeon.demo.smollm2 import smollm2
+from surgeon.frontends import trace
+from surgeon.io.calibration import resolve_calibration
+from surgeon.plan import CALIBRATION
 
 
 def overlap(report, k_fraction=0.1):

@@ -52,6 +52,16 @@ def prepare(name: str) -> Prepared:
     return _PREPARED[name]
 
 
+def pytest_collection_modifyitems(items):
+    """Tests of one zoo model run on one xdist worker (`--dist loadgroup`), so each
+    worker prepares only the parents it uses."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        names = [v for v in params.values() if isinstance(v, str) and v in zoo.NAMES]
+        if names:
+            item.add_marker(pytest.mark.xdist_group(names[0]))
+
+
 @pytest.fixture(scope="session")
 def prepared():
     """`prepared(name)`: the shared `Prepared` zoo parent called `name`."""

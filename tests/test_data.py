@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from surgeon.io.text import python_docs_text, token_batches
 from surgeon.errors import ModelLoadError
+from surgeon.io.text import python_docs_text, token_batches
 
 
 class _CharTokenizer:

@@ -50,7 +50,8 @@ def test_removing_a_layer(parent, strategy):
     if name != "nanogpt":
         assert sum(p.numel() for p in child.model.parameters()) == expected
         torch.testing.assert_close(out(child.model, inputs), out(child.graph, inputs))
-        assert surgeon.inspect(child.model, example).to_dict()["num_layers"] == n - 1
+        if strategy == "middle":  # traced again: the child's own structure (once a model)
+            assert surgeon.inspect(child.model, example).to_dict()["num_layers"] == n - 1
         _per_layer_lists_follow(model.config, child.model.config, child.state.layers, n)
 
 
