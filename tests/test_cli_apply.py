@@ -78,8 +78,9 @@ def test_a_folder_with_a_tokenizer_streams_data_free_plans_only(tmp_path, monkey
 
 
 def test_a_bfloat16_folder_gives_a_bfloat16_child_and_a_float32_onnx(tmp_path, capsys):
-    """Streamed and loaded alike; onnxruntime lacks bfloat16 kernels, so the ONNX file is
-    a float32 copy, checked against the float32 child."""
+    """Streamed and loaded alike. onnxruntime lacks bfloat16 kernels, so the ONNX file is
+    a float32 copy, checked against the float32 child (`emit_onnx`, which both paths
+    call, is exported once here)."""
     from surgeon.io.shards import Shards
 
     folder = tmp_path / "llama"
@@ -89,18 +90,20 @@ def test_a_bfloat16_folder_gives_a_bfloat16_child_and_a_float32_onnx(tmp_path, c
         out = tmp_path / recipe
         small = "calibration: {samples: 4, seq_len: 16, batch_size: 2}\n"  # traced at 2 x 16
         plan = _plan(tmp_path, GOOD + f"recipe: {recipe}\n" + small)
-        argv = ["apply", "--model", str(folder), "--plan", plan, "--out", str(out), "--onnx"]
+        argv = ["apply", "--model", str(folder), "--plan", plan, "--out", str(out)]
+        argv += ["--onnx"] if recipe == "data-free" else []  # one float32 export is enough
         if recipe == "paper":
             text = tmp_path / "text.txt"
             text.write_text("the quick brown fox jumps over the lazy dog " * 200)
             zoo.save_letter_tokenizer(folder)
             argv += ["--calibration", str(text)]
         assert main(argv) == 0
-        assert "model.onnx matches PyTorch within" in capsys.readouterr().out
-        assert (out / "model.onnx").is_file()
         summary = json.loads((out / "surgeon.json").read_text())
         assert summary.get("streamed", False) == (recipe == "data-free")
-        assert summary["onnx_max_relative_difference"] < 1e-4
+        if recipe == "data-free":
+            assert "model.onnx matches PyTorch within" in capsys.readouterr().out
+            assert (out / "model.onnx").is_file()
+            assert summary["onnx_max_relative_difference"] < 1e-4
         shards = Shards(out)
         assert {shards.tensor(n).dtype for n in shards.index} == {torch.bfloat16}
 

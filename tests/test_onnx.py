@@ -1,9 +1,9 @@
 """Every zoo model's shrunk child exports to ONNX with dynamic batch and sequence axes and
-matches onnxruntime at two other sizes. The child is cut in width and in depth (its first
-two layers, which keep Gemma2's alternating attention kinds): export time grows with the
-graph, and a third copy of the same layer checks nothing more. Hugging Face children are
-exported with their KV cache turned on, as in most saved language models: the export
-turns it off for the trace and back on after."""
+matches onnxruntime at two other sizes. The child is cut in width and in depth: one layer,
+or two where the layers differ (Gemma2 alternates sliding-window and global attention).
+Export time grows by about 3 s a layer, and another copy of the same layer exports the
+same ops. Hugging Face children are exported with their KV cache turned on, as in most
+saved language models: the export turns it off for the trace and back on after."""
 
 import pytest
 
@@ -15,10 +15,13 @@ from tests.helpers import shrink_plan
 
 @pytest.mark.parametrize("name", zoo.NAMES)
 def test_shrunk_child_matches_onnxruntime(prepared, name, tmp_path):
-    example = prepared(name).example
-    child = subclone(prepared(name).parent, {**shrink_plan(name), "depth": [0, 1]})
+    p = prepared(name)
+    kinds = set(getattr(getattr(p.model, "config", None), "layer_types", None) or ())
+    depth = [0, 1] if len(kinds) > 1 else [0]
+    example = p.example
+    child = subclone(p.parent, {**shrink_plan(name), "depth": depth})
     config = getattr(child.model, "config", None)
-    assert config is None or config.num_hidden_layers == 2
+    assert config is None or config.num_hidden_layers == len(depth)
     if config is not None and hasattr(config, "use_cache"):
         config.use_cache = True
     path = export_onnx(child.model, example, tmp_path / "child.onnx")
