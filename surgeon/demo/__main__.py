@@ -74,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     )  # the windows after the calibration's
     held_out = [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in windows]
     child = type(parent).from_pretrained(out / "child").eval()
-    prepared = prepare(parent, held_out[0])  # traced once: the baseline and the figures
+    traced = prepare(parent, held_out[0])  # traced once: the baseline and the figures
     rows = {
         "parent": (parent, None),
         "subclone (surgeon)": (child, applied),
         "random init": (_random_like(child), None),
-        "Weight Selection init": _timed(lambda: _weight_selection(prepared, plan)),
+        "Weight Selection init": _timed(lambda: _weight_selection(traced, plan)),
     }
     results = {}
     print(f"\n{'model':<24} {'parameters':>11} {'held-out loss':>14} {'built in':>9}")
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         took = f"{seconds:.1f} s" if seconds is not None else ""
         print(f"{name:<24} {params / 1e6:>9.1f} M {loss:>14.3f} {took:>9}")
         results[name] = {"parameters": params, "held_out_loss": loss, "seconds": seconds}
-    figures = _figures(prepared, tokenizer, plan, out)
+    figures = _figures(traced, tokenizer, plan, out)
     total = time.perf_counter() - started
     print(f"\nheld-out text: {len(held_out)} x {tuple(windows[0].shape)} tokens of Python's docs")
     print(
