@@ -162,10 +162,9 @@ def check(
     """Every check that can be made before any pass runs: each pass's own (`PlanError`
     for an impossible target or depth), then whether the parent's class can hold the
     child. Returns the unrun decisions."""
-    state = SurgeryState(parent.graph, parent.analysis, calibration=calibration)
+    source = parent.tensor if parent.streamed else None
+    state = SurgeryState(parent.graph, parent.analysis, source=source, calibration=calibration)
     state.progress = progress
-    if parent.streamed:
-        state.source = parent.tensor
     for p in surgery.passes:
         p.check(state)
     return Cut(parent, surgery, state, _child_config(parent, state))
