@@ -328,20 +328,20 @@ for _name in HF_NAMES:
     globals()[_name] = _factory(_name)
 
 
-class _Sorting(nn.Module):
-    """Uses an op (sort) that has no rule in the analysis."""
+class _Bessel(nn.Module):
+    """Uses an op (a Bessel function) that has no rule in the analysis."""
 
     def __init__(self):
         super().__init__()
         self.proj = nn.Linear(8, 8)
 
     def forward(self, x):
-        return torch.sort(self.proj(x), dim=-1).values
+        return torch.special.bessel_j0(self.proj(x))
 
 
 def unsupported_op():
     torch.manual_seed(SEED)
-    return _Sorting().eval(), (torch.randn(2, 8),)
+    return _Bessel().eval(), (torch.randn(2, 8),)
 
 
 # ---------------------------------------------------------------------------------------
@@ -376,6 +376,21 @@ OP_CASES = {
     "split_slice": (lambda h: torch.cat(h.split(4, -1)[:2], -1), 8),
     "list_index": (lambda h: h[..., [0, 2, 5]], 3),
     "layer_norm_shape": (lambda h: F.layer_norm(h, h.shape[-1:]), 12),
+    # (2, 3, 12) seen as (2, 3, 3, 4): 3 "heads" of 4
+    "repeat_interleave": (lambda h: h.view(2, 3, 3, 4).repeat_interleave(2, -1).flatten(2), 24),
+    "repeat": (lambda h: h.view(2, 3, 3, 4).repeat(1, 1, 2, 1).flatten(2), 24),
+    "stack": (lambda h: torch.stack([h, 2 * h], dim=-1).flatten(2), 24),
+    "topk": (lambda h: torch.topk(h.view(2, 3, 3, 4), 2, dim=-1).values.flatten(2), 6),
+    "sort": (lambda h: torch.sort(h.view(2, 3, 3, 4), dim=-1).values.flatten(2), 12),
+    "einsum": (lambda h: torch.einsum("bsij,bsij->bsi", h.view(2, 3, 3, 4), h.view(2, 3, 3, 4)), 3),
+    "pad": (lambda h: F.pad(h.view(2, 3, 3, 4), (1, 1)).flatten(2), 18),
+    "expm1": (lambda h: torch.expm1(h) + torch.log1p(h.abs()), 12),
+    "group_norm": (lambda h: F.group_norm(h.transpose(1, 2), 3).transpose(1, 2), 12),
+    "batch_norm": (
+        lambda h: F.batch_norm(h.transpose(1, 2), torch.zeros(12), torch.ones(12)).transpose(1, 2),
+        12,
+    ),
+    "max_pool": (lambda h: F.max_pool1d(h.transpose(1, 2), 1).transpose(1, 2), 12),
 }
 
 

@@ -53,6 +53,9 @@ class Group:
     # group a buffer shares, such as rotary frequencies, is rebuilt from the config by the
     # emitters in its original order, so it keeps its order)
     movable: bool = False
+    # an axis of the model's output that may still be cut (the residual stream of a model
+    # without a head): it keeps its order, so an uncut child computes the same output
+    output: bool = False
 
 
 @dataclass
@@ -107,6 +110,7 @@ def analyse(graph: Graph) -> Analysis:
     def canonical(target):
         return graph.params.canonical(target) if target in graph.params else None
 
+    soft = _pin_outputs(dims, root)
     blocks = find_blocks(graph.graph, dims, root, canonical)
     layers = _layers(blocks)
     groups = _groups(graph, dims)
@@ -128,10 +132,27 @@ def analyse(graph: Graph) -> Analysis:
             g.role = "ffn"
     for g in groups.values():
         g.movable = g.pinned is None and all(kinds.get(n) == "parameter" for n, _ in g.members)
+        g.output = g.id in soft
     _fill_layers(layers, groups, sites, dims)
     analysis = Analysis(graph, dims, root, blocks, layers, groups)
     analysis.couplings = _couplings(analysis, kinds)
     return analysis
+
+
+def _pin_outputs(dims: Dims, root: int) -> set[int]:
+    """Pin the axes of the graph's outputs (their positions are the model's interface),
+    except the residual stream's (a model without a head returns its last hidden state,
+    which a narrower child narrows); returns the residual leaves left free."""
+    atoms = dims.atoms
+    residual = set(atoms.leaves(root))
+    soft = set()
+    for a in dims.outputs:
+        leaves = set(atoms.leaves(a))
+        if leaves <= residual:
+            soft |= leaves
+        else:
+            atoms.pin(a, "graph output")
+    return soft
 
 
 def _layers(blocks: list[Block]) -> list[LayerInfo]:

@@ -59,6 +59,7 @@ class Dims:
     inputs_of_weights: list[tuple[fx.Node, int]] = field(default_factory=list)
     # node -> its arguments by name, as its rule saw them (`registry.Args`)
     args: dict[fx.Node, Any] = field(default_factory=dict)
+    outputs: list[int] = field(default_factory=list)  # axes of the graph's outputs
 
 
 def source_line(node: fx.Node) -> str:

@@ -62,8 +62,8 @@ def discover_dims(graph: Graph) -> Dims:
         elif node.op == "get_attr":
             _parameter(ctx, node, shape)
         elif node.op == "output":
-            for arg in node.all_input_nodes:
-                ctx.pin_all(ctx.dims.out.get(arg), "graph output")
+            for arg in node.all_input_nodes:  # pinned by the analysis (`_pin_outputs`)
+                ctx.dims.outputs += _flat(ctx.dims.out.get(arg))
         elif node.op in ("call_function", "call_method"):
             if shape is None:
                 continue  # no tensor comes out (sizes, asserts): nothing to couple
@@ -79,6 +79,14 @@ def discover_dims(graph: Graph) -> Dims:
                 "trace through submodules (the fx frontend does) or use the export frontend"
             )
     return ctx.dims
+
+
+def _flat(atoms: Any) -> list[int]:
+    if atoms is None:
+        return []
+    if isinstance(atoms, int):
+        return [atoms]
+    return [a for x in atoms for a in _flat(x)]
 
 
 def _parameter(ctx: Context, node: fx.Node, shape: Any) -> None:

@@ -150,6 +150,70 @@ ELEMENTWISE = (
     "sub_",
     "masked_fill_",
     "truediv",  # the name torch.fx gives `/`
+    "expm1",
+    "log1p",
+    "log2",
+    "log10",
+    "exp2",
+    "floor",
+    "ceil",
+    "round",
+    "trunc",
+    "frac",
+    "tan",
+    "atan",
+    "atan2",
+    "asin",
+    "acos",
+    "sinh",
+    "cosh",
+    "asinh",
+    "acosh",
+    "atanh",
+    "erfc",
+    "erfinv",
+    "sgn",
+    "hardsigmoid",
+    "hardswish",
+    "relu6",
+    "selu",
+    "celu",
+    "softsign",
+    "log_sigmoid",
+    "logsigmoid",
+    "threshold",
+    "xlogy",
+    "fmod",
+    "lerp",
+    "addcmul",
+    "addcdiv",
+    "copysign",
+    "hypot",
+    "nan_to_num",
+    "logaddexp",
+    "bitwise_xor",
+    "logical_xor",
+    "__xor__",
+    "copy_",
+    "clamp_",
+    "pow_",
+    "exp_",
+    "neg_",
+    "relu_",
+    "silu_",
+    "gelu_",
+    "sigmoid_",
+    "tanh_",
+    "fill_",
+    "zero_",
+    "floor_divide",
+    "isfinite",
+    "positive",
+    "square_",
+    "multiply",
+    "divide",
+    "subtract",
+    "detach_",
 )
 
 
@@ -209,7 +273,7 @@ def constant(ctx: Context, a: Args) -> None:
     """A tensor made from data: its axes are fresh and free."""
 
 
-@_rule("arange", signature=_sig_any)
+@_rule("arange", "meshgrid", signature=_sig_any)
 def arange(ctx: Context, a: Args) -> None:
     """Positions 0, 1, ...: the output's axis is an index."""
     ctx.pin_all(a.out, "positions (arange)")
@@ -228,6 +292,10 @@ def arange(ctx: Context, a: Args) -> None:
     "argmin",
     "bucketize",
     "searchsorted",
+    "histc",
+    "bincount",
+    "unique",
+    "one_hot",
     signature=_sig_any,
 )
 def data_dependent(ctx: Context, a: Args) -> None:
@@ -751,6 +819,225 @@ def conv(ctx: Context, a: Args) -> None:
     else:
         ctx.pin_all([x[1], w[0], w[1]], f"grouped convolution {a.node.name}")
     ctx.pin_all([x[2:], w[2:], out[2:]], f"spatial axes of {a.node.name}")
+
+
+# -- ordering, stacking, repeating ------------------------------------------------------
+def _sig_sorted(input, dim=-1, *rest, **options): ...
+def _sig_topk(input, k, dim=-1, *rest, **options): ...
+def _sig_stack(tensors, dim=0): ...
+def _sig_repeat_interleave(input=None, repeats=None, dim=None, *rest, **options): ...
+def _sig_pad(input, pad, *rest, **options): ...
+def _sig_einsum(equation=None, *operands): ...
+
+
+def _along(ctx: Context, a: Args, dim: int, why: str) -> None:
+    """Outputs of `input`'s shape (or tuples of them) whose positions along `dim` depend
+    on the values: that axis is pinned, the others carry over."""
+    x = ctx.axes(a.input)
+    if x is None:
+        return
+    outs = a.out if a.out and not isinstance(a.out[0], int) else [a.out]
+    dim = _dim(dim, len(x))
+    ctx.A.pin(x[dim], why)
+    for o in outs:
+        if len(o) == len(x):
+            ctx.A.pin(o[dim], why)
+            _carry_other_axes(ctx, x, [o], dim)
+
+
+@_rule("sort", "argsort", "kthvalue", "median", "mode", "msort", signature=_sig_sorted)
+def sort(ctx: Context, a: Args) -> None:
+    """Values ordered (or picked) along `dim`: that axis is an order, the others carry."""
+    dim = a.dim if isinstance(a.dim, int) else -1
+    _along(ctx, a, dim, f"ordered by {a.node.name}")
+
+
+@_rule("topk", signature=_sig_topk)
+def topk(ctx: Context, a: Args) -> None:
+    """The `k` largest along `dim` (a router's choice of experts): that axis is an order."""
+    _along(ctx, a, a.dim, f"ordered by {a.node.name}")
+
+
+@_rule("stack", signature=_sig_stack, aliases={"axis": "dim"})
+def stack(ctx: Context, a: Args) -> None:
+    """Join along a new axis `dim`: it indexes the inputs (pinned); every other output axis
+    is each input's."""
+    out = a.out
+    dim = _dim(a.dim, len(out))
+    ctx.A.pin(out[dim], f"stacked by {a.node.name}")
+    tensors = a.tensors if isinstance(a.tensors, (list, tuple)) else []
+    for t in tensors:
+        x = ctx.axes(t)
+        if x is not None and len(x) == len(out) - 1:
+            for ax, o in zip(x, [o for i, o in enumerate(out) if i != dim], strict=True):
+                ctx.A.unify(ax, o)
+
+
+@_rule("repeat_interleave", signature=_sig_repeat_interleave)
+def repeat_interleave(ctx: Context, a: Args) -> None:
+    """Each position of `dim` repeated `repeats` times in a row: that output axis is the
+    input's (outer) times a broadcast copy axis (inner), as `unsqueeze(dim + 1).expand()
+    .flatten(dim, dim + 1)` would be; repeats given as a tensor, or no `dim`, pin."""
+    x, out = ctx.axes(a.input), a.out
+    if x is None or not isinstance(a.repeats, int) or not isinstance(a.dim, int):
+        ctx.pin_all([x, out], f"repeated by {a.node.name}")
+        return
+    dim = _dim(a.dim, len(x))
+    _carry_other_axes(ctx, x, [out], dim)
+    if a.repeats == 1:
+        ctx.A.unify(x[dim], out[dim])
+        return
+    copies = ctx.A.new(a.repeats)
+    ctx.A.unify_seq([out[dim]], [x[dim], copies])
+    ctx.dims.broadcasts.append((copies, a.node))
+
+
+@_rule("repeat", "tile", signature=_sig_shaped, aliases={"repeats": "size", "dims": "size"})
+def repeat(ctx: Context, a: Args) -> None:
+    """The input tiled `size[i]` times along axis i (leading entries add axes): each output
+    axis is a broadcast copy axis (outer) times the input's (inner)."""
+    x, out = ctx.axes(a.input), a.out
+    sizes = list(a.size)
+    if x is None or not all(isinstance(s, int) for s in sizes) or len(sizes) != len(out):
+        ctx.pin_all([x, out], f"repeated by {a.node.name}")
+        return
+    extra = len(out) - len(x)
+    for i, (r, o) in enumerate(zip(sizes, out, strict=True)):
+        if i < extra:
+            if r > 1:
+                ctx.dims.broadcasts.append((o, a.node))
+            continue
+        ax = x[i - extra]
+        if r == 1:
+            ctx.A.unify(ax, o)
+            continue
+        copies = ctx.A.new(r)
+        ctx.A.unify_seq([o], [copies, ax])
+        ctx.dims.broadcasts.append((copies, a.node))
+
+
+@_rule("pad", "constant_pad_nd", signature=_sig_pad)
+def pad(ctx: Context, a: Args) -> None:
+    """`pad` = (left, right) pairs from the last axis backwards: padded axes are pinned
+    (positions shift), the rest carry over."""
+    x, out = ctx.axes(a.input), a.out
+    amounts = list(a.pad) if isinstance(a.pad, (list, tuple)) else None
+    if x is None or amounts is None or not all(isinstance(p, int) for p in amounts):
+        ctx.pin_all([x, out], f"padded by {a.node.name}")
+        return
+    padded = {len(x) - 1 - i // 2 for i, p in enumerate(amounts) if p != 0}
+    for i, (ax, o) in enumerate(zip(x, out, strict=True)):
+        if i in padded:
+            ctx.pin_all([ax, o], f"padded by {a.node.name}")
+        else:
+            ctx.A.unify(ax, o)
+
+
+def _channel_parameters(ctx: Context, a: Args) -> list[int]:
+    """Unify the output with the input axis by axis, and every other 1-d tensor operand
+    (weight, bias, running statistics, in whichever order the spelling passes them) with
+    the channels (axis 1); returns the input's axes."""
+    x = ctx.axes(a.node.all_input_nodes[0])
+    out = a.out if a.out and isinstance(a.out[0], int) else a.out[0]
+    for ax, o in zip(x, out, strict=True):
+        ctx.A.unify(ax, o)
+    for t in a.node.all_input_nodes[1:]:
+        p = ctx.axes(t)
+        if p is not None and len(p) == 1 and len(x) > 1 and ctx.size(p[0]) == ctx.size(x[1]):
+            ctx.A.unify(p[0], x[1])
+    return x
+
+
+@_rule(
+    "batch_norm",
+    "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit",
+    "native_batch_norm",
+    signature=_sig_any,
+)
+def batch_norm(ctx: Context, a: Args) -> None:
+    """Normalise each channel (axis 1): every axis carries over; weight, bias and running
+    statistics lie along the channels."""
+    _channel_parameters(ctx, a)
+
+
+@_rule("group_norm", "native_group_norm", signature=_sig_any)
+def group_norm(ctx: Context, a: Args) -> None:
+    """Normalise groups of channels (axis 1): the channels are cut into groups, so they
+    keep their places (pinned); weight and bias lie along them."""
+    x = _channel_parameters(ctx, a)
+    ctx.A.pin(x[1], f"channel groups of {a.node.name}")
+
+
+_POOLS = (
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool2d",
+    "_adaptive_avg_pool2d",
+    "max_pool2d_with_indices",
+    "upsample_nearest2d",
+    "upsample_bilinear2d",
+    "interpolate",
+    "pixel_shuffle",
+)
+
+
+@_rule(*_POOLS, signature=_sig_unary)
+def pool(ctx: Context, a: Args) -> None:
+    """(N, C, *space) -> (N, C, *space'): batch and channels carry, space is pinned."""
+    x = ctx.axes(a.input)
+    outs = a.out if a.out and not isinstance(a.out[0], int) else [a.out]
+    for o in outs:
+        for i, (ax, b) in enumerate(zip(x, o, strict=False)):
+            if i < 2 and ctx.size(ax) == ctx.size(b):
+                ctx.A.unify(ax, b)
+            else:
+                ctx.pin_all([ax, b], f"spatial axes of {a.node.name}")
+
+
+@_rule("einsum", signature=_sig_einsum, aliases={"tensors": "operands"}, mixes_stream=True)
+def einsum(ctx: Context, a: Args) -> None:
+    """A labelled product: axes with one label are one atom (a size-1 one broadcasts);
+    labels missing from the output are summed over (the fan-in of a weight operand)."""
+    if not isinstance(a.equation, str):  # the sublist form: einsum(a, [0, 1], b, [1, 2])
+        ctx.pin_all([*(ctx.axes(t) for t in a.node.all_input_nodes), a.out], "einsum sublists")
+        return
+    equation = a.equation.replace(" ", "")
+    operands = list(a.operands)
+    lhs, _, rhs = equation.partition("->")
+    specs = lhs.split(",")
+    axes = [ctx.axes(op) for op in operands]
+    if "." in equation or len(specs) != len(axes) or any(x is None for x in axes):
+        ctx.pin_all([*axes, a.out], f"einsum {equation!r} (ellipsis)")
+        return
+    if not rhs and "->" not in equation:
+        rhs = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+    label: dict[str, int] = {}
+    for spec, x in zip(specs, axes, strict=True):
+        for c, ax in zip(spec, x, strict=True):
+            if c not in label or ctx.size(label[c]) == 1:
+                label[c] = ax if c not in label or ctx.size(ax) != 1 else label[c]
+            if ctx.size(ax) == ctx.size(label[c]):
+                ctx.A.unify(label[c], ax)
+    for c, o in zip(rhs, a.out, strict=True):
+        if ctx.size(o) == ctx.size(label[c]):
+            ctx.A.unify(o, label[c])
+    summed = [c for c in label if c not in rhs]
+    if len(operands) == 2 and summed:
+        c = summed[0]
+        (s0, s1), (x0, x1) = specs, operands
+        if c in s0 and c in s1:
+            ctx.fan_in(x1, s1.index(c), x0, s0.index(c))
+            ctx.fan_in(x0, s0.index(c), x1, s1.index(c))
+            batch = [label[b] for b in rhs if b in s0 and b in s1]
+            _record_contraction(ctx, a, batch, label[c], x0, x1)
 
 
 assert operator.matmul.__name__ == "matmul"  # torch.fx records `@` as operator.matmul

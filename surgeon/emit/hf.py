@@ -8,6 +8,7 @@ compute what the child graph computes).
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -47,6 +48,8 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
     old_hidden = state.analysis.hidden_size
     for key, value in sizes.items():
         for field in CONFIG_FIELDS[key]:
+            if _derived(config, field):
+                continue  # a read-only property (Falcon's head_dim) follows the others
             if getattr(config, field, None) is not None or (
                 key == "intermediate_size" and hasattr(config, field)
             ):
@@ -57,6 +60,11 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
             setattr(config, field, sizes["hidden_size"])
     _set_depth(config, state)
     return config
+
+
+def _derived(config: Any, field: str) -> bool:
+    attr = getattr(type(config), field, None)
+    return isinstance(attr, property) and attr.fset is None
 
 
 # Config fields that hold one entry per layer (found in transformers' configuration
@@ -100,24 +108,88 @@ def _set_depth(config: Any, state: SurgeryState) -> None:
         value = getattr(config, field, None)
         if isinstance(value, (list, tuple)) and len(value) == n:
             setattr(config, field, type(value)(value[i] for i in order))
+    _set_stages(config, order)
+
+
+def _set_stages(config: Any, order: list[int]) -> None:
+    """A backbone config (`stage_names`, `out_indices`, `out_features`: stage i is the
+    output of layer i, stage 0 the embeddings) gets the child's stages: each output stage
+    becomes the last kept layer at or before it."""
+    names = getattr(config, "stage_names", None)
+    indices = getattr(config, "out_indices", None)
+    if not isinstance(names, (list, tuple)) or not isinstance(indices, (list, tuple)):
+        return
+    stages = ["stem"] + [f"stage{i}" for i in range(1, len(order) + 1)]
+    n = len(names)
+    kept = sorted({sum(1 for j in order if j < (i % n)) for i in indices})
+    config.stage_names = stages
+    if hasattr(config, "_out_indices") or hasattr(config, "_out_features"):
+        config._out_indices, config._out_features = kept, [stages[i] for i in kept]
+    else:
+        config.out_indices, config.out_features = kept, [stages[i] for i in kept]
 
 
 def check_config(parent: nn.Module, state: SurgeryState, expected: dict[str, tuple]) -> Any:
     """Build the parent's class from the child config on the meta device and compare every
     tensor's shape with the child's; `PlanError` (before any weight is cut) if the config
-    cannot express the child. Returns the config."""
+    cannot express the child. Sizes under names `CONFIG_FIELDS` does not know (BART's
+    `decoder_ffn_dim`, ...) are found by `_fit_fields`. Returns the config."""
     config = child_config(parent, state)
+    wrong = _mismatches(parent, config, expected)
+    if wrong:
+        config, wrong = _fit_fields(parent, config, expected, wrong)
+    if wrong:
+        name, (got, want) = next(iter(wrong.items()))
+        raise PlanError(
+            f"{type(parent).__name__} cannot hold this child: its config gives {name} the "
+            f"shape {got}, the child needs {want}; choose sizes where "
+            "hidden_size, num_heads and head_dim agree"
+        )
+    return config
+
+
+def _mismatches(parent: nn.Module, config: Any, expected: dict[str, tuple]) -> dict:
+    """Tensor name -> (shape the config gives, shape the child needs), where they differ."""
     with torch.device("meta"):
         probe = type(parent)(config)
+    out = {}
     for name, tensor in probe.state_dict().items():
         want = expected.get(name)
         if want is not None and tuple(tensor.shape) != want:
-            raise PlanError(
-                f"{type(parent).__name__} cannot hold this child: its config gives {name} the "
-                f"shape {tuple(tensor.shape)}, the child needs {want}; choose sizes where "
-                "hidden_size, num_heads and head_dim agree"
-            )
-    return config
+            out[name] = (tuple(tensor.shape), want)
+    return out
+
+
+def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, tries: int = 24):
+    """Integer fields of the config whose value is a size the config gives wrongly are
+    tried, one at a time, at the size the child needs; a change is kept when it leaves
+    fewer mismatched tensors and no new one. Returns (config, what is still wrong)."""
+    fields = [k for k, v in config.to_dict().items() if type(v) is int and not k.endswith("_id")]
+    for _ in range(tries):
+        got, want = next(iter(wrong.values()))
+        moves = {(g, w) for g, w in zip(got, want, strict=False) if g != w}
+        better = None
+        for field in fields:
+            for g, w in moves:
+                if getattr(config, field, None) != g:
+                    continue
+                trial = copy.deepcopy(config)
+                setattr(trial, field, w)
+                try:
+                    left = _mismatches(parent, trial, expected)
+                except Exception:  # noqa: BLE001 - the class refuses this value
+                    continue
+                if len(left) < len(wrong) and set(left) <= set(wrong):
+                    better = (trial, left)
+                    break
+            if better:
+                break
+        if better is None:
+            return config, wrong
+        config, wrong = better
+        if not wrong:
+            break
+    return config, wrong
 
 
 def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: SurgeryState):
@@ -133,15 +205,32 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
         )
     }
     by_canonical = {table.canonical(n): t for n, t in own.items() if n in table}
-    state_dict = {}
-    for name in model.state_dict():
+    parent_tensors = parent.state_dict()
+    state_dict, fresh = {}, []
+    for name, init in model.state_dict().items():
         source_name = state.parent_name(name)  # child layer j: the graph's layer it came from
         source = own.get(source_name)
         if source is None and source_name in table:
             source = by_canonical.get(table.canonical(source_name))
+        used = source_name in table and table.canonical(source_name) in state.analysis.dims.tensors
+        if source is None and not used:
+            # not read by the traced forward (a mask token, a contact head): the parent's
+            # when the child's class gives it the same shape, else the class's own init
+            source = parent_tensors.get(source_name)
+            if source is None or source.shape != init.shape:
+                source = (
+                    init if init.device.type != "meta" else torch.zeros_like(init, device="cpu")
+                )
+                fresh.append(name)
         if source is None:
             raise InvariantError(f"the child has no tensor for {name}")
         state_dict[name] = source.detach().clone()
+    if fresh:
+        warnings.warn(
+            f"{len(fresh)} tensor(s) that the traced forward never reads keep "
+            f"{type(model).__name__}'s own initialisation in the child: {', '.join(fresh[:4])}",
+            stacklevel=2,
+        )
     model.load_state_dict(state_dict, strict=True, assign=True)  # the child's dtypes too
     model.tie_weights()
     model.eval()
@@ -197,7 +286,7 @@ def _check_same(model: nn.Module, child: fx.GraphModule, state: SurgeryState) ->
     ids = inputs.kwargs.get("input_ids")
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
         return
-    causal = _is_causal_lm(model)
+    causal = _is_causal_lm(model) and _causal_in_fact(model, inputs.kwargs)
     seq = ids.shape[1]
     logits = want[0]
     mask = inputs.kwargs.get("attention_mask")
@@ -234,6 +323,17 @@ def _is_causal_lm(model: nn.Module) -> bool:
         name == n or (not isinstance(n, str) and name in n)
         for n in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
     )
+
+
+def _causal_in_fact(model: nn.Module, kwargs: dict) -> bool:
+    """Whether another last token leaves every earlier output as it was: a causal-LM class
+    may still attend both ways (BERT's LM head with `is_decoder` off)."""
+    ids = kwargs["input_ids"]
+    other = ids.clone()
+    other[:, -1] = torch.where(ids[:, -1] > 0, ids[:, -1] - 1, ids[:, -1] + 1)
+    a = output_tensors(model(**kwargs))[0][:, :-1]
+    b = output_tensors(model(**{**kwargs, "input_ids": other}))[0][:, :-1]
+    return torch.allclose(a, b, atol=1e-5 * max(a.abs().max().item(), 1.0), rtol=1e-4)
 
 
 def _compare(model: nn.Module, want, got, what: str, other_kernels: bool = True) -> None:

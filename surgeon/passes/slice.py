@@ -46,7 +46,13 @@ class Slice:
         atoms = state.analysis.atoms
         for group, k in state.keep.items():
             order = state.select.get(group, torch.arange(atoms.size[group]))
-            if self.evenly:
+            if state.analysis.groups[group].output:  # the most important, in their order
+                scores = state.scores.get(group)
+                best = (
+                    order if scores is None else torch.argsort(scores, descending=True, stable=True)
+                )
+                state.select[group] = best[:k].sort().values
+            elif self.evenly:
                 n = len(order)
                 picks = [round(i * (n - 1) / (k - 1)) for i in range(k)] if k > 1 else [0]
                 state.select[group] = order[torch.tensor(picks)]

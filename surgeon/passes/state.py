@@ -65,8 +65,9 @@ class SurgeryState:
         sizes = {"hidden_size": self.new_size(a.residual)}
         per_layer: dict[str, set[int]] = {}
         for layer in a.layers:
-            ffn = sum(self.new_size(g) for g in layer.ffn)
-            per_layer.setdefault("intermediate_size", set()).add(ffn)
+            if layer.ffn:  # a layer without a found FFN says nothing about its width
+                ffn = sum(self.new_size(g) for g in layer.ffn)
+                per_layer.setdefault("intermediate_size", set()).add(ffn)
             if layer.heads:
                 heads = math.prod(self.new_size(g) for g in layer.heads)
                 kv = math.prod(self.new_size(g) for g in layer.kv)

@@ -1,0 +1,143 @@
+"""The support matrix: docs/support.md from the sweep's JSON lines (benchmarks/sweep.py)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+CHECKS = ("trace", "inspect", "permute", "shrink", "hf", "onnx")
+CATEGORIES = (
+    "decoder",
+    "encoder",
+    "vision",
+    "encoder-decoder",
+    "moe",
+    "ssm/hybrid",
+    "multimodal",
+    "other",
+)
+MARK = {"ok": "ok", "refused": "refused", "wrong": "**WRONG**", "crash": "**CRASH**"}
+
+
+def _result(r: dict, check: str) -> str:
+    if r.get("died"):
+        return "died"
+    return r["checks"].get(check, {}).get("result", "-")
+
+
+def _first_failure(r: dict) -> tuple[str, str, str] | None:
+    if r.get("died"):
+        return ("-", "died", r["died"])
+    for name in CHECKS:
+        c = r["checks"].get(name, {})
+        if c.get("result") not in (None, "ok", "skipped"):
+            return name, c["result"], c.get("why", "")
+    return None
+
+
+def counts(records: list[dict]) -> dict[str, dict[str, int]]:
+    """Per category: types, buildable, passed every check, shrink ok, refused, crash, wrong."""
+    out = {}
+    for cat in CATEGORIES:
+        rs = [r for r in records if r.get("buildable") and r.get("category") == cat]
+        fails = Counter((_first_failure(r) or ("", "pass", ""))[1] for r in rs)
+        out[cat] = {
+            "buildable": len(rs),
+            "passed": sum(bool(r.get("passed")) for r in rs),
+            "shrink_ok": sum(_result(r, "shrink") == "ok" for r in rs),
+            "refused": fails["refused"],
+            "crash": fails["crash"] + fails["died"],
+            "wrong": fails["wrong"],
+        }
+    return out
+
+
+def summary(records: list[dict]) -> str:
+    built = [r for r in records if r.get("buildable")]
+    lines = [f"{len(records)} model types, {len(built)} buildable"]
+    for cat, c in counts(records).items():
+        if c["buildable"]:
+            pct = 100 * c["passed"] / c["buildable"]
+            lines.append(
+                f"  {cat:<16} pass {c['passed']}/{c['buildable']} ({pct:.0f}%)  "
+                f"shrink ok {c['shrink_ok']}/{c['buildable']} buildable  "
+                f"refused {c['refused']}  crash {c['crash']}  wrong {c['wrong']}"
+            )
+    return "\n".join(lines)
+
+
+def write_support(records: list[dict], path: Path) -> None:
+    import transformers
+
+    built = [r for r in records if r.get("buildable")]
+    passed = sum(bool(r.get("passed")) for r in built)
+    seconds = sum(r.get("seconds", 0) for r in records)
+    lines = [
+        "# Support matrix",
+        "",
+        "Written by `python benchmarks/sweep.py --docs` from `benchmarks/results/sweep.jsonl`",
+        f"(transformers {transformers.__version__}). Every model type of transformers' auto",
+        "mappings is built tiny and random from its config class alone and put through six",
+        "checks (see `benchmarks/sweep.py`): **trace**; **inspect** (layers and hidden size",
+        "equal the config's); **permute** (an importance-only plan computes the parent's",
+        "output, atol 1e-4); **shrink** (half the layers, hidden size, FFN and heads: the child",
+        "runs, trains a step, the parent is unchanged); **hf** (save_pretrained +",
+        "from_pretrained of the child computes the same); **onnx** (the shrunk child against",
+        "onnxruntime). `refused` is a clear one-line error (quoted below); **WRONG** and",
+        "**CRASH** are bugs. A check after a failed one is not run (`-`).",
+        "",
+        f"{len(records)} model types; {len(built)} buildable; **{passed} of {len(built)} "
+        f"({100 * passed / max(1, len(built)):.0f}%) pass every check**. Sum of per-type "
+        f"times {seconds / 60:.0f} min (one process per type).",
+        "",
+        "## By category",
+        "",
+        "| category | buildable | pass every check | shrink ok | refused | crash | wrong |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cat, c in counts(records).items():
+        pct = f"{100 * c['passed'] / c['buildable']:.0f}%" if c["buildable"] else "-"
+        lines.append(
+            f"| {cat} | {c['buildable']} | {c['passed']} ({pct}) | {c['shrink_ok']} | "
+            f"{c['refused']} | {c['crash']} | {c['wrong']} |"
+        )
+    lines += [
+        "",
+        "Categories: `multimodal` (a text and a vision or audio sub-config), `ssm/hybrid`",
+        "(state-space fields or mamba layers), `moe` (more than one expert),",
+        "`encoder-decoder`, then by head: `decoder` (causal LM), `vision` (image classes,",
+        "backbones), `encoder`; `other` has no attention heads in its config (convolutional,",
+        "recurrent and signal models) or no input the sweep builds.",
+        "",
+        "## By model type",
+        "",
+        "| type | category | class | " + " | ".join(CHECKS) + " | first problem |",
+        "|---|---|---|" + "---|" * len(CHECKS) + "---|",
+    ]
+    for r in sorted(
+        records, key=lambda r: (CATEGORIES.index(r.get("category") or "other"), r["type"])
+    ):
+        if not r.get("buildable"):
+            continue
+        fail = _first_failure(r)
+        why = f"{fail[0]}: {fail[2]}" if fail else ""
+        marks = " | ".join(MARK.get(_result(r, c), _result(r, c)) for c in CHECKS)
+        lines.append(
+            f"| {r['type']} | {r['category']} | {r.get('cls', '')} | {marks} | {_cell(why)} |"
+        )
+    lines += [
+        "",
+        "## Not buildable",
+        "",
+        "Transformers itself could not build or run these from a tiny config:",
+        "",
+    ]
+    lines += ["| type | reason |", "|---|---|"]
+    for r in sorted(records, key=lambda r: r["type"]):
+        if not r.get("buildable"):
+            lines.append(f"| {r['type']} | {_cell(r['why'])} |")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:200]

@@ -1,0 +1,551 @@
+"""Every model type of the installed transformers, tried as a new user would.
+
+For each model type of transformers' auto mappings, a tiny random model is built from its
+config class alone (vocab 128, hidden 64, 4 layers, 4 heads / 2 KV heads, FFN 128, 32 px
+images), and put through six checks, in order:
+
+    trace     surgeon.prepare(model, inputs)
+    inspect   the analysis finds the config's number of layers and hidden size
+    permute   importance-only plan: the child computes the parent's output (atol 1e-4)
+    shrink    half the layers, hidden size, FFN and heads: the child runs, trains one
+              step, and the parent is unchanged
+    hf        the child's save_pretrained + from_pretrained computes the same output
+    onnx      the shrunk child exported and checked against onnxruntime
+
+Each check is `ok`, `refused` (a SurgeonError: one line naming the problem), `wrong` (a
+numerical or structural mismatch, or surgeon's own InvariantError), `crash` (any other
+exception) or `skipped` (an earlier check did not pass). A type whose tiny model cannot be
+built or run by transformers itself is "not buildable", with the reason, and counts in no
+check. Each type runs in its own process (forked from a driver that has imported the
+libraries only), under a timeout; one JSON line per type.
+
+    python benchmarks/sweep.py                       # all types -> benchmarks/results/sweep.jsonl
+    python benchmarks/sweep.py --only gpt_neo,bloom  # some types, results printed
+    python benchmarks/sweep.py --resume              # skip types already in the file
+    python benchmarks/sweep.py --docs                # docs/support.md from the file
+
+The check of one type is also importable: `check_type("llama")` returns its record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect as pyinspect
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "sweep.jsonl"
+SUPPORT = ROOT / "docs" / "support.md"
+CHECKS = ("trace", "inspect", "permute", "shrink", "hf", "onnx")
+CATEGORIES = (
+    "decoder",
+    "encoder",
+    "vision",
+    "encoder-decoder",
+    "moe",
+    "ssm/hybrid",
+    "multimodal",
+    "other",
+)
+BATCH, SEQ, VOCAB, IMAGE = 2, 8, 128, 32
+MEMORY_GB = 8  # address space of one type's process
+
+# The tiny sizes, under every name configs use for them (aliases in a config's
+# attribute_map resolve to its own field names). Only names the config has are set.
+TINY = {
+    "vocab_size": VOCAB,
+    "hidden_size": 64,
+    "d_model": 64,
+    "n_embd": 64,
+    "embed_dim": 64,
+    "num_hidden_layers": 4,
+    "num_layers": 4,
+    "n_layer": 4,
+    "encoder_layers": 4,
+    "decoder_layers": 4,
+    "num_decoder_layers": 4,
+    "num_attention_heads": 4,
+    "num_heads": 4,
+    "n_head": 4,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_kv_heads": 2,
+    "head_dim": 16,
+    "rotary_dim": 8,
+    "d_kv": 16,
+    "intermediate_size": 128,
+    "ffn_dim": 128,
+    "d_ff": 128,
+    "n_inner": 128,
+    "encoder_ffn_dim": 128,
+    "decoder_ffn_dim": 128,
+    "moe_intermediate_size": 64,
+    "shared_expert_intermediate_size": 64,
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "max_position_embeddings": 128,
+    "n_positions": 128,
+    "max_source_positions": 128,
+    "max_target_positions": 128,
+    "image_size": IMAGE,
+    "patch_size": 8,
+    "num_channels": 3,
+    "num_labels": 4,
+    "use_cache": False,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 1,
+}
+
+# Per-type fix-ups: only what a tiny config needs to be valid, each with its reason.
+FIXUPS: dict[str, tuple[dict, str]] = {
+    "gpt_neo": ({"attention_types": [[["global", "local"], 2]]}, "one entry per layer (4)"),
+}
+
+_MAPPINGS = (  # the head class tried first wins (BERT's own head is its masked LM)
+    "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    "MODEL_FOR_BACKBONE_MAPPING_NAMES",
+    "MODEL_MAPPING_NAMES",
+)
+
+
+class Wrong(Exception):
+    """The child or the analysis disagrees with what the parent is."""
+
+
+class NoLayers(Exception):
+    """surgeon reports no residual layers: it says it cannot cut depth (not a silent error)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Which types, which class, which category
+# ---------------------------------------------------------------------------------------
+def mappings() -> dict[str, dict[str, str]]:
+    from transformers.models.auto import modeling_auto
+
+    return {m: dict(getattr(modeling_auto, m)) for m in _MAPPINGS}
+
+
+def model_types() -> list[str]:
+    """Every model type with a class in one of the mappings, sorted."""
+    return sorted({t for names in mappings().values() for t in names})
+
+
+def head_class(model_type: str):
+    import transformers
+
+    for m, names in mappings().items():
+        name = names.get(model_type)
+        if isinstance(name, (tuple, list)):
+            name = name[0]
+        if name and hasattr(transformers, name):
+            return getattr(transformers, name), m
+    raise LookupError(f"no class for {model_type} in the installed transformers")
+
+
+def _get(config, *names):
+    for n in names:
+        v = getattr(config, n, None)
+        if v is not None:
+            return v
+    return None
+
+
+def category(model_type: str, config, mapping: str) -> str:
+    maps = mappings()
+    keys = set(getattr(config, "sub_configs", {}) or {})
+    if keys & {"vision_config", "audio_config", "speech_config"} and "text_config" in keys:
+        return "multimodal"
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    blocks = " ".join(map(str, _get(text, "layer_types", "layers_block_type") or []))
+    ssm_fields = ("ssm_state_size", "state_size", "mamba_d_state", "d_state", "mamba_expand")
+    if any(hasattr(text, f) for f in ssm_fields) or "mamba" in blocks or "ssm" in blocks:
+        return "ssm/hybrid"
+    experts = _get(text, "num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+    if isinstance(experts, int) and experts > 1:
+        return "moe"
+    if getattr(config, "is_encoder_decoder", False) or model_type in maps[_MAPPINGS[3]]:
+        return "encoder-decoder"
+    heads = _get(text, "num_attention_heads", "num_heads", "n_head", "encoder_attention_heads")
+    if heads is None:
+        return "other"  # no attention: convolutional, recurrent, ...
+    if mapping == _MAPPINGS[1]:
+        return "decoder"
+    if mapping in _MAPPINGS[2:5:2] or getattr(config, "image_size", None) is not None:
+        return "vision"
+    if mapping == _MAPPINGS[0] or getattr(config, "vocab_size", None):
+        return "encoder"
+    return "other"
+
+
+# ---------------------------------------------------------------------------------------
+# The tiny model
+# ---------------------------------------------------------------------------------------
+def _config_kwargs(config_cls, extra: dict) -> dict:
+    """TINY restricted to the names the config class knows, under its own names."""
+    default = config_cls()
+    alias = dict(getattr(config_cls, "attribute_map", {}) or {})
+    params = set(pyinspect.signature(config_cls.__init__).parameters)
+    out = {}
+    for key, value in TINY.items():
+        real = alias.get(key, key)
+        if isinstance(getattr(config_cls, real, None), property):
+            continue  # derived from the others (Falcon's head_dim)
+        if real in params or hasattr(default, real):
+            out[real] = value
+    for key, sub_cls in (getattr(config_cls, "sub_configs", {}) or {}).items():
+        if isinstance(sub_cls, type) and key.endswith("_config"):
+            try:
+                out[key] = _config_kwargs(sub_cls, {})
+            except Exception:  # noqa: BLE001 - the sub-config keeps its defaults
+                pass
+    out.update(extra)
+    return out
+
+
+def tiny_config(model_type: str):
+    from transformers import AutoConfig
+
+    config_cls = type(AutoConfig.for_model(model_type))
+    extra, _ = FIXUPS.get(model_type, ({}, ""))
+    return config_cls(**_config_kwargs(config_cls, extra))
+
+
+def tiny_inputs(model, config) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    name = getattr(model, "main_input_name", "input_ids")
+    fwd = set(pyinspect.signature(model.forward).parameters)
+    if name == "input_ids":
+        vocab = getattr(config.get_text_config(), "vocab_size", None) or VOCAB
+        ids = torch.randint(3, min(vocab, VOCAB), (BATCH, SEQ), generator=g)
+        inputs = {"input_ids": ids}
+        if "attention_mask" in fwd:
+            inputs["attention_mask"] = torch.ones_like(ids)
+        if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in fwd:
+            inputs["decoder_input_ids"] = ids.clone()
+        return inputs
+    if name == "pixel_values":
+        size = getattr(config, "image_size", None) or IMAGE
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        channels = getattr(config, "num_channels", 3)
+        return {"pixel_values": torch.randn(BATCH, channels, size, size, generator=g)}
+    raise LookupError(f"the sweep builds no {name!r} input")
+
+
+def build(model_type: str):
+    """(model in eval mode, inputs, category, class name); raises when transformers
+    cannot build or run the tiny model."""
+    import torch
+
+    cls, mapping = head_class(model_type)
+    config = tiny_config(model_type)
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    inputs = tiny_inputs(model, config)
+    with torch.no_grad():
+        model(**inputs)
+    return model, inputs, category(model_type, config, mapping), cls.__name__
+
+
+# ---------------------------------------------------------------------------------------
+# The checks
+# ---------------------------------------------------------------------------------------
+def _out(model, inputs):
+    import torch
+
+    from surgeon.frontends import output_tensors
+
+    with torch.no_grad():
+        return output_tensors(model(**inputs))[0]
+
+
+def _close(a, b, what: str, atol: float = 1e-4) -> float:
+    if a.shape != b.shape:
+        raise Wrong(f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}")
+    diff = (a.float() - b.float()).abs().max().item()
+    if not diff <= atol:
+        raise Wrong(f"{what}: max difference {diff:.2e} > {atol}")
+    return diff
+
+
+def _layers_and_hidden(config):
+    """What the analysis should find: the layers of every stack, and the hidden size."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = _get(text, "encoder_layers", "num_hidden_layers", "num_layers", "n_layer")
+    if getattr(config, "is_encoder_decoder", False):
+        layers += _get(text, "decoder_layers", "num_decoder_layers") or 0
+    return layers, _get(text, "hidden_size", "d_model", "n_embd", "embed_dim")
+
+
+def shrink_plan(report: dict) -> dict:
+    """Half of everything the analysis found: layers, hidden, FFN, heads, KV groups."""
+    layer = report["layers"][0]
+    target = {
+        "num_layers": max(1, len(report["layers"]) // 2),
+        "hidden_size": report["hidden_size"] // 2,
+    }
+    if layer.get("intermediate_size"):
+        target["intermediate_size"] = layer["intermediate_size"] // 2
+    heads, kv = layer.get("num_heads"), layer.get("num_kv_heads")
+    if heads:
+        kv = kv or heads
+        target["num_kv_heads"] = max(1, kv // 2)
+        group = heads // kv
+        target["num_heads"] = target["num_kv_heads"] * group
+    return {"target": target}
+
+
+def _train_step(model, inputs) -> None:
+    import torch
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.SGD(params, lr=1e-2)
+    from surgeon.frontends import output_tensors
+
+    loss = output_tensors(model(**inputs))[0].float().pow(2).mean()
+    if not torch.isfinite(loss):
+        raise Wrong(f"training loss is {loss.item()}")
+    loss.backward()
+    opt.step()
+    model.eval()
+    if all(torch.equal(a, p) for a, p in zip(before, params, strict=True)):
+        raise Wrong("one training step changed no parameter")
+
+
+def run_checks(model, inputs, record: dict) -> None:
+    """Fill record["checks"]; a check runs only when every earlier one passed."""
+    import torch
+
+    import surgeon
+    from surgeon.emit.onnx import emit_onnx
+    from surgeon.errors import InvariantError, SurgeonError, first_line
+    from tests.helpers import fingerprint
+
+    checks = record["checks"] = {}
+    state: dict = {}
+
+    def trace():
+        state["parent"] = surgeon.prepare(model, inputs)
+        state["want"] = _out(model, inputs)
+        state["print"] = fingerprint(model)
+
+    def inspect():
+        report = state["report"] = surgeon.inspect(state["parent"]).to_dict()
+        layers, hidden = _layers_and_hidden(model.config)
+        found = (len(report["layers"]), report["hidden_size"])
+        if not found[0]:
+            raise NoLayers(f"surgeon inspect finds no residual layers (config: {layers})")
+        if found != (layers, hidden):
+            raise Wrong(f"found {found[0]} layers of width {found[1]}; config: {layers}, {hidden}")
+        return f"{layers} layers, hidden {hidden}"
+
+    def permute():
+        child = surgeon.apply(state["parent"], {"importance": "weight"})
+        return f"max diff {_close(_out(child, inputs), state['want'], 'output'):.1e}"
+
+    def shrink():
+        plan = shrink_plan(state["report"])
+        child = state["child"] = surgeon.apply(state["parent"], plan)
+        got = _out(child, inputs)
+        if got.shape[:-1] != state["want"].shape[:-1] or not torch.isfinite(got).all():
+            raise Wrong(f"child output {tuple(got.shape)} or not finite")
+        _train_step(child, inputs)
+        if fingerprint(model) != state["print"]:
+            raise Wrong("the parent changed")
+        return json.dumps(plan["target"])
+
+    def hf():
+        child = state["child"]
+        if not hasattr(child, "save_pretrained"):
+            raise Wrong(f"the child is a {type(child).__name__}, not a Hugging Face model")
+        with tempfile.TemporaryDirectory() as tmp:
+            child.save_pretrained(tmp)
+            again = type(child).from_pretrained(tmp).eval()
+        return f"max diff {_close(_out(again, inputs), _out(child, inputs), 'reloaded', 1e-5):.1e}"
+
+    def onnx():
+        with tempfile.TemporaryDirectory() as tmp:
+            return f"relative diff {emit_onnx(state['child'], inputs, tmp):.1e}"
+
+    failed = None
+    for name, fn in zip(CHECKS, (trace, inspect, permute, shrink, hf, onnx), strict=True):
+        if failed:
+            checks[name] = {"result": "skipped", "why": f"{failed} did not pass"}
+            continue
+        start = time.perf_counter()
+        try:
+            detail = fn()
+            entry = {"result": "ok", **({"detail": detail} if detail else {})}
+        except (Wrong, InvariantError) as e:
+            entry = {"result": "wrong", "why": first_line(e)}
+        except (SurgeonError, NoLayers) as e:
+            entry = {"result": "refused", "why": first_line(e)}
+        except Exception as e:  # noqa: BLE001 - a crash is a result here
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            where = f"{Path(frame.filename).name}:{frame.lineno}"
+            entry = {"result": "crash", "why": f"{type(e).__name__} at {where}: {first_line(e)}"}
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        checks[name] = entry
+        if entry["result"] != "ok":
+            failed = name
+
+
+def check_type(model_type: str) -> dict:
+    """Build `model_type` tiny and run every check; the JSON record."""
+    from surgeon.errors import first_line
+
+    start = time.perf_counter()
+    record = {"type": model_type}
+    try:
+        model, inputs, cat, cls = build(model_type)
+    except Exception as e:  # noqa: BLE001 - transformers itself cannot build or run it
+        record.update(buildable=False, why=f"{type(e).__name__}: {first_line(e)}")
+        record["seconds"] = round(time.perf_counter() - start, 2)
+        return record
+    nparams = sum(p.numel() for p in model.parameters())
+    record.update(category=cat, cls=cls, buildable=True, parameters=nparams)
+    run_checks(model, inputs, record)
+    record["passed"] = all(c["result"] == "ok" for c in record["checks"].values())
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    return record
+
+
+# ---------------------------------------------------------------------------------------
+# The driver: one forked process per type
+# ---------------------------------------------------------------------------------------
+def _child_main(model_type: str, path: str) -> None:
+    import resource
+    import warnings
+
+    limit = MEMORY_GB * 2**30  # a default-sized sub-model fails to build, not the machine
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1), os.dup2(devnull, 2)  # the exporter and transformers are chatty
+    record = check_type(model_type)
+    Path(path).write_text(json.dumps(record))
+
+
+def _category_only(model_type: str) -> str | None:
+    try:
+        _, mapping = head_class(model_type)
+        return category(model_type, tiny_config(model_type), mapping)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def sweep(types: list[str], jobs: int, timeout: float, out) -> list[dict]:
+    ctx = mp.get_context("fork")
+    pending, running, records = list(types), {}, []
+    tmp = Path(tempfile.mkdtemp(prefix="sweep-"))
+    while pending or running:
+        while pending and len(running) < jobs:
+            t = pending.pop(0)
+            path = tmp / f"{t}.json"
+            p = ctx.Process(target=_child_main, args=(t, str(path)))
+            p.start()
+            running[t] = (p, time.monotonic(), path)
+        time.sleep(0.2)
+        for t, (p, started, path) in list(running.items()):
+            late = time.monotonic() - started > timeout
+            if p.is_alive() and not late:
+                continue
+            if p.is_alive():
+                p.kill()
+            p.join()
+            del running[t]
+            if path.exists():
+                record = json.loads(path.read_text())
+            else:
+                why = f"timed out after {timeout:.0f} s" if late else f"exit code {p.exitcode}"
+                record = {"type": t, "buildable": True, "category": _category_only(t)}
+                record.update(checks={}, passed=False, died=why)
+                record["seconds"] = round(time.monotonic() - started, 2)
+            records.append(record)
+            out(record)
+    return records
+
+
+def _summary_line(r: dict) -> str:
+    if not r.get("buildable"):
+        return f"{r['type']:<28} not buildable: {r['why'][:100]}"
+    if r.get("died"):
+        return f"{r['type']:<28} {r.get('category')}: DIED ({r['died']})"
+    bad = [(k, c) for k, c in r["checks"].items() if c["result"] not in ("ok", "skipped")]
+    status = "pass" if r["passed"] else f"{bad[0][0]} {bad[0][1]['result']}: {bad[0][1]['why']}"
+    return f"{r['type']:<28} {r['category']:<16} {r['seconds']:6.1f}s {status[:160]}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", help="comma-separated model types")
+    ap.add_argument("--resume", action="store_true", help="skip types already in --results")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--docs", action="store_true", help="write docs/support.md and stop")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    if args.docs:
+        from benchmarks.support import write_support
+
+        write_support(load(args.results), SUPPORT)
+        print(f"wrote {SUPPORT}")
+        return 0
+    import torch  # noqa: F401 - imported once, before the forks
+    import transformers  # noqa: F401
+
+    import surgeon  # noqa: F401
+    import tests.helpers  # noqa: F401
+
+    types = args.only.split(",") if args.only else model_types()
+    old = {r["type"]: r for r in load(args.results)} if args.results.exists() else {}
+    if args.resume:
+        types = [t for t in types if t not in old]
+    start = time.perf_counter()
+    print(f"{len(types)} model types, {args.jobs} at a time, timeout {args.timeout:.0f} s")
+    records = sweep(types, args.jobs, args.timeout, lambda r: print(_summary_line(r), flush=True))
+    old.update({r["type"]: r for r in records})
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with args.results.open("w") as f:
+        for t in sorted(old):
+            f.write(json.dumps(old[t], sort_keys=True) + "\n")
+    wall = time.perf_counter() - start
+    print(f"{len(records)} types in {wall:.0f} s ({wall / max(1, len(records)):.1f} s each)")
+    from benchmarks.support import summary
+
+    print(summary(list(old.values())))
+    return 0
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
