@@ -135,11 +135,16 @@ def check_config(parent: nn.Module, state: SurgeryState, expected: dict[str, tup
     cannot express the child. Sizes under names `CONFIG_FIELDS` does not know (BART's
     `decoder_ffn_dim`, ...) are found by `_fit_fields`. Returns the config."""
     config = child_config(parent, state)
-    wrong = _mismatches(parent, config, expected)
+    wrong = _mismatches(parent, config, expected, state)
     if wrong:
-        config, wrong = _fit_fields(parent, config, expected, wrong)
+        config, wrong = _fit_fields(parent, config, expected, wrong, state)
     if wrong:
         name, (got, want) = next(iter(wrong.items()))
+        if name.startswith("the layers"):
+            raise PlanError(
+                f"{type(parent).__name__} cannot hold this child: its config builds {got[0]} "
+                f"of {name}, the child has {want[0]}; no config field changes that count"
+            )
         raise PlanError(
             f"{type(parent).__name__} cannot hold this child: its config gives {name} the "
             f"shape {got}, the child needs {want}; choose sizes where "
@@ -148,19 +153,29 @@ def check_config(parent: nn.Module, state: SurgeryState, expected: dict[str, tup
     return config
 
 
-def _mismatches(parent: nn.Module, config: Any, expected: dict[str, tuple]) -> dict:
-    """Tensor name -> (shape the config gives, shape the child needs), where they differ."""
+def _mismatches(parent: nn.Module, config: Any, expected: dict[str, tuple], state) -> dict:
+    """Tensor name -> (shape the config gives, shape the child needs), where they differ;
+    and the number of layers, where the class builds another number than the child has."""
     with torch.device("meta"):
         probe = type(parent)(config)
+    names = probe.state_dict()
     out = {}
-    for name, tensor in probe.state_dict().items():
+    for name, tensor in names.items():
         want = expected.get(name)
         if want is not None and tuple(tensor.shape) != want:
             out[name] = (tuple(tensor.shape), want)
+    layers = state.analysis.layers
+    if layers:
+        owner = layers[0].name.rpartition(".")[0] + "."
+        built = {n[len(owner) :].partition(".")[0] for n in names if n.startswith(owner)}
+        built = sum(i.isdigit() for i in built)
+        want = len(layers) if state.layers is None else len(state.layers)
+        if built != want:
+            out[f"the layers under {owner[:-1]}"] = ((built,), (want,))
     return out
 
 
-def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, tries: int = 24):
+def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, state, tries=24):
     """Integer fields of the config whose value is a size the config gives wrongly are
     tried, one at a time, at the size the child needs; a change is kept when it leaves
     fewer mismatched tensors and no new one. Returns (config, what is still wrong)."""
@@ -176,7 +191,7 @@ def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, tri
                 trial = copy.deepcopy(config)
                 setattr(trial, field, w)
                 try:
-                    left = _mismatches(parent, trial, expected)
+                    left = _mismatches(parent, trial, expected, state)
                 except Exception:  # noqa: BLE001 - the class refuses this value
                     continue
                 if len(left) < len(wrong) and set(left) <= set(wrong):
@@ -209,11 +224,11 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
     state_dict, fresh = {}, []
     for name, init in model.state_dict().items():
         source_name = state.parent_name(name)  # child layer j: the graph's layer it came from
+        used = source_name in table and table.canonical(source_name) in state.analysis.dims.tensors
         source = own.get(source_name)
         if source is None and source_name in table:
             source = by_canonical.get(table.canonical(source_name))
-        used = source_name in table and table.canonical(source_name) in state.analysis.dims.tensors
-        if source is None and not used:
+        if not used:
             # not read by the traced forward (a mask token, a contact head): the parent's
             # when the child's class gives it the same shape, else the class's own init
             source = parent_tensors.get(source_name)
@@ -235,6 +250,7 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
     model.tie_weights()
     model.eval()
     _adopt_rebuilt_buffers(model, child)
+    _adopt_rebuilt_scalars(parent, model, child, state)
     _check_same(model, child, state)
     return model
 
@@ -257,6 +273,33 @@ def _adopt_rebuilt_buffers(model: nn.Module, child: fx.GraphModule) -> None:
             value = buffer.detach().to(old.dtype)
             module._buffers[attr] = value.clone()
             model.get_submodule(owner)._buffers[attr] = value
+
+
+def _adopt_rebuilt_scalars(parent: nn.Module, model: nn.Module, child: fx.GraphModule, state):
+    """Float attributes that a module's constructor derives from the config (an embedding
+    scale of sqrt(hidden_size)) are constants in the graph: where the rebuilt module holds
+    another value than the parent's, the graph's calls inside that module that pass the
+    parent's value take the child's, as `_adopt_rebuilt_buffers` does for buffers."""
+    modules = dict(model.named_modules())
+    child_path = {state.parent_name(f"{p}.w")[:-2]: p for p in modules if p}
+    changed: dict[str, dict[float, float]] = {}
+    for path, old in parent.named_modules():
+        new = modules.get(child_path.get(path, path))
+        if new is None:
+            continue
+        for key, value in vars(old).items():
+            other = vars(new).get(key)
+            if type(value) is float and type(other) is float and other != value:
+                changed.setdefault(path, {})[value] = other
+    if not changed:
+        return
+    for node in child.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        owner = list(stack.values())[-1][0] if stack else None
+        swap = changed.get(owner)
+        if node.op == "call_function" and swap:
+            node.args = tuple(swap.get(a, a) if type(a) is float else a for a in node.args)
+    child.recompile()
 
 
 @torch.no_grad()
