@@ -208,11 +208,15 @@ def _config_kwargs(config_cls, extra: dict) -> dict:
         if real in params or hasattr(default, real):
             out[real] = value
     for key, sub_cls in (getattr(config_cls, "sub_configs", {}) or {}).items():
-        if isinstance(sub_cls, type) and key.endswith("_config"):
-            try:
-                out[key] = _config_kwargs(sub_cls, {})
-            except Exception:  # noqa: BLE001 - the sub-config keeps its defaults
-                pass
+        sub = getattr(default, key, None)  # its default instance tells the class (AutoConfig)
+        if not hasattr(sub, "to_dict"):
+            continue
+        try:
+            out[key] = _config_kwargs(type(sub), {})
+        except Exception:  # noqa: BLE001 - the sub-config keeps its defaults
+            continue
+        if getattr(sub_cls, "__name__", "") == "AutoConfig":
+            out[key]["model_type"] = sub.model_type
     out.update(extra)
     return out
 
@@ -330,8 +334,9 @@ def _train_step(model, inputs) -> None:
         raise Wrong("one training step changed no parameter")
 
 
-def run_checks(model, inputs, record: dict) -> None:
-    """Fill record["checks"]; a check runs only when every earlier one passed."""
+def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
+    """Fill record["checks"]; a check runs only when every earlier one passed (and is not
+    in `skip`)."""
     import torch
 
     import surgeon
@@ -387,6 +392,8 @@ def run_checks(model, inputs, record: dict) -> None:
 
     failed = None
     for name, fn in zip(CHECKS, (trace, inspect, permute, shrink, hf, onnx), strict=True):
+        if name in skip:
+            continue
         if failed:
             checks[name] = {"result": "skipped", "why": f"{failed} did not pass"}
             continue
@@ -408,8 +415,8 @@ def run_checks(model, inputs, record: dict) -> None:
             failed = name
 
 
-def check_type(model_type: str) -> dict:
-    """Build `model_type` tiny and run every check; the JSON record."""
+def check_type(model_type: str, skip: tuple = ()) -> dict:
+    """Build `model_type` tiny and run every check but those in `skip`; the JSON record."""
     from surgeon.errors import first_line
 
     start = time.perf_counter()
@@ -422,7 +429,7 @@ def check_type(model_type: str) -> dict:
         return record
     nparams = sum(p.numel() for p in model.parameters())
     record.update(category=cat, cls=cls, buildable=True, parameters=nparams)
-    run_checks(model, inputs, record)
+    run_checks(model, inputs, record, skip)
     record["passed"] = all(c["result"] == "ok" for c in record["checks"].values())
     record["seconds"] = round(time.perf_counter() - start, 2)
     return record
@@ -525,16 +532,29 @@ def main(argv=None) -> int:
 
     types = args.only.split(",") if args.only else model_types()
     old = {r["type"]: r for r in load(args.results)} if args.results.exists() else {}
+    partial = args.results.with_suffix(".partial")
+    if partial.exists():  # an interrupted run: what it finished counts
+        old.update({r["type"]: r for r in load(partial)})
+        partial.unlink()
     if args.resume:
         types = [t for t in types if t not in old]
     start = time.perf_counter()
     print(f"{len(types)} model types, {args.jobs} at a time, timeout {args.timeout:.0f} s")
-    records = sweep(types, args.jobs, args.timeout, lambda r: print(_summary_line(r), flush=True))
+    partial = args.results.with_suffix(".partial")  # each record as it comes (a kill keeps them)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+
+    def report(record: dict) -> None:
+        print(_summary_line(record), flush=True)
+        with partial.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    records = sweep(types, args.jobs, args.timeout, report)
     old.update({r["type"]: r for r in records})
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("w") as f:
         for t in sorted(old):
             f.write(json.dumps(old[t], sort_keys=True) + "\n")
+    partial.unlink(missing_ok=True)
     wall = time.perf_counter() - start
     print(f"{len(records)} types in {wall:.0f} s ({wall / max(1, len(records)):.1f} s each)")
     from benchmarks.support import summary

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from ..errors import UnsupportedOpError
+from ..errors import UnsupportedOpError, first_line
 from ..frontends import Graph, op_name
 from .context import Context, Contraction, Dims, Literal, source_line
 from .registry import bind, rule_key
@@ -53,7 +53,13 @@ def discover_dims(graph: Graph) -> Dims:
     """Apply the rule of every node in order; raise `UnsupportedOpError` for an op without one."""
     ctx = Context(graph)
     for node in graph.graph.nodes:
-        shape = _shapes(node.meta.get("val"))
+        try:
+            shape = _shapes(node.meta.get("val"))
+        except Exception as e:  # noqa: BLE001 - an unbacked size: torch raises its own types
+            raise UnsupportedOpError(
+                f"node {node.name} ({source_line(node)}) has a size that depends on the data "
+                f"({first_line(e, 80)}): surgeon needs sizes fixed by the input shapes"
+            ) from e
         if node.op == "placeholder" or any(i in ctx.dynamic for i in node.all_input_nodes):
             ctx.dynamic.add(node)
         if node.op == "placeholder":

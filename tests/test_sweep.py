@@ -1,0 +1,35 @@
+"""A fast slice of the model-type sweep (benchmarks/sweep.py): a few families outside the
+zoo, one or two per category, built tiny from their config class alone, as the full sweep
+builds them. The full sweep (every model type, with ONNX) is a benchmark; its results are
+docs/support.md."""
+
+import pytest
+
+from benchmarks.sweep import CHECKS, check_type
+
+# Each exercises rules the zoo does not: GPT-J (interleaved rotary via repeat_interleave,
+# parallel attention + MLP), Camembert (RoBERTa positions), BEiT (relative position bias,
+# backbone stages rewritten with depth), BioGPT (an embedding scale derived from the width).
+PASSING = {"gptj": "decoder", "camembert": "encoder", "beit": "vision", "biogpt": "decoder"}
+# Refused with one line, never a crash: experts (issue 16), a state-space mixer.
+REFUSED = {"mixtral": "moe", "mamba": "ssm/hybrid"}
+
+
+@pytest.mark.parametrize("model_type", sorted(PASSING))
+def test_family_outside_the_zoo_passes_every_check(model_type):
+    record = check_type(model_type, skip=("onnx",))  # ONNX: tests/test_onnx.py, on the zoo
+    assert record["buildable"], record.get("why")
+    assert record["category"] == PASSING[model_type]
+    failed = {k: c for k, c in record["checks"].items() if c["result"] != "ok"}
+    assert not failed, failed
+    assert set(record["checks"]) == set(CHECKS) - {"onnx"}
+
+
+@pytest.mark.parametrize("model_type", sorted(REFUSED))
+def test_unsupported_structure_is_refused_in_one_line(model_type):
+    record = check_type(model_type, skip=("onnx",))
+    assert record["buildable"] and record["category"] == REFUSED[model_type]
+    results = [c for c in record["checks"].values() if c["result"] != "ok"]
+    first = results[0]
+    assert first["result"] == "refused", first
+    assert "\n" not in first["why"] and len(first["why"]) <= 300
