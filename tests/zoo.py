@@ -391,6 +391,11 @@ OP_CASES = {
         12,
     ),
     "max_pool": (lambda h: F.max_pool1d(h.transpose(1, 2), 1).transpose(1, 2), 12),
+    # Falcon's fused multi-query layout: 4 query heads, then one key and one value head
+    "constant_index": (
+        lambda h: (h.view(2, 3, 6, 2)[:, :, :-2] * h.view(2, 3, 6, 2)[:, :, [-2]]).flatten(2),
+        8,
+    ),
 }
 
 

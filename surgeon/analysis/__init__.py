@@ -115,7 +115,8 @@ def analyse(graph: Graph) -> Analysis:
     layers = _layers(blocks)
     groups = _groups(graph, dims)
     for leaf in atoms.leaves(root):
-        groups[leaf].role = "residual"
+        if leaf in groups:  # not the size-1 segments a slice may leave
+            groups[leaf].role = "residual"
     sites = _attention(dims, groups)
     _vocab(graph, dims, groups)
     _outputs_like_vocab(graph, dims, groups)

@@ -280,7 +280,6 @@ def arange(ctx: Context, a: Args) -> None:
 
 
 @_rule(
-    "index",
     "index_select",
     "gather",
     "scatter",
@@ -303,6 +302,75 @@ def data_dependent(ctx: Context, a: Args) -> None:
     for x in a.node.all_input_nodes:
         ctx.pin_all(ctx.axes(x), f"indexed by {a.node.name}")
     ctx.pin_all(a.out, f"made by {a.node.name}")
+
+
+def _sig_index(input, indices=None): ...
+
+
+def _constant(ctx: Context, x: Any) -> torch.Tensor | None:
+    """The value of a tensor the graph holds as a constant (a lifted tensor, through copies),
+    or None for anything computed from the inputs."""
+    while isinstance(x, fx.Node) and x.op == "call_function" and len(x.all_input_nodes) == 1:
+        if x in ctx.dynamic:
+            return None
+        x = x.all_input_nodes[0]
+    if not isinstance(x, fx.Node) or x.op != "get_attr":
+        return None
+    value: Any = ctx.graph.module
+    for part in str(x.target).split("."):
+        value = getattr(value, part, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _run(values: list[int], size: int) -> tuple[int, int] | None:
+    """(start, end) of consecutive positions all counted from the start or all from the
+    end (`[-2]`), else None."""
+    if not values or not (all(v >= 0 for v in values) or all(v < 0 for v in values)):
+        return None
+    if values != list(range(values[0], values[0] + len(values))):
+        return None
+    start = values[0] + (size if values[0] < 0 else 0)
+    return start, start + len(values)
+
+
+def _fixed_slice(ctx: Context, node: fx.Node, axis: int, out_axis: int, run, values) -> None:
+    """Positions `run` of `axis` picked by constant indices, which the surgery cannot
+    rewrite: the part on the side the indices count from keeps its size (pinned), so they
+    stay right when the rest is cut (Falcon's `qkv[..., [-2], :]` past the query heads)."""
+    start, end = run
+    size = ctx.size(axis)
+    before = ctx.A.new(start) if start > 0 else None
+    after = ctx.A.new(size - end) if end < size else None
+    whole = ctx.A.new(size)
+    parts = tuple(p for p in (before, out_axis, after) if p is not None)
+    ctx.A.refinement[whole] = Refinement("cat", parts)
+    ctx.A.unify(axis, whole)
+    ctx.dims.splits.append((axis, node))
+    anchor = after if values[0] < 0 else before
+    if anchor is not None:
+        ctx.A.pin(anchor, f"counted past by the constant indices of {node.name}")
+
+
+@_rule("index", signature=_sig_index)
+def index(ctx: Context, a: Args) -> None:
+    """`input[..., idx, ...]` (aten.index): one constant run of consecutive positions on
+    one axis is a slice (`_fixed_slice`); indices computed from data pin, as any
+    data-dependent op."""
+    x, out = ctx.axes(a.input), a.out
+    indices = list(a.indices) if isinstance(a.indices, (list, tuple)) else None
+    used = [i for i, t in enumerate(indices or []) if t is not None]
+    if x is None or len(used) != 1 or len(out) != len(x):
+        return data_dependent(ctx, a)
+    dim = used[0]
+    value = _constant(ctx, indices[dim])
+    run = None
+    if value is not None and value.dim() == 1 and not value.is_floating_point():
+        values = value.tolist()
+        run = _run(values, ctx.size(x[dim]))
+    if run is None:
+        return data_dependent(ctx, a)
+    _carry_other_axes(ctx, x, [out], dim)
+    _fixed_slice(ctx, a.node, x[dim], out[dim], run, values)
 
 
 # -- reductions -------------------------------------------------------------------------
@@ -650,6 +718,9 @@ def getattr_(ctx: Context, a: Args) -> None:
 
 
 def _tensor_index(ctx: Context, a: Args, x: list[int], index: tuple) -> None:
+    lists = [p for p, i in enumerate(index) if isinstance(i, (list, tuple))]
+    if len(lists) == 1 and not any(isinstance(i, (fx.Node, torch.Tensor)) for i in index):
+        return _list_index(ctx, a, x, index, lists[0])
     if any(isinstance(i, (fx.Node, list, tuple, torch.Tensor)) for i in index):
         return data_dependent(ctx, a)  # advanced indexing: positions picked by data
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
@@ -678,6 +749,23 @@ def _tensor_index(ctx: Context, a: Args, x: list[int], index: tuple) -> None:
             )
             xi += 1
             oi += 1
+
+
+def _list_index(ctx: Context, a: Args, x: list[int], index: tuple, at: int) -> None:
+    """`x[..., [-2], ...]` (torch.fx): with only full slices and one list of consecutive
+    ints, the list is a constant slice (`_fixed_slice`); anything else pins."""
+    values = list(index[at])
+    before = index[:at]
+    plain = all(i == slice(None) or i is Ellipsis for i in index if i is not index[at])
+    if Ellipsis in before:
+        dim = len(x) - (len(index) - at)
+    else:
+        dim = at
+    run = _run(values, ctx.size(x[dim])) if plain and all(type(v) is int for v in values) else None
+    if run is None or len(a.out) != len(x):
+        return data_dependent(ctx, a)
+    _carry_other_axes(ctx, x, [a.out], dim)
+    _fixed_slice(ctx, a.node, x[dim], a.out[dim], run, values)
 
 
 # -- ops with parameters ----------------------------------------------------------------
