@@ -113,14 +113,17 @@ FIXUPS: dict[str, tuple[dict, str]] = {
     "gpt_neo": ({"attention_types": [[["global", "local"], 2]]}, "one entry per layer (4)"),
 }
 
-_MAPPINGS = (  # the head class tried first wins (BERT's own head is its masked LM)
+# The head class tried first wins: an encoder-decoder's own model is its seq2seq LM (not
+# the decoder alone that some also register as a causal LM); BERT's is its masked LM.
+_MAPPINGS = (
+    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
     "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
     "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
     "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
-    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
     "MODEL_FOR_BACKBONE_MAPPING_NAMES",
     "MODEL_MAPPING_NAMES",
 )
+SEQ2SEQ, MASKED, CAUSAL, IMAGE_CLASSES, BACKBONE, BASE = _MAPPINGS
 
 
 class Wrong(Exception):
@@ -178,16 +181,16 @@ def category(model_type: str, config, mapping: str) -> str:
     experts = _get(text, "num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
     if isinstance(experts, int) and experts > 1:
         return "moe"
-    if getattr(config, "is_encoder_decoder", False) or model_type in maps[_MAPPINGS[3]]:
+    if getattr(config, "is_encoder_decoder", False) or model_type in maps[SEQ2SEQ]:
         return "encoder-decoder"
     heads = _get(text, "num_attention_heads", "num_heads", "n_head", "encoder_attention_heads")
     if heads is None:
         return "other"  # no attention: convolutional, recurrent, ...
-    if mapping == _MAPPINGS[1]:
+    if mapping == CAUSAL:
         return "decoder"
-    if mapping in _MAPPINGS[2:5:2] or getattr(config, "image_size", None) is not None:
+    if mapping in (IMAGE_CLASSES, BACKBONE) or getattr(config, "image_size", None) is not None:
         return "vision"
-    if mapping == _MAPPINGS[0] or getattr(config, "vocab_size", None):
+    if mapping == MASKED or getattr(config, "vocab_size", None):
         return "encoder"
     return "other"
 
@@ -438,7 +441,7 @@ def check_type(model_type: str, skip: tuple = ()) -> dict:
 # ---------------------------------------------------------------------------------------
 # The driver: one forked process per type
 # ---------------------------------------------------------------------------------------
-def _child_main(model_type: str, path: str) -> None:
+def _child_main(model_type: str, path: str, skip: tuple = ()) -> None:
     import resource
     import warnings
 
@@ -454,7 +457,7 @@ def _child_main(model_type: str, path: str) -> None:
     logging.set_verbosity_error()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1), os.dup2(devnull, 2)  # the exporter and transformers are chatty
-    record = check_type(model_type)
+    record = check_type(model_type, skip)
     Path(path).write_text(json.dumps(record))
 
 
@@ -466,7 +469,7 @@ def _category_only(model_type: str) -> str | None:
         return None
 
 
-def sweep(types: list[str], jobs: int, timeout: float, out) -> list[dict]:
+def sweep(types: list[str], jobs: int, timeout: float, out, skip: tuple = ()) -> list[dict]:
     ctx = mp.get_context("fork")
     pending, running, records = list(types), {}, []
     tmp = Path(tempfile.mkdtemp(prefix="sweep-"))
@@ -474,7 +477,7 @@ def sweep(types: list[str], jobs: int, timeout: float, out) -> list[dict]:
         while pending and len(running) < jobs:
             t = pending.pop(0)
             path = tmp / f"{t}.json"
-            p = ctx.Process(target=_child_main, args=(t, str(path)))
+            p = ctx.Process(target=_child_main, args=(t, str(path), skip))
             p.start()
             running[t] = (p, time.monotonic(), path)
         time.sleep(0.2)
@@ -516,6 +519,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--docs", action="store_true", help="write docs/support.md and stop")
+    ap.add_argument("--skip", default="", help="checks not to run, e.g. onnx (a quick look)")
+    ap.add_argument("--after", default="", help="only the types sorted after this one")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.docs:
@@ -531,6 +536,7 @@ def main(argv=None) -> int:
     import tests.helpers  # noqa: F401
 
     types = args.only.split(",") if args.only else model_types()
+    types = [t for t in types if t > args.after]
     old = {r["type"]: r for r in load(args.results)} if args.results.exists() else {}
     partial = args.results.with_suffix(".partial")
     if partial.exists():  # an interrupted run: what it finished counts
@@ -548,7 +554,8 @@ def main(argv=None) -> int:
         with partial.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
-    records = sweep(types, args.jobs, args.timeout, report)
+    skip = tuple(c for c in args.skip.split(",") if c)
+    records = sweep(types, args.jobs, args.timeout, report, skip)
     old.update({r["type"]: r for r in records})
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("w") as f:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .analysis import Analysis, analyse
-from .emit.hf import check_config, is_hf_model
+from .emit.hf import check_config, fit_config, is_hf_model
 from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError
 from .frontends import Graph, tensor_of, trace
 from .io.shards import Shards
@@ -162,6 +162,12 @@ def check(
     """Every check that can be made before any pass runs: each pass's own (`PlanError`
     for an impossible target or depth), then whether the parent's class can hold the
     child. Returns the unrun decisions."""
+    stacks = parent.analysis.stacks
+    if len(stacks) > 1:
+        raise PlanError(
+            f"{type(parent.model).__name__} has {len(stacks)} stacks of layers "
+            f"({', '.join(stacks)}): surgeon cuts models with one stack of layers today"
+        )
     source = parent.tensor if parent.streamed else None
     state = SurgeryState(parent.graph, parent.analysis, source=source, calibration=calibration)
     state.progress = progress
@@ -197,11 +203,38 @@ def decide(
 
 def _child_config(parent: Parent, state: SurgeryState) -> Any:
     """The child's config, checked against the parent's class before any weight is cut
-    (None for a module without one). Before the passes run, the sizes come from `keep`."""
+    (None for a module without one). Before the passes run, the sizes come from `keep`.
+    Groups the plan leaves whole but the config sizes with the ones it cuts (a pooler as
+    wide as the hidden size) are cut to the config's size (`_follow_config`)."""
     if not parent.is_hf:
         return None
-    state = _planned(state)
-    return check_config(parent.model, state, expected_shapes(state))
+    for _ in range(8):
+        planned = _planned(state)
+        expected = expected_shapes(planned)
+        config, wrong = fit_config(parent.model, planned, expected)
+        if not wrong or not _follow_config(state, wrong):
+            break
+    return check_config(parent.model, _planned(state), expected_shapes(_planned(state)))
+
+
+def _follow_config(state: SurgeryState, wrong: dict) -> bool:
+    """For tensors the config makes narrower than the child's, the movable groups the
+    plan did not cut along those axes keep the config's size; whether any did."""
+    a, table = state.analysis, state.graph.params
+    changed = False
+    for name, (got, want) in wrong.items():
+        source = state.parent_name(name)
+        axes = a.dims.tensors.get(table.canonical(source)) if source in table else None
+        if axes is None or len(got) != len(axes):
+            continue
+        for axis, g, w in zip(axes, got, want, strict=True):
+            leaves = a.atoms.leaves(axis)
+            if g < w and len(leaves) == 1 and leaves[0] in a.groups:
+                group = a.groups[leaves[0]]
+                if group.movable and group.id not in state.keep and group.role != "residual":
+                    state.keep[group.id] = g
+                    changed = True
+    return changed
 
 
 def _planned(state: SurgeryState) -> SurgeryState:

@@ -92,6 +92,11 @@ class Analysis:
     def hidden_size(self) -> int:
         return self.atoms.size[self.residual]
 
+    @property
+    def stacks(self) -> list[str]:
+        """The module paths that hold layers (`model.encoder.layers`, ...), in order."""
+        return list(dict.fromkeys(layer.name.rpartition(".")[0] for layer in self.layers))
+
     def by_role(self, role: str) -> list[Group]:
         return [g for g in self.groups.values() if g.role == role]
 

@@ -8,6 +8,7 @@ compute what the child graph computes).
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from typing import Any
 
@@ -18,7 +19,15 @@ from ..errors import InvariantError, PlanError
 from ..frontends import output_tensors
 from ..passes.state import SurgeryState
 
-__all__ = ["CONFIG_FIELDS", "PER_LAYER", "is_hf_model", "child_config", "check_config", "emit_hf"]
+__all__ = [
+    "CONFIG_FIELDS",
+    "PER_LAYER",
+    "is_hf_model",
+    "child_config",
+    "check_config",
+    "fit_config",
+    "emit_hf",
+]
 
 # What each size is called in the configs of transformers (first match is set).
 CONFIG_FIELDS = {
@@ -28,6 +37,11 @@ CONFIG_FIELDS = {
     "num_kv_heads": ("num_key_value_heads", "num_kv_heads"),
     "head_dim": ("head_dim",),
     "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+}
+STACK_FIELDS = {
+    "num_heads": re.compile(r"^(encoder|decoder)_(num_)?attention_heads$"),
+    "num_kv_heads": re.compile(r"^(encoder|decoder)_(num_key_value_heads|kv_heads)$"),
+    "intermediate_size": re.compile(r"^(encoder|decoder)_(ffn_dim|intermediate_size)$"),
 }
 # Fields that are the residual width under another name when they equal it in the parent.
 FOLLOW_HIDDEN = ("word_embed_proj_dim",)
@@ -46,6 +60,7 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
     config = copy.deepcopy(parent.config)
     sizes = state.child_sizes()
     old_hidden = state.analysis.hidden_size
+    was = {}  # size -> its value in the parent's config
     for key, value in sizes.items():
         for field in CONFIG_FIELDS[key]:
             if _derived(config, field):
@@ -53,8 +68,22 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
             if getattr(config, field, None) is not None or (
                 key == "intermediate_size" and hasattr(config, field)
             ):
+                was[key] = getattr(config, field, None)
                 setattr(config, field, value)
                 break
+    # The same size spelt per stack (BART's decoder_attention_heads beside the
+    # num_attention_heads its attribute_map sends to the encoder's): set where the parent
+    # holds the same value. Head counts do not show in tensor shapes, so `_fit_fields`
+    # cannot find these.
+    for field, v in parent.config.to_dict().items():
+        for key, pattern in STACK_FIELDS.items():
+            if (
+                key in was
+                and v == was[key]
+                and pattern.match(field)
+                and not _derived(config, field)
+            ):
+                setattr(config, field, sizes[key])
     for field in FOLLOW_HIDDEN:
         if getattr(config, field, None) == old_hidden:
             setattr(config, field, sizes["hidden_size"])
@@ -134,10 +163,7 @@ def check_config(parent: nn.Module, state: SurgeryState, expected: dict[str, tup
     tensor's shape with the child's; `PlanError` (before any weight is cut) if the config
     cannot express the child. Sizes under names `CONFIG_FIELDS` does not know (BART's
     `decoder_ffn_dim`, ...) are found by `_fit_fields`. Returns the config."""
-    config = child_config(parent, state)
-    wrong = _mismatches(parent, config, expected, state)
-    if wrong:
-        config, wrong = _fit_fields(parent, config, expected, wrong, state)
+    config, wrong = fit_config(parent, state, expected)
     if wrong:
         name, (got, want) = next(iter(wrong.items()))
         if name.startswith("the layers"):
@@ -151,6 +177,16 @@ def check_config(parent: nn.Module, state: SurgeryState, expected: dict[str, tup
             "hidden_size, num_heads and head_dim agree"
         )
     return config
+
+
+def fit_config(parent: nn.Module, state: SurgeryState, expected: dict[str, tuple]):
+    """The child config, and the tensors whose shape it still gets wrong: name -> (shape
+    the config gives, shape the child needs)."""
+    config = child_config(parent, state)
+    wrong = _mismatches(parent, config, expected, state)
+    if wrong:
+        config, wrong = _fit_fields(parent, config, expected, wrong, state)
+    return config, wrong
 
 
 def _mismatches(parent: nn.Module, config: Any, expected: dict[str, tuple], state) -> dict:
@@ -228,17 +264,16 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
         source = own.get(source_name)
         if source is None and source_name in table:
             source = by_canonical.get(table.canonical(source_name))
-        if not used:
-            # not read by the traced forward (a mask token, a contact head): the parent's
-            # when the child's class gives it the same shape, else the class's own init
+        if not used or source is None:
+            # not read by the traced forward, or read by nothing that reaches its outputs
+            # (a mask token, a contact head, the pooler of a masked LM): the parent's when
+            # the child's class gives it the same shape, else the class's own init
             source = parent_tensors.get(source_name)
             if source is None or source.shape != init.shape:
                 source = (
                     init if init.device.type != "meta" else torch.zeros_like(init, device="cpu")
                 )
                 fresh.append(name)
-        if source is None:
-            raise InvariantError(f"the child has no tensor for {name}")
         state_dict[name] = source.detach().clone()
     if fresh:
         warnings.warn(
