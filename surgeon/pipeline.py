@@ -87,11 +87,38 @@ def prepare(model: nn.Module, example_inputs: Any = None) -> Parent:
     if not is_hf_model(model):
         try:
             graph = trace(model, example_inputs, frontend="fx")
-            return Parent(model, graph, analyse(graph))
+            return Parent(model, graph, _checked(model, analyse(graph)))
         except SurgeonError:
             pass
     graph = trace(model, example_inputs)
-    return Parent(model, graph, analyse(graph))
+    return Parent(model, graph, _checked(model, analyse(graph)))
+
+
+def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
+    """Refuse layer structures the analysis would report wrongly: a layer whose weights
+    are applied several times (ALBERT shares one layer across the depth), or a list of
+    layers of which the traced forward reaches only some (cross-attention layers that run
+    only with an image)."""
+    for layer in analysis.layers:
+        seen = [p for b in layer.blocks for p in dict.fromkeys(b.params)]
+        if len(seen) != len(set(seen)):
+            raise SurgeonError(
+                f"{type(model).__name__} applies the weights of {layer.name} several times "
+                "in one forward (layers that share weights): surgeon cannot cut such layers"
+            )
+    for stack in analysis.stacks:
+        try:
+            modules = model.get_submodule(stack)
+        except AttributeError:
+            continue
+        found = sum(1 for layer in analysis.layers if layer.name.rpartition(".")[0] == stack)
+        if isinstance(modules, nn.ModuleList) and len(modules) != found:
+            raise SurgeonError(
+                f"surgeon finds residual layers in {found} of the {len(modules)} modules of "
+                f"{stack} in {type(model).__name__} (the traced forward skips the others, or "
+                "they are not residual blocks): it cannot cut layers it does not see"
+            )
+    return analysis
 
 
 def prepare_folder(folder: str | Path) -> Parent:
@@ -111,7 +138,7 @@ def prepare_folder(folder: str | Path) -> Parent:
     shards = Shards(folder)
     stored = load_names(model, shards.index)
     graph = trace(model)
-    return Parent(model, graph, analyse(graph), shards, stored, folder)
+    return Parent(model, graph, _checked(model, analyse(graph)), shards, stored, folder)
 
 
 @dataclass(frozen=True)

@@ -214,6 +214,10 @@ ELEMENTWISE = (
     "divide",
     "subtract",
     "detach_",
+    "dropout_",
+    "feature_dropout",
+    "alpha_dropout",
+    "native_dropout",
 )
 
 
@@ -273,7 +277,7 @@ def constant(ctx: Context, a: Args) -> None:
     """A tensor made from data: its axes are fresh and free."""
 
 
-@_rule("arange", "meshgrid", signature=_sig_any)
+@_rule("arange", "meshgrid", "eye", signature=_sig_any)
 def arange(ctx: Context, a: Args) -> None:
     """Positions 0, 1, ...: the output's axis is an index."""
     ctx.pin_all(a.out, "positions (arange)")
@@ -292,6 +296,15 @@ def arange(ctx: Context, a: Args) -> None:
     "bucketize",
     "searchsorted",
     "histc",
+    "scatter_",
+    "scatter_add",
+    "scatter_add_",
+    "scatter_reduce",
+    "index_put_",
+    "index_add",
+    "index_copy",
+    "index_fill",
+    "masked_scatter",
     "bincount",
     "unique",
     "one_hot",
