@@ -1085,6 +1085,9 @@ _POOLS = (
     "max_pool2d_with_indices",
     "upsample_nearest2d",
     "upsample_bilinear2d",
+    "upsample_bicubic2d",
+    "upsample_nearest1d",
+    "upsample_linear1d",
     "interpolate",
     "pixel_shuffle",
 )

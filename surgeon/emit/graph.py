@@ -150,6 +150,11 @@ def _set_tensors(state: SurgeryState, root: nn.Module) -> None:
     names += [n for n, _ in root.named_buffers(remove_duplicate=False)]
     names += [n.target for n in root.graph.nodes if n.op == "get_attr"]
     for name in dict.fromkeys(names):
+        owner, _, attr = name.rpartition(".")
+        if not isinstance(
+            getattr(root.get_submodule(owner) if owner else root, attr), torch.Tensor
+        ):
+            continue  # a subgraph of a higher-order op, not a tensor
         canonical = table.canonical(name) if name in table else name
         if canonical not in done:
             axes = dims.tensors.get(canonical)

@@ -65,10 +65,10 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
         for field in CONFIG_FIELDS[key]:
             if _derived(config, field):
                 continue  # a read-only property (Falcon's head_dim) follows the others
-            if getattr(config, field, None) is not None or (
+            if _value(config, field) is not None or (
                 key == "intermediate_size" and hasattr(config, field)
             ):
-                was[key] = getattr(config, field, None)
+                was[key] = _value(config, field)
                 setattr(config, field, value)
                 break
     # The same size spelt per stack (BART's decoder_attention_heads beside the
@@ -89,6 +89,15 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
             setattr(config, field, sizes["hidden_size"])
     _set_depth(config, state)
     return config
+
+
+def _value(config: Any, field: str) -> Any:
+    """The config's field, or None where it has none or reading it raises (a per-layer
+    attribute that differs between layers)."""
+    try:
+        return getattr(config, field, None)
+    except Exception:  # noqa: BLE001 - transformers raises its own error types here
+        return None
 
 
 def _derived(config: Any, field: str) -> bool:
@@ -137,6 +146,12 @@ def _set_depth(config: Any, state: SurgeryState) -> None:
         value = getattr(config, field, None)
         if isinstance(value, (list, tuple)) and len(value) == n:
             setattr(config, field, type(value)(value[i] for i in order))
+    for field, value in config.to_dict().items():
+        keys = list(value) if isinstance(value, dict) else []
+        if keys and all(str(k).isdigit() and int(k) < n for k in keys):
+            # one entry per layer index (`per_layer_config: {3: ...}`), for some layers
+            kept = {int(k): v for k, v in value.items()}
+            setattr(config, field, {j: kept[i] for j, i in enumerate(order) if i in kept})
     _set_stages(config, order)
 
 
@@ -222,7 +237,7 @@ def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, sta
         better = None
         for field in fields:
             for g, w in moves:
-                if getattr(config, field, None) != g:
+                if _value(config, field) != g:
                     continue
                 trial = copy.deepcopy(config)
                 setattr(trial, field, w)
