@@ -71,6 +71,7 @@ TINY = {
     "encoder_layers": 4,
     "decoder_layers": 4,
     "num_decoder_layers": 4,
+    "num_encoder_layers": 4,
     "num_attention_heads": 4,
     "num_heads": 4,
     "n_head": 4,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import re
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -59,17 +60,22 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
     """A copy of the parent's config with the child's sizes."""
     config = copy.deepcopy(parent.config)
     sizes = state.child_sizes()
+    full = replace(state, select={}).child_sizes()  # the parent's, as the analysis sees them
     old_hidden = state.analysis.hidden_size
-    was = {}  # size -> its value in the parent's config
+    was = {}  # size -> (its value in the parent's config, the child's)
     for key, value in sizes.items():
+        if full.get(key) == value:
+            continue  # not cut: the config already says it, in its own terms
         for field in CONFIG_FIELDS[key]:
             if _derived(config, field):
                 continue  # a read-only property (Falcon's head_dim) follows the others
-            if _value(config, field) is not None or (
-                key == "intermediate_size" and hasattr(config, field)
-            ):
-                was[key] = _value(config, field)
-                setattr(config, field, value)
+            old = _value(config, field)
+            if old is not None or (key == "intermediate_size" and hasattr(config, field)):
+                new = value
+                if isinstance(old, int) and old != full[key] and old * value % full[key] == 0:
+                    new = old * value // full[key]  # a multiple of the size (2x the FFN)
+                was[key] = (old, new)
+                setattr(config, field, new)
                 break
     # The same size spelt per stack (BART's decoder_attention_heads beside the
     # num_attention_heads its attribute_map sends to the encoder's): set where the parent
@@ -77,15 +83,11 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
     # cannot find these.
     for field, v in parent.config.to_dict().items():
         for key, pattern in STACK_FIELDS.items():
-            if (
-                key in was
-                and v == was[key]
-                and pattern.match(field)
-                and not _derived(config, field)
-            ):
-                setattr(config, field, sizes[key])
+            if key in was and v == was[key][0] and pattern.match(field):
+                if not _derived(config, field):
+                    setattr(config, field, was[key][1])
     for field in FOLLOW_HIDDEN:
-        if getattr(config, field, None) == old_hidden:
+        if getattr(config, field, None) == old_hidden != sizes["hidden_size"]:
             setattr(config, field, sizes["hidden_size"])
     _set_depth(config, state)
     return config
