@@ -16,7 +16,13 @@ CATEGORIES = (
     "multimodal",
     "other",
 )
-MARK = {"ok": "ok", "refused": "refused", "wrong": "**WRONG**", "crash": "**CRASH**"}
+MARK = {
+    "ok": "ok",
+    "refused": "refused",
+    "caught": "*caught*",
+    "wrong": "**WRONG**",
+    "crash": "**CRASH**",
+}
 
 
 def _result(r: dict, check: str) -> str:
@@ -48,6 +54,7 @@ def counts(records: list[dict]) -> dict[str, dict[str, int]]:
             "refused": fails["refused"],
             "crash": fails["crash"] + fails["died"],
             "wrong": fails["wrong"],
+            "caught": fails["caught"],
         }
     return out
 
@@ -61,7 +68,8 @@ def summary(records: list[dict]) -> str:
             lines.append(
                 f"  {cat:<16} pass {c['passed']}/{c['buildable']} ({pct:.0f}%)  "
                 f"shrink ok {c['shrink_ok']}/{c['buildable']} buildable  "
-                f"refused {c['refused']}  crash {c['crash']}  wrong {c['wrong']}"
+                f"refused {c['refused']}  caught {c['caught']}  crash {c['crash']}  "
+                f"wrong {c['wrong']}"
             )
     return "\n".join(lines)
 
@@ -83,8 +91,11 @@ def write_support(records: list[dict], path: Path) -> None:
         "output, atol 1e-4); **shrink** (half the layers, hidden size, FFN and heads: the child",
         "runs, trains a step, the parent is unchanged); **hf** (save_pretrained +",
         "from_pretrained of the child computes the same); **onnx** (the shrunk child against",
-        "onnxruntime). `refused` is a clear one-line error (quoted below); **WRONG** and",
-        "**CRASH** are bugs. A check after a failed one is not run (`-`).",
+        "onnxruntime). `refused` is a clear one-line error (quoted below); *caught* means",
+        "surgeon's own consistency check (an `InvariantError`) stopped a child that would not",
+        "compute what its graph computes: no child is written, the message asks for a report",
+        "(a bug, not support); **WRONG** (a silent wrong child) and **CRASH** are bugs. A",
+        "check after a failed one is not run (`-`).",
         "",
         f"{len(records)} model types; {len(built)} buildable; **{passed} of {len(built)} "
         f"({100 * passed / max(1, len(built)):.0f}%) pass every check**. Sum of per-type "
@@ -92,14 +103,15 @@ def write_support(records: list[dict], path: Path) -> None:
         "",
         "## By category",
         "",
-        "| category | buildable | pass every check | shrink ok | refused | crash | wrong |",
-        "|---|---|---|---|---|---|---|",
+        "| category | buildable | pass every check | shrink ok | refused | caught | crash "
+        "| wrong |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for cat, c in counts(records).items():
         pct = f"{100 * c['passed'] / c['buildable']:.0f}%" if c["buildable"] else "-"
         lines.append(
             f"| {cat} | {c['buildable']} | {c['passed']} ({pct}) | {c['shrink_ok']} | "
-            f"{c['refused']} | {c['crash']} | {c['wrong']} |"
+            f"{c['refused']} | {c['caught']} | {c['crash']} | {c['wrong']} |"
         )
     lines += [
         "",

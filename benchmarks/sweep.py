@@ -13,11 +13,14 @@ images), and put through six checks, in order:
     onnx      the shrunk child exported and checked against onnxruntime
 
 Each check is `ok`, `refused` (a SurgeonError: one line naming the problem), `wrong` (a
-numerical or structural mismatch, or surgeon's own InvariantError), `crash` (any other
-exception) or `skipped` (an earlier check did not pass). A type whose tiny model cannot be
-built or run by transformers itself is "not buildable", with the reason, and counts in no
-check. Each type runs in its own process (forked from a driver that has imported the
-libraries only), under a timeout; one JSON line per type.
+numerical or structural mismatch that surgeon did not notice: a silent wrong child),
+`caught` (surgeon's own check, an InvariantError, stopped a child that did not compute
+what its graph computes: no child, a message asking for a report; a bug, not support),
+`crash` (any other exception) or `skipped` (an earlier check did not pass). A type whose
+tiny model cannot be built or run by transformers itself (or needs over 8 GiB) is "not
+buildable", with the reason, and counts in no check. Each type runs in its own process
+(forked from a driver that has imported the libraries only), under a timeout; one JSON
+line per type.
 
     python benchmarks/sweep.py                       # all types -> benchmarks/results/sweep.jsonl
     python benchmarks/sweep.py --only gpt_neo,bloom  # some types, results printed
@@ -129,6 +132,10 @@ SEQ2SEQ, MASKED, CAUSAL, IMAGE_CLASSES, BACKBONE, BASE = _MAPPINGS
 
 class Wrong(Exception):
     """The child or the analysis disagrees with what the parent is."""
+
+
+class TooBig(Exception):
+    """The "tiny" model still needs more memory than MEMORY_GB: not a tiny model."""
 
 
 class NoLayers(Exception):
@@ -360,6 +367,9 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
         report = state["report"] = surgeon.inspect(state["parent"]).to_dict()
         layers, hidden = _layers_and_hidden(model.config)
         found = (len(report["layers"]), report["hidden_size"])
+        stacks = state["parent"].analysis.stacks
+        if len(stacks) > 1:  # every plan is refused, naming them (surgeon.pipeline.check)
+            raise NoLayers(f"surgeon finds {len(stacks)} stacks of layers: {', '.join(stacks)}")
         if not found[0]:
             raise NoLayers(f"surgeon inspect finds no residual layers (config: {layers})")
         if found != (layers, hidden):
@@ -405,11 +415,15 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
         try:
             detail = fn()
             entry = {"result": "ok", **({"detail": detail} if detail else {})}
-        except (Wrong, InvariantError) as e:
+        except Wrong as e:
             entry = {"result": "wrong", "why": first_line(e)}
+        except InvariantError as e:  # surgeon's own check stopped a child it found wrong
+            entry = {"result": "caught", "why": first_line(e)}
         except (SurgeonError, NoLayers) as e:
             entry = {"result": "refused", "why": first_line(e)}
         except Exception as e:  # noqa: BLE001 - a crash is a result here
+            if isinstance(e, MemoryError) or "can't allocate memory" in str(e):
+                raise TooBig(f"{type(e).__name__} in {name}: {first_line(e, 120)}") from e
             frame = traceback.extract_tb(e.__traceback__)[-1]
             where = f"{Path(frame.filename).name}:{frame.lineno}"
             entry = {"result": "crash", "why": f"{type(e).__name__} at {where}: {first_line(e)}"}
@@ -433,7 +447,12 @@ def check_type(model_type: str, skip: tuple = ()) -> dict:
         return record
     nparams = sum(p.numel() for p in model.parameters())
     record.update(category=cat, cls=cls, buildable=True, parameters=nparams)
-    run_checks(model, inputs, record, skip)
+    try:
+        run_checks(model, inputs, record, skip)
+    except TooBig as e:
+        record.update(buildable=False, why=f"over the sweep's {MEMORY_GB} GiB: {e}")
+        record.pop("checks", None)
+        return record
     record["passed"] = all(c["result"] == "ok" for c in record["checks"].values())
     record["seconds"] = round(time.perf_counter() - start, 2)
     return record

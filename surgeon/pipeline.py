@@ -94,11 +94,27 @@ def prepare(model: nn.Module, example_inputs: Any = None) -> Parent:
     return Parent(model, graph, _checked(model, analyse(graph)))
 
 
+RANDOM = {  # ops whose output is drawn at random (a masked autoencoder's noise)
+    *("rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "randperm"),
+    *("bernoulli", "bernoulli_", "normal", "normal_", "uniform", "uniform_", "multinomial"),
+    *("exponential_", "poisson", "native_dropout"),
+}
+
+
 def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
     """Refuse layer structures the analysis would report wrongly: a layer whose weights
     are applied several times (ALBERT shares one layer across the depth), or a list of
     layers of which the traced forward reaches only some (cross-attention layers that run
     only with an image)."""
+    from .analysis.context import source_line
+    from .analysis.registry import rule_key
+
+    for node in analysis.graph.graph.nodes:
+        if node.op == "call_function" and rule_key(node) in RANDOM:
+            raise SurgeonError(
+                f"{type(model).__name__} draws random numbers in its forward ({rule_key(node)} "
+                f"at {source_line(node)}): surgeon needs a forward that gives one output"
+            )
     for layer in analysis.layers:
         seen = [p for b in layer.blocks for p in dict.fromkeys(b.params)]
         if len(seen) != len(set(seen)):

@@ -145,6 +145,30 @@ class Atoms:
             return
         self.pin(root, "product and concatenation that do not line up")
 
+    def break_cycles(self) -> None:
+        """An atom refined (through its parts) into itself, as unifications across several
+        reshapes can leave: its refinement is dropped and the atom pinned, so that reading
+        the result terminates and such an axis is never cut."""
+        state: dict[int, int] = {}  # 1: on the current path, 2: done
+
+        def visit(a: int) -> bool:  # whether a cycle runs through `a`
+            a = self.find(a)
+            if state.get(a) == 2:
+                return False
+            if state.get(a) == 1:
+                return True
+            state[a] = 1
+            r = self.refinement.get(a)
+            cyclic = r is not None and any([visit(p) for p in r.parts])
+            if cyclic:
+                del self.refinement[a]
+                self.pin(a, "sizes that refine each other in a cycle")
+            state[a] = 2
+            return False
+
+        for a in list(self.refinement):
+            visit(a)
+
     # -- reading the result ----------------------------------------------------------
     def leaves(self, a: int) -> list[int]:
         """The leaf atoms (groups) an atom is made of, in index order, with repeats."""

@@ -84,6 +84,7 @@ def discover_dims(graph: Graph) -> Dims:
                 f"no rule for {node.op} node {node.name} ({source_line(node)}): "
                 "trace through submodules (the fx frontend does) or use the export frontend"
             )
+    ctx.A.break_cycles()
     return ctx.dims
 
 

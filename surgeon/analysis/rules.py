@@ -283,8 +283,23 @@ def arange(ctx: Context, a: Args) -> None:
     ctx.pin_all(a.out, "positions (arange)")
 
 
+def _sig_index_select(input, dim, index): ...
+
+
+@_rule("index_select", signature=_sig_index_select)
+def index_select(ctx: Context, a: Args) -> None:
+    """Rows of `input` along `dim` picked by `index`: that axis is pinned (positions picked
+    by data), every other axis carries over."""
+    x = ctx.axes(a.input)
+    if x is None or len(a.out) != len(x):
+        return data_dependent(ctx, a)
+    dim = _dim(a.dim, len(x))
+    ctx.pin_all([x[dim], a.out[dim]], f"indexed by {a.node.name}")
+    ctx.pin_all(ctx.axes(a.index), f"indexed by {a.node.name}")
+    _carry_other_axes(ctx, x, [a.out], dim)
+
+
 @_rule(
-    "index_select",
     "gather",
     "scatter",
     "index_put",
