@@ -7,12 +7,19 @@ import pytest
 
 from benchmarks.sweep import CHECKS, check_type
 
-# Each exercises rules the zoo does not: GPT-J (interleaved rotary via repeat_interleave,
-# parallel attention + MLP), Camembert (RoBERTa positions), BEiT (relative position bias,
-# backbone stages rewritten with depth), BioGPT (an embedding scale derived from the width).
-PASSING = {"gptj": "decoder", "camembert": "encoder", "beit": "vision", "biogpt": "decoder"}
-# Refused with one line, never a crash: experts (issue 16), a state-space mixer.
-REFUSED = {"mixtral": "moe", "mamba": "ssm/hybrid"}
+# Each exercises what the zoo does not: GPT-J (interleaved rotary via repeat_interleave),
+# Falcon (multi-query qkv read by constant indices, a read-only head_dim), LayoutLM (a
+# pooler the config sizes with the hidden size), BEiT (relative position bias, backbone
+# stages re-indexed with depth), BioGPT (an embedding scale derived from the width).
+PASSING = {
+    "gptj": "decoder",
+    "falcon": "decoder",
+    "layoutlm": "encoder",
+    "beit": "vision",
+    "biogpt": "decoder",
+}
+# Refused with one line, never a crash: experts (issue 16), an encoder-decoder's two stacks.
+REFUSED = {"mixtral": "moe", "t5": "encoder-decoder"}
 
 
 @pytest.mark.parametrize("model_type", sorted(PASSING))

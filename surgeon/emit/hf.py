@@ -149,8 +149,8 @@ def _set_depth(config: Any, state: SurgeryState) -> None:
         if isinstance(value, (list, tuple)) and len(value) == n:
             setattr(config, field, type(value)(value[i] for i in order))
     for field, value in config.to_dict().items():
-        keys = list(value) if isinstance(value, dict) else []
-        if keys and all(str(k).isdigit() and int(k) < n for k in keys):
+        keys = list(value) if isinstance(value, dict) and "layer" in field else []
+        if keys and all(str(k).isdigit() and int(k) < n for k in keys):  # not id2label
             # one entry per layer index (`per_layer_config: {3: ...}`), for some layers
             kept = {int(k): v for k, v in value.items()}
             setattr(config, field, {j: kept[i] for j, i in enumerate(order) if i in kept})
