@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .analysis import Analysis, analyse
-from .emit.hf import check_config, fit_config, is_hf_model
+from .emit.hf import config_error, fit_config, is_hf_model
 from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError
 from .frontends import Graph, tensor_of, trace
 from .io.shards import Shards
@@ -102,10 +102,11 @@ RANDOM = {  # ops whose output is drawn at random (a masked autoencoder's noise)
 
 
 def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
-    """Refuse layer structures the analysis would report wrongly: a layer whose weights
-    are applied several times (ALBERT shares one layer across the depth), or a list of
-    layers of which the traced forward reaches only some (cross-attention layers that run
-    only with an image)."""
+    """Refuse, in one line, what the analysis would report wrongly: a forward that draws
+    random numbers (no output to preserve), a layer whose weights are applied several
+    times (ALBERT shares one layer across the depth), or a list of layers of which the
+    traced forward reaches only some (cross-attention layers that run only with an
+    image)."""
     from .analysis.context import source_line
     from .analysis.registry import rule_key
 
@@ -253,11 +254,12 @@ def _child_config(parent: Parent, state: SurgeryState) -> Any:
         return None
     for _ in range(8):
         planned = _planned(state)
-        expected = expected_shapes(planned)
-        config, wrong = fit_config(parent.model, planned, expected)
-        if not wrong or not _follow_config(state, wrong):
+        config, wrong = fit_config(parent.model, planned, expected_shapes(planned))
+        if not wrong:
+            return config
+        if not _follow_config(state, wrong):
             break
-    return check_config(parent.model, _planned(state), expected_shapes(_planned(state)))
+    raise config_error(parent.model, wrong)
 
 
 def _follow_config(state: SurgeryState, wrong: dict) -> bool:

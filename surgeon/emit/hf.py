@@ -1,8 +1,10 @@
 """Rebuild the parent's Hugging Face class around the child's weights.
 
-This is the one place that knows Hugging Face config field names: a table, checked
-against the graph (the rebuilt model must have exactly the child's tensor shapes and
-compute what the child graph computes).
+This is the one place that knows Hugging Face config field names: a short table of common
+ones, and what the class itself shows for the rest (a probe built on the meta device,
+fitted field by field: `fit_config`). All of it is checked against the graph: the rebuilt
+model must have exactly the child's tensor shapes and compute what the child graph
+computes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "child_config",
     "check_config",
     "fit_config",
+    "config_error",
     "emit_hf",
 ]
 
@@ -182,18 +185,23 @@ def check_config(parent: nn.Module, state: SurgeryState, expected: dict[str, tup
     `decoder_ffn_dim`, ...) are found by `_fit_fields`. Returns the config."""
     config, wrong = fit_config(parent, state, expected)
     if wrong:
-        name, (got, want) = next(iter(wrong.items()))
-        if name.startswith("the layers"):
-            raise PlanError(
-                f"{type(parent).__name__} cannot hold this child: its config builds {got[0]} "
-                f"of {name}, the child has {want[0]}; no config field changes that count"
-            )
-        raise PlanError(
-            f"{type(parent).__name__} cannot hold this child: its config gives {name} the "
-            f"shape {got}, the child needs {want}; choose sizes where "
-            "hidden_size, num_heads and head_dim agree"
-        )
+        raise config_error(parent, wrong)
     return config
+
+
+def config_error(parent: nn.Module, wrong: dict) -> PlanError:
+    """The one-line error for a config that cannot express the child (`fit_config`)."""
+    name, (got, want) = next(iter(wrong.items()))
+    if name.startswith("the layers"):
+        return PlanError(
+            f"{type(parent).__name__} cannot hold this child: its config builds {got[0]} "
+            f"of {name}, the child has {want[0]}; no config field changes that count"
+        )
+    return PlanError(
+        f"{type(parent).__name__} cannot hold this child: its config gives {name} the "
+        f"shape {got}, the child needs {want}; choose sizes where "
+        "hidden_size, num_heads and head_dim agree"
+    )
 
 
 def fit_config(parent: nn.Module, state: SurgeryState, expected: dict[str, tuple]):
