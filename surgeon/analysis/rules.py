@@ -1142,8 +1142,8 @@ def einsum(ctx: Context, a: Args) -> None:
     for spec, x in zip(specs, axes, strict=True):
         for c, ax in zip(spec, x, strict=True):
             if c not in label or ctx.size(label[c]) == 1:
-                label[c] = ax if c not in label or ctx.size(ax) != 1 else label[c]
-            if ctx.size(ax) == ctx.size(label[c]):
+                label[c] = ax  # the label's first axis, or one wider than a broadcast 1
+            elif ctx.size(ax) == ctx.size(label[c]):
                 ctx.A.unify(label[c], ax)
     for c, o in zip(rhs, a.out, strict=True):
         if ctx.size(o) == ctx.size(label[c]):
