@@ -125,7 +125,14 @@ def check_onnx(model: nn.Module, path: str | Path, inputs_list: list[Any], tol: 
         feed = {
             n: (inputs.kwargs[n] if n in inputs.kwargs else next(positional)).numpy() for n in names
         }
-        got = session.run(None, feed)[0]
+        try:
+            got = session.run(None, feed)[0]
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
+            shapes = {n: tuple(v.shape) for n, v in feed.items()}
+            raise SurgeonError(
+                f"onnxruntime rejects inputs of shapes {shapes} ({first_line(e, 120)}): the "
+                "exported graph fixed a size that the model's forward specialises"
+            ) from e
         want = output_tensors(inputs.call(model))[0]
         scale = max(want.abs().max().item(), 1e-6)
         worst = max(worst, (torch.from_numpy(got) - want).abs().max().item() / scale)
