@@ -94,8 +94,14 @@ def write_support(records: list[dict], path: Path) -> None:
         "onnxruntime). `refused` is a clear one-line error (quoted below); *caught* means",
         "surgeon's own consistency check (an `InvariantError`) stopped a child that would not",
         "compute what its graph computes: no child is written, the message asks for a report",
-        "(a bug, not support); **WRONG** (a silent wrong child) and **CRASH** are bugs. A",
-        "check after a failed one is not run (`-`).",
+        "(a bug, not support); **WRONG** (a silent wrong child) and **CRASH** are bugs",
+        "(`died`: the type's process ran past the 90 s timeout; counted as a crash). A check",
+        f"after a failed one is not run (`-`). {len(records) - len(built)} types are not "
+        "buildable: most need inputs the sweep does not make (audio features, time series,",
+        "videos) or reject a tiny config.",
+        "",
+        "Records marked `rerun` in the JSON were re-run at a later commit (named there) after a",
+        "fix that only changed what a crash reports; every other record is from one full run.",
         "",
         f"{len(records)} model types; {len(built)} buildable; **{passed} of {len(built)} "
         f"({100 * passed / max(1, len(built)):.0f}%) pass every check**. Sum of per-type "
