@@ -7,9 +7,11 @@ images), and put through six checks, in order:
     trace     surgeon.prepare(model, inputs)
     inspect   the analysis finds the config's number of layers and hidden size
     permute   importance-only plan: the child computes the parent's output (atol 1e-4)
-    shrink    half the layers, hidden size, FFN and heads: the child runs, trains one
-              step, and the parent is unchanged
-    hf        the child's save_pretrained + from_pretrained computes the same output
+    shrink    half the layers, hidden size, FFN and heads: the child runs, a copy of it
+              trains one step, and the parent is unchanged
+    hf        the child's save_pretrained + from_pretrained computes the same output (the
+              child as surgeon made it: a trained PixioBackbone loses the difference
+              between its two layer norms on save, a transformers matter)
     onnx      the shrunk child exported and checked against onnxruntime
 
 Each check is `ok`, `refused` (a SurgeonError: one line naming the problem), `wrong` (a
@@ -33,6 +35,7 @@ The check of one type is also importable: `check_type("llama")` returns its reco
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect as pyinspect
 import json
 import multiprocessing as mp
@@ -386,7 +389,7 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
         got = _out(child, inputs)
         if got.dim() != state["want"].dim() or not torch.isfinite(got).all():
             raise Wrong(f"child output {tuple(got.shape)} is not like the parent's or not finite")
-        _train_step(child, inputs)
+        _train_step(copy.deepcopy(child), inputs)  # the checks below see the child as made
         if fingerprint(model) != state["print"]:
             raise Wrong("the parent changed")
         return json.dumps(plan["target"])
