@@ -100,9 +100,6 @@ def write_support(records: list[dict], path: Path) -> None:
         "buildable: most need inputs the sweep does not make (audio features, time series,",
         "videos) or reject a tiny config.",
         "",
-        "Records marked `rerun` in the JSON were re-run at a later commit (named there) after a",
-        "fix that only changed what a crash reports; every other record is from one full run.",
-        "",
         f"{len(records)} model types; {len(built)} buildable; **{passed} of {len(built)} "
         f"({100 * passed / max(1, len(built)):.0f}%) pass every check**. Sum of per-type "
         f"times {seconds / 60:.0f} min (one process per type).",
