@@ -5,17 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-CHECKS = ("trace", "inspect", "permute", "shrink", "hf", "onnx")
-CATEGORIES = (
-    "decoder",
-    "encoder",
-    "vision",
-    "encoder-decoder",
-    "moe",
-    "ssm/hybrid",
-    "multimodal",
-    "other",
-)
+from benchmarks.sweep import CATEGORIES, CHECKS  # one definition, the sweep's
+
 MARK = {
     "ok": "ok",
     "refused": "refused",
