@@ -294,11 +294,15 @@ def _out(model, inputs):
 
 
 def _close(a, b, what: str, atol: float = 1e-4) -> float:
+    """The largest difference; `Wrong` above `atol` times the output's scale (its largest
+    magnitude, at least 1): float32 rounding grows with the activations, and a tiny random
+    model's can reach 1e4 (CPM-Ant's)."""
     if a.shape != b.shape:
         raise Wrong(f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}")
     diff = (a.float() - b.float()).abs().max().item()
-    if not diff <= atol:
-        raise Wrong(f"{what}: max difference {diff:.2e} > {atol}")
+    bound = atol * max(1.0, b.float().abs().max().item())
+    if not diff <= bound:
+        raise Wrong(f"{what}: max difference {diff:.2e} > {bound:.1e}")
     return diff
 
 
@@ -321,7 +325,8 @@ def shrink_plan(report: dict) -> dict:
     if layer.get("intermediate_size"):
         target["intermediate_size"] = layer["intermediate_size"] // 2
     heads, kv = layer.get("num_heads"), layer.get("num_kv_heads")
-    if heads:
+    kinds = {(x.get("num_heads"), x.get("num_kv_heads")) for x in report["layers"]}
+    if heads and len(kinds) == 1:  # layers of several attention kinds: no one head count
         kv = kv or heads
         target["num_kv_heads"] = max(1, kv // 2)
         group = heads // kv

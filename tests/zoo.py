@@ -359,6 +359,25 @@ class _OpCase(nn.Module):
         return self.c(self.fn(self.a(x)))  # x (2, 3, 8)
 
 
+class _Depthwise(nn.Module):
+    """A depthwise causal convolution over the sequence (Mamba's, gated DeltaNet's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(12, 12, 3, groups=12, padding=2)
+
+    def forward(self, h):
+        return self.conv(h.transpose(1, 2))[..., : h.shape[1]].transpose(1, 2)
+
+
+def _no_grad_region(h):
+    """A scale computed under torch.no_grad() (CPM-Ant's position buckets): export keeps
+    it as a `wrap_with_set_grad_enabled` region."""
+    with torch.no_grad():
+        scale = h.detach().abs().mean(-1, keepdim=True) + 1
+    return h * scale
+
+
 OP_CASES = {
     "movedim": (lambda h: torch.movedim(h.view(2, 3, 3, 4), 2, 3).reshape(2, 3, 12), 12),
     "permute_kwargs": (lambda h: h.permute(dims=(0, 2, 1)).transpose(1, 2), 12),
@@ -391,6 +410,12 @@ OP_CASES = {
         12,
     ),
     "max_pool": (lambda h: F.max_pool1d(h.transpose(1, 2), 1).transpose(1, 2), 12),
+    "cumsum": (lambda h: h.view(2, 3, 3, 4).cumsum(1).flip(-1).flatten(2), 12),
+    # a table read at computed rows (CTRL's sinusoidal positions), the last token (CLIP's)
+    "gather_rows": (lambda h: h[torch.arange(2)[:, None], torch.arange(3).flip(0)], 12),
+    "gather_last": (lambda h: h[torch.arange(2), 2 * torch.ones(2, dtype=torch.long)][:, None], 12),
+    "no_grad_region": (_no_grad_region, 12),
+    "depthwise_conv": (_Depthwise, 12),  # a module class: built per case
     # Falcon's fused multi-query layout: 4 query heads, then one key and one value head
     "constant_index": (
         lambda h: (h.view(2, 3, 6, 2)[:, :, :-2] * h.view(2, 3, 6, 2)[:, :, [-2]]).flatten(2),
@@ -402,6 +427,7 @@ OP_CASES = {
 def op_case(name: str):
     torch.manual_seed(SEED)
     fn, width = OP_CASES[name]
+    fn = fn() if isinstance(fn, type) else fn
     g = torch.Generator().manual_seed(SEED + 1)
     return _OpCase(fn, width).eval(), (torch.randn(2, 3, 8, generator=g),)
 

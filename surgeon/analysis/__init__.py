@@ -49,13 +49,14 @@ class Group:
     layer: int | None = None  # index into Analysis.layers, None when shared by several
     pinned: str | None = None  # why it may not be permuted, if it may not
     literals: int = 0  # shape literals (view sizes, split sizes, ...) that state its size
-    # whether the surgery may reorder and cut it: not pinned, and held only by parameters (a
-    # group a buffer shares, such as rotary frequencies, is rebuilt from the config by the
-    # emitters in its original order, so it keeps its order)
+    # whether the surgery may cut it (and reorder it, unless `ordered`): not pinned, and
+    # held by parameters and buffers only
     movable: bool = False
-    # an axis of the model's output that may still be cut (the residual stream of a model
-    # without a head): it keeps its order, so an uncut child computes the same output
-    output: bool = False
+    # cut, never reordered: an axis of the model's output (the residual stream of a model
+    # without a head), so an uncut child computes the same output; or one a buffer shares
+    # (sinusoidal positions as wide as the hidden size), which a Hugging Face class
+    # rebuilds from the config in its own order
+    ordered: bool = False
 
 
 @dataclass
@@ -115,7 +116,7 @@ def analyse(graph: Graph) -> Analysis:
     def canonical(target):
         return graph.params.canonical(target) if target in graph.params else None
 
-    soft = _pin_outputs(dims, root)
+    soft = _output_leaves(dims)
     blocks = find_blocks(graph.graph, dims, root, canonical)
     layers = _layers(blocks)
     groups = _groups(graph, dims)
@@ -137,28 +138,22 @@ def analyse(graph: Graph) -> Analysis:
         ):
             g.role = "ffn"
     for g in groups.values():
-        g.movable = g.pinned is None and all(kinds.get(n) == "parameter" for n, _ in g.members)
-        g.output = g.id in soft
+        held = {kinds.get(n) for n, _ in g.members}
+        g.movable = g.pinned is None and held <= {"parameter", "buffer"}
+        g.ordered = g.id in soft or "buffer" in held
     _fill_layers(layers, groups, sites, dims)
     analysis = Analysis(graph, dims, root, blocks, layers, groups)
     analysis.couplings = _couplings(analysis, kinds)
     return analysis
 
 
-def _pin_outputs(dims: Dims, root: int) -> set[int]:
-    """Pin the axes of the graph's outputs (their positions are the model's interface),
-    except the residual stream's (a model without a head returns its last hidden state,
-    which a narrower child narrows); returns the residual leaves left free."""
+def _output_leaves(dims: Dims) -> set[int]:
+    """The leaves of the graph's outputs: they keep their order (their positions are the
+    model's interface) but may be cut, when the residual stream is (a model without a head
+    returns its last hidden state, which a narrower child narrows) or when the child's
+    config sizes them (a pooler as wide as the hidden size)."""
     atoms = dims.atoms
-    residual = set(atoms.leaves(root))
-    soft = set()
-    for a in dims.outputs:
-        leaves = set(atoms.leaves(a))
-        if leaves <= residual:
-            soft |= leaves
-        else:
-            atoms.pin(a, "graph output")
-    return soft
+    return {leaf for a in dims.outputs for leaf in atoms.leaves(a)}
 
 
 def _layers(blocks: list[Block]) -> list[LayerInfo]:

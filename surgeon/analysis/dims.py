@@ -68,7 +68,7 @@ def discover_dims(graph: Graph) -> Dims:
         elif node.op == "get_attr":
             _parameter(ctx, node, shape)
         elif node.op == "output":
-            for arg in node.all_input_nodes:  # pinned by the analysis (`_pin_outputs`)
+            for arg in node.all_input_nodes:  # pinned by the analysis (`_output_leaves`)
                 ctx.dims.outputs += _flat(ctx.dims.out.get(arg))
         elif node.op in ("call_function", "call_method"):
             if shape is None:

@@ -254,14 +254,64 @@ def new_factory(ctx: Context, a: Args) -> None:
     _size_literals(ctx, a)
 
 
-@_rule("triu", "tril", "cumsum", "cumprod", "flip", "roll", "diff", signature=_sig_unary)
-def positional(ctx: Context, a: Args) -> None:
-    """Values depend on positions along some axes: keep the shape, pin those axes."""
-    out, x = a.out, ctx.axes(a.input)
-    if x is not None and len(x) == len(out):
-        ctx.broadcast(out, x)
-    ctx.pin_all(out, f"positions matter to {a.node.name}")
-    ctx.pin_all(x, f"positions matter to {a.node.name}")
+def _sig_scan(input, dim=None, *rest, **options): ...
+def _sig_diff(input, n=1, dim=-1, *rest, **options): ...
+def _sig_flip(input, dims=None, *rest, **options): ...
+def _sig_roll(input, shifts=None, dims=None, *rest, **options): ...
+
+
+def _positional(ctx: Context, a: Args, dims: Any, out: Any = None) -> None:
+    """Values depend on positions along `dims` (None: along every axis): those axes are
+    pinned, the others carry over."""
+    out, x = out or a.out, ctx.axes(a.input)
+    why = f"positions matter to {a.node.name}"
+    if x is None or len(x) != len(out) or dims is None:
+        if x is not None and len(x) == len(out):
+            ctx.broadcast(out, x)
+        ctx.pin_all(out, why)
+        ctx.pin_all(x, why)
+        return
+    dims = {_dim(d, len(x)) for d in ((dims,) if isinstance(dims, int) else dims)}
+    for i, (ax, o) in enumerate(zip(x, out, strict=True)):
+        if i in dims:
+            ctx.pin_all([ax, o], why)
+        else:
+            ctx.A.unify(ax, o)
+
+
+@_rule("cumsum", "cumprod", "logcumsumexp", "cummax", "cummin", signature=_sig_scan)
+def scan(ctx: Context, a: Args) -> None:
+    """A running sum (or product) along `dim`: that axis is an order, the others carry."""
+    if a.out and not isinstance(a.out[0], int):  # cummax/cummin: (values, indices)
+        for o in a.out:
+            _positional(ctx, a, a.dim if isinstance(a.dim, int) else None, o)
+        return
+    _positional(ctx, a, a.dim if isinstance(a.dim, int) else None)
+
+
+@_rule("diff", signature=_sig_diff)
+def diff(ctx: Context, a: Args) -> None:
+    """Differences of neighbours along `dim` (one fewer there): that axis is an order."""
+    _positional(ctx, a, a.dim if isinstance(a.dim, int) else None)
+
+
+@_rule("flip", signature=_sig_flip)
+@_rule("roll", signature=_sig_roll)
+def flip(ctx: Context, a: Args) -> None:
+    """Positions reversed (or shifted) along `dims` (every axis when none is given)."""
+    dims = a.dims
+    ok = isinstance(dims, int) or (isinstance(dims, (list, tuple)) and dims)
+    _positional(ctx, a, dims if ok and all(isinstance(d, int) for d in _ints(dims)) else None)
+
+
+@_rule("triu", "tril", signature=_sig_unary)
+def triangle(ctx: Context, a: Args) -> None:
+    """Keep a triangle of the two trailing axes: they are positions, the others carry."""
+    _positional(ctx, a, (-2, -1))
+
+
+def _ints(v: Any) -> tuple:
+    return (v,) if isinstance(v, int) else tuple(v)
 
 
 # -- factories and data-dependent ops ----------------------------------------------------
@@ -387,18 +437,52 @@ def index(ctx: Context, a: Args) -> None:
     x, out = ctx.axes(a.input), a.out
     indices = list(a.indices) if isinstance(a.indices, (list, tuple)) else None
     used = [i for i, t in enumerate(indices or []) if t is not None]
-    if x is None or len(used) != 1 or len(out) != len(x):
+    if x is None or not used:
         return data_dependent(ctx, a)
-    dim = used[0]
-    value = _constant(ctx, indices[dim])
     run = None
-    if value is not None and value.dim() == 1 and not value.is_floating_point():
-        values = value.tolist()
-        run = _run(values, ctx.size(x[dim]))
-    if run is None:
+    if len(used) == 1 and len(out) == len(x):
+        value = _constant(ctx, indices[used[0]])
+        if value is not None and value.dim() == 1 and not value.is_floating_point():
+            values = value.tolist()
+            run = _run(values, ctx.size(x[used[0]]))
+    if run is not None:
+        _carry_other_axes(ctx, x, [out], used[0])
+        _fixed_slice(ctx, a.node, x[used[0]], out[used[0]], run, values)
+    else:
+        _gather(ctx, a, x, indices, used)
+
+
+def _gather(ctx: Context, a: Args, x: list[int], indices: list, used: list[int]) -> None:
+    """Tensor indices on some axes (`pos_table[position_ids]`, `h[arange(B), last]`): the
+    indexed axes are pinned; the axes not indexed carry over; the output's axes from the
+    (broadcast) indices are theirs. The indices go first when they are not adjacent."""
+    why = f"indexed by {a.node.name}"
+    idx = [ctx.axes(indices[i]) for i in used]
+    shapes = [_val_shape(indices[i]) for i in used]
+    if any(s is None for s in shapes) or len(used) != used[-1] - used[0] + 1:
+        return data_dependent(ctx, a)  # a boolean mask, or indices set apart
+    width = max(len(s) for s in shapes)
+    lead = used[0]
+    before, after = x[:lead], x[used[-1] + 1 :]
+    if len(a.out) != len(before) + width + len(after):
         return data_dependent(ctx, a)
-    _carry_other_axes(ctx, x, [out], dim)
-    _fixed_slice(ctx, a.node, x[dim], out[dim], run, values)
+    ctx.pin_all([x[i] for i in used], why)
+    for ax, o in zip(before, a.out[:lead], strict=True):
+        ctx.A.unify(ax, o)
+    for ax, o in zip(after, a.out[lead + width :], strict=True):
+        ctx.A.unify(ax, o)
+    mid = a.out[lead : lead + width]
+    for axes in idx:
+        if axes is not None:
+            ctx.broadcast(mid, axes)
+
+
+def _val_shape(t: Any) -> tuple | None:
+    """The shape of an integer index tensor; None for a boolean mask or anything else."""
+    val = t.meta.get("val") if isinstance(t, fx.Node) else None
+    if not isinstance(val, torch.Tensor) or val.dtype == torch.bool:
+        return None
+    return tuple(val.shape)
 
 
 # -- reductions -------------------------------------------------------------------------
@@ -749,6 +833,10 @@ def _tensor_index(ctx: Context, a: Args, x: list[int], index: tuple) -> None:
     lists = [p for p, i in enumerate(index) if isinstance(i, (list, tuple))]
     if len(lists) == 1 and not any(isinstance(i, (fx.Node, torch.Tensor)) for i in index):
         return _list_index(ctx, a, x, index, lists[0])
+    tensors = [isinstance(i, fx.Node) for i in index]
+    if any(tensors) and all(t or i == slice(None) for t, i in zip(tensors, index, strict=True)):
+        indices = [i if t else None for t, i in zip(tensors, index, strict=True)]
+        return _gather(ctx, a, x, indices, [p for p, t in enumerate(tensors) if t])
     if any(isinstance(i, (fx.Node, list, tuple, torch.Tensor)) for i in index):
         return data_dependent(ctx, a)  # advanced indexing: positions picked by data
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
@@ -932,9 +1020,21 @@ def conv(ctx: Context, a: Args) -> None:
     if a.groups == 1:
         ctx.A.unify(x[1], w[1])
         ctx.fan_in(a.weight, 1, a.input, 1)
+    elif _depthwise(a):  # one group per channel: channels pass through, `groups` counts them
+        ctx.A.unify(x[1], out[1])
+        ctx.A.pin(w[1], f"one input channel per group ({a.node.name})")
+        ctx.literal(a.node, a.path("groups"), out[1])
     else:
         ctx.pin_all([x[1], w[0], w[1]], f"grouped convolution {a.node.name}")
     ctx.pin_all([x[2:], w[2:], out[2:]], f"spatial axes of {a.node.name}")
+
+
+def _depthwise(a: Args) -> bool:
+    """A convolution with one input and one output channel per group."""
+    x, w = a.input.meta.get("val"), a.weight.meta.get("val")
+    if x is None or w is None or not isinstance(a.groups, int):
+        return False
+    return x.shape[1] == w.shape[0] == a.groups and w.shape[1] == 1
 
 
 # -- ordering, stacking, repeating ------------------------------------------------------

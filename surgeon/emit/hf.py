@@ -10,6 +10,7 @@ computes.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import warnings
 from dataclasses import replace
@@ -66,31 +67,39 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
     full = replace(state, select={}).child_sizes()  # the parent's, as the analysis sees them
     old_hidden = state.analysis.hidden_size
     was = {}  # size -> (its value in the parent's config, the child's)
+    fields = config.to_dict()
     for key, value in sizes.items():
         if full.get(key) == value:
             continue  # not cut: the config already says it, in its own terms
-        for field in CONFIG_FIELDS[key]:
-            if _derived(config, field):
-                continue  # a read-only property (Falcon's head_dim) follows the others
+        named = [f for f in CONFIG_FIELDS[key] if not _derived(config, f)]
+        # The same size spelt per stack (BART's decoder_attention_heads beside the
+        # num_attention_heads its attribute_map sends to the encoder's). Head counts do
+        # not show in tensor shapes, so `_fit_fields` cannot find these.
+        stacked = [f for f in fields if key in STACK_FIELDS and STACK_FIELDS[key].match(f)]
+        exact = [f for f in (*named, *stacked) if _value(config, f) == full.get(key)]
+        for field in exact:  # the fields that state the parent's size
+            if not _derived(config, field):
+                setattr(config, field, value)
+        if exact:
+            was[key] = (full.get(key), value)
+            continue
+        for field in named:
             old = _value(config, field)
             if old is not None or (key == "intermediate_size" and hasattr(config, field)):
                 new = value
-                if isinstance(old, int) and old != full[key] and old * value % full[key] == 0:
-                    new = old * value // full[key]  # a multiple of the size (2x the FFN)
+                was_full = full.get(key)
+                if isinstance(old, int) and was_full and old * value % was_full == 0:
+                    new = old * value // was_full  # a multiple of the size (2x the FFN)
                 was[key] = (old, new)
                 setattr(config, field, new)
                 break
-    # The same size spelt per stack (BART's decoder_attention_heads beside the
-    # num_attention_heads its attribute_map sends to the encoder's): set where the parent
-    # holds the same value. Head counts do not show in tensor shapes, so `_fit_fields`
-    # cannot find these.
-    for field, v in parent.config.to_dict().items():
+    for field, v in fields.items():
         for key, pattern in STACK_FIELDS.items():
             if key in was and v == was[key][0] and pattern.match(field):
                 if not _derived(config, field):
                     setattr(config, field, was[key][1])
     for field in FOLLOW_HIDDEN:
-        if getattr(config, field, None) == old_hidden != sizes["hidden_size"]:
+        if _value(config, field) == old_hidden != sizes["hidden_size"]:
             setattr(config, field, sizes["hidden_size"])
     _set_depth(config, state)
     return config
@@ -139,16 +148,19 @@ def _set_depth(config: Any, state: SurgeryState) -> None:
     order = list(range(n)) if state.layers is None else state.layers
     if order == list(range(n)):
         return
-    for field in CONFIG_FIELDS["num_layers"]:
-        if getattr(config, field, None) == n:
-            setattr(config, field, len(order))
-            break
-    else:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    where = [
+        (c, f) for c in (config, text) for f in CONFIG_FIELDS["num_layers"] if _value(c, f) == n
+    ]
+    if not where:
         raise PlanError(
             f"{type(config).__name__} has no layer count equal to {n}: cannot change depth"
         )
+    owner, field = where[0]  # the top level's, else its text model's (Fuyu's text_config)
+    setattr(owner, field, len(order))
+    config = owner
     for field in PER_LAYER:
-        value = getattr(config, field, None)
+        value = _value(config, field)
         if isinstance(value, (list, tuple)) and len(value) == n:
             setattr(config, field, type(value)(value[i] for i in order))
     for field, value in config.to_dict().items():
@@ -222,7 +234,7 @@ def _mismatches(parent: nn.Module, config: Any, expected: dict[str, tuple], stat
     names = probe.state_dict()
     out = {}
     for name, tensor in names.items():
-        want = expected.get(name)
+        want = expected.get(state.parent_name(name))  # child layer j: a parent layer's
         if want is not None and tuple(tensor.shape) != want:
             out[name] = (tuple(tensor.shape), want)
     layers = state.analysis.layers
@@ -339,10 +351,14 @@ def _adopt_rebuilt_scalars(parent: nn.Module, model: nn.Module, child: fx.GraphM
     """Float attributes that a module's constructor derives from the config (an embedding
     scale of sqrt(hidden_size)) are constants in the graph: where the rebuilt module holds
     another value than the parent's, the graph's calls inside that module that pass the
-    parent's value take the child's, as `_adopt_rebuilt_buffers` does for buffers."""
+    parent's value take the child's, as `_adopt_rebuilt_buffers` does for buffers. So do
+    the square root of an int attribute (a size) and its inverse."""
     modules = dict(model.named_modules())
     child_path = {state.parent_name(f"{p}.w")[:-2]: p for p in modules if p}
     changed: dict[str, dict[float, float]] = {}
+    new_sizes = state.child_sizes()
+    full = replace(state, select={}).child_sizes()
+    cut = {(full[k], v) for k, v in new_sizes.items() if full.get(k, v) != v and full[k] > 4}
     for path, old in parent.named_modules():
         new = modules.get(child_path.get(path, path))
         if new is None:
@@ -351,6 +367,10 @@ def _adopt_rebuilt_scalars(parent: nn.Module, model: nn.Module, child: fx.GraphM
             other = vars(new).get(key)
             if type(value) is float and type(other) is float and other != value:
                 changed.setdefault(path, {})[value] = other
+            elif type(value) is int and type(other) is int and (value, other) in cut:
+                # a size the forward scales by (`x * sqrt(d_model)`, `q * head_dim**-0.5`)
+                swap = changed.setdefault(path, {})
+                swap[math.sqrt(value)], swap[value**-0.5] = math.sqrt(other), other**-0.5
     if not changed:
         return
     for node in child.graph.nodes:

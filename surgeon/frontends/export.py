@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .graph import Graph, Inputs, ParamTable
 
@@ -19,6 +21,7 @@ def trace_export(model: nn.Module, inputs: Inputs) -> Graph:
     """
     ep = torch.export.export(model, inputs.args, dict(inputs.kwargs), strict=False)
     module = ep.module()
+    _inline_grad_regions(module)
     params = ParamTable.from_module(model, constants=_lifted_constants(ep))
     return Graph(module, params, inputs, "export")
 
@@ -30,3 +33,46 @@ def _lifted_constants(ep: torch.export.ExportedProgram) -> dict[str, torch.Tenso
         if spec.kind == torch.export.graph_signature.InputKind.CONSTANT_TENSOR:
             out[spec.target] = ep.constants[spec.target]
     return out
+
+
+def _inline_grad_regions(gm: fx.GraphModule) -> None:
+    """Inline the bodies of `wrap_with_set_grad_enabled` (a `torch.no_grad()` region in
+    the forward, kept by export as a higher-order op), so the analysis sees their ops.
+    The surgery reads them as plain ops; a graph child trains through them (a Hugging Face
+    child runs its own class, regions and all)."""
+    hop = getattr(torch.ops.higher_order, "wrap_with_set_grad_enabled", None)
+    while hop is not None:
+        node = next((n for n in gm.graph.nodes if n.target is hop), None)
+        if node is None:
+            break
+        _, sub, *operands = node.args
+        body = getattr(gm, sub.target)
+        env: dict[fx.Node, fx.Node] = {}
+        placeholders = [n for n in body.graph.nodes if n.op == "placeholder"]
+        env.update(zip(placeholders, operands, strict=True))
+        with gm.graph.inserting_before(node):
+            for n in body.graph.nodes:
+                if n.op == "output":
+                    results = [env.get(o, o) for o in n.args[0]]
+                elif n.op != "placeholder":
+                    env[n] = gm.graph.node_copy(n, env.__getitem__)
+                    if n.op == "get_attr":  # a nested region's body or a constant
+                        env[n].target = _free_name(gm, n.target)
+                        setattr(gm, env[n].target, getattr(body, n.target))
+        for user in list(node.users):
+            if user.target is not operator.getitem:
+                raise AssertionError(f"{node.name} is used whole by {user.name}")
+            user.replace_all_uses_with(results[user.args[1]])
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+        if not sub.users:
+            gm.graph.erase_node(sub)
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _free_name(gm: fx.GraphModule, name: str) -> str:
+    base, i = name.replace(".", "_"), 0
+    while hasattr(gm, f"{base}_{i}"):
+        i += 1
+    return f"{base}_{i}"

@@ -25,6 +25,6 @@ class Permute:
     def run(self, state: SurgeryState) -> None:
         groups = state.analysis.groups
         for group, scores in state.scores.items():
-            if groups[group].output:  # the model's output keeps its order (`Slice` cuts it)
+            if groups[group].ordered:  # keeps its order (`Slice` cuts it)
                 continue
             state.select[group] = torch.argsort(scores, descending=True, stable=True)

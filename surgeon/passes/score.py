@@ -97,15 +97,18 @@ def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> 
 def _weight_scores(state: SurgeryState, groups, progress: bool = False) -> None:
     atoms = state.analysis.atoms
     profiles: dict[str, list[torch.Tensor]] = {}  # each tensor is read once for all axes
+    kinds = {e.name: e.kind for e in state.graph.params}
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        tensors = {name for g in groups for name, _ in g.members}
+        tensors = {n for g in groups for n, _ in g.members if kinds.get(n) == "parameter"}
         bar = tqdm(total=len(tensors), desc="weight scores", unit="tensor")
     for group in groups:
         scores = torch.zeros(group.size, dtype=torch.float64)
         for name, axis in group.members:
+            if kinds.get(name) != "parameter":
+                continue  # a buffer sharing the group (sinusoidal positions) is no weight
             if name not in profiles:
                 profiles[name] = mean_abs_profile(state.tensor(name))
                 if bar is not None:

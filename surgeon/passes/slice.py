@@ -46,7 +46,7 @@ class Slice:
         atoms = state.analysis.atoms
         for group, k in state.keep.items():
             order = state.select.get(group, torch.arange(atoms.size[group]))
-            if state.analysis.groups[group].output:  # the most important, in their order
+            if state.analysis.groups[group].ordered:  # the most important, in their order
                 scores = state.scores.get(group)
                 best = (
                     order if scores is None else torch.argsort(scores, descending=True, stable=True)
@@ -71,7 +71,7 @@ def resolve_target(analysis: Analysis, target: Mapping[str, int]) -> dict[int, i
         if k > size:
             raise PlanError(f"target.{what} = {k} is wider than the parent ({size})")
         if k < size and not groups[group].movable:
-            reason = groups[group].pinned or "a buffer shares it (it is rebuilt from the config)"
+            reason = groups[group].pinned or "a tensor computed in the forward shares it"
             raise PlanError(f"target.{what} cannot be cut here: {reason}")
         if k < size:
             keep[group] = k
