@@ -329,8 +329,8 @@ def shrink_plan(report: dict) -> dict:
     if heads and len(kinds) == 1:  # layers of several attention kinds: no one head count
         kv = kv or heads
         target["num_kv_heads"] = max(1, kv // 2)
-        group = heads // kv
-        target["num_heads"] = target["num_kv_heads"] * group
+        per = target["num_kv_heads"]  # half the heads, whole groups (a 1-KV-head model too)
+        target["num_heads"] = max(per, heads // 2 // per * per)
     return {"target": target}
 
 

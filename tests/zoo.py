@@ -415,6 +415,8 @@ OP_CASES = {
     "gather_rows": (lambda h: h[torch.arange(2)[:, None], torch.arange(3).flip(0)], 12),
     "gather_last": (lambda h: h[torch.arange(2), 2 * torch.ones(2, dtype=torch.long)][:, None], 12),
     "no_grad_region": (_no_grad_region, 12),
+    # GIT's token types: zeros like the hidden states, one position of the hidden axis
+    "select_filled": (lambda h: h + torch.zeros_like(h, dtype=torch.long)[..., 0, None], 12),
     "depthwise_conv": (_Depthwise, 12),  # a module class: built per case
     # Falcon's fused multi-query layout: 4 query heads, then one key and one value head
     "constant_index": (

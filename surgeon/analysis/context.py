@@ -54,6 +54,7 @@ class Dims:
     # atoms made by broadcasting (expand): a tensor shared by several heads, etc.
     broadcasts: list[tuple[int, fx.Node]] = field(default_factory=list)
     splits: list[tuple[int, fx.Node]] = field(default_factory=list)  # axes cut into segments
+    filled: set[fx.Node] = field(default_factory=set)  # tensors of one value (zeros_like)
     fan_in: dict[str, int] = field(default_factory=dict)  # weight -> axis summed over (inputs)
     # (activation, axis) entering a weight matrix along its fan-in: where neurons are scored
     inputs_of_weights: list[tuple[fx.Node, int]] = field(default_factory=list)

@@ -130,10 +130,12 @@ def _between(start: fx.Node, end: fx.Node, stream: set[fx.Node]) -> set[fx.Node]
 
 
 def layer_span(blocks: list[Block], path: str) -> tuple[fx.Node, fx.Node, set[fx.Node]]:
-    """A layer's input (the stream value it reads), output (the stream value it leaves:
-    its last residual addition, or the norm after it in a post-norm layer) and the nodes
-    between them."""
+    """A layer's input (the stream value it reads, before any layout change of its own),
+    output (the stream value it leaves: its last residual addition, or the norm or
+    permute after it) and the nodes between them."""
     start = blocks[0].skip
+    while _in_module(start, path) and len(start.all_input_nodes) == 1:
+        start = start.all_input_nodes[0]  # the layer's own change of layout (ViTDet's permute)
     end = blocks[-1].add
     while True:  # follow the stream while it stays inside the layer's modules
         inside = [u for u in end.users if _in_module(u, path)]

@@ -135,9 +135,6 @@ ELEMENTWISE = (
     "float",
     "half",
     "bfloat16",
-    "zeros_like",
-    "ones_like",
-    "full_like",
     "empty_like",
     "fill",
     "isnan",
@@ -228,6 +225,13 @@ def elementwise(ctx: Context, a: Args) -> None:
         axes = ctx.axes(x)
         if axes is not None:
             ctx.broadcast(a.out, axes)
+
+
+@_rule("zeros_like", "ones_like", "full_like", signature=_sig_any)
+def filled_like(ctx: Context, a: Args) -> None:
+    """One value in the shape of `input`: its axes, every position alike."""
+    elementwise(ctx, a)
+    ctx.dims.filled.add(a.node)
 
 
 # `input + other`: element-wise, and the residual additions are among them.
@@ -785,9 +789,16 @@ def select(ctx: Context, a: Args) -> None:
     """One position `index` of `dim`: that axis is an index and disappears."""
     x = ctx.axes(a.input)
     dim = _dim(a.dim, len(x))
-    ctx.A.pin(x[dim], f"one position taken by {a.node.name}")
+    if not _filled(ctx, a.input):  # every position of a filled tensor is the same
+        ctx.A.pin(x[dim], f"one position taken by {a.node.name}")
     for ax, b in zip([ax for i, ax in enumerate(x) if i != dim], a.out, strict=True):
         ctx.A.unify(ax, b)
+
+
+def _filled(ctx: Context, x: Any) -> bool:
+    """Whether `x` holds one value everywhere (`zeros_like(h, dtype=int)`, GIT's token
+    types): any of its positions reads the same."""
+    return isinstance(x, fx.Node) and x in ctx.dims.filled
 
 
 @_rule("getitem", signature=_sig_getitem)
@@ -856,7 +867,8 @@ def _tensor_index(ctx: Context, a: Args, x: list[int], index: tuple) -> None:
         if i is None:
             oi += 1
         elif isinstance(i, int):
-            ctx.A.pin(x[xi], f"one position taken by {a.node.name}")
+            if not _filled(ctx, a.input):
+                ctx.A.pin(x[xi], f"one position taken by {a.node.name}")
             xi += 1
         else:
             path = a.path("index", position) if isinstance(a.index, tuple) else a.path("index")
@@ -1106,6 +1118,7 @@ def repeat_interleave(ctx: Context, a: Args) -> None:
     copies = ctx.A.new(a.repeats)
     ctx.A.unify_seq([out[dim]], [x[dim], copies])
     ctx.dims.broadcasts.append((copies, a.node))
+    ctx.literal(a.node, a.path("repeats"), copies)  # a cut count of copies rewrites it
 
 
 @_rule("repeat", "tile", signature=_sig_shaped, aliases={"repeats": "size", "dims": "size"})
@@ -1122,6 +1135,7 @@ def repeat(ctx: Context, a: Args) -> None:
         if i < extra:
             if r > 1:
                 ctx.dims.broadcasts.append((o, a.node))
+                ctx.literal(a.node, a.path("size", i), o)
             continue
         ax = x[i - extra]
         if r == 1:
@@ -1130,6 +1144,7 @@ def repeat(ctx: Context, a: Args) -> None:
         copies = ctx.A.new(r)
         ctx.A.unify_seq([o], [copies, ax])
         ctx.dims.broadcasts.append((copies, a.node))
+        ctx.literal(a.node, a.path("size", i), copies)
 
 
 @_rule("pad", "constant_pad_nd", signature=_sig_pad)

@@ -61,11 +61,19 @@ def is_hf_model(model: nn.Module) -> bool:
 
 
 def child_config(parent: nn.Module, state: SurgeryState) -> Any:
-    """A copy of the parent's config with the child's sizes."""
+    """A copy of the parent's config with the child's sizes (in its text model's config
+    too, where it has one apart: Fuyu's `text_config`)."""
     config = copy.deepcopy(parent.config)
     sizes = state.child_sizes()
     full = replace(state, select={}).child_sizes()  # the parent's, as the analysis sees them
-    old_hidden = state.analysis.hidden_size
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for part in (config, text) if text is not config else (config,):
+        _set_sizes(part, sizes, full, state.analysis.hidden_size)
+    _set_depth(config, state)
+    return config
+
+
+def _set_sizes(config: Any, sizes: dict, full: dict, old_hidden: int) -> None:
     was = {}  # size -> (its value in the parent's config, the child's)
     fields = config.to_dict()
     for key, value in sizes.items():
@@ -75,11 +83,14 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
         # The same size spelt per stack (BART's decoder_attention_heads beside the
         # num_attention_heads its attribute_map sends to the encoder's). Head counts do
         # not show in tensor shapes, so `_fit_fields` cannot find these.
-        stacked = [f for f in fields if key in STACK_FIELDS and STACK_FIELDS[key].match(f)]
+        stacked = [
+            f
+            for f in fields
+            if key in STACK_FIELDS and STACK_FIELDS[key].match(f) and not _derived(config, f)
+        ]
         exact = [f for f in (*named, *stacked) if _value(config, f) == full.get(key)]
         for field in exact:  # the fields that state the parent's size
-            if not _derived(config, field):
-                setattr(config, field, value)
+            setattr(config, field, value)
         if exact:
             was[key] = (full.get(key), value)
             continue
@@ -101,8 +112,6 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
     for field in FOLLOW_HIDDEN:
         if _value(config, field) == old_hidden != sizes["hidden_size"]:
             setattr(config, field, sizes["hidden_size"])
-    _set_depth(config, state)
-    return config
 
 
 def _value(config: Any, field: str) -> Any:

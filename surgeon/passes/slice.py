@@ -118,6 +118,14 @@ def _layer_target(analysis, layer, target, cut) -> None:
             raise PlanError(f"target.num_heads: {layer.name} has several head groups")
         cut(layer.heads[0], heads, "num_heads")
         return
+    if not layer.kv and len(layer.heads) == 1:  # multi-query: one key/value head for all
+        if target.get("num_kv_heads", 1) != 1:
+            raise PlanError(
+                f"target.num_kv_heads = {target['num_kv_heads']}: {layer.name} has one "
+                "key/value head shared by every query head (multi-query attention)"
+            )
+        cut(layer.heads[0], target.get("num_heads", layer.num_heads), "num_heads")
+        return
     kv_groups = [g for g in layer.heads if g in layer.kv]
     per_group = [g for g in layer.heads if g not in layer.kv]
     if len(kv_groups) != 1 or len(per_group) != 1:
