@@ -134,15 +134,22 @@ def layer_span(blocks: list[Block], path: str) -> tuple[fx.Node, fx.Node, set[fx
     output (the stream value it leaves: its last residual addition, or the norm or
     permute after it) and the nodes between them."""
     start = blocks[0].skip
-    while _in_module(start, path) and len(start.all_input_nodes) == 1:
-        start = start.all_input_nodes[0]  # the layer's own change of layout (ViTDet's permute)
     end = blocks[-1].add
     while True:  # follow the stream while it stays inside the layer's modules
         inside = [u for u in end.users if _in_module(u, path)]
         if len(inside) != 1 or len(end.users) != 1:
             break
         end = inside[0]
+    while _shape(start) != _shape(end) and _in_module(start, path):
+        if len(start.all_input_nodes) != 1:
+            break
+        start = start.all_input_nodes[0]  # the layer's own change of layout (ViTDet's permute)
     return start, end, _between(start, end, set())
+
+
+def _shape(node: fx.Node) -> tuple | None:
+    val = node.meta.get("val")
+    return tuple(val.shape) if hasattr(val, "shape") else None
 
 
 def _in_module(node: fx.Node, path: str) -> bool:
