@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import InvariantError, SurgeonError, first_line
 from ..frontends import quiet_torch_logs
+from .onnx import _cause
 
 __all__ = [
     "CacheLayout",
@@ -185,10 +186,7 @@ def export_decoder(model: nn.Module, path: str | Path) -> CacheLayout:
                 verbose=False,
             )
     except Exception as e:  # noqa: BLE001 - the exporter's failures become one line
-        cause = e
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise SurgeonError(f"ONNX decoder export failed: {first_line(cause)}") from e
+        raise SurgeonError(f"ONNX decoder export failed: {first_line(_cause(e))}") from e
     if program is None:
         raise SurgeonError("ONNX decoder export produced nothing")
     return layout
