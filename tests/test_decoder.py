@@ -145,3 +145,13 @@ def test_cli_errors_are_one_line(exported, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+def test_a_model_without_a_kv_cache_is_refused_in_one_line(tmp_path):
+    from surgeon.emit.decoder import export_decoder
+    from surgeon.errors import SurgeonError
+
+    model, _ = zoo.build("bert")
+    with pytest.raises(SurgeonError, match="BertForMaskedLM.forward takes no KV cache"):
+        export_decoder(model, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()

@@ -14,7 +14,6 @@ well as a uniform one.
 from __future__ import annotations
 
 import inspect
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import InvariantError, SurgeonError, first_line
-from ..frontends import quiet_torch_logs
-from .onnx import _cause
+from .onnx import torch_onnx_export
 
 __all__ = [
     "CacheLayout",
@@ -169,26 +167,15 @@ def export_decoder(model: nn.Module, path: str | Path) -> CacheLayout:
     model.eval()
     layout = cache_layout(model)
     example = _example(layout, model.config.vocab_size)
-    try:
-        with quiet_torch_logs(), warnings.catch_warnings():
-            # "the axis name batch_size will not be used, since it shares the same shape
-            # constraints with another axis: batch_size": the names are used, as wanted
-            warnings.filterwarnings("ignore", "# The axis name", UserWarning)
-            program = torch.onnx.export(
-                _FlatDecoder(model, layout).eval(),
-                example,
-                str(path),
-                dynamo=True,
-                dynamic_shapes=_dynamic_shapes(layout),
-                input_names=layout.input_names,
-                output_names=layout.output_names,
-                report=False,
-                verbose=False,
-            )
-    except Exception as e:  # noqa: BLE001 - the exporter's failures become one line
-        raise SurgeonError(f"ONNX decoder export failed: {first_line(_cause(e))}") from e
-    if program is None:
-        raise SurgeonError("ONNX decoder export produced nothing")
+    torch_onnx_export(
+        "ONNX decoder export",
+        _FlatDecoder(model, layout).eval(),
+        example,
+        path,
+        dynamic_shapes=_dynamic_shapes(layout),
+        input_names=layout.input_names,
+        output_names=layout.output_names,
+    )
     return layout
 
 
