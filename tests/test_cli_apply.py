@@ -79,8 +79,8 @@ def test_a_folder_with_a_tokenizer_streams_data_free_plans_only(tmp_path, monkey
 
 def test_a_bfloat16_folder_gives_a_bfloat16_child_and_a_float32_onnx(tmp_path, capsys):
     """Streamed and loaded alike. onnxruntime lacks bfloat16 kernels, so the ONNX file is
-    a float32 copy, checked against the float32 child (`emit_onnx`, which both paths
-    call, is exported once here)."""
+    a float32 copy, checked against the float32 child (`emit_any_onnx`, which both paths
+    call, is exported once here: a decoder with a KV cache)."""
     from surgeon.io.shards import Shards
 
     folder = tmp_path / "llama"
@@ -102,9 +102,11 @@ def test_a_bfloat16_folder_gives_a_bfloat16_child_and_a_float32_onnx(tmp_path, c
         summary = json.loads((out / "surgeon.json").read_text())
         assert summary.get("streamed", False) == (recipe == "data-free")
         if recipe == "data-free":
-            assert "model.onnx matches PyTorch within" in capsys.readouterr().out
+            printed = capsys.readouterr().out
+            assert "onnx: model.onnx, a decoder with a KV cache: logits within" in printed
             assert (out / "model.onnx").is_file()
             assert summary["onnx_max_relative_difference"] < 1e-4
+            assert summary["onnx"]["greedy_tokens_compared"] == 4 * 32
         shards = Shards(out)
         assert {shards.tensor(n).dtype for n in shards.index} == {torch.bfloat16}
 

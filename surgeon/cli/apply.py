@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ..emit.onnx import emit_onnx
+from ..emit.decoder import is_causal_lm
 from ..errors import NotStreamable, PlanError, SurgeonError
 from ..io.output import check_output, staged_folder
+from .export import emit_any_onnx
 
 __all__ = ["run_apply"]
 
@@ -49,10 +50,13 @@ def run_apply(args: argparse.Namespace) -> int:
     child = subclone(model, surgery, inputs, args.calibration, tokenizer, progress=True)
     with staged_folder(out, args.force, args.model) as tmp:
         _write_model(child, tokenizer, tmp)
-        diff = emit_onnx(child.model, child.state.graph.inputs, tmp) if args.onnx else None
+        onnx = None
+        if _wants_onnx(args):
+            example = child.state.graph.inputs
+            onnx = emit_any_onnx(child.model, example, tmp, tokenizer, args.onnx_int8)
         summary = {
-            **_summary(args, child.cut, type(child.model).__name__, diff, started),
-            "causal_lm": _is_causal_lm(type(child.model).__name__),
+            **_summary(args, child.cut, type(child.model).__name__, onnx, started),
+            "causal_lm": is_causal_lm(type(child.model).__name__),
             "parent_parameters": parent_params,
             "child_parameters": sum(p.numel() for p in child.model.parameters()),
         }
@@ -70,25 +74,31 @@ def _run_streamed(args, surgery, out: Path, started: float) -> int:
     cut = decide(parent, surgery, progress=True)
     with staged_folder(out, args.force, args.model) as tmp:
         written = emit_shards(cut, tmp, progress=True)
-        diff = None
-        if args.onnx:
+        onnx = None
+        if _wants_onnx(args):
             import transformers
 
             from ..frontends import synthetic_inputs
+            from ..frontends.load import load_tokenizer
 
             cls = getattr(transformers, cut.config.architectures[0])
             child = cls.from_pretrained(tmp).eval()
-            diff = emit_onnx(child, synthetic_inputs(child), tmp)  # the parent's are meta
+            example = synthetic_inputs(child)  # the parent's are on meta
+            onnx = emit_any_onnx(child, example, tmp, load_tokenizer(str(tmp)), args.onnx_int8)
         summary = {
-            **_summary(args, cut, _architecture(tmp), diff, started),
+            **_summary(args, cut, _architecture(tmp), onnx, started),
             "streamed": True,
-            "causal_lm": _is_causal_lm(_architecture(tmp)),
+            "causal_lm": is_causal_lm(_architecture(tmp)),
             "parent_parameters": parent.graph.params.num_parameters(),
             "child_parameters": written,
         }
         (tmp / "surgeon.json").write_text(json.dumps(summary, indent=2))
     _print(summary, out)
     return 0
+
+
+def _wants_onnx(args) -> bool:
+    return bool(args.onnx or getattr(args, "onnx_int8", False))
 
 
 def _architecture(folder: Path) -> str:
@@ -118,14 +128,15 @@ def _write_model(child, tokenizer, folder: Path) -> None:
         tokenizer.save_pretrained(folder)
 
 
-def _summary(args, cut, model: str, diff: float | None, started: float) -> dict:
+def _summary(args, cut, model: str, onnx: dict | None, started: float) -> dict:
     return {
         "parent": args.model,
         "plan": args.plan,
         "child": cut.sizes,
         "layers_kept": cut.state.layers,
         "model": model,
-        "onnx_max_relative_difference": diff,
+        "onnx_max_relative_difference": onnx and onnx["max_relative_difference"],
+        "onnx": onnx,
         "seconds": round(time.perf_counter() - started, 2),
     }
 
@@ -139,25 +150,24 @@ def _print(summary: dict, out: Path) -> None:
     )
     for key, value in s["child"].items():
         print(f"  {key:<18} {value}")
-    if s["onnx_max_relative_difference"] is not None:
+    onnx = s.get("onnx")
+    if onnx and onnx.get("kv_cache"):
+        print(
+            f"  onnx: model.onnx, a decoder with a KV cache: logits within "
+            f"{onnx['max_relative_difference']:.1e} of the output scale (prefill and 3 cached "
+            f"steps), greedy generation token-identical to transformers "
+            f"({onnx['greedy_tokens_compared']} tokens)"
+        )
+    elif onnx:
         print(
             f"  onnx: model.onnx matches PyTorch within "
-            f"{s['onnx_max_relative_difference']:.1e} of the output scale (2 fresh shapes)"
+            f"{onnx['max_relative_difference']:.1e} of the output scale (2 fresh shapes)"
         )
+    if onnx and "int8_bytes" in onnx:
+        print(f"  onnx: model.int8.onnx (dynamic int8), {onnx['int8_bytes'] / 2**20:.1f} MiB")
     print(f"  took {s['seconds']:.1f} s")
     if s.get("causal_lm"):  # what benchmarks/convergence.py measured (a Llama)
         print(
             "hint: train it with AdamW at lr 1e-3 to 3e-3, weight decay 0.1: fastest for a "
             "subclone in benchmarks/convergence.py (see docs/results.md)"
         )
-
-
-def _is_causal_lm(name: str) -> bool:
-    """Whether the class `name` is a Hugging Face causal language model (not a graph
-    child, not an encoder): what the lr hint was measured on."""
-    try:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    except ImportError:
-        return False
-    names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
-    return any(name == n or (not isinstance(n, str) and name in n) for n in names)

@@ -86,9 +86,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", required=True, help="a plan file (YAML), see docs/plan.md")
     p.add_argument("--out", required=True, help="the folder to write (must not exist)")
     p.add_argument("--calibration", help="a text file for activation importance / influence")
-    p.add_argument("--onnx", action="store_true", help="also write model.onnx, checked")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write model.onnx, checked (a causal LM: a decoder with a KV cache)",
+    )
+    p.add_argument(
+        "--onnx-int8", action="store_true", help="--onnx, and a dynamic int8 model.int8.onnx"
+    )
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_cmd_apply)
+
+    from .export import add_parsers
+
+    add_parsers(sub)
 
     p = sub.add_parser("validate", help="check a plan (and, with --model, its targets)")
     p.add_argument("plan", help="a plan file (YAML)")

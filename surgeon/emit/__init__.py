@@ -7,7 +7,9 @@ changes no decision:
 - `emit_shards(cut, folder)` -> a Hugging Face folder written block by block from a
   streamed parent's files (returns the number of values written);
 - `emit_onnx(model, inputs, folder)` -> `model.onnx`, checked with onnxruntime (returns the
-  largest relative difference).
+  largest relative difference);
+- `emit_decoder(model, folder)` -> `model.onnx` of a causal LM with a KV cache, checked
+  against PyTorch's logits and transformers' greedy generation (returns the numbers).
 """
 
 from .graph import emit_graph

@@ -22,6 +22,7 @@ from torch import fx, nn
 from ..errors import InvariantError, PlanError, first_line
 from ..frontends import output_tensors
 from ..passes.state import SurgeryState
+from .decoder import is_causal_lm
 
 __all__ = [
     "CONFIG_FIELDS",
@@ -424,7 +425,7 @@ def _check_same(model: nn.Module, child: fx.GraphModule, state: SurgeryState) ->
     ids = inputs.kwargs.get("input_ids")
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
         return
-    causal = _is_causal_lm(model) and _causal_in_fact(model, inputs.kwargs)
+    causal = is_causal_lm(model) and _causal_in_fact(model, inputs.kwargs)
     seq = ids.shape[1]
     logits = want[0]
     mask = inputs.kwargs.get("attention_mask")
@@ -449,18 +450,6 @@ def _check_same(model: nn.Module, child: fx.GraphModule, state: SurgeryState) ->
         _compare(model, [logits[:, :half]], [out], f"a sequence length of {half}")
     else:
         _finite(model, out, f"a sequence length of {half}")
-
-
-def _is_causal_lm(model: nn.Module) -> bool:
-    try:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    except ImportError:
-        return False
-    name = type(model).__name__
-    return any(
-        name == n or (not isinstance(n, str) and name in n)
-        for n in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
-    )
 
 
 def _causal_in_fact(model: nn.Module, kwargs: dict) -> bool:

@@ -3,6 +3,7 @@ check it with onnxruntime on fresh inputs of other sizes."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ from ..errors import InvariantError, SurgeonError, first_line
 from ..frontends import as_inputs, output_tensors, quiet_torch_logs
 from ..frontends.hf import tracing_settings
 
-__all__ = ["check_onnx", "emit_onnx", "export_onnx", "fresh_like", "onnx_ready"]
+__all__ = [
+    "check_onnx",
+    "emit_onnx",
+    "export_onnx",
+    "fresh_like",
+    "onnx_ready",
+    "torch_onnx_export",
+]
 
 
 def _dynamic_shapes(inputs) -> tuple[Any, Any]:
@@ -50,23 +58,33 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> Path
     inputs = as_inputs(example_inputs)
     args_spec, kwargs_spec = _dynamic_shapes(inputs)
     model.eval()
+    with tracing_settings(model):  # no KV cache in the outputs
+        torch_onnx_export(
+            "ONNX export",
+            model,
+            inputs.args,
+            path,
+            kwargs=dict(inputs.kwargs),
+            dynamic_shapes=_by_signature(model, args_spec, kwargs_spec),
+        )
+    return Path(path)
+
+
+def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path, **options):
+    """`torch.onnx.export(..., dynamo=True)` to `path`, quietly; a failure is one
+    `SurgeonError` line that starts with `what` and names the innermost cause."""
     try:
-        with quiet_torch_logs(), tracing_settings(model):  # no KV cache in the outputs
+        with quiet_torch_logs(), warnings.catch_warnings():
+            # "the axis name batch will not be used, since it shares the same shape
+            # constraints with another axis: batch": the names are used, as wanted
+            warnings.filterwarnings("ignore", "# The axis name", UserWarning)
             program = torch.onnx.export(
-                model,
-                inputs.args,
-                str(path),
-                kwargs=dict(inputs.kwargs),
-                dynamo=True,
-                dynamic_shapes=_by_signature(model, args_spec, kwargs_spec),
-                report=False,
-                verbose=False,
+                model, args, str(path), dynamo=True, report=False, verbose=False, **options
             )
     except Exception as e:  # noqa: BLE001 - the exporter's failures become one line
-        raise SurgeonError(f"ONNX export failed: {first_line(_cause(e))}") from e
+        raise SurgeonError(f"{what} failed: {first_line(_cause(e))}") from e
     if program is None:
-        raise SurgeonError("ONNX export produced nothing")
-    return Path(path)
+        raise SurgeonError(f"{what} produced nothing")
 
 
 def _cause(e: BaseException) -> BaseException:

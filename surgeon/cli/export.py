@@ -1,0 +1,127 @@
+"""`surgeon export` and the ONNX step of `surgeon apply --onnx`: a causal LM becomes a
+checked decoder with a KV cache (`surgeon.emit.decoder`), any other model today's
+single-pass export (`surgeon.emit.onnx`); `surgeon generate` runs the decoder."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ModelLoadError, SurgeonError
+
+__all__ = ["PROMPTS", "add_parsers", "emit_any_onnx", "run_export", "run_generate"]
+
+# What the export check generates from when the folder has a tokenizer.
+PROMPTS = (
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, there was a",
+    "Python's standard library includes modules for",
+)
+
+
+def emit_any_onnx(
+    model: nn.Module, example: Any, folder: Path, tokenizer=None, int8: bool = False
+) -> dict:
+    """Write `folder`/model.onnx for `model`, checked; returns what the check measured
+    (`max_relative_difference`, and for a decoder `greedy_tokens_compared`)."""
+    from ..emit.decoder import emit_decoder, is_causal_lm, quantize_int8
+    from ..emit.onnx import emit_onnx
+
+    if is_causal_lm(model):
+        prompts = [tokenizer(p)["input_ids"] for p in PROMPTS] if tokenizer else None
+        return emit_decoder(model, folder, prompts, int8=int8)
+    if example is None:
+        raise SurgeonError(f"no example inputs for {type(model).__name__}: cannot export it")
+    result = {"kv_cache": False, "max_relative_difference": emit_onnx(model, example, folder)}
+    if int8:
+        quantized = quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
+        result["int8_bytes"] = quantized.stat().st_size
+    return result
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write model.onnx (and model.int8.onnx) into an existing Hugging Face folder, beside
+    its config and tokenizer: the layout Optimum's ONNX models load from."""
+    from ..frontends import synthetic_inputs
+    from ..frontends.load import load_model, load_tokenizer
+
+    folder = Path(args.model)
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder} is not a Hugging Face folder (no config.json)")
+    names = ["model.onnx", "model.onnx.data"] + (["model.int8.onnx"] if args.int8 else [])
+    present = [n for n in names if (folder / n).exists()]
+    if present and not args.force:
+        raise SurgeonError(f"{folder / present[0]} exists: pass --force to replace it")
+    model, _ = load_model(str(folder))
+    tokenizer = load_tokenizer(str(folder))
+    staging = folder / ".surgeon-export.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        result = emit_any_onnx(model, synthetic_inputs(model), staging, tokenizer, args.int8)
+        for file in staging.iterdir():  # only after the check passed
+            file.replace(folder / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _print_onnx(result, folder)
+    return 0
+
+
+def _print_onnx(result: dict, folder: Path) -> None:
+    what = "decoder with a KV cache" if result.get("kv_cache") else "single forward pass"
+    print(f"wrote {folder / 'model.onnx'} ({what})")
+    print(f"  logits match PyTorch within {result['max_relative_difference']:.1e} of their scale")
+    if result.get("greedy_tokens_compared"):
+        print(
+            f"  greedy generation token-identical to transformers' generate "
+            f"({result['greedy_tokens_compared']} tokens)"
+        )
+    if "int8_bytes" in result:
+        print(f"  int8: model.int8.onnx, {result['int8_bytes'] / 2**20:.1f} MiB")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from ..generate import generate
+
+    text = generate(
+        args.onnx,
+        args.prompt,
+        args.max_new_tokens,
+        int8=args.int8,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    print(text)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """The `export` and `generate` subcommands."""
+    p = sub.add_parser(
+        "export",
+        help="write model.onnx into a Hugging Face folder (a causal LM: with a KV cache)",
+    )
+    p.add_argument("--model", required=True, help="a Hugging Face folder (config.json, weights)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx")
+    p.add_argument("--force", action="store_true", help="replace an existing model.onnx")
+    p.set_defaults(run=run_export)
+
+    p = sub.add_parser("generate", help="generate text with onnxruntime from an exported folder")
+    p.add_argument("--onnx", required=True, help="a folder with model.onnx and a tokenizer")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--int8", action="store_true", help="use model.int8.onnx")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run_generate)

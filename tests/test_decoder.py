@@ -1,0 +1,157 @@
+"""ONNX deployment of a causal LM: `surgeon export` writes a decoder with a KV cache in
+Optimum's layout, checked against PyTorch; `surgeon generate` and `OnnxDecoder` run it.
+One export (the zoo Llama's shrunk child, one layer: export time grows with depth) is
+shared by every test here; every zoo decoder and SmolLM2 are checked by
+benchmarks/onnx_decoders.py."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from surgeon.api import subclone
+from surgeon.cli import main
+from surgeon.emit.decoder import check_decoder, greedy_reference
+from surgeon.errors import InvariantError
+from surgeon.generate import OnnxDecoder, generate
+from tests import zoo
+from tests.helpers import shrink_plan
+
+
+@pytest.fixture(scope="module")
+def exported(prepared, tmp_path_factory):
+    """(folder with config, tokenizer, model.onnx and model.int8.onnx; the child; the
+    export's printed report)."""
+    folder = tmp_path_factory.mktemp("decoder") / "child"
+    child = subclone(prepared("llama").parent, {**shrink_plan("llama"), "depth": [0]}).model
+    child.save_pretrained(folder)
+    zoo.save_letter_tokenizer(folder)
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", "--model", str(folder), "--int8"]) == 0
+    return folder, child.eval(), printed.getvalue()
+
+
+def test_export_writes_optimum_names_and_dynamic_axes(exported):
+    folder, child, printed = exported
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    inputs = {i.name: dims(i) for i in model.graph.input}
+    outputs = {o.name: dims(o) for o in model.graph.output}
+    kv = child.config.num_key_value_heads
+    head = child.config.hidden_size // child.config.num_attention_heads
+    assert inputs == {
+        "input_ids": ["batch_size", "sequence_length"],
+        "attention_mask": ["batch_size", "total_sequence_length"],
+        "position_ids": ["batch_size", "sequence_length"],
+        "past_key_values.0.key": ["batch_size", kv, "past_sequence_length", head],
+        "past_key_values.0.value": ["batch_size", kv, "past_sequence_length", head],
+    }
+    present = ["batch_size", kv, "past_sequence_length + sequence_length", head]
+    assert outputs == {
+        "logits": ["batch_size", "sequence_length", zoo.VOCAB],
+        "present.0.key": present,
+        "present.0.value": present,
+    }
+    assert "greedy generation token-identical to transformers' generate (128 tokens)" in printed
+    assert not (folder / ".surgeon-export.partial").exists()
+
+
+def test_batched_left_padded_generation_matches_transformers(exported):
+    folder, child, _ = exported
+    prompts = [[5, 9, 17, 3, 40, 41, 8], [77, 12]]  # the second is left-padded by 5
+    got = OnnxDecoder(folder / "model.onnx").generate(prompts, 32)
+    assert got == greedy_reference(child, prompts, 32)
+    assert got[1] == greedy_reference(child, prompts[1:], 32)[0]  # padding changes nothing
+
+
+def test_eos_stops_a_row_and_is_kept(exported):
+    folder, child, _ = exported
+    free = greedy_reference(child, [[5, 9, 17]], 12)[0]
+    eos = free[4]
+    got = OnnxDecoder(folder / "model.onnx").generate([[5, 9, 17]], 12, eos_token_id=eos)
+    assert got == [free[: free.index(eos) + 1]]
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(exported):
+    folder, child, _ = exported
+    decoder = OnnxDecoder(folder / "model.onnx")
+    prompt = [[5, 9, 17, 3]]
+
+    def sample(**kw):
+        return decoder.generate(prompt, 16, do_sample=True, **kw)[0]
+
+    assert sample(seed=1, temperature=5.0) == sample(seed=1, temperature=5.0)
+    assert sample(seed=1, temperature=5.0) != sample(seed=2, temperature=5.0)
+    assert sample(seed=3, top_k=1) == greedy_reference(child, prompt, 16)[0]
+    assert sample(seed=4, top_p=1e-9) == greedy_reference(child, prompt, 16)[0]
+
+
+def test_check_refuses_a_decoder_that_computes_something_else(exported):
+    folder, child, _ = exported
+    import copy
+
+    other = copy.deepcopy(child)
+    with torch.no_grad():
+        other.model.norm.weight.mul_(1.01)
+    with pytest.raises(InvariantError, match="logits differ from PyTorch by .* prefill"):
+        check_decoder(other, folder / "model.onnx")
+
+
+def test_cli_generate_greedy_matches_transformers(exported, capsys):
+    folder, child, _ = exported
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("hello")["input_ids"]
+    out = child.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)
+    new = out[0, len(ids) :].tolist()  # stops at the folder's eos, as generate must
+    capsys.readouterr()
+    argv = ["generate", "--onnx", str(folder), "--prompt", "hello", "--max-new-tokens", "10"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == tokenizer.decode(new, skip_special_tokens=True) + "\n"
+    assert generate(folder, "hello", 10) == tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_int8_is_smaller_and_runs(exported):
+    folder, _, _ = exported
+    fp32 = sum(f.stat().st_size for f in folder.glob("model.onnx*"))
+    int8 = (folder / "model.int8.onnx").stat().st_size
+    assert int8 < fp32  # a tiny model: ONNX's own structure is most of either file
+    quantized = onnx.load(str(folder / "model.int8.onnx")).graph.initializer
+    weights = {t.name: t.data_type for t in quantized if len(t.dims) == 2}
+    assert weights and set(weights.values()) <= {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    logits, present = OnnxDecoder(folder / "model.int8.onnx").step(
+        np.array([[5, 9, 17]]), np.ones((1, 3), np.int64)
+    )
+    assert logits.shape == (1, 3, zoo.VOCAB) and np.isfinite(logits).all()
+    assert present[0].shape[2] == 3
+
+
+def test_cli_errors_are_one_line(exported, tmp_path, capsys):
+    folder, _, _ = exported
+    cases = [
+        (["export", "--model", str(folder)], "model.onnx exists: pass --force"),
+        (["generate", "--onnx", str(tmp_path), "--prompt", "a"], "model.onnx does not exist"),
+    ]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
+def test_a_model_without_a_kv_cache_is_refused_in_one_line(tmp_path):
+    from surgeon.emit.decoder import export_decoder
+    from surgeon.errors import SurgeonError
+
+    model, _ = zoo.build("bert")
+    with pytest.raises(SurgeonError, match="BertForMaskedLM.forward takes no KV cache"):
+        export_decoder(model, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
