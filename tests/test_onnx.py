@@ -8,7 +8,7 @@ saved language models: the export turns it off for the trace and back on after."
 import pytest
 
 from surgeon.api import subclone
-from surgeon.emit.onnx import check_onnx, export_onnx, fresh_like
+from surgeon.emit.onnx import check_onnx, emit_onnx, export_onnx, fixed_axes, fresh_like
 from tests import zoo
 from tests.helpers import shrink_plan
 
@@ -34,3 +34,11 @@ def test_shrunk_child_matches_onnxruntime(prepared, name, tmp_path):
     assert worst < 1e-4
     if config is not None and hasattr(config, "use_cache"):
         assert config.use_cache  # restored
+
+
+def test_sizes_the_forward_fixes_are_named_and_checked_as_traced(tmp_path):
+    model, example = zoo.per_item()
+    with pytest.warns(UserWarning, match=r"x\[0\]=2"):
+        worst = emit_onnx(model, example, tmp_path)
+    assert fixed_axes(tmp_path / "model.onnx") == ["x[0]=2"]
+    assert worst < 1e-5

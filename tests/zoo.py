@@ -339,6 +339,22 @@ class _Bessel(nn.Module):
         return torch.special.bessel_j0(self.proj(x))
 
 
+class _PerItem(nn.Module):
+    """A forward that loops over the batch (Pixtral's images): export fixes the batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.stack([self.proj(item) for item in x])
+
+
+def per_item():
+    torch.manual_seed(SEED)
+    return _PerItem().eval(), (torch.randn(2, 8),)
+
+
 def unsupported_op():
     torch.manual_seed(SEED)
     return _Bessel().eval(), (torch.randn(2, 8),)
