@@ -10,13 +10,20 @@ from benchmarks.sweep import CHECKS, check_type
 # Each exercises what the zoo does not: GPT-J (interleaved rotary via repeat_interleave),
 # Falcon (multi-query qkv read by constant indices, a read-only head_dim), LayoutLM (a
 # pooler the config sizes with the hidden size), BEiT (relative position bias, backbone
-# stages re-indexed with depth), BioGPT (an embedding scale derived from the width).
+# stages re-indexed with depth), BioGPT (an embedding scale derived from the width), CTRL
+# (sinusoidal positions as wide as the hidden size, read at computed rows), ViTDet (layers
+# that change layout, channel-first layer norms), GPT-BigCode (multi-query attention),
+# Whisper's decoder (its head count in decoder_attention_heads, the encoder's apart).
 PASSING = {
     "gptj": "decoder",
     "falcon": "decoder",
     "layoutlm": "encoder",
     "beit": "vision",
     "biogpt": "decoder",
+    "ctrl": "decoder",
+    "vitdet": "vision",
+    "gpt_bigcode": "decoder",
+    "whisper": "decoder",
 }
 # Refused with one line, never a crash: experts (issue 16), an encoder-decoder's two stacks.
 REFUSED = {"mixtral": "moe", "t5": "encoder-decoder"}
@@ -40,3 +47,15 @@ def test_unsupported_structure_is_refused_in_one_line(model_type):
     first = results[0]
     assert first["result"] == "refused", first
     assert "\n" not in first["why"] and len(first["why"]) <= 300
+
+
+def test_multi_query_attention_keeps_its_one_key_value_head():
+    import surgeon
+    from benchmarks.sweep import build
+
+    model, inputs = build("gpt_bigcode")[:2]
+    parent = surgeon.prepare(model, inputs)
+    with pytest.raises(surgeon.PlanError, match="one key/value head shared by every query head"):
+        surgeon.apply(parent, {"target": {"num_heads": 2, "num_kv_heads": 2}})
+    child = surgeon.apply(parent, {"target": {"num_heads": 2, "hidden_size": 32}})
+    assert child.config.n_head == 2 and child.config.multi_query

@@ -413,6 +413,10 @@ OP_CASES = {
     "layer_norm_shape": (lambda h: F.layer_norm(h, h.shape[-1:]), 12),
     # (2, 3, 12) seen as (2, 3, 3, 4): 3 "heads" of 4
     "repeat_interleave": (lambda h: h.view(2, 3, 3, 4).repeat_interleave(2, -1).flatten(2), 24),
+    "repeat_interleave_sized": (
+        lambda h: h.view(2, 3, 3, 4).repeat_interleave(2, -2, output_size=6).flatten(2),
+        24,
+    ),
     "repeat": (lambda h: h.view(2, 3, 3, 4).repeat(1, 1, 2, 1).flatten(2), 24),
     "stack": (lambda h: torch.stack([h, 2 * h], dim=-1).flatten(2), 24),
     "topk": (lambda h: torch.topk(h.view(2, 3, 3, 4), 2, dim=-1).values.flatten(2), 6),

@@ -13,6 +13,7 @@ import copy
 import math
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -233,14 +234,24 @@ def fit_config(parent: nn.Module, state: SurgeryState, expected: dict[str, tuple
     wrong = _mismatches(parent, config, expected, state)
     if wrong:
         config, wrong = _fit_fields(parent, config, expected, wrong, state)
-    return config, wrong
+    return reloaded(config), wrong
+
+
+def reloaded(config: Any) -> Any:
+    """`config` as `from_pretrained` will read it back: a class that derives fields from
+    others when it is built (Idefics2's resampler width from its text model's) derives them
+    from the child's sizes, so the child is built as it will be reloaded."""
+    try:
+        return type(config).from_dict(config.to_dict())
+    except Exception:  # noqa: BLE001 - a config class that cannot read its own dict
+        return config
 
 
 def _mismatches(parent: nn.Module, config: Any, expected: dict[str, tuple], state) -> dict:
     """Tensor name -> (shape the config gives, shape the child needs), where they differ;
     and the number of layers, where the class builds another number than the child has."""
     with torch.device("meta"):
-        probe = type(parent)(config)
+        probe = type(parent)(reloaded(config))
     names = probe.state_dict()
     out = {}
     for name, tensor in names.items():
@@ -414,14 +425,15 @@ def _check_same(model: nn.Module, child: fx.GraphModule, state: SurgeryState) ->
     differ by 8 of the dtype's eps. `InvariantError` on a difference."""
     inputs = state.graph.inputs
     try:
-        want = output_tensors(inputs.call(child))
+        raw = inputs.call(child)
     except Exception as e:  # noqa: BLE001 - the child graph itself is broken: a bug
         raise InvariantError(
             f"the child graph fails on the traced inputs ({first_line(e, 160)}): please "
             "report this model"
         ) from e
-    got = output_tensors(inputs.call(model))
+    want, got = _same_fields(raw, inputs.call(model))
     _compare(model, want, got, "the traced inputs", other_kernels=False)
+    want = output_tensors(raw)
     ids = inputs.kwargs.get("input_ids")
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
         return
@@ -450,6 +462,30 @@ def _check_same(model: nn.Module, child: fx.GraphModule, state: SurgeryState) ->
         _compare(model, [logits[:, :half]], [out], f"a sequence length of {half}")
     else:
         _finite(model, out, f"a sequence length of {half}")
+
+
+def _same_fields(want, got) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The tensors of two outputs, paired field by field (`text_output.hidden_states`):
+    a field holding another number of tensors in each (one per layer, where the graph
+    keeps the entries of removed layers) is left out; the first tensors always pair."""
+    a, b = _by_field(want), _by_field(got)
+    same = [k for k, ws in a.items() if len(b.get(k, ())) == len(ws)]
+    pairs = [pair for k in same for pair in zip(a[k], b[k], strict=True)]
+    flat_a, flat_b = output_tensors(want), output_tensors(got)
+    pairs = [(flat_a[0], flat_b[0])] + pairs if flat_a and flat_b else pairs
+    if len(pairs) < 2:  # not keyed alike (plain tuples): in order, as many as both have
+        pairs = list(zip(flat_a, flat_b, strict=False))
+    return [w for w, _ in pairs], [g for _, g in pairs]
+
+
+def _by_field(output, prefix: str = "") -> dict[str, list[torch.Tensor]]:
+    if isinstance(output, Mapping):
+        fields = {}
+        for k, v in output.items():
+            fields.update(_by_field(v, f"{prefix}{k}."))
+        return fields
+    tensors = output_tensors(output)
+    return {prefix.rstrip("."): tensors} if tensors else {}
 
 
 def _causal_in_fact(model: nn.Module, kwargs: dict) -> bool:

@@ -139,10 +139,10 @@ def check_onnx(model: nn.Module, path: str | Path, inputs_list: list[Any], tol: 
     worst = 0.0
     for example in inputs_list:
         inputs = as_inputs(example)
-        positional = iter(inputs.args)  # named after the forward's arguments, in order
-        feed = {
-            n: (inputs.kwargs[n] if n in inputs.kwargs else next(positional)).numpy() for n in names
-        }
+        # named after the forward's arguments; the rest (positional, or a keyword the
+        # exporter renamed, `attention_mask_orig`) in order
+        rest = iter([*inputs.args, *(v for k, v in inputs.kwargs.items() if k not in names)])
+        feed = {n: (inputs.kwargs[n] if n in inputs.kwargs else next(rest)).numpy() for n in names}
         try:
             got = session.run(None, feed)[0]
         except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
