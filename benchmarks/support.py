@@ -87,7 +87,8 @@ def write_support(records: list[dict], path: Path) -> None:
         "surgeon's own consistency check (an `InvariantError`) stopped a child that would not",
         "compute what its graph computes: no child is written, the message asks for a report",
         "(a bug, not support); **WRONG** (a silent wrong child) and **CRASH** are bugs",
-        "(`died`: the type's process ran past the 90 s timeout; counted as a crash). A check",
+        "(`died`: the type's process ran past the sweep's `--timeout`, 180 s in this run;",
+        "counted as a crash). A check",
         f"after a failed one is not run (`-`). {len(records) - len(built)} types are not "
         "buildable: most need inputs the sweep does not make (audio features, time series,",
         "videos) or reject a tiny config.",
