@@ -303,19 +303,15 @@ def diff(ctx: Context, a: Args) -> None:
 @_rule("roll", signature=_sig_roll)
 def flip(ctx: Context, a: Args) -> None:
     """Positions reversed (or shifted) along `dims` (every axis when none is given)."""
-    dims = a.dims
-    ok = isinstance(dims, int) or (isinstance(dims, (list, tuple)) and dims)
-    _positional(ctx, a, dims if ok and all(isinstance(d, int) for d in _ints(dims)) else None)
+    dims = (a.dims,) if isinstance(a.dims, int) else a.dims
+    ok = isinstance(dims, (list, tuple)) and dims and all(isinstance(d, int) for d in dims)
+    _positional(ctx, a, dims if ok else None)
 
 
 @_rule("triu", "tril", signature=_sig_unary)
 def triangle(ctx: Context, a: Args) -> None:
     """Keep a triangle of the two trailing axes: they are positions, the others carry."""
     _positional(ctx, a, (-2, -1))
-
-
-def _ints(v: Any) -> tuple:
-    return (v,) if isinstance(v, int) else tuple(v)
 
 
 # -- factories and data-dependent ops ----------------------------------------------------
