@@ -263,8 +263,9 @@ def _child_config(parent: Parent, state: SurgeryState) -> Any:
 
 
 def _follow_config(state: SurgeryState, wrong: dict) -> bool:
-    """For tensors the config makes narrower than the child's, the movable groups the
-    plan did not cut along those axes keep the config's size; whether any did."""
+    """For tensors the config makes narrower than the child's, a movable group the plan
+    did not cut along such an axis keeps the size that gives the config's; whether any
+    did."""
     a, table = state.analysis, state.graph.params
     changed = False
     for name, (got, want) in wrong.items():
@@ -273,13 +274,44 @@ def _follow_config(state: SurgeryState, wrong: dict) -> bool:
         if axes is None or len(got) != len(axes):
             continue
         for axis, g, w in zip(axes, got, want, strict=True):
-            leaves = a.atoms.leaves(axis)
-            if g < w and len(leaves) == 1 and leaves[0] in a.groups:
-                group = a.groups[leaves[0]]
-                if group.movable and group.id not in state.keep and group.role != "residual":
-                    state.keep[group.id] = g
-                    changed = True
+            changed |= g < w and _follow_axis(state, axis, g)
     return changed
+
+
+def _follow_axis(state: SurgeryState, axis: int, size: int) -> bool:
+    """Cut uncut movable groups of `axis` (not the residual stream) so that the axis has
+    `size`: one group, or every group of one role and size alike (the head_dim of q·k and
+    that of the values); whether one could. Where several cuts give that size (a pooling
+    head's heads or its head_dim), the one to a size the plan gave another group of its
+    role (the layers' head count) wins; with none such, only a single possible cut is
+    made."""
+    a = state.analysis
+    free = [
+        leaf
+        for leaf in dict.fromkeys(a.atoms.leaves(axis))
+        if leaf in a.groups
+        and a.groups[leaf].movable
+        and leaf not in state.keep
+        and a.groups[leaf].role != "residual"
+    ]
+    alike: dict[tuple, list[int]] = {}
+    for leaf in free:
+        alike.setdefault((a.groups[leaf].role, a.groups[leaf].size), []).append(leaf)
+    sets = [[leaf] for leaf in free] + [s for s in alike.values() if len(s) > 1]
+    cuts = [
+        (tuple(leaves), k)
+        for leaves in sets
+        for k in range(1, a.groups[leaves[0]].size)
+        if a.atoms.new_size(axis, {**state.keep, **dict.fromkeys(leaves, k)}) == size
+    ]
+    planned = {(a.groups[g].role, k) for g, k in state.keep.items() if g in a.groups}
+    precedent = [(g, k) for g, k in cuts if (a.groups[g[0]].role, k) in planned]
+    chosen = precedent if len(precedent) == 1 else cuts
+    if len(chosen) != 1:
+        return False
+    leaves, k = chosen[0]
+    state.keep.update(dict.fromkeys(leaves, k))
+    return True
 
 
 def _planned(state: SurgeryState) -> SurgeryState:

@@ -110,8 +110,10 @@ class Atoms:
                 qsmall.appendleft(small)
                 continue
             if r is not None or (kind == "prod" and self.size[big] % self.size[small]):
-                self._give_up(big, small, qa, qb)
-                return
+                if not self._pin_span(big, small, qsmall, kind):
+                    self._give_up(big, small, qa, qb)
+                    return
+                continue
             rest = (
                 self.size[big] // self.size[small]
                 if kind == "prod"
@@ -125,6 +127,22 @@ class Atoms:
         if rest:
             for x in rest:
                 self.pin(x, "axes that do not line up")
+
+    def _pin_span(self, big: int, small: int, qsmall: deque, kind: str) -> bool:
+        """`big` cannot be split like `small` and the atoms after it: where they span
+        exactly `big` (a 16 of patches refined otherwise, viewed as 4 x 4), those are
+        pinned and the alignment goes on past them; whether they did."""
+        total, taken = self.size[small], [small]
+        while qsmall and total < self.size[big]:
+            x = self.find(qsmall.popleft())
+            taken.append(x)
+            total = total * self.size[x] if kind == "prod" else total + self.size[x]
+        if total != self.size[big]:
+            qsmall.extendleft(reversed(taken[1:]))
+            return False
+        for x in (big, *taken):
+            self.pin(x, "axes that do not line up")
+        return True
 
     def _give_up(self, a: int, b: int, qa, qb) -> None:
         for x in (a, b, *qa, *qb):

@@ -55,6 +55,8 @@ class Dims:
     broadcasts: list[tuple[int, fx.Node]] = field(default_factory=list)
     splits: list[tuple[int, fx.Node]] = field(default_factory=list)  # axes cut into segments
     filled: set[fx.Node] = field(default_factory=set)  # tensors of one value (zeros_like)
+    # (node, argument) where the argument lends only its shape or dtype (expand_as's other)
+    lends_shape: set[tuple[fx.Node, fx.Node]] = field(default_factory=set)
     fan_in: dict[str, int] = field(default_factory=dict)  # weight -> axis summed over (inputs)
     # (activation, axis) entering a weight matrix along its fan-in: where neurons are scored
     inputs_of_weights: list[tuple[fx.Node, int]] = field(default_factory=list)

@@ -76,16 +76,24 @@ def _is_candidate(dims: Dims, node: fx.Node, root: int) -> bool:
 
 def find_blocks(graph: fx.Graph, dims: Dims, root: int, canonical) -> list[Block]:
     """Residual additions in graph order: one operand reached through a heavy op since the
-    last residual value (f(x)), the other through none (x)."""
+    last residual value (f(x)), the other through none (x) and computed from the inputs
+    (not a bias broadcast to the stream's shape)."""
     through_f: dict[fx.Node, bool] = {}  # node -> computed through a heavy op since x
+    data: set[fx.Node] = set()  # nodes computed from the graph's inputs
     adds = []
     for node in graph.nodes:
         inputs = node.all_input_nodes
+        if node.op == "placeholder" or (
+            node not in dims.filled
+            and any(i in data and (node, i) not in dims.lends_shape for i in inputs)
+        ):
+            data.add(node)
         if _mixes_stream(dims, node, root):
             through_f[node] = True
         elif _is_candidate(dims, node, root):
             a, b = _operands(dims, node)
-            if through_f.get(a, False) != through_f.get(b, False):
+            x = b if through_f.get(a, False) else a
+            if through_f.get(a, False) != through_f.get(b, False) and x in data:
                 skip, branch = (a, b) if through_f.get(b) else (b, a)
                 adds.append((node, skip, branch))
                 through_f[node] = False

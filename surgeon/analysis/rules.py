@@ -232,6 +232,12 @@ def filled_like(ctx: Context, a: Args) -> None:
     """One value in the shape of `input`: its axes, every position alike."""
     elementwise(ctx, a)
     ctx.dims.filled.add(a.node)
+    _lends_shape(ctx, a.node, *a.node.all_input_nodes)
+
+
+def _lends_shape(ctx: Context, node: fx.Node, *args: Any) -> None:
+    """`args` give `node` only their shape or dtype, none of their values."""
+    ctx.dims.lends_shape.update((node, x) for x in args if isinstance(x, fx.Node))
 
 
 # `input + other`: element-wise, and the residual additions are among them.
@@ -242,6 +248,7 @@ _rule("add", "iadd", signature=_sig_binary, adds=True)(elementwise)
 def first_operand_only(ctx: Context, a: Args) -> None:
     """The other tensor argument (if any) only lends a dtype or device."""
     ctx.broadcast(a.out, ctx.axes(a.input))
+    _lends_shape(ctx, a.node, *a.rest)
 
 
 def _size_literals(ctx: Context, a: Args) -> None:
@@ -349,8 +356,31 @@ def index_select(ctx: Context, a: Args) -> None:
     _carry_other_axes(ctx, x, [a.out], dim)
 
 
+def _sig_gather(input, dim, index, *rest, **options): ...
+
+
+@_rule("gather", signature=_sig_gather)
+def gather(ctx: Context, a: Args) -> None:
+    """`out[.., j, ..] = input[.., index[.., j, ..], ..]` along `dim`: positions along
+    `dim` are picked by data (pinned); along every other axis input, index and output go
+    together (ViT-MAE's patch shuffle, an index repeated across the hidden size)."""
+    x, idx, out = ctx.axes(a.input), ctx.axes(a.index), a.out
+    if x is None or idx is None or not isinstance(a.dim, int) or not len(x) == len(idx) == len(out):
+        return data_dependent(ctx, a)
+    dim = _dim(a.dim, len(x))
+    why = f"indexed by {a.node.name}"
+    ctx.pin_all([x[dim], idx[dim], out[dim]], why)
+    for d in range(len(x)):
+        if d == dim:
+            continue
+        ctx.A.unify(idx[d], out[d])
+        if ctx.size(x[d]) == ctx.size(out[d]):
+            ctx.A.unify(x[d], out[d])
+        else:
+            ctx.pin_all([x[d], out[d]], why)
+
+
 @_rule(
-    "gather",
     "scatter",
     "index_put",
     "take",
@@ -532,9 +562,22 @@ def view(ctx: Context, a: Args) -> None:
             ctx.literal(a.node, a.path("size", i), a.out[i])
 
 
+def _sig_unflatten(input, dim, sizes): ...
+
+
+@_rule("unflatten", signature=_sig_unflatten)
+def unflatten(ctx: Context, a: Args) -> None:
+    """Axis `dim` split into `sizes`: one product of atoms, like `view`, and each size
+    written in the call is a literal (`multi_head_attention_forward`'s `(2, E)`)."""
+    ctx.A.unify_seq(list(ctx.axes(a.input)), list(a.out))
+    first = a.dim % len(ctx.axes(a.input))
+    for i, s in enumerate(a.sizes):
+        if isinstance(s, (int, fx.Node)) and s != -1:
+            ctx.literal(a.node, a.path("sizes", i), a.out[first + i])
+
+
 @_rule(
     "flatten",
-    "unflatten",
     "unsqueeze",
     "squeeze",
     "view_as",
@@ -546,6 +589,7 @@ def regroup(ctx: Context, a: Args) -> None:
     """The same elements, axes merged, split or of size 1 added or removed, by sizes that
     come from elsewhere: the two axis lists are one product of atoms."""
     ctx.A.unify_seq(list(ctx.axes(a.input)), list(a.out))
+    _lends_shape(ctx, a.node, *a.rest)
 
 
 def _broadcast_axes(ctx: Context, a: Args) -> None:
@@ -571,6 +615,7 @@ def expand(ctx: Context, a: Args) -> None:
 def expand_like(ctx: Context, a: Args) -> None:
     """Broadcast to the shape of another tensor (or a size read from one)."""
     _broadcast_axes(ctx, a)
+    _lends_shape(ctx, a.node, a.other)
 
 
 def _reorder(ctx: Context, a: Args, order: list[int]) -> None:

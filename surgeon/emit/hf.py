@@ -90,6 +90,8 @@ def _set_sizes(config: Any, sizes: dict, full: dict, old_hidden: int) -> None:
             for f in fields
             if key in STACK_FIELDS and STACK_FIELDS[key].match(f) and not _derived(config, f)
         ]
+        for field in _per_layer_lists(fields, key):  # num_key_value_heads_per_layer
+            setattr(config, field, [value if x == full.get(key) else x for x in fields[field]])
         exact = [f for f in (*named, *stacked) if _value(config, f) == full.get(key)]
         for field in exact:  # the fields that state the parent's size
             setattr(config, field, value)
@@ -114,6 +116,19 @@ def _set_sizes(config: Any, sizes: dict, full: dict, old_hidden: int) -> None:
     for field in FOLLOW_HIDDEN:
         if _value(config, field) == old_hidden != sizes["hidden_size"]:
             setattr(config, field, sizes["hidden_size"])
+
+
+def _per_layer_lists(fields: dict, key: str) -> list[str]:
+    """Lists of ints per layer that spell the size `key` (their names begin with one of its
+    fields': `num_key_value_heads_per_layer`)."""
+    return [
+        f
+        for f, v in fields.items()
+        if f in PER_LAYER
+        and f.startswith(CONFIG_FIELDS[key])
+        and isinstance(v, list)
+        and all(type(x) is int for x in v)
+    ]
 
 
 def _value(config: Any, field: str) -> Any:
@@ -400,6 +415,9 @@ def _adopt_rebuilt_scalars(parent: nn.Module, model: nn.Module, child: fx.GraphM
         swap = changed.get(owner)
         if node.op == "call_function" and swap:
             node.args = tuple(swap.get(a, a) if type(a) is float else a for a in node.args)
+            node.kwargs = {  # baddbmm(..., alpha=inv_norm_factor)
+                k: swap.get(a, a) if type(a) is float else a for k, a in node.kwargs.items()
+            }
     child.recompile()
 
 
