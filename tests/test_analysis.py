@@ -144,6 +144,15 @@ def test_unsupported_op_is_named_with_its_node_and_line():
     )
 
 
+@pytest.mark.parametrize("frontend", ["export", "fx"])
+def test_a_bias_expanded_as_the_stream_is_not_a_skip(frontend):
+    model, example = zoo.bias_after_branch()
+    blocks = analyse(trace(model, example, frontend=frontend)).blocks
+    assert len(blocks) == 2
+    assert [b.skip.name for b in blocks[1:]] == [blocks[0].add.name]  # the stream, not the bias
+    assert any(n.target is not None and "expand" in str(n.target) for n in blocks[1].nodes)
+
+
 def test_residual_ratio_matches_a_direct_measurement():
     model, example = zoo.nanogpt()
     batches = [

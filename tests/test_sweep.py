@@ -13,7 +13,9 @@ from benchmarks.sweep import CHECKS, check_type
 # stages re-indexed with depth), BioGPT (an embedding scale derived from the width), CTRL
 # (sinusoidal positions as wide as the hidden size, read at computed rows), ViTDet (layers
 # that change layout, channel-first layer norms), GPT-BigCode (multi-query attention),
-# Whisper's decoder (its head count in decoder_attention_heads, the encoder's apart).
+# Whisper's decoder (its head count in decoder_attention_heads, the encoder's apart),
+# SigLIP (an attention-pooling head whose heads follow the layers' cut through the config,
+# nn.MultiheadAttention's unflatten sizes), ViT-MAE (patches shuffled by gather).
 PASSING = {
     "gptj": "decoder",
     "falcon": "decoder",
@@ -24,6 +26,8 @@ PASSING = {
     "vitdet": "vision",
     "gpt_bigcode": "decoder",
     "whisper": "decoder",
+    "siglip_vision_model": "vision",
+    "vit_mae": "vision",
 }
 # Refused with one line, never a crash: experts (issue 16), an encoder-decoder's two stacks.
 REFUSED = {"mixtral": "moe", "t5": "encoder-decoder"}

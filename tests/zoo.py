@@ -438,6 +438,20 @@ OP_CASES = {
     # GIT's token types: zeros like the hidden states, one position of the hidden axis
     "select_filled": (lambda h: h + torch.zeros_like(h, dtype=torch.long)[..., 0, None], 12),
     "depthwise_conv": (_Depthwise, 12),  # a module class: built per case
+    # ViT-MAE's patch shuffle: token rows gathered by an index repeated across the width
+    "gather_repeated": (
+        lambda h: torch.gather(
+            h, 1, torch.tensor([[2, 0, 1], [1, 2, 0]])[..., None].repeat(1, 1, 12)
+        ),
+        12,
+    ),
+    # nn.MultiheadAttention's `unflatten(-1, (2, E))`: sizes written in the call
+    "unflatten": (lambda h: h.unflatten(-1, (3, 4)).flip(-2).flatten(2), 12),
+    # DINOv3's feature map: [CLS | 3 tokens] viewed as a 2 x 2 grid, the width aligned past it
+    "reshape_past_cat": (
+        lambda h: torch.cat([h[:, :1] * 0 + 1, h], 1).reshape(2, 2, 2, 12).flatten(1, 2),
+        12,
+    ),
     # Falcon's fused multi-query layout: 4 query heads, then one key and one value head
     "constant_index": (
         lambda h: (h.view(2, 3, 6, 2)[:, :, :-2] * h.view(2, 3, 6, 2)[:, :, [-2]]).flatten(2),
@@ -452,6 +466,29 @@ def op_case(name: str):
     fn = fn() if isinstance(fn, type) else fn
     g = torch.Generator().manual_seed(SEED + 1)
     return _OpCase(fn, width).eval(), (torch.randn(2, 3, 8, generator=g),)
+
+
+class _BiasAfterBranch(nn.Module):
+    """GPT-NeoX-Japanese's last layer: the attention's bias, expanded as the stream
+    (`bias.expand_as(residual)`), is added to the branch before the residual addition."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 12)
+        self.f1, self.f2 = nn.Linear(12, 12), nn.Linear(12, 12)
+        self.bias = nn.Parameter(torch.randn(12))
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.f1(h)
+        h = h + (self.f2(h) + self.bias.expand_as(h))
+        return self.head(h)
+
+
+def bias_after_branch():
+    torch.manual_seed(SEED)
+    return _BiasAfterBranch().eval(), (torch.randn(2, 3, 8),)
 
 
 class _ParamMatmulHead(nn.Module):
