@@ -445,6 +445,16 @@ OP_CASES = {
         ),
         12,
     ),
+    # ConvBERT's span convolution (F.unfold): the channels over 3 positions of the sequence
+    "im2col": (
+        lambda h: (
+            torch.ops.aten.im2col(h.transpose(1, 2)[..., None], [3, 1], [1, 1], [1, 0], [1, 1])
+            .view(2, 12, 3, 3)
+            .sum(2)
+            .transpose(1, 2)
+        ),
+        12,
+    ),
     # nn.MultiheadAttention's `unflatten(-1, (2, E))`: sizes written in the call
     "unflatten": (lambda h: h.unflatten(-1, (3, 4)).flip(-2).flatten(2), 12),
     # DINOv3's feature map: [CLS | 3 tokens] viewed as a 2 x 2 grid, the width aligned past it

@@ -380,6 +380,25 @@ def gather(ctx: Context, a: Args) -> None:
             ctx.pin_all([x[d], out[d]], why)
 
 
+def _sig_im2col(input, kernel_size, dilation=1, padding=0, stride=1): ...
+
+
+@_rule("im2col", signature=_sig_im2col)
+def im2col(ctx: Context, a: Args) -> None:
+    """`F.unfold` (aten's im2col; `unfold` is the name of `Tensor.unfold`'s sliding
+    windows) of (N, C, H, W) into (N, C x kernel positions, blocks): the channels are the
+    outer factor of the output's second axis; kernel offsets and blocks are positions."""
+    x, out = ctx.axes(a.input), a.out
+    if x is None or len(x) not in (3, 4) or len(out) != len(x) - 1:
+        return data_dependent(ctx, a)
+    c = len(x) - 3  # the channel axis, after a batch axis if any
+    offsets = ctx.A.new(ctx.size(out[c]) // ctx.size(x[c]))
+    ctx.A.unify_seq([out[c]], [x[c], offsets])
+    if c:
+        ctx.A.unify(out[0], x[0])
+    ctx.pin_all([offsets, out[-1], *x[-2:]], f"positions of {a.node.name}")
+
+
 @_rule(
     "scatter",
     "index_put",
