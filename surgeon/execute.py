@@ -28,7 +28,16 @@ from torch import fx
 from .errors import NotStreamable, PlanError
 from .frontends.graph import Graph, Inputs, as_inputs, bind_placeholders
 
-__all__ = ["Runner", "check_device", "flat_inputs", "process_group", "rank", "reduce", "share"]
+__all__ = [
+    "Runner",
+    "check_device",
+    "flat_inputs",
+    "process_group",
+    "rank",
+    "reduce",
+    "share",
+    "world_size",
+]
 
 Visit = Callable[[int, fx.Node, torch.Tensor], None]  # (batch index, node, its value)
 
@@ -221,6 +230,11 @@ def _world() -> tuple[int, int]:
 def rank() -> int:
     """This process's rank under torchrun (0 without it)."""
     return _world()[0]
+
+
+def world_size() -> int:
+    """How many ranks run (1 without torchrun)."""
+    return _world()[1]
 
 
 def share(batches: list[Any]) -> list[Any]:
