@@ -196,6 +196,23 @@ def _bar(desc: str, total: int):
     return tqdm(total=total, desc=desc, unit="batch")
 
 
+@contextlib.contextmanager
+def memory_bound() -> Iterator[None]:
+    """One intra-op thread for the duration: for loops that stream weights through
+    memory (the `weight` reductions, cutting and writing blocks). They gain little from
+    more threads (a core nearly saturates this machine's memory bandwidth) and lose much
+    when another process keeps a core busy: OpenMP's threads spin-wait on the one that
+    is descheduled. Measured here (2 cores, a busy machine): the `weight` reductions of
+    two layers of the 1.2 B parent take 12.1 s on 2 threads, 1.3 s on 1 (docs/calibration.md).
+    The calibration forward passes (compute-bound matrix products) keep torch's threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # -- devices and ranks -------------------------------------------------------------------
 
 

@@ -111,7 +111,8 @@ def inspect(
         return Report(type(model.model).__name__, analysis)
     run = runner(model, device)
     ratios = residual_ratios(run, analysis.blocks, calibration)
-    state = SurgeryState(graph, analysis, calibration=calibration, runner=run)
+    source = model.tensor if model.streamed else None
+    state = SurgeryState(graph, analysis, source=source, calibration=calibration, runner=run)
     Score("activation").run(state)
     scores = {g: s.tolist() for g, s in state.scores.items()}
     sites = [s.tolist() for s in state.residual_site_scores]

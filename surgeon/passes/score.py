@@ -8,6 +8,7 @@ import torch
 
 from ..analysis.measure import activation_means
 from ..errors import PlanError
+from ..execute import memory_bound
 from .state import SurgeryState
 
 __all__ = ["METHODS", "Score", "mean_abs_profile", "movable_groups"]
@@ -55,7 +56,8 @@ class Score:
         if self.method == "activation":
             done = _activation_scores(state, groups, state.calibration, state.progress)
             groups = [g for g in groups if g.id not in done]
-        _weight_scores(state, groups, state.progress)
+        with memory_bound():
+            _weight_scores(state, groups, state.progress)
 
 
 def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> set[int]:
