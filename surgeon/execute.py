@@ -176,10 +176,12 @@ def _ancestors(nodes: set[fx.Node]) -> set[fx.Node]:
 
 
 def _last_uses(graph: fx.Graph, needed: set[fx.Node]) -> dict[fx.Node, list[fx.Node]]:
-    """For each node that runs, the values whose last reader it is (freed after it)."""
+    """For each node that runs, the values whose last reader it is (freed after it; a
+    value nothing that runs reads is freed right after it is computed and watched)."""
     last: dict[fx.Node, fx.Node] = {}
     for node in graph.nodes:
         if node in needed:
+            last.setdefault(node, node)
             for i in node.all_input_nodes:
                 last[i] = node
     out: dict[fx.Node, list[fx.Node]] = {}
