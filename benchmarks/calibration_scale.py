@@ -1,9 +1,10 @@
 """Calibrating a parent one layer at a time against loading it and calibrating in memory.
 
-For each parent (SmolLM2-135M from its cached folder, and the 1.2 B Llama-shaped checkpoint
-with random weights of benchmarks/surgery_speed.py), `recipe: surgeon` (activation
-importance, influence depth; 32 x 256 calibration tokens of Python's docs) cuts a child of
-about a quarter of the parent's size, each method in a fresh process:
+For each parent (SmolLM2-135M from its cached folder, and the 1.2 B Llama-shaped
+checkpoint with random weights of benchmarks/surgery_speed.py, given SmolLM2's tokenizer),
+`recipe: surgeon` (activation importance, influence depth; `--samples` x 256 calibration
+tokens of Python's docs, 32 x 256 by default) cuts a child of about a quarter of the
+parent's size, each method in a fresh process:
 
 - `layer by layer`: `surgeon apply` on the folder (traced on the meta device, each
   layer's tensors read from the files, the batches run through one layer at a time);
@@ -44,6 +45,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--skip-1b", action="store_true")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--samples", type=int, default=32, help="calibration sequences of 256")
+    p.add_argument("--methods", default=";".join(METHODS), help="separated by ;, of: %(default)s")
+    p.add_argument("--only", help="one parent: smollm2-135m or llama-1.2b")
     p.add_argument("--zoo", action="store_true", help="check equality instead of timing")
     p.add_argument("--json")
     p.add_argument("--in-memory", nargs=3, help=argparse.SUPPRESS)  # parent plan out
@@ -54,9 +58,10 @@ def main() -> None:
     if args.zoo:
         rows = check_zoo()
     else:
-        rows = [run(name, folder, args.device) for name, folder in parents(args.skip_1b)]
+        chosen = [(n, f) for n, f in parents(args.skip_1b) if args.only in (None, n)]
+        methods = args.methods.split(";")
+        rows = [run(n, f, args.device, args.samples, methods) for n, f in chosen]
         rows = [r for group in rows for r in group]
-        print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
@@ -67,29 +72,50 @@ def parents(skip_1b: bool) -> list[tuple[str, Path]]:
     smollm2()  # converts once
     out = [("smollm2-135m", ROOT / DEFAULT_CACHE)]
     if not skip_1b:
-        out.append(("llama-1.2b", make_big(ROOT / ".cache" / "llama-1.2b-random")))
+        big = make_big(ROOT / ".cache" / "llama-1.2b-random")
+        out.append(("llama-1.2b", with_tokenizer(big, ROOT / DEFAULT_CACHE)))
     return out
 
 
-def run(name: str, folder: Path, device: str) -> list[dict]:
+def with_tokenizer(folder: Path, tokenizer: Path) -> Path:
+    """The random 1.2 B parent has no tokenizer: a folder of links to its files and to
+    SmolLM2's tokenizer (vocabulary 49152, within the parent's 128256)."""
+    out = folder.with_name(folder.name + "+tokenizer")
+    out.mkdir(exist_ok=True)
+    files = [*folder.iterdir(), tokenizer / "tokenizer.json", tokenizer / "tokenizer_config.json"]
+    for file in files:
+        if not (out / file.name).exists():
+            (out / file.name).symlink_to(file.resolve())
+    return out
+
+
+def run(name: str, folder: Path, device: str, samples: int, methods: list[str]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(dir=ROOT / ".cache") as tmp:
         plan = Path(tmp) / "plan.yaml"
-        plan.write_text(
-            json.dumps({"target": CHILDREN[name], "recipe": "surgeon", "device": device})
-        )
-        for method in METHODS:
+        calibration = {"samples": samples, "seq_len": 256, "batch_size": 4}
+        settings = {"recipe": "surgeon", "device": device, "calibration": calibration}
+        plan.write_text(json.dumps({"target": CHILDREN[name], **settings}))
+        for method in methods:
             out = Path(tmp) / method.replace(" ", "_").replace(",", "")
             warm(folder)
             r = measure(command(method, folder, plan, out))
             summary = json.loads((out / "surgeon.json").read_text())
             r.update(parent=name, method=method, device=device, layers=summary["layers_kept"])
+            r.update(calibration_tokens=samples * 256, torch_threads=threads(method))
+            r.update(load_average_1min=os.getloadavg()[0])
             r["parent_bytes"] = safetensors_bytes(folder)
             r["influence"] = summary["influence"]
             rows.append(r)
         for r in rows:
-            r["same_child_as_in_memory"] = same_tensors(Path(tmp) / "in_memory", outdir(tmp, r))
+            mem = Path(tmp) / "in_memory"
+            r["same_child_as_in_memory"] = mem.is_dir() and same_tensors(mem, outdir(tmp, r))
+        print_table(rows)
     return rows
+
+
+def threads(method: str) -> int:
+    return 1 if "torchrun" in method else (os.cpu_count() or 1)
 
 
 def outdir(tmp: str, row: dict) -> Path:
@@ -165,12 +191,14 @@ def same_tensors(a: Path, b: Path) -> bool:
 
 
 def print_table(rows: list[dict]) -> None:
+    """One row per run; `x mem` is wall / the in-memory run's (1.0 when there is none)."""
     print(
         f"{'parent':<14} {'method':<28} {'wall s':>8} {'x mem':>6} {'anon GiB':>9} "
         f"{'x parent':>9} {'same child':>10}"
     )
     for r in rows:
-        base = next(x for x in rows if x["parent"] == r["parent"] and x["method"] == "in memory")
+        same = [x for x in rows if x["parent"] == r["parent"] and x["method"] == "in memory"]
+        base = same[0] if same else r
         print(
             f"{r['parent']:<14} {r['method']:<28} {r['seconds']:>8.1f} "
             f"{r['seconds'] / base['seconds']:>6.2f} {r['peak_rss_anon'] / 2**30:>9.2f} "
