@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +40,10 @@ __all__ = [
     "share",
     "world_size",
 ]
+
+# The values kept between layers (the residual stream, per batch) stay in memory up to
+# this many bytes; the batches past it are written to a temporary folder until their turn.
+SPILL_BYTES = 4 * 2**30
 
 Visit = Callable[[int, fx.Node, torch.Tensor], None]  # (batch index, node, its value)
 
@@ -67,6 +73,7 @@ class Runner:
         self.device = _local(torch.device(device))
         self.segments = _segments(graph.graph, set(cuts))
         self._interpreter = _Interpreter(graph.module, self.device)
+        self.spill_bytes = SPILL_BYTES
 
     def run(
         self, batches: Iterable[Any], watched: set[fx.Node], visit: Visit, progress: str = ""
@@ -81,21 +88,24 @@ class Runner:
         segments = [[n for n in s if n in needed] for s in self.segments]
         segments = [s for s in segments if s]
         bar = _bar(progress, len(segments) * len(envs))
-        for nodes in segments:
-            tensors = self._tensors(nodes)  # read once for all batches, dropped after
-            for k, env in enumerate(envs):
-                env.update(tensors)
-                for node in nodes:
-                    value = self._interpreter.step(node, env)
-                    if node in watched:
-                        visit(k, node, value)
-                    for done in last_use.get(node, ()):
-                        env.pop(done, None)
-                for i in tensors:  # a tensor read again later is read then
-                    env.pop(i, None)
-                if bar is not None:
-                    bar.update(1)
-            del tensors
+        with _Spill(self.graph.graph, self.spill_bytes) as spill:
+            for nodes in segments:
+                tensors = self._tensors(nodes)  # read once for all batches, dropped after
+                for k in range(len(envs)):
+                    env = spill.load(envs, k)
+                    env.update(tensors)
+                    for node in nodes:
+                        value = self._interpreter.step(node, env)
+                        if node in watched:
+                            visit(k, node, value)
+                        for done in last_use.get(node, ()):
+                            env.pop(done, None)
+                    for i in tensors:  # a tensor read again later is read then
+                        env.pop(i, None)
+                    spill.keep(envs, k)
+                    if bar is not None:
+                        bar.update(1)
+                del tensors
         if bar is not None:
             bar.close()
 
@@ -128,6 +138,51 @@ class Runner:
         if isinstance(t, torch.Tensor) and t.is_meta:
             raise NotStreamable(f"{name} has no value on the meta device or in the files")
         return t
+
+
+class _Spill:
+    """The values kept between segments, per batch, in memory up to `budget` bytes (all
+    batches together); the batches past it wait in files of a temporary folder."""
+
+    def __init__(self, graph: fx.Graph, budget: int):
+        self.nodes = {n.name: n for n in graph.nodes}
+        self.budget, self.used, self.folder = budget, 0, None
+
+    def __enter__(self) -> _Spill:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.folder is not None:
+            self.folder.cleanup()
+
+    def load(self, envs: list, k: int) -> dict:
+        if isinstance(envs[k], Path):
+            saved = torch.load(envs[k], weights_only=False)
+            envs[k].unlink()
+            envs[k] = {self.nodes[name]: value for name, value in saved.items()}
+        return envs[k]
+
+    def keep(self, envs: list, k: int) -> None:
+        """After batch k ran a segment: its values stay, or go to a file over budget."""
+        if k == 0:
+            self.used = 0
+        size = sum(_nbytes(v) for v in envs[k].values())
+        if self.used + size <= self.budget:
+            self.used += size
+            return
+        if self.folder is None:
+            self.folder = tempfile.TemporaryDirectory(prefix="surgeon-stream-")
+        path = Path(self.folder.name) / f"batch-{k}.pt"
+        torch.save({n.name: v for n, v in envs[k].items()}, path)
+        envs[k] = path
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0
 
 
 class _Interpreter(fx.Interpreter):

@@ -97,6 +97,34 @@ def test_each_layer_is_read_once_for_all_batches(prepared, tmp_path):
     assert "lm_head.weight" not in reads and "model.norm.weight" not in reads
 
 
+def test_values_past_the_budget_wait_on_disk(prepared, tmp_path, monkeypatch):
+    """With no memory budget every batch's stream goes to a file between layers, and
+    the values computed are the same."""
+    import surgeon.execute
+
+    p = prepared("llama")
+    p.model.save_pretrained(tmp_path)
+    parent = prepare_folder(tmp_path, p.example)
+    layers = parent.analysis.layers
+    watched = {layers[-1].output}
+    runs = []
+    for budget in (surgeon.execute.SPILL_BYTES, 0):
+        runner = Runner(parent.graph, parent.tensor, [la.output for la in layers])
+        runner.spill_bytes = budget
+        runs.append({})
+        runner.run(batches(p.example), watched, lambda k, n, v: runs[-1].setdefault(k, v.clone()))
+    saved = []
+    save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: saved.append(f) or save(obj, f))
+    runner.run(batches(p.example), watched, lambda k, n, v: None)
+    # each batch after each segment but the last (the last layer's output is watched:
+    # the first segment holds the embedding and layer 0, and nothing is kept after it)
+    assert len(saved) == 3 * (len(layers) - 1)
+    assert runs[0].keys() == runs[1].keys() == {0, 1, 2}
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k])
+
+
 def test_devices_are_checked():
     with pytest.raises(PlanError, match="is not a device"):
         check_device("gpu please")

@@ -32,13 +32,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _inspect_measured(args: argparse.Namespace):
     """A folder is measured one layer at a time from its files; a factory's module (or a
     folder whose tensors transformers converts on load) in memory."""
-    from ..cli.apply import is_folder
     from ..errors import NotStreamable
     from ..frontends.load import load_model, load_tokenizer
     from ..io.calibration import resolve_calibration
     from ..pipeline import prepare_folder
     from ..plan import CALIBRATION
     from ..report import inspect
+    from .apply import is_folder
 
     tokenizer = load_tokenizer(args.model)
     if is_folder(args.model) and args.frontend == "auto":
