@@ -8,7 +8,9 @@ a quarter of the parent's size is built by each method, each run in a fresh proc
   once to score it) and with `first` (reads only the kept slices); both stream:
   analyse on the meta device, read tensors from the files;
 - the baseline a person would write: load the whole state dict, keep the leading
-  indices of every cut axis and the kept layers, save with safetensors' `save_file`.
+  indices of every cut axis and the kept layers, save with safetensors' `save_file`;
+- `under load`: `surgeon (weight)` and the baseline again while a background process
+  per core spins (`while True: pass`); their slowdown is wall under load / wall without.
 
 Before every run the parent's files are read once, so every method starts with them in
 the page cache. Methods take turns for `--repeat` rounds; the table shows medians (every
@@ -21,7 +23,9 @@ every 10 ms (pages of memory-mapped files are file-backed and do not count).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -51,6 +55,29 @@ CHILDREN = {  # about a quarter of each parent
 }
 
 
+LOADED = ", under load"
+METHODS = (
+    "surgeon (weight)",
+    "surgeon (first)",
+    "hand-written baseline",
+    "surgeon (weight)" + LOADED,
+    "hand-written baseline" + LOADED,
+)
+
+
+@contextlib.contextmanager
+def busy(on: bool):
+    """A process per core spinning for the duration (when `on`)."""
+    spin = [sys.executable, "-c", "while True: pass"]
+    procs = [subprocess.Popen(spin) for _ in range(os.cpu_count() if on else 0)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def make_big(folder: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
@@ -76,7 +103,9 @@ def warm(folder: Path) -> None:
 def measure(cmd: list[str]) -> dict:
     """Wall time and peak RssAnon of a command, polled from /proc."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
     peak = 0
     status = Path(f"/proc/{proc.pid}/status")
     while proc.poll() is None:
@@ -155,10 +184,11 @@ def main() -> None:
     runs = []
     for name, folder in parents.items():
         for round_ in range(args.repeat):
-            for method in ("surgeon (weight)", "surgeon (first)", "hand-written baseline"):
+            for method in METHODS:
                 warm(folder)
                 runs.append({"parent": name, "method": method, "round": round_})
-                runs[-1].update(run_once(method, folder, CHILDREN[name]))
+                with busy(method.endswith(LOADED)):
+                    runs[-1].update(run_once(method.removesuffix(LOADED), folder, CHILDREN[name]))
     rows = summarise(runs, parents)
     print_table(rows, parents)
     if args.json:
@@ -177,8 +207,9 @@ def run_once(method: str, folder: Path, child: dict) -> dict:
             plan.write_text(
                 json.dumps({"target": child, "depth": "middle", "importance": importance})
             )
-            surgeon = str(Path(sys.executable).with_name("surgeon"))
-            cmd = [surgeon, "apply", "--model", str(folder), "--plan", str(plan)]
+            # the surgeon of this tree (`python -m` from its root), not the installed one
+            cmd = [sys.executable, "-m", "surgeon", "apply", "--model", str(folder)]
+            cmd += ["--plan", str(plan)]
             r = measure([*cmd, "--out", str(out)])
         r["child_bytes"] = safetensors_bytes(out)
     return r
@@ -207,7 +238,7 @@ def summarise(runs: list[dict], parents: dict) -> list[dict]:
 
 def print_table(rows: list[dict], parents: dict) -> None:
     print(
-        f"{'parent':<14} {'method':<22} {'wall':>7} {'runs':>18} {'peak RssAnon':>13} "
+        f"{'parent':<14} {'method':<35} {'wall':>7} {'runs':>18} {'peak RssAnon':>13} "
         f"{'/ parent':>9} {'vs baseline':>12}"
     )
     for row in rows:
@@ -215,12 +246,27 @@ def print_table(rows: list[dict], parents: dict) -> None:
         anon = row["peak_rss_anon"]
         runs = "/".join(f"{s:.1f}" for s in row["seconds_all"])
         print(
-            f"{row['parent']:<14} {row['method']:<22} {row['seconds']:>6.1f}s {runs:>18} "
+            f"{row['parent']:<14} {row['method']:<35} {row['seconds']:>6.1f}s {runs:>18} "
             f"{anon / 2**30:>11.2f} G {anon / row['parent_bytes']:>8.2f}x "
             f"{row['seconds'] / base['seconds']:>11.2f}x"
         )
+    for row in rows:
+        if row["method"].endswith(LOADED):
+            alone = same_method(rows, row, row["method"].removesuffix(LOADED))
+            row["slowdown"] = row["seconds"] / alone["seconds"]
+    for row in rows:
+        if row["method"].startswith("surgeon") and "slowdown" in row:
+            base = same_method(rows, row, "hand-written baseline" + LOADED)
+            print(
+                f"{row['parent']}: under load surgeon is {row['slowdown']:.2f}x slower, the "
+                f"baseline {base['slowdown']:.2f}x: ratio {row['slowdown'] / base['slowdown']:.2f}"
+            )
     sizes = (f"{k} {safetensors_bytes(v) / 2**30:.2f} GiB" for k, v in parents.items())
     print("parent sizes: " + ", ".join(sizes) + "; wall and peak are medians over the runs")
+
+
+def same_method(rows: list[dict], row: dict, method: str) -> dict:
+    return next(r for r in rows if r["parent"] == row["parent"] and r["method"] == method)
 
 
 def safetensors_bytes(folder: Path) -> int:

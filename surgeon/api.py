@@ -1,5 +1,6 @@
 """The Python API: `apply` (and `subclone`, which keeps the intermediate results),
-`stream_apply` for a Hugging Face folder too large to load, `dry_run`. Each is the
+`stream_apply` for a Hugging Face folder too large to load (calibrated one layer at a
+time), `dry_run`. Each is the
 pipeline (`pipeline.py`) with its inputs gathered: calibration batches, a prepared parent."""
 
 from __future__ import annotations
@@ -87,30 +88,40 @@ def stream_apply(
     plan: Any,
     out: str | Path,
     *,
+    calibration: Iterable[Any] | str | None = None,
+    tokenizer: Any = None,
     force: bool = False,
     max_shard_bytes: int = 512 * 2**20,
     progress: bool = False,
     check: bool = True,
 ) -> dict:
     """Write the child of the Hugging Face folder `folder` to `out` without loading the
-    parent (atomically: a failure leaves no `out`); returns a summary. Plans that run
-    the parent on calibration data are a `PlanError`; `out` may not be, hold or sit in
-    `folder`. `check`: compare a sample of the written tensors with the same tensors
-    cut in memory (`surgeon.emit.shards.check_written`; on by default, a few percent of
-    the time)."""
+    parent (atomically: a failure leaves no `out`); returns a summary. A plan that runs
+    the parent on `calibration` data (as in `apply`) runs it one layer at a time, each
+    layer's tensors read from the files. `out` may not be, hold or sit in `folder`.
+    `check`: compare a sample of the written tensors with the same tensors cut in memory
+    (`surgeon.emit.shards.check_written`; on by default, a few percent of the time)."""
     from .emit.shards import emit_shards
+    from .frontends.load import load_model
     from .io.output import check_output, staged_folder
 
-    surgery = resolve(plan, False)
+    surgery = resolve(plan, calibration is not None or tokenizer is not None)
     check_output(Path(out), force, folder)  # before any work
-    parent = prepare_folder(folder)
-    cut = decide(parent, surgery, progress=progress)
+    batches = None
+    if surgery.needs_data:
+        model, _ = load_model(str(folder), weights=False)
+        settings = surgery.plan.calibration
+        batches = resolve_calibration(model, calibration, tokenizer, settings, True)
+        check_batches(batches[0], batches)
+    parent = prepare_folder(folder, batches[0] if batches else None)
+    cut = decide(parent, surgery, batches, progress)
     with staged_folder(Path(out), force, folder) as tmp:
         written = emit_shards(cut, tmp, max_shard_bytes, progress, check)
     return {
         "parent_bytes": parent.shards.nbytes,
         "child_parameters": written,
         "layers_kept": cut.state.layers,
+        "influence": cut.state.influence,
     }
 
 

@@ -24,12 +24,23 @@ from torch import nn
 from .analysis import Analysis, analyse
 from .emit.hf import config_error, fit_config, is_hf_model
 from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError
+from .execute import Runner, check_device
 from .frontends import Graph, tensor_of, trace
 from .io.shards import Shards
 from .passes import PASSES, Pass, SurgeryState
 from .plan import Plan, load_plan
 
-__all__ = ["Cut", "Parent", "Surgery", "check", "decide", "prepare", "prepare_folder", "resolve"]
+__all__ = [
+    "Cut",
+    "Parent",
+    "Surgery",
+    "check",
+    "decide",
+    "prepare",
+    "prepare_folder",
+    "resolve",
+    "runner",
+]
 
 
 @dataclass
@@ -47,6 +58,7 @@ class Parent:
     shards: Shards | None = None
     stored: dict[str, str] = field(default_factory=dict)  # the model's name -> the files'
     folder: Path | None = None
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # computed, not stored
 
     @property
     def is_hf(self) -> bool:
@@ -61,7 +73,7 @@ class Parent:
         if self.shards is None:
             return tensor_of(self.graph.module, name)
         stored = self.stored.get(name)
-        return self.shards.tensor(stored) if stored is not None else None
+        return self.shards.tensor(stored) if stored is not None else self.buffers.get(name)
 
     def tensor(self, name: str) -> torch.Tensor:
         """The parent's tensor by any of its names (tied names are one tensor)."""
@@ -138,11 +150,14 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
     return analysis
 
 
-def prepare_folder(folder: str | Path) -> Parent:
+def prepare_folder(folder: str | Path, example_inputs: Any = None) -> Parent:
     """A Hugging Face folder of safetensors files, never loaded: the model is built from
-    its config on the meta device, traced and analysed, and its tensors are read from the
-    files as views (file pages, not process memory). `NotStreamable` for checkpoints whose
-    tensors transformers converts on load, or that are quantized."""
+    its config on the meta device, traced (on `example_inputs`, e.g. the first calibration
+    batch; a small batch from its config by default) and analysed, and its tensors are
+    read from the files as views (file pages, not process memory); the buffers the model
+    computes rather than stores (rotary frequencies) are computed on the CPU.
+    `NotStreamable` for checkpoints whose tensors transformers converts on load, or that
+    are quantized."""
     from .frontends.load import load_model
     from .io.names import load_names
 
@@ -154,8 +169,29 @@ def prepare_folder(folder: str | Path) -> Parent:
         raise NotStreamable(f"the checkpoint is quantized ({method}): its tensors are packed")
     shards = Shards(folder)
     stored = load_names(model, shards.index)
-    graph = trace(model)
-    return Parent(model, graph, _checked(model, analyse(graph)), shards, stored, folder)
+    graph = trace(model, example_inputs)
+    buffers = _computed_buffers(model, graph, stored)
+    return Parent(model, graph, _checked(model, analyse(graph)), shards, stored, folder, buffers)
+
+
+def _computed_buffers(model: nn.Module, graph: Graph, stored: dict) -> dict[str, torch.Tensor]:
+    """The buffers the files lack, from the model built again with its parameters on the
+    meta device and its buffers on the CPU (accelerate's `init_empty_weights`)."""
+    missing = [n for e in graph.params if e.kind != "parameter" for n in e.names]
+    missing = [n for n in missing if n not in stored]
+    if not missing:
+        return {}
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        skeleton = type(model)(model.config)
+    out = {}
+    for name in missing:
+        try:
+            out[name] = tensor_of(skeleton, name)
+        except AttributeError:
+            continue
+    return out
 
 
 @dataclass(frozen=True)
@@ -214,6 +250,8 @@ def check(
         )
     source = parent.tensor if parent.streamed else None
     state = SurgeryState(parent.graph, parent.analysis, source=source, calibration=calibration)
+    if surgery.needs_data:
+        state.runner = runner(parent, surgery.plan.device)
     state.progress = progress
     for p in surgery.passes:
         p.check(state)
@@ -225,12 +263,8 @@ def decide(
 ) -> Cut:
     """Check, then run every pass; returns the decisions (the parent is not changed).
     `calibration`: the input batches the measuring passes run (needed when
-    `surgery.needs_data`)."""
-    if surgery.needs_data and parent.streamed:
-        raise PlanError(
-            "this plan runs the parent on calibration data (importance: activation or "
-            "depth: influence): it cannot be streamed"
-        )
+    `surgery.needs_data`): all of them in memory, one layer at a time on a streamed
+    parent (`runner`)."""
     if surgery.needs_data and not calibration:
         raise PlanError(
             "this plan runs the parent on calibration data (importance: activation or "
@@ -243,6 +277,17 @@ def decide(
     if cut.config is not None and cut.state.layers != planned:  # measured depth
         cut.config = _child_config(parent, cut.state)
     return cut
+
+
+def runner(parent: Parent, device: str = "cpu") -> Runner:
+    """How the measuring passes run `parent` on calibration data: whole when its weights
+    are in memory; one layer at a time, each layer's tensors read from the files, when it
+    is streamed."""
+    device = check_device(device)
+    if not parent.streamed:
+        return Runner(parent.graph, device=device)
+    cuts = [layer.output for layer in parent.analysis.layers]
+    return Runner(parent.graph, parent.tensor, cuts, device)
 
 
 def _child_config(parent: Parent, state: SurgeryState) -> Any:

@@ -10,6 +10,7 @@ Short form (every key may be omitted; omitted target sizes keep the parent's):
     rescale: paper          # paper | none
     calibration: {samples: 32, seq_len: 256, batch_size: 4}
     emit: auto              # auto | hf | graph
+    device: cpu             # where calibration runs the layers: cpu | cuda | cuda:1 ...
 
 Long form: the same surgery as an explicit list of passes, in pipeline order:
 
@@ -84,6 +85,10 @@ SCHEMA = {
             "rescale": {"enum": list(RESCALE)},
             "calibration": _object({k: _SIZE for k in CALIBRATION}, "text read for calibration"),
             "emit": {"enum": list(EMIT)},
+            "device": {
+                "type": "string",
+                "description": "where calibration runs the parent's layers: cpu, cuda, ...",
+            },
             "recipe": {
                 "enum": ["auto", *RECIPES],
                 "description": "defaults for importance, depth and rescale; auto: surgeon "
@@ -124,6 +129,7 @@ class Plan:
     rescale: str | None = None
     calibration: Mapping[str, int] = field(default_factory=lambda: dict(CALIBRATION))
     emit: str = "auto"
+    device: str = "cpu"  # where calibration runs the parent's layers
     recipe: str = "auto"
     passes: tuple[tuple[str, Mapping[str, Any]], ...] = ()  # the long form, as written
 
@@ -217,6 +223,7 @@ def load_plan(plan: Any) -> Plan:
     settings = {
         "calibration": {**CALIBRATION, **(plan.get("calibration") or {})},
         "emit": plan.get("emit", "auto"),
+        "device": plan.get("device", "cpu"),
     }
     if "passes" in plan:
         return Plan(passes=_passes(plan), **settings)

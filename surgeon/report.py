@@ -13,7 +13,7 @@ from .analysis.measure import residual_ratios
 from .frontends import trace
 from .io.calibration import check_batches
 from .passes import Score, SurgeryState
-from .pipeline import Parent
+from .pipeline import Parent, runner
 
 __all__ = ["Report", "inspect"]
 
@@ -89,30 +89,34 @@ def inspect(
     *,
     calibration: Iterable[Any] | None = None,
     frontend: str = "auto",
+    device: str = "cpu",
 ) -> Report:
     """Trace and analyse `model` (or read the analysis of a parent prepared with
     `surgeon.prepare`); with `calibration` (an iterable of input batches, in the same forms
     as `example_inputs`, the first serving as example when none is given), also measure
     each block's residual ratio ‖f(x)‖ / ‖x + f(x)‖ and the activation importance of every
-    group's indices (`importance` in `to_dict()`). The model is not changed."""
+    group's indices (`importance` in `to_dict()`), running the layers on `device`; a
+    parent prepared from a folder (`prepare_folder`) is run one layer at a time from its
+    files. The model is not changed."""
     if calibration is not None:
         calibration = list(calibration)
         example_inputs = calibration[0] if example_inputs is None else example_inputs
-    if isinstance(model, Parent):
-        graph, analysis, model = model.graph, model.analysis, model.model
-        if calibration:
-            check_batches(graph.inputs, calibration)
-    else:
+    if not isinstance(model, Parent):
         graph = trace(model, example_inputs, frontend=frontend)
-        analysis = analyse(graph)
+        model = Parent(model, graph, analyse(graph))
+    elif calibration:
+        check_batches(model.graph.inputs, calibration)
+    graph, analysis = model.graph, model.analysis
     if not calibration:
-        return Report(type(model).__name__, analysis)
-    ratios = residual_ratios(graph, analysis.blocks, calibration)
-    state = SurgeryState(graph, analysis, calibration=calibration)
+        return Report(type(model.model).__name__, analysis)
+    run = runner(model, device)
+    ratios = residual_ratios(run, analysis.blocks, calibration)
+    source = model.tensor if model.streamed else None
+    state = SurgeryState(graph, analysis, source=source, calibration=calibration, runner=run)
     Score("activation").run(state)
     scores = {g: s.tolist() for g, s in state.scores.items()}
     sites = [s.tolist() for s in state.residual_site_scores]
-    return Report(type(model).__name__, analysis, ratios, scores, sites)
+    return Report(type(model.model).__name__, analysis, ratios, scores, sites)
 
 
 def render(d: dict[str, Any]) -> str:

@@ -50,9 +50,10 @@ def test_apply_writes_a_checked_child(parent, tmp_path, capsys):
     assert not (out / "mine.txt").exists()
 
 
-def test_a_folder_with_a_tokenizer_streams_data_free_plans_only(tmp_path, monkeypatch):
-    """With a tokenizer, `recipe: auto` means calibration on text: the parent is loaded.
-    A data-free plan streams, and the tokenizer's files are copied, not loaded."""
+def test_a_folder_with_a_tokenizer_streams_every_plan(tmp_path, monkeypatch):
+    """With a tokenizer, `recipe: auto` means calibration on text: the parent is still
+    streamed, calibrated one layer at a time. A data-free plan never loads the tokenizer:
+    its files are copied."""
     import surgeon.frontends.load
 
     folder = tmp_path / "llama"
@@ -70,7 +71,9 @@ def test_a_folder_with_a_tokenizer_streams_data_free_plans_only(tmp_path, monkey
         plan = _plan(tmp_path, "target: {num_layers: 1}\n" + extra)
         assert main(["apply", "--model", str(folder), "--plan", plan, "--out", str(out)]) == 0
         summary = json.loads((out / "surgeon.json").read_text())
-        assert summary.get("streamed", False) == (name == "data-free")
+        assert summary["streamed"]
+        assert summary["calibration_batches"] == (0 if name == "data-free" else 8)
+        assert (summary["influence"] is None) == (name == "data-free")
         assert (out / "tokenizer.json").is_file()
     assert (tmp_path / "data-free" / "tokenizer.json").read_bytes() == (
         folder / "tokenizer.json"
@@ -78,7 +81,7 @@ def test_a_folder_with_a_tokenizer_streams_data_free_plans_only(tmp_path, monkey
 
 
 def test_a_bfloat16_folder_gives_a_bfloat16_child_and_a_float32_onnx(tmp_path, capsys):
-    """Streamed and loaded alike. onnxruntime lacks bfloat16 kernels, so the ONNX file is
+    """Streamed, calibrated or not. onnxruntime lacks bfloat16 kernels, so the ONNX file is
     a float32 copy, checked against the float32 child (`emit_any_onnx`, which both paths
     call, is exported once here: a decoder with a KV cache)."""
     from surgeon.io.shards import Shards
@@ -86,7 +89,7 @@ def test_a_bfloat16_folder_gives_a_bfloat16_child_and_a_float32_onnx(tmp_path, c
     folder = tmp_path / "llama"
     model, _ = zoo.build("llama")
     model.to(torch.bfloat16).save_pretrained(folder)
-    for recipe in ("data-free", "paper"):  # streamed; loaded, calibrated on random text
+    for recipe in ("data-free", "paper"):  # streamed; and calibrated one layer at a time
         out = tmp_path / recipe
         small = "calibration: {samples: 4, seq_len: 16, batch_size: 2}\n"  # traced at 2 x 16
         one_layer = GOOD.replace("}", ", num_layers: 1}")  # export time grows with depth
@@ -100,7 +103,7 @@ def test_a_bfloat16_folder_gives_a_bfloat16_child_and_a_float32_onnx(tmp_path, c
             argv += ["--calibration", str(text)]
         assert main(argv) == 0
         summary = json.loads((out / "surgeon.json").read_text())
-        assert summary.get("streamed", False) == (recipe == "data-free")
+        assert summary["streamed"] and summary["calibration_batches"] == (recipe == "paper") * 2
         if recipe == "data-free":
             printed = capsys.readouterr().out
             assert "onnx: model.onnx, a decoder with a KV cache: logits within" in printed

@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..emit.decoder import is_causal_lm
 from ..errors import NotStreamable, PlanError, SurgeonError
+from ..execute import process_group, rank, world_size
 from ..io.output import check_output, staged_folder
 from .export import emit_any_onnx
 
@@ -19,35 +21,41 @@ __all__ = ["run_apply"]
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    """Under torchrun, every rank measures its share of the calibration batches and only
+    rank 0 writes."""
+    from ..plan import load_plan
+
+    plan = load_plan(args.plan)
+    if args.device:
+        plan = replace(plan, device=args.device)
+    with process_group(plan.device):
+        return _apply(args, plan)
+
+
+def _apply(args: argparse.Namespace, plan) -> int:
     from ..api import subclone
     from ..frontends.load import has_tokenizer, load_model, load_tokenizer
     from ..pipeline import resolve
 
     data = args.calibration is not None or has_tokenizer(args.model)
-    surgery = resolve(args.plan, data)  # everything that can be checked cheaply, first
+    surgery = resolve(plan, data)  # everything that can be checked cheaply, first
     out = Path(args.out)
     check_output(out, args.force, args.model)  # also: not in, at or around the parent
     if args.calibration is not None:
         _check_readable(Path(args.calibration))
     started = time.perf_counter()
-    folder = Path(args.model)
-    if folder.is_dir() and any(folder.glob("*.safetensors")) and surgery.plan.emit != "graph":
-        size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**30
-        if surgery.needs_data:
-            print(
-                f"surgeon: this plan runs the parent on calibration data: loading all of it "
-                f"({size:.2f} GiB of weights, more during the forward passes)",
-                file=sys.stderr,
-            )
-        else:
-            try:
-                return _run_streamed(args, surgery, out, started)
-            except NotStreamable as e:
-                print(f"surgeon: {e}: loading all of it ({size:.2f} GiB)", file=sys.stderr)
+    if is_folder(args.model) and surgery.plan.emit != "graph":
+        try:
+            return _run_streamed(args, surgery, out, started)
+        except NotStreamable as e:
+            size = sum(f.stat().st_size for f in Path(args.model).glob("*.safetensors"))
+            print(f"surgeon: {e}: loading all of it ({size / 2**30:.2f} GiB)", file=sys.stderr)
     tokenizer = load_tokenizer(args.model)
     model, inputs = load_model(args.model)
     parent_params = sum(p.numel() for p in model.parameters())
-    child = subclone(model, surgery, inputs, args.calibration, tokenizer, progress=True)
+    child = subclone(model, surgery, inputs, args.calibration, tokenizer, progress=rank() == 0)
+    if rank() != 0:
+        return 0
     with staged_folder(out, args.force, args.model) as tmp:
         _write_model(child, tokenizer, tmp)
         onnx = None
@@ -65,13 +73,36 @@ def run_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_folder(model: str) -> bool:
+    """A Hugging Face folder with safetensors files: streamed, never loaded whole."""
+    folder = Path(model)
+    return folder.is_dir() and any(folder.glob("*.safetensors"))
+
+
+def folder_calibration(args, surgery) -> list | None:
+    """The calibration batches a plan on a folder needs (None: it needs none), made with
+    the folder's tokenizer and the signature of its model, built on the meta device."""
+    from ..frontends.load import load_model, load_tokenizer
+    from ..io.calibration import resolve_calibration
+
+    if not surgery.needs_data:
+        return None
+    model, _ = load_model(args.model, weights=False)
+    tokenizer = load_tokenizer(args.model)
+    return resolve_calibration(model, args.calibration, tokenizer, surgery.plan.calibration, True)
+
+
 def _run_streamed(args, surgery, out: Path, started: float) -> int:
-    """A Hugging Face folder and a data-free plan: never load the parent."""
+    """A Hugging Face folder: never load the parent. A plan that measures runs the
+    calibration batches one layer at a time, each layer read from the files."""
     from ..emit.shards import emit_shards
     from ..pipeline import decide, prepare_folder
 
-    parent = prepare_folder(args.model)  # NotStreamable: the caller loads it instead
-    cut = decide(parent, surgery, progress=True)
+    batches = folder_calibration(args, surgery)
+    parent = prepare_folder(args.model, batches[0] if batches else None)
+    cut = decide(parent, surgery, batches, progress=rank() == 0)
+    if rank() != 0:
+        return 0
     with staged_folder(out, args.force, args.model) as tmp:
         written = emit_shards(cut, tmp, progress=True)
         onnx = None
@@ -134,6 +165,9 @@ def _summary(args, cut, model: str, onnx: dict | None, started: float) -> dict:
         "plan": args.plan,
         "child": cut.sizes,
         "layers_kept": cut.state.layers,
+        "influence": cut.state.influence,
+        "calibration_batches": len(cut.state.calibration or []),
+        "ranks": world_size(),
         "model": model,
         "onnx_max_relative_difference": onnx and onnx["max_relative_difference"],
         "onnx": onnx,

@@ -12,24 +12,46 @@ from ..errors import SurgeonError, first_line
 
 __all__ = ["main"]
 
+DEVICE_HELP = "where calibration runs the layers: cpu (default), cuda, cuda:1, ..."
+
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from ..frontends.load import load_model
     from ..report import inspect
 
-    model, inputs = load_model(args.model, weights=args.calibration is not None)
-    batches = None
-    if args.calibration is not None:
-        from ..frontends.load import load_tokenizer
-        from ..io.calibration import resolve_calibration
-        from ..plan import CALIBRATION
+    if args.calibration is None:
+        from ..frontends.load import load_model
 
-        tokenizer = load_tokenizer(args.model)
-        batches = resolve_calibration(model, args.calibration, tokenizer, CALIBRATION, True)
-        inputs = None  # traced at the calibration batches' shape
-    report = inspect(model, inputs, calibration=batches, frontend=args.frontend)
+        model, inputs = load_model(args.model, weights=False)
+        report = inspect(model, inputs, frontend=args.frontend)
+    else:
+        report = _inspect_measured(args)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0
+
+
+def _inspect_measured(args: argparse.Namespace):
+    """A folder is measured one layer at a time from its files; a factory's module (or a
+    folder whose tensors transformers converts on load) in memory."""
+    from ..errors import NotStreamable
+    from ..frontends.load import load_model, load_tokenizer
+    from ..io.calibration import resolve_calibration
+    from ..pipeline import prepare_folder
+    from ..plan import CALIBRATION
+    from ..report import inspect
+    from .apply import is_folder
+
+    tokenizer = load_tokenizer(args.model)
+    if is_folder(args.model) and args.frontend == "auto":
+        model, _ = load_model(args.model, weights=False)
+        batches = resolve_calibration(model, args.calibration, tokenizer, CALIBRATION, True)
+        try:
+            parent = prepare_folder(args.model, batches[0])
+            return inspect(parent, calibration=batches, device=args.device)
+        except NotStreamable as e:
+            print(f"surgeon: {e}: loading all of it", file=sys.stderr)
+    model, _ = load_model(args.model)
+    batches = resolve_calibration(model, args.calibration, tokenizer, CALIBRATION, True)
+    return inspect(model, calibration=batches, frontend=args.frontend, device=args.device)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -79,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a text file: also measure residual ratios and "
         "neuron importance (needs the model folder's tokenizer)",
     )
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(run=_cmd_inspect)
 
     p = sub.add_parser("apply", help="build a smaller model from a plan and write it")
@@ -86,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", required=True, help="a plan file (YAML), see docs/plan.md")
     p.add_argument("--out", required=True, help="the folder to write (must not exist)")
     p.add_argument("--calibration", help="a text file for activation importance / influence")
+    p.add_argument("--device", help=DEVICE_HELP + " (overrides the plan's device:)")
     p.add_argument(
         "--onnx",
         action="store_true",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from ..errors import InvariantError, ModelLoadError, SurgeonError
+from ..execute import memory_bound
 from ..io.names import save_names
 from ..io.shards import Entry, Shards, write_safetensors
 from .graph import axis_cuts, take
@@ -65,15 +66,16 @@ def emit_shards(
 
         bar = tqdm(total=len(entries), desc="writing", unit="tensor")
     written = []
-    for i, chunk in enumerate(files):
-        path = folder / f"part-{i:05d}.safetensors"
-        write_safetensors(chunk, path, bar)
-        written.append((path, chunk))
-    if bar is not None:
-        bar.close()
-    _name_shards(written, folder)
-    if check:
-        check_written(cut, folder, planned)
+    with memory_bound():  # blocks cut and copied: memory-bound
+        for i, chunk in enumerate(files):
+            path = folder / f"part-{i:05d}.safetensors"
+            write_safetensors(chunk, path, bar)
+            written.append((path, chunk))
+        if bar is not None:
+            bar.close()
+        _name_shards(written, folder)
+        if check:
+            check_written(cut, folder, planned)
     cut.config.save_pretrained(folder)
     if parent.folder is not None:
         for name in COPIED:

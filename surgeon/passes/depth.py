@@ -47,7 +47,9 @@ class Depth:
         n = len(state.analysis.layers)
         influence = None
         if self._measures(n):
-            influence = layer_influence(state.graph, state.analysis.layers, state.calibration)
+            influence = layer_influence(
+                state.runner or state.graph, state.analysis.layers, state.calibration
+            )
             state.influence = influence
         state.layers = choose_layers(n, self.strategy, self.num_layers, influence)
 

@@ -8,6 +8,7 @@ import torch
 
 from ..analysis.measure import activation_means
 from ..errors import PlanError
+from ..execute import memory_bound
 from .state import SurgeryState
 
 __all__ = ["METHODS", "Score", "mean_abs_profile", "movable_groups"]
@@ -55,7 +56,8 @@ class Score:
         if self.method == "activation":
             done = _activation_scores(state, groups, state.calibration, state.progress)
             groups = [g for g in groups if g.id not in done]
-        _weight_scores(state, groups, state.progress)
+        with memory_bound():
+            _weight_scores(state, groups, state.progress)
 
 
 def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> set[int]:
@@ -67,14 +69,9 @@ def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> 
     stream_sites = [(n, len(dims.out[n]) - 1) for n in stream]
     inner_sites = sorted(set(dims.inputs_of_weights), key=lambda s: (s[0].name, s[1]))
     sites = stream_sites + [s for s in inner_sites if s not in stream_sites]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        def bar(it):
-            return tqdm(it, desc="calibration", unit="batch")
-
-    means = activation_means(state.graph, sites, batches, bar)
+    means = activation_means(
+        state.runner or state.graph, sites, batches, "calibration" if progress else ""
+    )
     scored: set[int] = set()
     state.residual_site_scores = []
     for (node, axis), mean in zip(sites, means, strict=True):

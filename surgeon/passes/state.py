@@ -37,6 +37,7 @@ class SurgeryState:
     # where the parent's tensors are read from: the traced module, or files (streaming)
     source: Callable[[str], torch.Tensor] | None = None
     calibration: list[Any] | None = None  # input batches for the passes that measure
+    runner: Any = None  # how they run the parent (a surgeon.execute.Runner; None: whole)
     progress: bool = False  # show progress bars
 
     def tensor(self, name: str) -> torch.Tensor:
