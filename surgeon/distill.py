@@ -24,7 +24,7 @@ from transformers import Trainer, TrainingArguments
 from .errors import PlanError
 from .io.output import check_output, staged_folder
 
-__all__ = ["distill", "distillation_loss", "DistillTrainer", "pack", "check_vocab"]
+__all__ = ["distill", "distillation_loss", "DistillTrainer", "pack", "check_vocab", "check_mix"]
 
 
 def distillation_loss(
@@ -105,6 +105,14 @@ def check_vocab(child: nn.Module, teacher: nn.Module) -> None:
         )
 
 
+def check_mix(alpha: float, temperature: float) -> None:
+    """`PlanError` unless 0 <= alpha <= 1 and temperature > 0."""
+    if not 0 <= alpha <= 1 or temperature <= 0:
+        raise PlanError(
+            f"alpha must be in [0, 1] and temperature > 0, not {alpha} and {temperature}"
+        )
+
+
 def distill(
     child: nn.Module,
     tokenizer: Any,
@@ -133,10 +141,7 @@ def distill(
     check_output(out, force)
     if teacher is not None:
         check_vocab(child, teacher)
-    if not 0 <= alpha <= 1 or temperature <= 0:
-        raise PlanError(
-            f"alpha must be in [0, 1] and temperature > 0, not {alpha} and {temperature}"
-        )
+    check_mix(alpha, temperature)
     blocks = pack(tokenizer, data, block_size) if isinstance(data, str) else data
     settings = {
         "max_steps": steps,

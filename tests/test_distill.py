@@ -77,6 +77,20 @@ def test_distilling_lowers_the_kl_to_the_teacher(folders, tmp_path):
     assert (tmp_path / "out" / "tokenizer.json").is_file()
 
 
+def test_without_a_teacher_it_is_next_token_training(folders, tmp_path):
+    child, tokenizer = _load(folders / "child")
+    blocks = pack(tokenizer, TEXT * 4, 32)
+
+    def loss(model):
+        with torch.no_grad():
+            return model(input_ids=blocks, labels=blocks).loss.item()
+
+    before = loss(child)
+    distill(child, tokenizer, TEXT * 40, tmp_path / "out", block_size=32, batch_size=4,
+            steps=20, lr=1e-2)  # fmt: skip
+    assert loss(_load(tmp_path / "out")[0]) < before - 0.5
+
+
 def _digest(folder: Path) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
 
@@ -96,6 +110,7 @@ def test_cli_errors_are_one_line_and_touch_nothing(folders, tmp_path, capsys):
         "--child nowhere: no such folder": ["--child", "nowhere", "--data", str(text)],
         "--teacher nowhere: no such folder": ["--teacher", "nowhere"],
         "--data none.txt: no such file": ["--data", "none.txt"],
+        "alpha must be in [0, 1]": ["--alpha", "1.5"],
         "share one tokenizer": ["--teacher", str(other)],
         "the text is too short: 3 tokens": ["--data", str(short)],
         "already exists: choose another --out, or pass --force": [

@@ -53,10 +53,11 @@ def _text(path: str) -> str:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from ..distill import check_vocab, distill, pack
+    from ..distill import check_mix, check_vocab, distill, pack
     from ..frontends.load import load_model, load_tokenizer
     from ..io.output import check_apart, check_output
 
+    check_mix(args.alpha, args.temperature)
     child_dir = _folder(args.child, "--child")
     teacher_dir = _folder(args.teacher, "--teacher") if args.teacher else None
     out = Path(args.out)
