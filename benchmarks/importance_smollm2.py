@@ -19,6 +19,7 @@ import argparse
 import itertools
 import json
 import time
+from pathlib import Path
 
 import torch
 from common import TARGET, loss  # benchmarks/common.py: a script's folder is on sys.path
@@ -81,7 +82,7 @@ def main() -> None:
     losses = {"parent": loss(model, held_out)}
     for method in ("activation", "weight", "first", "uniform"):
         t0 = time.perf_counter()
-        plan = {"target": TARGET, "importance": method}
+        plan = {"target": TARGET, "importance": method, "depth": "middle", "rescale": "paper"}
         child = subclone(model, plan, calibration=calibration)
         losses[method] = loss(child.model, held_out)
         params = sum(q.numel() for q in child.model.parameters())
@@ -100,6 +101,7 @@ def main() -> None:
     for key, value in losses.items():
         print(f"  {key:<10} {value:.3f}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(
                 {

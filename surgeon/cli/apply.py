@@ -202,6 +202,7 @@ def _print(summary: dict, out: Path) -> None:
     print(f"  took {s['seconds']:.1f} s")
     if s.get("causal_lm"):  # what benchmarks/convergence.py measured (a Llama)
         print(
-            "hint: train it with AdamW at lr 1e-3 to 3e-3, weight decay 0.1: fastest for a "
-            "subclone in benchmarks/convergence.py (see docs/results.md)"
+            "hint: train it with AdamW at lr 3e-3, weight decay 0.1 (chosen on validation "
+            "for the surgeon init in benchmarks/convergence.py), distilling from the parent: "
+            "surgeon distill --child OUT --teacher PARENT --data FILE (docs/training.md)"
         )

@@ -121,9 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_cmd_apply)
 
+    from .distill import add_parser as add_distill
     from .export import add_parsers
 
     add_parsers(sub)
+    add_distill(sub)
 
     p = sub.add_parser("validate", help="check a plan (and, with --model, its targets)")
     p.add_argument("plan", help="a plan file (YAML)")
