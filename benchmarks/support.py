@@ -57,7 +57,7 @@ def summary(records: list[dict]) -> str:
         if c["buildable"]:
             pct = 100 * c["passed"] / c["buildable"]
             lines.append(
-                f"  {cat:<16} pass {c['passed']}/{c['buildable']} ({pct:.0f}%)  "
+                f"  {cat:<16} pass {c['passed']}/{c['buildable']} ({pct:.1f}%)  "
                 f"shrink ok {c['shrink_ok']}/{c['buildable']} buildable  "
                 f"refused {c['refused']}  caught {c['caught']}  crash {c['crash']}  "
                 f"wrong {c['wrong']}"
@@ -90,14 +90,16 @@ def write_support(records: list[dict], path: Path) -> None:
         "surgeon's own consistency check (an `InvariantError`) stopped a child that would not",
         "compute what its graph computes: no child is written, the message asks for a report",
         "(a bug, not support); **WRONG** (a silent wrong child) and **CRASH** are bugs",
-        "(`died`: the type's process ran past the sweep's `--timeout`, 400 s in this run;",
+        "(`died`: the type's process ran past the sweep's `--timeout`: 400 s for the decoder,",
+        "encoder and vision types, re-run at the last code; 180 s for the other categories,",
+        "whose rows come from the previous full run;",
         "counted as a crash). A check",
         f"after a failed one is not run (`-`). {len(records) - len(built)} types are not "
         "buildable: most need inputs the sweep does not make (audio features, time series,",
         "videos) or reject a tiny config.",
         "",
         f"{len(records)} model types; {len(built)} buildable; **{passed} of {len(built)} "
-        f"({100 * passed / max(1, len(built)):.0f}%) pass every check**. Sum of per-type "
+        f"({100 * passed / max(1, len(built)):.1f}%) pass every check**. Sum of per-type "
         f"times {seconds / 60:.0f} min (one process per type).",
         "",
         "## By category",
@@ -107,7 +109,7 @@ def write_support(records: list[dict], path: Path) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for cat, c in counts(records).items():
-        pct = f"{100 * c['passed'] / c['buildable']:.0f}%" if c["buildable"] else "-"
+        pct = f"{100 * c['passed'] / c['buildable']:.1f}%" if c["buildable"] else "-"
         lines.append(
             f"| {cat} | {c['buildable']} | {c['passed']} ({pct}) | {c['shrink_ok']} | "
             f"{c['refused']} | {c['caught']} | {c['crash']} | {c['wrong']} |"
