@@ -12,8 +12,17 @@ from surgeon.emit.onnx import check_onnx, emit_onnx, export_onnx, fixed_axes, fr
 from tests import zoo
 from tests.helpers import shrink_plan
 
+# The single-pass export on a slice of the zoo: every encoder and vision model, the plain
+# module, and causal LMs of distinct layouts (fused Conv1D qkv, GQA + rotary, soft-capping
+# + sliding windows, partial rotary + parallel blocks, fused per-head qkv). A causal LM's
+# `--onnx` is the KV-cache decoder: tests/test_decoder.py, and every zoo causal LM in
+# benchmarks/onnx_decoders.py.
+ONNX_SLICE = [
+    n for n in zoo.NAMES if n not in {"qwen2", "qwen3", "mistral", "gemma", "phi3", "opt"}
+]
 
-@pytest.mark.parametrize("name", zoo.NAMES)
+
+@pytest.mark.parametrize("name", ONNX_SLICE)
 def test_shrunk_child_matches_onnxruntime(prepared, name, tmp_path):
     p = prepared(name)
     kinds = set(getattr(getattr(p.model, "config", None), "layer_types", None) or ())
