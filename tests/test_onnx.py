@@ -1,6 +1,7 @@
-"""Every zoo model's shrunk child exports to ONNX with dynamic batch and sequence axes and
-matches onnxruntime at two other sizes. The child is cut in width and in depth: one layer,
-or two where the layers differ (Gemma2 alternates sliding-window and global attention).
+"""A slice of the zoo (below): each shrunk child exports to ONNX with dynamic batch and
+sequence axes and matches onnxruntime at two other sizes. The child is cut in width and in
+depth: one layer, or two where the layers differ (Gemma2 alternates sliding-window and
+global attention).
 Export time grows by about 3 s a layer, and another copy of the same layer exports the
 same ops. Hugging Face children are exported with their KV cache turned on, as in most
 saved language models: the export turns it off for the trace and back on after."""
