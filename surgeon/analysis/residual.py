@@ -92,9 +92,8 @@ def find_blocks(graph: fx.Graph, dims: Dims, root: int, canonical) -> list[Block
             through_f[node] = True
         elif _is_candidate(dims, node, root):
             a, b = _operands(dims, node)
-            x = b if through_f.get(a, False) else a
-            if through_f.get(a, False) != through_f.get(b, False) and x in data:
-                skip, branch = (a, b) if through_f.get(b) else (b, a)
+            skip, branch = (a, b) if through_f.get(b) else (b, a)
+            if through_f.get(a, False) != through_f.get(b, False) and skip in data:
                 adds.append((node, skip, branch))
                 through_f[node] = False
                 continue

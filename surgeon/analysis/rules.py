@@ -363,7 +363,7 @@ def _sig_gather(input, dim, index, *rest, **options): ...
 def gather(ctx: Context, a: Args) -> None:
     """`out[.., j, ..] = input[.., index[.., j, ..], ..]` along `dim`: positions along
     `dim` are picked by data (pinned); along every other axis input, index and output go
-    together (ViT-MAE's patch shuffle, an index repeated across the hidden size)."""
+    together (a shuffle of tokens by an index repeated across the hidden size)."""
     x, idx, out = ctx.axes(a.input), ctx.axes(a.index), a.out
     if x is None or idx is None or not isinstance(a.dim, int) or not len(x) == len(idx) == len(out):
         return data_dependent(ctx, a)

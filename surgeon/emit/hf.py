@@ -402,8 +402,10 @@ def _adopt_rebuilt_scalars(parent: nn.Module, model: nn.Module, child: fx.GraphM
         for key, value in vars(old).items():
             other = vars(new).get(key)
             if type(value) is float and type(other) is float and other != value:
-                # and its complement: DiffLlama's `(1 - self.lambda_init) * x`, set per layer
-                changed.setdefault(path, {}).update({value: other, 1 - value: 1 - other})
+                swap = changed.setdefault(path, {})
+                swap[value] = other
+                # and its complement unless a value maps it: `(1 - self.lambda_init) * x`
+                swap.setdefault(1 - value, 1 - other)
             elif type(value) is int and type(other) is int and (value, other) in cut:
                 # a size the forward scales by (`x * sqrt(d_model)`, `q * head_dim**-0.5`)
                 swap = changed.setdefault(path, {})
