@@ -55,13 +55,22 @@ def synthetic_inputs(model: nn.Module, batch: int = 2, seq_len: int = 16) -> Inp
 
 @contextlib.contextmanager
 def tracing_settings(model: nn.Module) -> Iterator[None]:
-    """Trace with the KV cache off (export rejects a cache in the output); restore after."""
+    """Trace with the KV cache off (export rejects a cache in the output) and experts run
+    as `batched_mm` (each token's experts gathered from the stacked weights: plain ops of
+    static shape, where the grouped kernels are a custom op over data-dependent offsets);
+    restore both after."""
     config = getattr(model, "config", None)
-    if config is None or not getattr(config, "use_cache", False):
-        yield
-        return
-    config.use_cache = False
+    saved = {}
+    if getattr(config, "use_cache", False):
+        saved["use_cache"] = True
+    if hasattr(config, "_experts_implementation"):  # experts that don't dispatch ignore it
+        saved["_experts_implementation"] = config._experts_implementation
+    if "use_cache" in saved:
+        config.use_cache = False
+    if "_experts_implementation" in saved:
+        config._experts_implementation = "batched_mm"
     try:
         yield
     finally:
-        config.use_cache = True
+        for key, value in saved.items():
+            setattr(config, key, value)
