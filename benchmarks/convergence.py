@@ -8,10 +8,11 @@ Parent: SmolLM2-135M-Instruct, de-quantized from the Q4_1 GGUF of the PyPI packa
 calibration (read only to build the subclones), training, validation (read only to choose
 hyper-parameters) and test (read only for the reported curves).
 
-1. Sweep: every init except the distilled ones trains `--sweep-steps` steps with seed 0
-   at each learning rate of a grid, weight decay 0.1; the grid is extended along
-   LADDER until the lr with the lowest final validation loss is interior; then weight
-   decay 0 is tried at that lr. Distilled inits take the (lr, wd) their init chose.
+1. Sweep: every init (the distilled ones with their teacher) trains `--sweep-steps` steps
+   with seed 0 per (lr, wd) and is scored by its final validation loss: first each lr of
+   `--lrs` at wd 0.1, then from the best point its four neighbours on LADDER x DECAYS,
+   until the best point beats all four (so every chosen value is interior unless it sits
+   at a ladder's end, which the JSON and the table say).
 2. Runs: every init trains `--steps` steps at its (lr, wd) for each of `--seeds` seeds
    (the seed orders the training windows, and draws random init's weights); the test loss
    is measured at every step up to 20, then every 5.
@@ -51,6 +52,7 @@ RECIPES = {  # the named recipes of surgeon's plans (surgeon/plan.py)
 }
 DISTILLED = {"surgeon + distillation": "surgeon", "random + distillation": "random"}
 LADDER = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # learning rates the sweep may try
+DECAYS = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0]  # weight decays the sweep may try
 TARGET_KEYS = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads")
 
 
@@ -123,35 +125,37 @@ def train(model, data, order, held_out, hp, steps, at, device, teacher=None, dis
     return curve
 
 
-def sweep(model, data, order, validation, args) -> tuple[tuple[float, float], dict]:
-    """(lr, wd) with the lowest validation loss after `args.sweep_steps` steps; the lr
-    grid grows along LADDER until its best lr is interior (or LADDER ends)."""
+def sweep(model, data, order, validation, args, teacher=None) -> tuple[tuple[float, float], dict]:
+    """(lr, wd) with the lowest validation loss after `args.sweep_steps` steps (distilled
+    with `teacher`, the cached logits, when given). Coordinate search on LADDER x DECAYS:
+    the first lr grid at wd 0.1, then from the best point so far its four neighbours, until
+    it beats them all; `interior` says, per axis, whether the point had a neighbour on both
+    sides (it did not only at a ladder's end)."""
     tried = {}
 
-    def run(lr, wd):
-        if (lr, wd) not in tried:
+    def run(i, j):
+        if (i, j) not in tried:
+            hp = (LADDER[i], DECAYS[j])
             curve = train(
-                copy.deepcopy(model), data, order, validation, (lr, wd), args.sweep_steps,
-                {args.sweep_steps}, args.device,
+                copy.deepcopy(model), data, order, validation, hp, args.sweep_steps,
+                {args.sweep_steps}, args.device, teacher, (args.alpha, args.temperature),
             )  # fmt: skip
-            tried[(lr, wd)] = curve[-1][1]
-            print(f"    lr {lr:g} wd {wd:g}: validation {tried[(lr, wd)]:.3f}", flush=True)
-        return tried[(lr, wd)]
+            tried[(i, j)] = curve[-1][1]
+            print(f"    lr {hp[0]:g} wd {hp[1]:g}: validation {tried[(i, j)]:.3f}", flush=True)
+        return tried[(i, j)]
 
-    lo, hi = LADDER.index(args.lrs[0]), LADDER.index(args.lrs[-1])
+    j = DECAYS.index(0.1)
+    best = min(((LADDER.index(lr), j) for lr in args.lrs), key=lambda p: run(*p))
     while True:
-        losses = {i: run(LADDER[i], 0.1) for i in range(lo, hi + 1)}
-        best = min(losses, key=losses.get)
-        if best == hi and hi + 1 < len(LADDER):
-            hi += 1
-        elif best == lo and lo > 0:
-            lo -= 1
-        else:
+        i, j = best
+        near = [(i + di, j + dj) for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1))]
+        near = [(a, b) for a, b in near if 0 <= a < len(LADDER) and 0 <= b < len(DECAYS)]
+        best = min([best, *near], key=lambda p: run(*p))
+        if best == (i, j):
             break
-    lr = LADDER[best]
-    wd = min((0.1, 0.0), key=lambda w: run(lr, w))
-    grid = {"lrs": LADDER[lo : hi + 1], "interior": lo < best < hi}
-    return (lr, wd), {"tried": {f"{k[0]:g}/{k[1]:g}": v for k, v in tried.items()}, **grid}
+    interior = {"lr": 0 < i < len(LADDER) - 1, "wd": 0 < j < len(DECAYS) - 1}
+    tried = {f"{LADDER[a]:g}/{DECAYS[b]:g}": v for (a, b), v in sorted(tried.items())}
+    return (LADDER[i], DECAYS[j]), {"tried": tried, "interior": interior}
 
 
 def build_inits(parent, calibration, target) -> dict:
@@ -209,7 +213,8 @@ def summarise(results, seeds) -> dict:
                 step: statistics.fmean(
                     dict(r["curves"][s])[step] - dict(base[s])[step] for s in seeds
                 )
-                for step in (5, 10, 20, r["curves"][seeds[0]][-1][0])
+                for step in dict.fromkeys((5, 10, 20, r["curves"][seeds[0]][-1][0]))
+                if step in dict(r["curves"][seeds[0]])
             }
     return table
 
@@ -225,7 +230,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--held-out", type=int, default=6, help="windows in validation and test")
+    p.add_argument("--held-out", type=int, default=16, help="windows in validation and test")
     p.add_argument(
         "--target",
         default="4,192,512,3,1",
@@ -285,13 +290,13 @@ def main() -> None:
     print(f"parent logits on the training windows: {time.perf_counter() - t0:.1f} s", flush=True)
 
     results = {}
-    for name in ("random", *RECIPES):
-        model = random_init(config, 0) if name == "random" else inits[name]
+    for name in ("random", *RECIPES, *DISTILLED):
+        base = DISTILLED.get(name, name)
+        model = random_init(config, 0) if base == "random" else inits[base]
+        teacher = cache if name in DISTILLED else None
         print(f"{name}: sweep", flush=True)
-        hp, sweep_report = sweep(model, data, orders[0], split["validation"], args)
+        hp, sweep_report = sweep(model, data, orders[0], split["validation"], args, teacher)
         results[name] = {"lr": hp[0], "weight_decay": hp[1], "sweep": sweep_report}
-    for name, base in DISTILLED.items():
-        results[name] = {**results[base], "sweep": f"as {base}"}
 
     at = set(checks(args.steps))
     for seed in range(args.seeds):  # every init per seed: a cut-short run has them all
@@ -345,10 +350,12 @@ def _print(results, table, args, params, seconds) -> None:
         r, f, s = results[name], t["final"], t["speedup"]
         speed = "-" if s is None else f"{s['mean']:.1f}x ({s['min']:.1f}-{s['max']:.1f})"
         speed += " bound" if t["speedup_is_lower_bound"] else ""
+        edge = [axis for axis, inside in r["sweep"]["interior"].items() if not inside]
         print(
             f"{name:<23} {r['lr']:>6g} {r['weight_decay']:>4g} "
             f"{f['mean']:>7.3f} ({f['min']:.3f}-{f['max']:.3f}) {speed:>22}  "
             f"steps {t['steps_to_random_final']}"
+            + (f"  ({', '.join(edge)} at a ladder's end)" if edge else "")
         )
         if "minus_undistilled" in t:
             diffs = ", ".join(f"step {k}: {v:+.3f}" for k, v in t["minus_undistilled"].items())
