@@ -325,7 +325,8 @@ def _layers_and_hidden(config):
 
 
 def shrink_plan(report: dict) -> dict:
-    """Half of everything the analysis found: layers, hidden, FFN, heads, KV groups."""
+    """Half of everything the analysis found: layers, hidden, FFN, heads, KV groups and
+    routed experts."""
     layer = report["layers"][0]
     target = {
         "num_layers": max(1, len(report["layers"]) // 2),
@@ -344,15 +345,22 @@ def shrink_plan(report: dict) -> dict:
         groups = {k for _, k in kinds if k and k < heads}  # grouped-query layers' KV counts
         if all(heads // 2 % k == 0 for k in groups):
             target["num_heads"] = heads // 2
+    experts = {x.get("num_experts") for x in report["layers"]} - {0, None}
+    if len(experts) == 1:
+        target["num_experts"] = max(1, experts.pop() // 2)
     return {"target": target}
 
 
 # A plan refused for one of these reasons is tried again without those sizes: the child
 # keeps them as its parent has them (heads whose positions carry meaning, like ALiBi
-# slopes; an FFN width the config derives from the hidden size, like xLSTM's).
+# slopes; an FFN width the config derives from the hidden size, like xLSTM's; experts
+# fewer than a token is routed to, or kept whole by the routing; a shared expert beside
+# the routed ones).
 RELAX = (
     ("target.num_heads", ("num_heads", "num_kv_heads")),
     ("target.num_kv_heads", ("num_heads", "num_kv_heads")),
+    ("target.num_experts", ("num_experts",)),
+    ("FFN groups", ("intermediate_size",)),
     ("cannot hold this child", ("intermediate_size",)),
 )
 

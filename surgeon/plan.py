@@ -40,7 +40,7 @@ from .errors import PlanError
 
 __all__ = ["Plan", "load_plan", "SCHEMA", "PASS_ORDER", "RECIPES"]
 
-WIDTH = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
+WIDTH = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "num_experts")
 TARGETS = ("num_layers", *WIDTH)
 DEPTH = ("middle", "uniform", "first", "last", "influence")
 IMPORTANCE = ("activation", "weight", "uniform", "first")

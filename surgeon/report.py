@@ -40,6 +40,7 @@ class Report:
                 "num_heads": layer.num_heads,
                 "num_kv_heads": layer.num_kv_heads,
                 "head_dim": layer.head_dim,
+                "num_experts": layer.num_experts,
                 "blocks": len(layer.blocks),
             }
             if self.ratios is not None:
@@ -121,6 +122,7 @@ def inspect(
 
 def render(d: dict[str, Any]) -> str:
     """The report as a readable table."""
+    experts = any(layer.get("num_experts") for layer in d["layers"])
     lines = [
         f"model        {d['model']}  (traced with {d['frontend']})",
         f"parameters   {d['parameters']:,}",
@@ -128,6 +130,7 @@ def render(d: dict[str, Any]) -> str:
         f"residual     {d['hidden_size']}",
         "",
         f"{'layer':<28} {'ffn':>6} {'heads':>6} {'kv':>4} {'head_dim':>9}"
+        + (f" {'experts':>8}" if experts else "")
         + ("  residual ratio" if "residual_ratio" in d else ""),
     ]
     for layer in d["layers"]:
@@ -135,6 +138,8 @@ def render(d: dict[str, Any]) -> str:
             f"{layer['name']:<28} {layer['intermediate_size']:>6} {layer['num_heads']:>6} "
             f"{layer['num_kv_heads']:>4} {layer['head_dim']:>9}"
         )
+        if experts:
+            row += f" {layer.get('num_experts', 0):>8}"
         if "residual_ratio" in layer:
             row += "  " + " ".join(f"{r:.3f}" for r in layer["residual_ratio"])
         lines.append(row)

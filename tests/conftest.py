@@ -57,7 +57,9 @@ def pytest_collection_modifyitems(items):
     worker prepares only the parents it uses."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        names = [v for v in params.values() if isinstance(v, str) and v in zoo.NAMES]
+        names = [
+            v for v in params.values() if isinstance(v, str) and v in zoo.NAMES + zoo.MOE_NAMES
+        ]
         if names:
             item.add_marker(pytest.mark.xdist_group(names[0]))
 

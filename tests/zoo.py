@@ -261,7 +261,7 @@ def _tokens():
 
 
 def _hf(name: str, device: str = "cpu"):
-    cls, config = _hf_configs()[name]
+    cls, config = {**_hf_configs(), **_moe_configs()}[name]
     torch.manual_seed(SEED)
     with torch.device(device):
         model = cls(config).eval()
@@ -288,6 +288,30 @@ HF_NAMES = (
     "vit",
 )
 NAMES = ("nanogpt",) + HF_NAMES
+# Mixture-of-experts decoders: 8 experts, 2 per token (not in NAMES: the tests of experts
+# use them; the whole-zoo tests stay as fast as they were).
+MOE_NAMES = ("mixtral", "qwen2_moe", "olmoe")
+
+
+def _moe_configs():
+    import transformers as tf
+
+    moe = dict(_CAUSAL, num_experts_per_tok=2)
+    return {
+        "mixtral": (tf.MixtralForCausalLM, tf.MixtralConfig(**moe, num_local_experts=8)),
+        "qwen2_moe": (  # routed experts beside a shared expert with its own gate
+            tf.Qwen2MoeForCausalLM,
+            tf.Qwen2MoeConfig(
+                **moe,
+                num_experts=8,
+                moe_intermediate_size=32,
+                shared_expert_intermediate_size=48,
+                decoder_sparse_step=1,
+                mlp_only_layers=[],
+            ),
+        ),
+        "olmoe": (tf.OlmoeForCausalLM, tf.OlmoeConfig(**moe, num_experts=8)),
+    }
 
 
 def build(name: str, device: str = "cpu"):
@@ -298,8 +322,8 @@ def build(name: str, device: str = "cpu"):
     """
     if name == "nanogpt":
         return nanogpt(device)
-    if name not in HF_NAMES:
-        raise KeyError(f"no zoo model {name!r}; known: {', '.join(NAMES)}")
+    if name not in HF_NAMES + MOE_NAMES:
+        raise KeyError(f"no zoo model {name!r}; known: {', '.join(NAMES + MOE_NAMES)}")
     return _hf(name, device)
 
 

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # The roles a group can have (Group.role).
-ROLES = ("residual", "ffn", "heads", "kv_groups", "head_dim", "vocab", "other")
+ROLES = ("residual", "ffn", "heads", "kv_groups", "head_dim", "experts", "vocab", "other")
 
 
 @dataclass
@@ -73,6 +73,8 @@ class LayerInfo:
     heads: list[int] = field(default_factory=list)  # leaves of the heads axis, outermost first
     kv: list[int] = field(default_factory=list)  # those of them that are KV groups
     ffn: list[int] = field(default_factory=list)  # its FFN groups (their sizes add up)
+    experts: list[int] = field(default_factory=list)  # its groups of routed experts
+    num_experts: int = 0
 
 
 @dataclass
@@ -123,6 +125,10 @@ def analyse(graph: Graph) -> Analysis:
     for leaf in atoms.leaves(root):
         if leaf in groups:  # not the size-1 segments a slice may leave
             groups[leaf].role = "residual"
+    for atom in dims.experts:  # stacked weights indexed by a router's choice
+        for leaf in atoms.leaves(atom):
+            if leaf in groups and groups[leaf].role == "other":
+                groups[leaf].role = "experts"
     sites = _attention(dims, groups)
     _vocab(graph, dims, groups)
     _outputs_like_vocab(graph, dims, groups)
@@ -287,6 +293,12 @@ def _fill_layers(layers, groups, sites, dims) -> None:
             if g.role == "ffn" and g.layer is not None and layers[g.layer] is layer
         ]
         layer.intermediate_size = sum(groups[g].size for g in layer.ffn)
+        layer.experts = [
+            g.id
+            for g in groups.values()
+            if g.role == "experts" and g.layer is not None and layers[g.layer] is layer
+        ]
+        layer.num_experts = sum(groups[g].size for g in layer.experts)
         for s in sites:
             if s.node in nodes:
                 layer.num_heads = math.prod(groups[leaf].size for leaf in s.heads)

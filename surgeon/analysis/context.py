@@ -63,6 +63,14 @@ class Dims:
     # node -> its arguments by name, as its rule saw them (`registry.Args`)
     args: dict[fx.Node, Any] = field(default_factory=dict)
     outputs: list[int] = field(default_factory=list)  # axes of the graph's outputs
+    # node (or (node, i) for a tuple's element) -> the atom whose positions its integer
+    # values are (topk's indices: which experts a router chose)
+    positions: dict[Any, int] = field(default_factory=dict)
+    # atoms of tensors indexed by such positions (stacked expert weights): experts
+    experts: list[int] = field(default_factory=list)
+    # node -> (parameter node, {its axis: the parameter's axis}): weights picked by data
+    # (each token's expert weights), products with them are not attention
+    selected: dict[fx.Node, tuple[fx.Node, dict[int, int]]] = field(default_factory=dict)
 
 
 def source_line(node: fx.Node) -> str:
@@ -84,6 +92,16 @@ class Context:
         self.dims = Dims(Atoms())
         self.A = self.dims.atoms
         self.dynamic: set[fx.Node] = set()  # nodes whose value depends on the graph's inputs
+        self.understood: set[fx.Node] = set()  # positions the running rule followed
+
+    def positions(self, x: Any) -> int | None:
+        """The atom whose positions the integer values of `x` are (`Dims.positions`), the
+        calling rule taking responsibility for them; None if they are not positions. Any
+        rule that reads positions without asking pins their atom (the driver does)."""
+        atom = self.dims.positions.get(x) if isinstance(x, fx.Node) else None
+        if atom is not None:
+            self.understood.add(x)
+        return atom
 
     def fresh(self, shape: Any) -> Any:
         if shape is None:

@@ -70,6 +70,7 @@ def discover_dims(graph: Graph) -> Dims:
         elif node.op == "output":
             for arg in node.all_input_nodes:  # pinned by the analysis (`_output_leaves`)
                 ctx.dims.outputs += _flat(ctx.dims.out.get(arg))
+            _follow_positions(ctx, node, "output")
         elif node.op in ("call_function", "call_method"):
             if shape is None:
                 continue  # no tensor comes out (sizes, asserts): nothing to couple
@@ -79,6 +80,7 @@ def discover_dims(graph: Graph) -> Dims:
             ctx.dims.out[node] = ctx.fresh(shape)
             ctx.dims.args[node] = args = bind(rule, node, ctx.dims.out[node])
             rule.fn(ctx, args)
+            _follow_positions(ctx, node, rule_key(node))
         elif shape is not None:  # call_module (the guards of ep.module() return nothing)
             raise UnsupportedOpError(
                 f"no rule for {node.op} node {node.name} ({source_line(node)}): "
@@ -86,6 +88,32 @@ def discover_dims(graph: Graph) -> Dims:
             )
     ctx.A.break_cycles()
     return ctx.dims
+
+
+# ops whose integer output holds the same values as their input (positions stay positions)
+_SAME_VALUES = {
+    "view", "reshape", "_unsafe_view", "flatten", "unsqueeze", "squeeze", "clone",
+    "contiguous", "detach", "alias", "lift_fresh_copy", "to", "_to_copy", "expand",
+}  # fmt: skip
+
+
+def _follow_positions(ctx: Context, node: fx.Node, key: str) -> None:
+    """Positions (`Dims.positions`) go on through ops that keep the values and through
+    the element of a tuple; read by a rule that did not ask for them (`Context.positions`),
+    their atom is pinned: the reader's meaning of them is unknown."""
+    positions = ctx.dims.positions
+    if key == "getitem" and isinstance(node.args[1], int):
+        atom = positions.get((node.args[0], node.args[1]))
+        if atom is not None:
+            positions[node] = atom
+    elif key in _SAME_VALUES and node.all_input_nodes:
+        source, val = node.all_input_nodes[0], node.meta.get("val")
+        if source in positions and isinstance(val, torch.Tensor) and not val.is_floating_point():
+            positions[node] = ctx.positions(source)
+    for i in node.all_input_nodes:
+        if i in positions and i not in ctx.understood:
+            ctx.A.pin(positions[i], f"positions read by {node.name} ({source_line(node)})")
+    ctx.understood.clear()
 
 
 def _flat(atoms: Any) -> list[int]:

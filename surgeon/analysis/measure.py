@@ -17,7 +17,13 @@ from ..execute import Runner, flat_inputs, reduce
 from ..frontends.graph import Graph
 from .residual import Block
 
-__all__ = ["activation_means", "flat_inputs", "layer_influence", "residual_ratios"]
+__all__ = [
+    "activation_means",
+    "flat_inputs",
+    "layer_influence",
+    "residual_ratios",
+    "routing_counts",
+]
 
 
 def _runner(run: Runner | Graph) -> Runner:
@@ -107,3 +113,24 @@ def activation_means(
     if not counts.any():
         raise ValueError("no calibration batch was given")
     return [s / max(float(c), 1) for s, c in zip(sums, counts, strict=True)]
+
+
+@torch.no_grad()
+def routing_counts(
+    run: Runner | Graph, sites: list[tuple[fx.Node, int]], batches: Iterable[Any]
+) -> list[torch.Tensor]:
+    """For each (node, n): how often each of n positions appears among the node's integer
+    values (a router's chosen experts) over every batch: routing frequency."""
+    counts = [torch.zeros(n, dtype=torch.float64) for _, n in sites]
+    by_node: dict[fx.Node, list[int]] = {}
+    for i, (node, _) in enumerate(sites):
+        by_node.setdefault(node, []).append(i)
+
+    def visit(k: int, node: fx.Node, value: torch.Tensor) -> None:
+        for i in by_node[node]:
+            n = len(counts[i])
+            counts[i] += torch.bincount(value.reshape(-1).long().cpu(), minlength=n)[:n].double()
+
+    _runner(run).run(batches, set(by_node), visit)
+    reduce(*counts)
+    return counts

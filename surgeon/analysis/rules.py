@@ -515,7 +515,16 @@ def _gather(ctx: Context, a: Args, x: list[int], indices: list, used: list[int])
     before, after = x[:lead], x[used[-1] + 1 :]
     if len(a.out) != len(before) + width + len(after):
         return data_dependent(ctx, a)
-    ctx.pin_all([x[i] for i in used], why)
+    for i in used:
+        chosen = ctx.positions(indices[i])  # rows picked by a router's choice: experts
+        if chosen is not None and ctx.size(chosen) == ctx.size(x[i]):
+            ctx.A.unify(x[i], chosen)
+            ctx.dims.experts.append(chosen)
+        else:
+            ctx.A.pin(x[i], why)
+    source = _weight_source(ctx, a.input)
+    if source is not None and len(used) == 1 and lead == 0:  # each token's expert weights
+        ctx.dims.selected[a.node] = (source, {width + j: 1 + j for j in range(len(after))})
     for ax, o in zip(before, a.out[:lead], strict=True):
         ctx.A.unify(ax, o)
     for ax, o in zip(after, a.out[lead + width :], strict=True):
@@ -524,6 +533,20 @@ def _gather(ctx: Context, a: Args, x: list[int], indices: list, used: list[int])
     for axes in idx:
         if axes is not None:
             ctx.broadcast(mid, axes)
+
+
+def _weight_source(ctx: Context, x: Any) -> fx.Node | None:
+    """The parameter `x` is computed from alone, axis for axis (a copy, a cast), or None."""
+    while isinstance(x, fx.Node) and x.op == "call_function" and x not in ctx.dynamic:
+        shape = _val_shape(x)
+        if len(x.all_input_nodes) != 1 or shape is None:
+            return None
+        if shape != _val_shape(x.all_input_nodes[0]):
+            return None
+        x = x.all_input_nodes[0]
+    if isinstance(x, fx.Node) and x.op == "get_attr" and x.target in ctx.graph.params:
+        return x
+    return None
 
 
 def _val_shape(t: Any) -> tuple | None:
@@ -982,8 +1005,11 @@ def addmm(ctx: Context, a: Args) -> None:
 
 
 def _record_contraction(ctx: Context, a: Args, batch, contracted, left, right) -> None:
-    """Products of two activations (both computed from the inputs, not `x @ w.t()`) are
-    attention; record them for role finding."""
+    """Products of two activations (both computed from the inputs, not `x @ w.t()`, nor
+    with weights the data picked) are attention; record them for role finding."""
+    selected = ctx.dims.selected
+    if left in selected or right in selected:
+        return
     if all(t in ctx.dynamic for t in (left, right)):
         ctx.dims.contractions.append(Contraction(a.node, tuple(batch), contracted, (left, right)))
 
@@ -999,9 +1025,18 @@ def matmul(ctx: Context, a: Args) -> None:
     ctx.A.unify(out[-2], x[-2])
     ctx.A.unify(out[-1], y[-1])
     ctx.fan_in(a.other, len(y) - 2, a.input, -1)
+    _selected_fan_in(ctx, a.other, len(y) - 2, a.input, len(x) - 1)
+    _selected_fan_in(ctx, a.input, len(x) - 1, a.other, len(y) - 2)
     ctx.broadcast(out[:-2], x[:-2])
     ctx.broadcast(out[:-2], y[:-2])
     _record_contraction(ctx, a, out[:-2], x[-1], a.input, a.other)
+
+
+def _selected_fan_in(ctx: Context, weight: Any, axis: int, activation: Any, act_axis: int) -> None:
+    """`fan_in` for weights the data picked: recorded on the parameter they come from."""
+    source, axes = ctx.dims.selected.get(weight, (None, {}))
+    if source is not None and axis in axes:
+        ctx.fan_in(source, axes[axis], activation, act_axis)
 
 
 @_rule("baddbmm", signature=_sig_baddbmm, mixes_stream=True)
@@ -1142,8 +1177,17 @@ def sort(ctx: Context, a: Args) -> None:
 
 @_rule("topk", signature=_sig_topk)
 def topk(ctx: Context, a: Args) -> None:
-    """The `k` largest along `dim` (a router's choice of experts): that axis is an order."""
-    _along(ctx, a, a.dim, f"ordered by {a.node.name}")
+    """The `k` largest along `dim` (a router's choice of experts), and their indices:
+    positions along `dim` (`Dims.positions`). The output's `dim` is an order (pinned);
+    the input's is free as long as whatever reads the indices follows them."""
+    x = ctx.axes(a.input)
+    if x is None or not isinstance(a.out, list) or len(a.out) != 2:
+        return _along(ctx, a, a.dim, f"ordered by {a.node.name}")
+    dim = _dim(a.dim, len(x))
+    for o in a.out:
+        ctx.A.pin(o[dim], f"ordered by {a.node.name}")
+        _carry_other_axes(ctx, x, [o], dim)
+    ctx.dims.positions[(a.node, 1)] = x[dim]
 
 
 @_rule("stack", signature=_sig_stack, aliases={"axis": "dim"})

@@ -43,6 +43,7 @@ CONFIG_FIELDS = {
     "num_heads": ("num_attention_heads", "n_head", "num_heads"),
     "num_kv_heads": ("num_key_value_heads", "num_kv_heads"),
     "head_dim": ("head_dim",),
+    "num_experts": ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"),
     "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
 }
 STACK_FIELDS = {

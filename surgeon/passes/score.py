@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
+from torch import fx
 
-from ..analysis.measure import activation_means
+from ..analysis.measure import activation_means, routing_counts
 from ..errors import PlanError
 from ..execute import memory_bound
 from .state import SurgeryState
@@ -31,9 +33,10 @@ class Score:
     value (one ranking shared by all layers); every other group on the activation that
     enters a weight matrix along it (the FFN hidden units entering the down projection;
     the heads' outputs entering the output projection, so a head's score sums its
-    neurons and a KV group's sums its query heads). A group no weight reads is scored by
-    `weight`. `weight` (data-free): the mean absolute weight of every parameter slice an
-    index owns, each tensor normalised to mean 1, summed over the group's members.
+    neurons and a KV group's sums its query heads); routed experts by how often the router
+    chooses each (routing frequency). A group no weight reads is scored by `weight`.
+    `weight` (data-free): the mean absolute weight of every parameter slice an index owns,
+    each tensor normalised to mean 1, summed over the group's members.
     `first` and `uniform`: no scores (the order is kept; `uniform` keeps evenly spaced
     indices when slicing, the Weight Selection baseline).
     """
@@ -69,15 +72,15 @@ def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> 
     stream_sites = [(n, len(dims.out[n]) - 1) for n in stream]
     inner_sites = sorted(set(dims.inputs_of_weights), key=lambda s: (s[0].name, s[1]))
     sites = stream_sites + [s for s in inner_sites if s not in stream_sites]
-    means = activation_means(
-        state.runner or state.graph, sites, batches, "calibration" if progress else ""
-    )
-    scored: set[int] = set()
+    run = state.runner or state.graph
+    means = activation_means(run, sites, batches, "calibration" if progress else "")
+    routed = _routing_scores(state, wanted, batches)
+    scored = set(routed)
     state.residual_site_scores = []
     for (node, axis), mean in zip(sites, means, strict=True):
         on_stream = (node, axis) in stream_sites
         atom = dims.out[node][axis]
-        for leaf in set(atoms.leaves(atom)) & wanted:
+        for leaf in set(atoms.leaves(atom)) & (wanted - routed):
             if on_stream != (leaf in residual):
                 continue  # the stream scores the residual group, weights' inputs the rest
             coords = _coords(atoms, atom, leaf)
@@ -88,6 +91,34 @@ def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> 
             scored.add(leaf)
             if on_stream:
                 state.residual_site_scores.append(site)
+    return scored
+
+
+def _routing_scores(state: SurgeryState, wanted: set[int], batches) -> set[int]:
+    """Routed experts scored by how often the router picks each: the first value-keeping
+    copy of each router's top-k indices (`Dims.positions`) is counted."""
+    analysis = state.analysis
+    atoms, dims = analysis.atoms, analysis.dims
+    experts = {g.id for g in analysis.by_role("experts")} & wanted
+    sites = []
+    for key, atom in dims.positions.items():
+        leaves = set(atoms.leaves(atom)) & experts
+        if isinstance(key, fx.Node) and leaves and key.target is operator.getitem:
+            sites.append((key, atom))
+    if not sites:
+        return set()
+    counts = routing_counts(
+        state.runner or state.graph, [(n, atoms.size[atoms.find(a)]) for n, a in sites], batches
+    )
+    scored: set[int] = set()
+    for (_, atom), count in zip(sites, counts, strict=True):
+        for leaf in set(atoms.leaves(atom)) & experts:
+            coords = _coords(atoms, atom, leaf)
+            valid = coords >= 0
+            site = torch.zeros(atoms.size[leaf], dtype=torch.float64)
+            site.index_add_(0, coords[valid], count[valid])
+            state.scores[leaf] = state.scores.get(leaf, 0) + site
+            scored.add(leaf)
     return scored
 
 

@@ -13,7 +13,7 @@ from .state import SurgeryState
 
 __all__ = ["SIZES", "Slice", "resolve_target"]
 
-SIZES = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
+SIZES = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "num_experts")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Slice:
     num_heads: int | None = None
     num_kv_heads: int | None = None
     head_dim: int | None = None
+    num_experts: int | None = None
     evenly: bool = False
     name = "slice"
     needs_data = False
@@ -81,9 +82,7 @@ def resolve_target(analysis: Analysis, target: Mapping[str, int]) -> dict[int, i
         if len(leaves) != 1:
             raise PlanError("target.hidden_size: this residual stream is made of several groups")
         cut(leaves.pop(), target["hidden_size"], "hidden_size")
-    per_layer = [
-        k for k in ("intermediate_size", "num_heads", "num_kv_heads", "head_dim") if k in target
-    ]
+    per_layer = [k for k in SIZES[1:] if k in target]
     if per_layer and not analysis.layers:
         raise PlanError(
             f"target.{per_layer[0]} cannot be applied: no layers were found in this model (a "
@@ -97,6 +96,8 @@ def resolve_target(analysis: Analysis, target: Mapping[str, int]) -> dict[int, i
 
 
 def _layer_target(analysis, layer, target, cut) -> None:
+    if "num_experts" in target:
+        _experts(analysis, layer, target["num_experts"], cut)
     if "intermediate_size" in target:
         if len(layer.ffn) != 1:
             raise PlanError(
@@ -146,6 +147,28 @@ def _layer_target(analysis, layer, target, cut) -> None:
         )
     cut(kv, num_kv, "num_kv_heads")
     cut(rep, per, "num_heads")
+
+
+def _experts(analysis: Analysis, layer, value: int, cut) -> None:
+    """Routed experts are kept or dropped whole: the router's rows and every expert's
+    weights together. A token still goes to `k` experts, so `value` must be at least `k`."""
+    if not layer.experts:
+        if any(other.experts for other in analysis.layers):
+            return  # a dense layer among the expert layers
+        raise PlanError("target.num_experts: no routed experts found in this model")
+    if len(layer.experts) != 1:
+        raise PlanError(f"target.num_experts: {layer.name} has several groups of experts")
+    group = layer.experts[0]
+    atoms = analysis.atoms
+    for key, atom in analysis.dims.positions.items():
+        if isinstance(key, tuple) and group in atoms.leaves(atom):
+            k = key[0].args[1] if len(key[0].args) > 1 else None
+            if isinstance(k, int) and value < k:
+                raise PlanError(
+                    f"target.num_experts = {value}: each token is routed to {k} experts in "
+                    f"{layer.name} (num_experts_per_tok); keep at least {k}"
+                )
+    cut(group, value, "num_experts")
 
 
 def _head_dim(analysis: Analysis, value: int) -> None:

@@ -66,6 +66,9 @@ class SurgeryState:
         sizes = {"hidden_size": self.new_size(a.residual)}
         per_layer: dict[str, set[int]] = {}
         for layer in a.layers:
+            if layer.experts:
+                experts = sum(self.new_size(g) for g in layer.experts)
+                per_layer.setdefault("num_experts", set()).add(experts)
             if layer.ffn:  # a layer without a found FFN says nothing about its width
                 ffn = sum(self.new_size(g) for g in layer.ffn)
                 per_layer.setdefault("intermediate_size", set()).add(ffn)
