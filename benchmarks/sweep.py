@@ -159,6 +159,17 @@ def mappings() -> dict[str, dict[str, str]]:
     return {m: dict(getattr(modeling_auto, m)) for m in _MAPPINGS}
 
 
+def _speech_out() -> set[str]:
+    """The types transformers lists as making audio from text."""
+    from transformers.models.auto import modeling_auto
+
+    names = (
+        "MODEL_FOR_TEXT_TO_WAVEFORM_MAPPING_NAMES",
+        "MODEL_FOR_TEXT_TO_SPECTROGRAM_MAPPING_NAMES",
+    )
+    return {t for n in names for t in getattr(modeling_auto, n, {})}
+
+
 def model_types() -> list[str]:
     """Every model type with a class in one of the mappings, sorted."""
     return sorted({t for names in mappings().values() for t in names})
@@ -188,6 +199,8 @@ def category(model_type: str, config, mapping: str) -> str:
     maps = mappings()
     keys = set(getattr(config, "sub_configs", {}) or {})
     if keys & {"vision_config", "audio_config", "speech_config"} and "text_config" in keys:
+        return "multimodal"
+    if model_type in _speech_out():  # text in, audio out (VITS): not a text encoder
         return "multimodal"
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     blocks = " ".join(map(str, _get(text, "layer_types", "layers_block_type") or []))
