@@ -44,6 +44,7 @@ WIDTH = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_
 TARGETS = ("num_layers", *WIDTH)
 DEPTH = ("middle", "uniform", "first", "last", "influence")
 IMPORTANCE = ("activation", "weight", "uniform", "first")
+EXPERT_CRITERIA = ("reap", "frequency")  # routed experts under activation importance
 RESCALE = ("paper", "none")
 EMIT = ("auto", "hf", "graph")
 CALIBRATION = {"samples": 32, "seq_len": 256, "batch_size": 4}
@@ -84,6 +85,11 @@ SCHEMA = {
                 "description": "which layers to keep (a list: in order; a repeat duplicates)",
             },
             "importance": {"enum": list(IMPORTANCE)},
+            "expert_importance": {
+                "enum": list(EXPERT_CRITERIA),
+                "description": "routed experts under activation importance: reap (router-"
+                "weighted output norm) or frequency",
+            },
             "rescale": {"enum": list(RESCALE)},
             "calibration": _object({k: _SIZE for k in CALIBRATION}, "text read for calibration"),
             "emit": {"enum": list(EMIT)},
@@ -105,7 +111,12 @@ SCHEMA = {
                     "maxProperties": 1,
                     "additionalProperties": False,
                     "properties": {
-                        "score": _object({"method": {"enum": list(IMPORTANCE)}}),
+                        "score": _object(
+                            {
+                                "method": {"enum": list(IMPORTANCE)},
+                                "experts": {"enum": list(EXPERT_CRITERIA)},
+                            }
+                        ),
                         "depth": _object({"strategy": _DEPTH, "num_layers": _SIZE}),
                         "permute": _object({}),
                         "slice": _object({k: _SIZE for k in WIDTH}),
@@ -128,6 +139,7 @@ class Plan:
     target: Mapping[str, int] = field(default_factory=dict)
     depth: str | tuple[int, ...] | None = None  # a strategy, or the parent layers to keep
     importance: str | None = None
+    expert_importance: str = "reap"
     rescale: str | None = None
     calibration: Mapping[str, int] = field(default_factory=lambda: dict(CALIBRATION))
     emit: str = "auto"
@@ -169,7 +181,7 @@ class Plan:
                 depth["num_layers"] = self.target["num_layers"]
             width = {k: v for k, v in self.target.items() if k != "num_layers"}
             steps = [
-                ("score", {"method": self.importance}),
+                ("score", {"method": self.importance, "experts": self.expert_importance}),
                 ("depth", depth),
                 ("permute", {}),
                 ("slice", width),
@@ -233,6 +245,7 @@ def load_plan(plan: Any) -> Plan:
         target=dict(plan.get("target") or {}),
         depth=_depth(plan.get("depth")),
         importance=plan.get("importance"),
+        expert_importance=plan.get("expert_importance", "reap"),
         rescale=plan.get("rescale"),
         recipe=plan.get("recipe", "auto"),
         **settings,

@@ -85,40 +85,49 @@ def test_fewer_experts_than_a_token_is_routed_to_is_refused(prepared):
 
 
 IMPORTANT = [1, 3, 4, 6]
+OTHERS = [e for e in range(EXPERTS) if e not in IMPORTANT]
 
 
-def _rigged_mixtral():
-    """A Mixtral whose router sends tokens only to experts IMPORTANT (its rows for the
-    others are zero and those of IMPORTANT large), while the others have the larger
-    weights: routing frequency and weight magnitude disagree by construction."""
+def _rigged_mixtral(rig: str):
+    """A Mixtral whose experts IMPORTANT matter by construction. `routed`: the router sends
+    tokens only to them (its rows for the others are zero, theirs large) while the others
+    have the larger weights, so routing and weight magnitude disagree. `output`: every
+    expert is routed as the random router likes, but the others' outputs are 100x
+    smaller (their down projections scaled down)."""
     model, example = zoo.build("mixtral")
-    others = [e for e in range(EXPERTS) if e not in IMPORTANT]
     with torch.no_grad():
         for layer in model.model.layers:
-            router = layer.mlp.gate.weight
-            router[others] = 0
-            router[IMPORTANT] *= 50
-            for w in (layer.mlp.experts.gate_up_proj, layer.mlp.experts.down_proj):
-                w[others] *= 10
+            experts = layer.mlp.experts
+            if rig == "routed":
+                layer.mlp.gate.weight[OTHERS] = 0
+                layer.mlp.gate.weight[IMPORTANT] *= 50
+                experts.gate_up_proj[OTHERS] *= 10
+                experts.down_proj[OTHERS] *= 10
+            else:
+                experts.down_proj[OTHERS] *= 0.01
     return model, example
 
 
 def _kept(parent_model, child) -> set[int]:
-    """Which parent experts the child holds, matched by the norm of their down projection
+    """Which parent experts the child holds, matched by the norm of their up projection
     (which the reordering of its other axes keeps)."""
-    parent_w = parent_model.model.layers[0].mlp.experts.down_proj.detach()
-    child_w = child.model.layers[0].mlp.experts.down_proj.detach()
+    parent_w = parent_model.model.layers[0].mlp.experts.gate_up_proj.detach()
+    child_w = child.model.layers[0].mlp.experts.gate_up_proj.detach()
     norms = parent_w.flatten(1).norm(dim=1)
     return {int((norms - w.norm()).abs().argmin()) for w in child_w}
 
 
 @pytest.mark.parametrize(
-    ("importance", "expect"),
-    [("activation", IMPORTANT), ("weight", [0, 2, 5, 7])],
+    ("rig", "plan", "expect"),
+    [
+        ("routed", {"importance": "activation", "expert_importance": "frequency"}, IMPORTANT),
+        ("output", {"importance": "activation", "expert_importance": "reap"}, IMPORTANT),
+        ("routed", {"importance": "weight"}, OTHERS),
+    ],
 )
-def test_the_importance_keeps_the_experts_it_ranks_first(importance, expect):
-    model, example = _rigged_mixtral()
-    calibration = [example] * 2 if importance == "activation" else None
-    plan = {"target": {"num_experts": 4}, "importance": importance}
+def test_the_importance_keeps_the_experts_it_ranks_first(rig, plan, expect):
+    model, example = _rigged_mixtral(rig)
+    calibration = [example] * 2 if plan["importance"] == "activation" else None
+    plan = {"target": {"num_experts": 4}, **plan}
     child = apply(model, plan, example_inputs=example, calibration=calibration)
     assert _kept(model, child) == set(expect)

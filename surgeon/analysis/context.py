@@ -71,6 +71,9 @@ class Dims:
     # node -> (parameter node, {its axis: the parameter's axis}): weights picked by data
     # (each token's expert weights), products with them are not attention
     selected: dict[fx.Node, tuple[fx.Node, dict[int, int]]] = field(default_factory=dict)
+    picked_by: dict[fx.Node, fx.Node] = field(default_factory=dict)  # selected -> its positions
+    # (product, its selected operand): each routed row's product with its expert's weights
+    expert_products: list[tuple[fx.Node, fx.Node]] = field(default_factory=list)
 
 
 def source_line(node: fx.Node) -> str:

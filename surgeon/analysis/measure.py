@@ -22,6 +22,7 @@ __all__ = [
     "flat_inputs",
     "layer_influence",
     "residual_ratios",
+    "routed_norms",
     "routing_counts",
 ]
 
@@ -134,3 +135,36 @@ def routing_counts(
     _runner(run).run(batches, set(by_node), visit)
     reduce(*counts)
     return counts
+
+
+@torch.no_grad()
+def routed_norms(
+    run: Runner | Graph, sites: list[tuple[fx.Node, fx.Node, fx.Node, int]], batches
+) -> list[torch.Tensor]:
+    """For each (ids, gates, out, n): every routed row's expert output norm ‖out_r‖ times its
+    router gate (`gates`, one per row, in the order of `ids`), averaged per expert over the
+    rows routed to it (REAP's router-weighted expert activation norm; 0 if never routed)."""
+    sums = [torch.zeros(n, dtype=torch.float64) for *_, n in sites]
+    counts = [torch.zeros(n, dtype=torch.float64) for *_, n in sites]
+    watched: dict[fx.Node, list[tuple[int, int]]] = {}
+    for i, site in enumerate(sites):
+        for j, node in enumerate(site[:3]):
+            watched.setdefault(node, []).append((i, j))
+    held: dict[tuple[int, int], dict[int, torch.Tensor]] = {}
+
+    def visit(k: int, node: fx.Node, value: torch.Tensor) -> None:
+        for i, j in watched[node]:
+            parts = held.setdefault((k, i), {})
+            parts[j] = value.detach()
+            if len(parts) < 3:
+                continue
+            del held[k, i]
+            ids = parts[0].reshape(-1).long().cpu()
+            gates = parts[1].reshape(-1).double().cpu()
+            norms = parts[2].reshape(len(ids), -1).double().norm(dim=1).cpu()
+            sums[i].index_add_(0, ids, gates * norms)
+            counts[i] += torch.bincount(ids, minlength=len(counts[i]))[: len(counts[i])].double()
+
+    _runner(run).run(batches, set(watched), visit)
+    reduce(*sums, *counts)
+    return [s / c.clamp_min(1) for s, c in zip(sums, counts, strict=True)]

@@ -515,16 +515,20 @@ def _gather(ctx: Context, a: Args, x: list[int], indices: list, used: list[int])
     before, after = x[:lead], x[used[-1] + 1 :]
     if len(a.out) != len(before) + width + len(after):
         return data_dependent(ctx, a)
+    picked = None
     for i in used:
         chosen = ctx.positions(indices[i])  # rows picked by a router's choice: experts
         if chosen is not None and ctx.size(chosen) == ctx.size(x[i]):
             ctx.A.unify(x[i], chosen)
             ctx.dims.experts.append(chosen)
+            picked = indices[i]
         else:
             ctx.A.pin(x[i], why)
     source = _weight_source(ctx, a.input)
     if source is not None and len(used) == 1 and lead == 0:  # each token's expert weights
         ctx.dims.selected[a.node] = (source, {width + j: 1 + j for j in range(len(after))})
+        if picked is not None:
+            ctx.dims.picked_by[a.node] = picked
     for ax, o in zip(before, a.out[:lead], strict=True):
         ctx.A.unify(ax, o)
     for ax, o in zip(after, a.out[lead + width :], strict=True):
@@ -1027,6 +1031,9 @@ def matmul(ctx: Context, a: Args) -> None:
     ctx.fan_in(a.other, len(y) - 2, a.input, -1)
     _selected_fan_in(ctx, a.other, len(y) - 2, a.input, len(x) - 1)
     _selected_fan_in(ctx, a.input, len(x) - 1, a.other, len(y) - 2)
+    for operand in (a.input, a.other):
+        if operand in ctx.dims.picked_by:
+            ctx.dims.expert_products.append((a.node, operand))
     ctx.broadcast(out[:-2], x[:-2])
     ctx.broadcast(out[:-2], y[:-2])
     _record_contraction(ctx, a, out[:-2], x[-1], a.input, a.other)

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from ..analysis.measure import activation_means, routing_counts
+from ..analysis.measure import activation_means, routed_norms, routing_counts
 from ..errors import PlanError
 from ..execute import memory_bound
+from ..plan import EXPERT_CRITERIA
 from .state import SurgeryState
 
 __all__ = ["METHODS", "Score", "mean_abs_profile", "movable_groups"]
@@ -33,8 +34,10 @@ class Score:
     value (one ranking shared by all layers); every other group on the activation that
     enters a weight matrix along it (the FFN hidden units entering the down projection;
     the heads' outputs entering the output projection, so a head's score sums its
-    neurons and a KV group's sums its query heads); routed experts by how often the router
-    chooses each (routing frequency). A group no weight reads is scored by `weight`.
+    neurons and a KV group's sums its query heads); routed experts by `experts`: `reap`
+    (each expert's output norm times its router gate, averaged over the tokens routed to
+    it) or `frequency` (how often the router picks it). A group no weight reads is scored
+    by `weight`.
     `weight` (data-free): the mean absolute weight of every parameter slice an index owns,
     each tensor normalised to mean 1, summed over the group's members.
     `first` and `uniform`: no scores (the order is kept; `uniform` keeps evenly spaced
@@ -42,6 +45,7 @@ class Score:
     """
 
     method: str = "weight"
+    experts: str = "reap"  # routed experts under `activation`: reap | frequency
     name = "score"
 
     @property
@@ -51,19 +55,25 @@ class Score:
     def check(self, state: SurgeryState) -> None:
         if self.method not in METHODS:
             raise PlanError(f"importance {self.method!r} is not one of: {', '.join(METHODS)}")
+        if self.experts not in EXPERT_CRITERIA:
+            raise PlanError(f"experts {self.experts!r} is not one of: {', '.join(EXPERT_CRITERIA)}")
 
     def run(self, state: SurgeryState) -> None:
         if self.method in ("first", "uniform"):
             return
         groups = movable_groups(state)
         if self.method == "activation":
-            done = _activation_scores(state, groups, state.calibration, state.progress)
+            done = _activation_scores(
+                state, groups, state.calibration, state.progress, self.experts
+            )
             groups = [g for g in groups if g.id not in done]
         with memory_bound():
             _weight_scores(state, groups, state.progress)
 
 
-def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> set[int]:
+def _activation_scores(
+    state: SurgeryState, groups, batches, progress: bool, experts: str = "reap"
+) -> set[int]:
     analysis = state.analysis
     atoms, dims = analysis.atoms, analysis.dims
     wanted = {g.id for g in groups}
@@ -74,7 +84,7 @@ def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> 
     sites = stream_sites + [s for s in inner_sites if s not in stream_sites]
     run = state.runner or state.graph
     means = activation_means(run, sites, batches, "calibration" if progress else "")
-    routed = _routing_scores(state, wanted, batches)
+    routed = _routing_scores(state, wanted, batches, experts)
     scored = set(routed)
     state.residual_site_scores = []
     for (node, axis), mean in zip(sites, means, strict=True):
@@ -94,32 +104,75 @@ def _activation_scores(state: SurgeryState, groups, batches, progress: bool) -> 
     return scored
 
 
-def _routing_scores(state: SurgeryState, wanted: set[int], batches) -> set[int]:
-    """Routed experts scored by how often the router picks each: the first value-keeping
-    copy of each router's top-k indices (`Dims.positions`) is counted."""
+def _routing_scores(state: SurgeryState, wanted: set[int], batches, criterion: str) -> set[int]:
+    """Routed experts scored from the calibration: `reap`, each expert's output norm times
+    its router gate, averaged over the rows routed to it (REAP, Lasby et al. 2025), where
+    the graph shows the expert outputs and gates; else, and for `frequency`, how often the
+    router picks it (each router's top-k indices, `Dims.positions`, counted)."""
     analysis = state.analysis
     atoms, dims = analysis.atoms, analysis.dims
     experts = {g.id for g in analysis.by_role("experts")} & wanted
-    sites = []
-    for key, atom in dims.positions.items():
-        leaves = set(atoms.leaves(atom)) & experts
-        if isinstance(key, fx.Node) and leaves and key.target is operator.getitem:
-            sites.append((key, atom))
-    if not sites:
-        return set()
-    counts = routing_counts(
-        state.runner or state.graph, [(n, atoms.size[atoms.find(a)]) for n, a in sites], batches
-    )
+    run = state.runner or state.graph
     scored: set[int] = set()
-    for (_, atom), count in zip(sites, counts, strict=True):
-        for leaf in set(atoms.leaves(atom)) & experts:
+
+    def add(atom: int, values: torch.Tensor) -> None:
+        for leaf in set(atoms.leaves(atom)) & experts - scored:
             coords = _coords(atoms, atom, leaf)
             valid = coords >= 0
             site = torch.zeros(atoms.size[leaf], dtype=torch.float64)
-            site.index_add_(0, coords[valid], count[valid])
-            state.scores[leaf] = state.scores.get(leaf, 0) + site
+            site.index_add_(0, coords[valid], values[valid])
+            state.scores[leaf] = site
             scored.add(leaf)
+
+    size = lambda atom: atoms.size[atoms.find(atom)]  # noqa: E731
+    if criterion == "reap":
+        sites = [s for s in _reap_sites(analysis) if set(atoms.leaves(s[3])) & experts]
+        if sites:
+            norms = routed_norms(run, [(*s[:3], size(s[3])) for s in sites], batches)
+            for site, values in zip(sites, norms, strict=True):
+                add(site[3], values)
+    sites = [
+        (key, atom)
+        for key, atom in dims.positions.items()
+        if isinstance(key, fx.Node)
+        and key.target is operator.getitem
+        and set(atoms.leaves(atom)) & experts - scored
+    ]
+    if sites:
+        counts = routing_counts(run, [(n, size(a)) for n, a in sites], batches)
+        for (_, atom), count in zip(sites, counts, strict=True):
+            add(atom, count)
     return scored
+
+
+def _reap_sites(analysis) -> list[tuple[fx.Node, fx.Node, fx.Node, int]]:
+    """(expert ids, router gates, expert outputs, experts atom) per router: the product
+    with picked weights whose output is on the residual stream (the down projection),
+    rows in the order of the ids that picked them, gates the top-k values beside them."""
+    atoms, dims = analysis.atoms, analysis.dims
+    residual = set(atoms.leaves(analysis.residual))
+    sites = []
+    for product, weight in dims.expert_products:
+        if not any(set(atoms.leaves(a)) & residual for a in dims.out[product]):
+            continue  # an up projection: its output is the expert's hidden units
+        ids = dims.picked_by[weight]
+        gates = _gates(dims, ids)
+        rows = product.meta["val"].shape[0]
+        if gates is None or ids.meta["val"].numel() != rows or gates.meta["val"].numel() != rows:
+            continue
+        sites.append((ids, gates, product, dims.positions[ids]))
+    return sites
+
+
+def _gates(dims, ids: fx.Node) -> fx.Node | None:
+    """The top-k values beside the top-k indices that `ids` copies."""
+    node = ids
+    while not (node.target is operator.getitem and (node.args[0], 1) in dims.positions):
+        if len(node.all_input_nodes) != 1:
+            return None
+        node = node.all_input_nodes[0]
+    topk = node.args[0]
+    return next((u for u in topk.users if u.target is operator.getitem and u.args[1] == 0), None)
 
 
 def _weight_scores(state: SurgeryState, groups, progress: bool = False) -> None:
