@@ -297,10 +297,24 @@ def build(model_type: str):
     config = tiny_config(model_type)
     torch.manual_seed(0)
     model = cls(config).eval()
+    _no_zero_matrices(model)
     inputs = tiny_inputs(model, config)
     with torch.no_grad():
         model(**inputs)
     return model, inputs, category(model_type, config, mapping), cls.__name__
+
+
+def _no_zero_matrices(model) -> None:
+    """Weight matrices initialised to zero get small random values. A router of zeros
+    ties every expert, so which ones a token goes to depends on their order alone (no
+    trained checkpoint routes by ties), and a zero projection hides what it connects."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and p.is_floating_point() and not p.any():
+                p.copy_(0.02 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
 # ---------------------------------------------------------------------------------------
