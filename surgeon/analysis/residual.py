@@ -104,16 +104,20 @@ def find_blocks(graph: fx.Graph, dims: Dims, root: int, canonical) -> list[Block
     stream = {skip for _, skip, _ in adds} | {add for add, _, _ in adds}
     for add, skip, branch in adds:
         nodes = _between(skip, branch, stream)
-        params = sorted(
-            {
-                canonical(i.target)
-                for n in nodes
-                for i in n.all_input_nodes
-                if i.op == "get_attr" and i.target is not None and canonical(i.target)
-            }
-        )
+        targets = {t for n in nodes for i in n.all_input_nodes for t in _weights(i, data)}
+        params = sorted({canonical(t) for t in targets if canonical(t)})
         blocks.append(Block(add, skip, branch, nodes, params, _layer_of(params)))
     return blocks
+
+
+def _weights(node: fx.Node, data: set[fx.Node], depth: int = 4) -> set[str]:
+    """The tensors (get_attr targets) a value is computed from alone: the tensor itself,
+    or one cast or reshaped before use (a router's weight cast to float32)."""
+    if node.op == "get_attr":
+        return {node.target} if node.target is not None else set()
+    if node in data or depth == 0 or node.op != "call_function":
+        return set()
+    return {t for i in node.all_input_nodes for t in _weights(i, data, depth - 1)}
 
 
 def _between(start: fx.Node, end: fx.Node, stream: set[fx.Node]) -> set[fx.Node]:

@@ -191,12 +191,26 @@ def _set_depth(config: Any, state: SurgeryState) -> None:
         if isinstance(value, (list, tuple)) and len(value) == n:
             setattr(config, field, type(value)(value[i] for i in order))
     for field, value in config.to_dict().items():
+        if _layer_indices(field, value, n):  # `mlp_only_layers: [0, 1]`: which layers are
+            setattr(config, field, [j for j, i in enumerate(order) if i in value])
         keys = list(value) if isinstance(value, dict) and "layer" in field else []
         if keys and all(str(k).isdigit() and int(k) < n for k in keys):  # not id2label
             # one entry per layer index (`per_layer_config: {3: ...}`), for some layers
             kept = {int(k): v for k, v in value.items()}
             setattr(config, field, {j: kept[i] for j, i in enumerate(order) if i in kept})
     _set_stages(config, order)
+
+
+def _layer_indices(field: str, value: Any, n: int) -> bool:
+    """Whether a config field lists layer indices (`mlp_only_layers: [0, 1]`): a list named
+    `..._layers`, not one entry per layer (`PER_LAYER`), of distinct indices below `n`."""
+    return (
+        field.endswith("_layers")
+        and field not in PER_LAYER
+        and isinstance(value, list)
+        and all(type(i) is int and 0 <= i < n for i in value)
+        and len(set(value)) == len(value)
+    )
 
 
 def _set_stages(config: Any, order: list[int]) -> None:
