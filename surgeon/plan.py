@@ -49,10 +49,10 @@ RESCALE = ("paper", "none")
 EMIT = ("auto", "hf", "graph")
 CALIBRATION = {"samples": 32, "seq_len": 256, "batch_size": 4}
 PASS_ORDER = ("score", "depth", "permute", "slice", "rescale")
-# Named defaults for importance, depth and rescale; keys the plan states win. `surgeon`
-# trained fastest in benchmarks/convergence.py (3.4x fewer steps than random init, mean of
-# 3 seeds, range 2.2-5.7; Weight Selection 1.1x; the paper's recipe missed random's final
-# loss in one seed): docs/results.md.
+# Named defaults for importance, depth and rescale; keys the plan states win. In
+# benchmarks/convergence.py `surgeon` took 2.7x fewer steps than random init (mean of 3
+# seeds, range 1.6-4.4; Weight Selection 2.3x; the paper's recipe missed random's final
+# loss in two seeds), each init's weight decay at the grid's end: docs/results.md.
 RECIPES = {
     "surgeon": {"importance": "activation", "depth": "influence", "rescale": "paper"},
     "paper": {"importance": "activation", "depth": "middle", "rescale": "paper"},
