@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from surgeon import PlanError, apply
+from surgeon import PlanError, apply, prepare
 from surgeon.analysis import permuted_tensors
 from tests import zoo
 
@@ -62,7 +62,9 @@ def test_permuting_experts_keeps_the_output_and_one_tensor_alone_breaks_it(moe):
         assert (_logits(model, moe.example) - reference).abs().max() > 1e-4
 
 
-def test_num_experts_cuts_router_and_experts_together(moe, tmp_path):
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])  # OLMoE routes as Mixtral does
+def test_num_experts_cuts_router_and_experts_together(name, prepared, tmp_path):
+    moe = prepared(name)
     target = {"num_experts": 4, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1}
     child = apply(moe.parent, {"target": target})
     config = child.config
@@ -118,16 +120,22 @@ def _kept(parent_model, child) -> set[int]:
 
 
 @pytest.mark.parametrize(
-    ("rig", "plan", "expect"),
+    ("rig", "plans"),
     [
-        ("routed", {"importance": "activation", "expert_importance": "frequency"}, IMPORTANT),
-        ("output", {"importance": "activation", "expert_importance": "reap"}, IMPORTANT),
-        ("routed", {"importance": "weight"}, OTHERS),
+        (
+            "routed",
+            [
+                ({"importance": "activation", "expert_importance": "frequency"}, IMPORTANT),
+                ({"importance": "weight"}, OTHERS),
+            ],
+        ),
+        ("output", [({"importance": "activation", "expert_importance": "reap"}, IMPORTANT)]),
     ],
 )
-def test_the_importance_keeps_the_experts_it_ranks_first(rig, plan, expect):
+def test_the_importance_keeps_the_experts_it_ranks_first(rig, plans):
     model, example = _rigged_mixtral(rig)
-    calibration = [example] * 2 if plan["importance"] == "activation" else None
-    plan = {"target": {"num_experts": 4}, **plan}
-    child = apply(model, plan, example_inputs=example, calibration=calibration)
-    assert _kept(model, child) == set(expect)
+    parent = prepare(model, example)
+    for plan, expect in plans:
+        calibration = [example] * 2 if plan["importance"] == "activation" else None
+        child = apply(parent, {"target": {"num_experts": 4}, **plan}, calibration=calibration)
+        assert _kept(model, child) == set(expect), plan
