@@ -60,15 +60,14 @@ def tracing_settings(model: nn.Module) -> Iterator[None]:
     static shape, where the grouped kernels are a custom op over data-dependent offsets);
     restore both after."""
     config = getattr(model, "config", None)
-    saved = {}
+    changes = {}
     if getattr(config, "use_cache", False):
-        saved["use_cache"] = True
+        changes["use_cache"] = False
     if hasattr(config, "_experts_implementation"):  # experts that don't dispatch ignore it
-        saved["_experts_implementation"] = config._experts_implementation
-    if "use_cache" in saved:
-        config.use_cache = False
-    if "_experts_implementation" in saved:
-        config._experts_implementation = "batched_mm"
+        changes["_experts_implementation"] = "batched_mm"
+    saved = {key: getattr(config, key) for key in changes}
+    for key, value in changes.items():
+        setattr(config, key, value)
     try:
         yield
     finally:

@@ -93,10 +93,7 @@ def _activation_scores(
         for leaf in set(atoms.leaves(atom)) & (wanted - routed):
             if on_stream != (leaf in residual):
                 continue  # the stream scores the residual group, weights' inputs the rest
-            coords = _coords(atoms, atom, leaf)
-            valid = coords >= 0
-            site = torch.zeros(atoms.size[leaf], dtype=torch.float64)
-            site.index_add_(0, coords[valid], mean[valid])
+            site = _on_leaf(atoms, atom, leaf, mean)
             state.scores[leaf] = state.scores.get(leaf, 0) + site
             scored.add(leaf)
             if on_stream:
@@ -117,11 +114,7 @@ def _routing_scores(state: SurgeryState, wanted: set[int], batches, criterion: s
 
     def add(atom: int, values: torch.Tensor) -> None:
         for leaf in set(atoms.leaves(atom)) & experts - scored:
-            coords = _coords(atoms, atom, leaf)
-            valid = coords >= 0
-            site = torch.zeros(atoms.size[leaf], dtype=torch.float64)
-            site.index_add_(0, coords[valid], values[valid])
-            state.scores[leaf] = site
+            state.scores[leaf] = _on_leaf(atoms, atom, leaf, values)
             scored.add(leaf)
 
     size = lambda atom: atoms.size[atoms.find(atom)]  # noqa: E731
@@ -233,6 +226,14 @@ def mean_abs_profile(t: torch.Tensor, block_bytes: int = 8 * 2**20) -> list[torc
         others = [d for d in range(rest.dim()) if d != axis - 1]
         sums.append(rest.sum(others) if others else rest)
     return [total / (t.numel() // size) for total, size in zip(sums, t.shape, strict=True)]
+
+
+def _on_leaf(atoms, atom: int, leaf: int, values: torch.Tensor) -> torch.Tensor:
+    """Per-position `values` of an axis of atom `atom`, summed onto the indices of `leaf`."""
+    coords = _coords(atoms, atom, leaf)
+    valid = coords >= 0
+    out = torch.zeros(atoms.size[leaf], dtype=torch.float64)
+    return out.index_add_(0, coords[valid], values[valid].double())
 
 
 def _coords(atoms, a: int, leaf: int) -> torch.Tensor:
