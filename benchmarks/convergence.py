@@ -52,7 +52,7 @@ RECIPES = {  # the named recipes of surgeon's plans (surgeon/plan.py)
 }
 DISTILLED = {"surgeon + distillation": "surgeon", "random + distillation": "random"}
 LADDER = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # learning rates the sweep may try
-DECAYS = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]  # weight decays the sweep may try
+DECAYS = [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]  # weight decays the sweep may try
 TARGET_KEYS = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads")
 
 
