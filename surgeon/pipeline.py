@@ -140,7 +140,7 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
             modules = model.get_submodule(stack)
         except AttributeError:
             continue
-        found = sum(1 for layer in analysis.layers if layer.name.rpartition(".")[0] == stack)
+        found = sum(1 for layer in analysis.layers if layer.stack == stack)
         if isinstance(modules, nn.ModuleList) and len(modules) != found:
             raise SurgeonError(
                 f"surgeon finds residual layers in {found} of the {len(modules)} modules of "
@@ -233,7 +233,14 @@ class Cut:
         """The child's sizes: layers, residual width, and the per-layer sizes that are
         the same in every layer."""
         state = _planned(self.state)
-        return {**state.child_sizes(), "num_layers": len(state.kept_layers())}
+        sizes = {**state.child_sizes(), "num_layers": len(state.kept_layers())}
+        stacks = state.kept_by_stack()
+        if len(stacks) > 1:
+            sizes["stacks"] = {
+                name: {**state.child_sizes(name), "num_layers": len(kept)}
+                for name, kept in stacks.items()
+            }
+        return sizes
 
 
 def check(
@@ -242,12 +249,6 @@ def check(
     """Every check that can be made before any pass runs: each pass's own (`PlanError`
     for an impossible target or depth), then whether the parent's class can hold the
     child. Returns the unrun decisions."""
-    stacks = parent.analysis.stacks
-    if len(stacks) > 1:
-        raise PlanError(
-            f"{type(parent.model).__name__} has {len(stacks)} stacks of layers "
-            f"({', '.join(stacks)}): surgeon cuts models with one stack of layers today"
-        )
     source = parent.tensor if parent.streamed else None
     state = SurgeryState(parent.graph, parent.analysis, source=source, calibration=calibration)
     if surgery.needs_data:
@@ -286,6 +287,13 @@ def runner(parent: Parent, device: str = "cpu") -> Runner:
     device = check_device(device)
     if not parent.streamed:
         return Runner(parent.graph, device=device)
+    stacks = parent.analysis.stacks
+    if len(stacks) > 1:
+        raise PlanError(
+            f"{parent.folder} has {len(stacks)} stacks of layers ({', '.join(stacks)}): "
+            "calibration runs one stack layer by layer; load the model and pass it to "
+            "surgeon.apply, or choose a data-free plan (recipe: data-free)"
+        )
     cuts = [layer.output for layer in parent.analysis.layers]
     return Runner(parent.graph, parent.tensor, cuts, device)
 

@@ -80,6 +80,12 @@ SCHEMA = {
     **_object(
         {
             "target": _object({k: _SIZE for k in TARGETS}, "sizes of the child"),
+            "stacks": {
+                "type": "object",
+                "additionalProperties": _object({k: _SIZE for k in TARGETS}),
+                "description": "sizes for one stack of layers (an encoder-decoder's "
+                "model.decoder.layers), by module path, over target's",
+            },
             "depth": {
                 **_DEPTH,
                 "description": "which layers to keep (a list: in order; a repeat duplicates)",
@@ -117,9 +123,23 @@ SCHEMA = {
                                 "experts": {"enum": list(EXPERT_CRITERIA)},
                             }
                         ),
-                        "depth": _object({"strategy": _DEPTH, "num_layers": _SIZE}),
+                        "depth": _object(
+                            {
+                                "strategy": _DEPTH,
+                                "num_layers": _SIZE,
+                                "stacks": {"type": "object", "additionalProperties": _SIZE},
+                            }
+                        ),
                         "permute": _object({}),
-                        "slice": _object({k: _SIZE for k in WIDTH}),
+                        "slice": _object(
+                            {
+                                **{k: _SIZE for k in WIDTH},
+                                "stacks": {
+                                    "type": "object",
+                                    "additionalProperties": _object({k: _SIZE for k in WIDTH}),
+                                },
+                            }
+                        ),
                         "rescale": _object({"method": {"enum": list(RESCALE)}}),
                     },
                 },
@@ -137,6 +157,7 @@ class Plan:
     of either form."""
 
     target: Mapping[str, int] = field(default_factory=dict)
+    stacks: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per stack's
     depth: str | tuple[int, ...] | None = None  # a strategy, or the parent layers to keep
     importance: str | None = None
     expert_importance: str = "reap"
@@ -179,7 +200,15 @@ class Plan:
             depth: dict[str, Any] = {"strategy": self.depth}
             if "num_layers" in self.target:
                 depth["num_layers"] = self.target["num_layers"]
-            width = {k: v for k, v in self.target.items() if k != "num_layers"}
+            width: dict[str, Any] = {k: v for k, v in self.target.items() if k != "num_layers"}
+            deep = {k: v["num_layers"] for k, v in self.stacks.items() if "num_layers" in v}
+            if deep:
+                depth["stacks"] = deep
+            wide = {
+                k: {s: n for s, n in v.items() if s != "num_layers"} for k, v in self.stacks.items()
+            }
+            if any(wide.values()):
+                width["stacks"] = {k: v for k, v in wide.items() if v}
             steps = [
                 ("score", {"method": self.importance, "experts": self.expert_importance}),
                 ("depth", depth),
@@ -195,16 +224,30 @@ class Plan:
     def sizes(self) -> dict[str, int]:
         """The target sizes, from either form (empty: the parent's sizes)."""
         if not self.passes:
-            return dict(self.target)
+            return {**self.target, **({"stacks": dict(self.stacks)} if self.stacks else {})}
         steps = dict(self.passes)
         sizes = {k: v for k, v in steps.get("slice", {}).items() if k in WIDTH}
         if "num_layers" in steps.get("depth", {}):
             sizes["num_layers"] = steps["depth"]["num_layers"]
-        return sizes
+        stacks: dict[str, dict] = {}
+        for name, n in steps.get("depth", {}).get("stacks", {}).items():
+            stacks.setdefault(name, {})["num_layers"] = n
+        for name, v in steps.get("slice", {}).get("stacks", {}).items():
+            stacks.setdefault(name, {}).update(v)
+        return {**sizes, **({"stacks": stacks} if stacks else {})}
 
     def describe(self) -> str:
         """One line: the target sizes and how the child is chosen."""
-        target = ", ".join(f"{k} {v}" for k, v in self.sizes.items()) or "parent's sizes"
+        sizes = self.sizes
+        stacks = sizes.pop("stacks", {})
+        target = ", ".join(
+            [f"{k} {v}" for k, v in sizes.items()]
+            + [
+                f"{name}: " + " ".join(f"{k} {v}" for k, v in s.items())
+                for name, s in stacks.items()
+            ]
+        )
+        target = target or "parent's sizes"
         if self.passes:
             return f"{target}; passes " + " -> ".join(name for name, _ in self.passes)
         chosen = [
@@ -243,6 +286,7 @@ def load_plan(plan: Any) -> Plan:
         return Plan(passes=_passes(plan), **settings)
     return Plan(
         target=dict(plan.get("target") or {}),
+        stacks={k: dict(v or {}) for k, v in (plan.get("stacks") or {}).items()},
         depth=_depth(plan.get("depth")),
         importance=plan.get("importance"),
         expert_importance=plan.get("expert_importance", "reap"),
@@ -269,7 +313,7 @@ def _passes(plan: Mapping) -> tuple[tuple[str, Mapping[str, Any]], ...]:
     permutation between scoring and slicing (slice keeps the leading positions of the
     permuted order). A pass left out does nothing (no score: the order is kept; no
     rescale: weights are copied as they are)."""
-    mixed = [k for k in ("target", "depth", "importance", "rescale") if k in plan]
+    mixed = [k for k in ("target", "stacks", "depth", "importance", "rescale") if k in plan]
     if mixed:
         raise PlanError(
             f"the plan has both passes and {', '.join(mixed)}: use the short form or the long "

@@ -36,6 +36,7 @@ class Report:
         for layer in a.layers:
             entry = {
                 "name": layer.name,
+                "stack": layer.stack,
                 "intermediate_size": layer.intermediate_size,
                 "num_heads": layer.num_heads,
                 "num_kv_heads": layer.num_kv_heads,
@@ -69,6 +70,9 @@ class Report:
             "parameters": a.graph.params.num_parameters(),
             "num_layers": len(a.layers),
             "hidden_size": a.hidden_size,
+            "stacks": {
+                stack: sum(1 for layer in a.layers if layer.stack == stack) for stack in a.stacks
+            },
             "layers": layers,
             **a.couplings,
             "groups": groups,
@@ -127,6 +131,11 @@ def render(d: dict[str, Any]) -> str:
         f"model        {d['model']}  (traced with {d['frontend']})",
         f"parameters   {d['parameters']:,}",
         f"layers       {d['num_layers']}",
+        *(
+            [f"stack        {name}: {n} layers" for name, n in d["stacks"].items()]
+            if len(d["stacks"]) > 1
+            else []
+        ),
         f"residual     {d['hidden_size']}",
         "",
         f"{'layer':<28} {'ffn':>6} {'heads':>6} {'kv':>4} {'head_dim':>9}"

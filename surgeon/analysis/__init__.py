@@ -76,6 +76,11 @@ class LayerInfo:
     experts: list[int] = field(default_factory=list)  # its groups of routed experts
     num_experts: int = 0
 
+    @property
+    def stack(self) -> str:
+        """The module list that holds it (`model.layers`, `model.decoder.layers`)."""
+        return self.name.rpartition(".")[0]
+
 
 @dataclass
 class Analysis:
@@ -98,7 +103,7 @@ class Analysis:
     @property
     def stacks(self) -> list[str]:
         """The module paths that hold layers (`model.encoder.layers`, ...), in order."""
-        return list(dict.fromkeys(layer.name.rpartition(".")[0] for layer in self.layers))
+        return list(dict.fromkeys(layer.stack for layer in self.layers))
 
     def by_role(self, role: str) -> list[Group]:
         return [g for g in self.groups.values() if g.role == role]

@@ -49,10 +49,40 @@ def unsupported(node: fx.Node) -> UnsupportedOpError:
     )
 
 
+def live_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """The nodes whose values reach the output, with the runtime shape checks (`_assert_*`)
+    of such values: a value computed and never read (BART's `inputs_embeds[:, :, -1]`,
+    "needed for the shape only") is not."""
+
+    def is_check(n: fx.Node) -> bool:
+        name = getattr(n.target, "__name__", "")
+        return n.op == "call_function" and name.lstrip("_").startswith("assert")
+
+    def is_root(n: fx.Node) -> bool:  # kept for its own sake; random ops (SDPA) count as
+        # impure in fx but are kept only for their users
+        if n.op in ("output", "call_module"):
+            return True
+        return n.op == "call_function" and n.is_impure() and not n.users and not is_check(n)
+
+    live: set[fx.Node] = set()
+    stack = [n for n in graph.nodes if is_root(n)]
+    while stack:
+        n = stack.pop()
+        if n not in live:
+            live.add(n)
+            stack.extend(n.all_input_nodes)
+    checks = [n for n in graph.nodes if is_check(n) and all(i in live for i in n.all_input_nodes)]
+    return live | set(checks)
+
+
 def discover_dims(graph: Graph) -> Dims:
-    """Apply the rule of every node in order; raise `UnsupportedOpError` for an op without one."""
+    """Apply the rule of every live node (`live_nodes`) in order; raise
+    `UnsupportedOpError` for an op without one."""
     ctx = Context(graph)
+    live = live_nodes(graph.graph)
     for node in graph.graph.nodes:
+        if node.op in ("call_function", "call_method") and node not in live:
+            continue
         try:
             shape = _shapes(node.meta.get("val"))
         except Exception as e:  # noqa: BLE001 - an unbacked size: torch raises its own types

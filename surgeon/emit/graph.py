@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..analysis.dims import Literal
+from ..analysis.dims import Literal, live_nodes
 from ..passes.state import SurgeryState
 
 __all__ = ["axis_cuts", "cut", "emit_graph", "take"]
@@ -59,8 +59,7 @@ def _edit_depth(state: SurgeryState, root: nn.Module, nodes: dict[str, fx.Node])
                 user.replace_input_with(last, new_end)
             names.append(module)
             last = new_end
-    if order != list(range(len(layers))):
-        _remove_dead(graph)
+    _remove_dead(graph)  # dropped layers, and values the parent computed and never read
     return names
 
 
@@ -116,29 +115,10 @@ def _from_params_of(node: fx.Node, prefix: str) -> bool:
 
 
 def _remove_dead(graph: fx.Graph) -> None:
-    """Erase what no longer reaches the output, including the runtime shape checks
-    (`_assert_*`) of erased values, which would otherwise keep them alive."""
-
-    def is_check(n: fx.Node) -> bool:
-        name = getattr(n.target, "__name__", "")
-        return n.op == "call_function" and name.lstrip("_").startswith("assert")
-
-    def is_root(n: fx.Node) -> bool:  # kept for its own sake; random ops (SDPA) count as
-        # impure in fx but are kept only for their users
-        if n.op in ("output", "call_module"):
-            return True
-        return n.op == "call_function" and n.is_impure() and not n.users and not is_check(n)
-
-    live: set[fx.Node] = set()
-    stack = [n for n in graph.nodes if is_root(n)]
-    while stack:
-        n = stack.pop()
-        if n not in live:
-            live.add(n)
-            stack.extend(n.all_input_nodes)
+    """Erase what no longer reaches the output (`live_nodes`)."""
+    live = live_nodes(graph)
     for n in reversed(list(graph.nodes)):
-        keep = n in live or n.op == "placeholder"
-        if not keep and not (is_check(n) and all(i in live for i in n.all_input_nodes)):
+        if n not in live and n.op != "placeholder":
             graph.erase_node(n)
 
 

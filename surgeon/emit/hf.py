@@ -170,10 +170,12 @@ PER_LAYER = (
 def _set_depth(config: Any, state: SurgeryState) -> None:
     """The layer count, and every per-layer list of the config (`PER_LAYER`: layer types,
     per-layer RoPE switches, ...) taken at the kept layers, so the saved model reloads as
-    it was built."""
+    it was built. With several stacks, each count is a field of its own (BART's
+    `decoder_layers`, T5's `num_decoder_layers`), found by `_fit_fields` from the layers
+    the class builds under each stack."""
     n = len(state.analysis.layers)
     order = list(range(n)) if state.layers is None else state.layers
-    if order == list(range(n)):
+    if order == list(range(n)) or len(state.analysis.stacks) > 1:
         return
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     where = [
@@ -288,14 +290,12 @@ def _mismatches(parent: nn.Module, config: Any, expected: dict[str, tuple], stat
         want = expected.get(state.parent_name(name))  # child layer j: a parent layer's
         if want is not None and tuple(tensor.shape) != want:
             out[name] = (tuple(tensor.shape), want)
-    layers = state.analysis.layers
-    if layers:
-        owner = layers[0].name.rpartition(".")[0] + "."
+    for stack, kept in state.kept_by_stack().items():
+        owner = stack + "."
         built = {n[len(owner) :].partition(".")[0] for n in names if n.startswith(owner)}
         built = sum(i.isdigit() for i in built)
-        want = len(layers) if state.layers is None else len(state.layers)
-        if built != want:
-            out[f"the layers under {owner[:-1]}"] = ((built,), (want,))
+        if built != len(kept):
+            out[f"the layers under {stack}"] = ((built,), (len(kept),))
     return out
 
 

@@ -26,19 +26,22 @@ __all__ = [
 
 def _dynamic_shapes(inputs) -> tuple[Any, Any]:
     """Batch (axis 0) of every tensor is dynamic; so is the sequence (axis 1) of integer
-    tensors (token ids, masks). Image sizes stay fixed."""
+    tensors (token ids, masks): an encoder-decoder's `decoder_*` inputs have a sequence
+    of their own. Image sizes stay fixed."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     seq = torch.export.Dim("sequence", min=2, max=8192)
+    target = torch.export.Dim("decoder_sequence", min=2, max=8192)
 
-    def spec(t):
+    def spec(t, name: str = ""):
         if not isinstance(t, torch.Tensor):
             return None
         dims = {0: batch}
         if t.dim() >= 2 and not t.is_floating_point():
-            dims[1] = seq
+            dims[1] = target if name.startswith("decoder_") else seq
         return dims
 
-    return tuple(spec(a) for a in inputs.args), {k: spec(v) for k, v in inputs.kwargs.items()}
+    kwargs = {k: spec(v, k) for k, v in inputs.kwargs.items()}
+    return tuple(spec(a) for a in inputs.args), kwargs
 
 
 def onnx_ready(model: nn.Module) -> nn.Module:

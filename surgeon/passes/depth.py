@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ..analysis.measure import layer_influence
 from ..errors import PlanError
@@ -22,39 +24,100 @@ class Depth:
     included), `first` (remove the first layers), `last` (remove the last layers),
     `influence` (measure 1 − cos(x_in, x_out) of every layer on calibration data and remove
     the least influential), or an explicit list of the parent's layers (sorted; a repeated
-    index duplicates that layer).
+    index duplicates that layer). With several stacks of layers (an encoder-decoder's
+    encoder and decoder), each stack is cut alone: to its entry in `stacks`, else to
+    `num_layers`.
     """
 
     strategy: str | tuple[int, ...] = "middle"
     num_layers: int | None = None
+    stacks: Mapping[str, int] = field(default_factory=dict)  # a stack's own num_layers
     name = "depth"
 
     @property
     def needs_data(self) -> bool:
         """Whether it runs the parent on calibration data (a measured strategy)."""
-        return self.strategy == "influence" and self.num_layers is not None
+        return self.strategy == "influence" and (self.num_layers is not None or bool(self.stacks))
 
     def check(self, state: SurgeryState) -> None:
         """The child's layers as far as they can be known before measuring (a measured
         strategy gets a placeholder of the right length); `PlanError` when impossible."""
         n = len(state.analysis.layers)
-        measured = self._measures(n)
-        state.layers = choose_layers(
-            n, self.strategy, self.num_layers, [0.0] * n if measured else None
-        )
+        state.layers = self._choose(state, [0.0] * n)
 
     def run(self, state: SurgeryState) -> None:
         n = len(state.analysis.layers)
         influence = None
-        if self._measures(n):
+        if self.strategy == "influence" and self._choose(state, [0.0] * n) != list(range(n)):
             influence = layer_influence(
                 state.runner or state.graph, state.analysis.layers, state.calibration
             )
             state.influence = influence
-        state.layers = choose_layers(n, self.strategy, self.num_layers, influence)
+        state.layers = self._choose(state, influence)
 
-    def _measures(self, n: int) -> bool:
-        return self.strategy == "influence" and (self.num_layers or n) < n
+    def _choose(self, state: SurgeryState, influence: list[float] | None) -> list[int]:
+        """The kept layers of every stack in turn (`model.encoder.layers`, then
+        `model.decoder.layers`), each stack cut to its own `num_layers` (`stacks`) or the
+        plan's."""
+        a = state.analysis
+        unknown = sorted(set(self.stacks) - set(a.stacks))
+        if unknown:
+            raise PlanError(
+                f"stacks.{unknown[0]}: no such stack of layers; this model's: "
+                f"{', '.join(a.stacks) or 'none'}"
+            )
+        if isinstance(self.strategy, tuple) and len(a.stacks) > 1:
+            raise PlanError(
+                f"depth lists layers, but this model has {len(a.stacks)} stacks of layers "
+                f"({', '.join(a.stacks)}): give each its num_layers under stacks and a strategy"
+            )
+        needed = read_by_others(a.layers)
+        order: list[int] = []
+        for stack in a.stacks or [""]:
+            index = [i for i, layer in enumerate(a.layers) if layer.stack == stack]
+            k = self.stacks.get(stack, self.num_layers)
+            scores = None
+            if influence is not None:  # a layer others read is never the least influential
+                scores = [math.inf if i in needed else influence[i] for i in index]
+            try:
+                order += [index[j] for j in choose_layers(len(index), self.strategy, k, scores)]
+            except PlanError as e:
+                raise PlanError(f"{stack}: {e}" if len(a.stacks) > 1 else str(e)) from None
+        for i in sorted(set(needed) - set(order)):
+            raise PlanError(
+                f"depth drops {a.layers[i].name}, but later layers read values it computes "
+                f"besides the stream ({needed[i]}): keep it (depth: influence never drops it)"
+            )
+        return order
+
+
+def read_by_others(layers: list) -> dict[int, str]:
+    """Layers that compute values other layers read besides the residual stream (T5's
+    first layer computes the relative position bias every layer adds to its attention
+    scores): index -> where, as `source_line` says it. Removing such a layer would leave
+    its computation behind, on weights the child's class no longer has there."""
+    from ..analysis.context import source_line
+
+    owner = {n: i for i, layer in enumerate(layers) for n in layer.nodes}
+    out: dict[int, str] = {}
+    for i, layer in enumerate(layers):
+        if not layer.nodes:
+            continue
+        graph = next(iter(layer.nodes)).graph
+        prefix = layer.name + "."
+        params = [n for n in graph.nodes if n.op == "get_attr" and n.target.startswith(prefix)]
+        seen, stack = set(), [*params, *(n for n in layer.nodes if n is not layer.output)]
+        while stack and i not in out:
+            node = stack.pop()
+            for user in node.users:
+                if user in seen or user is layer.output or not _computes(user):
+                    continue
+                seen.add(user)
+                if owner.get(user, i) != i:
+                    out[i] = source_line(node)
+                    break
+                stack.append(user)
+    return out
 
 
 def choose_layers(
@@ -93,3 +156,10 @@ def choose_layers(
         order = sorted(range(n), key=lambda i: influence[i])
         return sorted(set(range(n)) - set(order[:drop]))
     raise PlanError(f"depth {strategy!r} is not known")
+
+
+def _computes(node) -> bool:
+    """Whether a node computes a tensor (not the graph's output, not a runtime check)."""
+    import torch
+
+    return node.op == "call_function" and isinstance(node.meta.get("val"), torch.Tensor)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,6 +30,7 @@ class Slice:
     head_dim: int | None = None
     num_experts: int | None = None
     evenly: bool = False
+    stacks: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per stack
     name = "slice"
     needs_data = False
 
@@ -41,7 +42,7 @@ class Slice:
     def check(self, state: SurgeryState) -> None:
         """How many positions each group keeps (`state.keep`); `PlanError` for a target
         that is wider than the parent, does not divide, or cuts what must stay whole."""
-        state.keep = resolve_target(state.analysis, self.target)
+        state.keep = resolve_target(state.analysis, self.target, self.stacks)
 
     def run(self, state: SurgeryState) -> None:
         atoms = state.analysis.atoms
@@ -61,13 +62,24 @@ class Slice:
                 state.select[group] = order[:k]
 
 
-def resolve_target(analysis: Analysis, target: Mapping[str, int]) -> dict[int, int]:
+def resolve_target(
+    analysis: Analysis, target: Mapping[str, int], stacks: Mapping[str, Mapping] | None = None
+) -> dict[int, int]:
     """Turn target sizes into the number of indices each group keeps; `PlanError` for a
-    target that is wider than the parent, does not divide, or cuts what must stay whole."""
+    target that is wider than the parent, does not divide, or cuts what must stay whole.
+    `stacks`: sizes for the layers of one stack (`model.decoder.layers`), over `target`'s."""
+    stacks = stacks or {}
+    target = {**target, **_stream_size(analysis, target, stacks)}
     keep: dict[int, int] = {}
+    asked: dict[int, int] = {}
     atoms, groups = analysis.atoms, analysis.groups
 
     def cut(group: int, k: int, what: str) -> None:
+        if asked.setdefault(group, k) != k:
+            raise PlanError(
+                f"target.{what}: {asked[group]} and {k} are asked of one group that layers "
+                "of several stacks share (their sizes are tied): give them one size"
+            )
         size = atoms.size[group]
         if k > size:
             raise PlanError(f"target.{what} = {k} is wider than the parent ({size})")
@@ -89,10 +101,29 @@ def resolve_target(analysis: Analysis, target: Mapping[str, int]) -> dict[int, i
             "numbered list of residual blocks); `surgeon inspect` shows what was found"
         )
     for layer in analysis.layers:
-        _layer_target(analysis, layer, target, cut)
+        _layer_target(analysis, layer, {**target, **stacks.get(layer.stack, {})}, cut)
     if "head_dim" in target:
         _head_dim(analysis, target["head_dim"])
     return keep
+
+
+def _stream_size(analysis: Analysis, target: Mapping, stacks: Mapping) -> dict[str, int]:
+    """The residual width a per-stack entry gives (all stacks read one stream: their
+    widths must agree); `PlanError` for a stack the model does not have."""
+    unknown = sorted(set(stacks) - set(analysis.stacks))
+    if unknown:
+        raise PlanError(
+            f"stacks.{unknown[0]}: no such stack of layers; this model's: "
+            f"{', '.join(analysis.stacks) or 'none'}"
+        )
+    widths = {s.get("hidden_size") for s in stacks.values()} | {target.get("hidden_size")}
+    widths.discard(None)
+    if len(widths) > 1:
+        raise PlanError(
+            f"hidden_size {' and '.join(map(str, sorted(widths)))}: the stacks of this model "
+            "read and write one residual stream, so they have one hidden_size (set it in target)"
+        )
+    return {"hidden_size": widths.pop()} if widths else {}
 
 
 def _layer_target(analysis, layer, target, cut) -> None:

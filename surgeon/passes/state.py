@@ -59,13 +59,15 @@ class SurgeryState:
         """The parent layer behind each child layer (all of them when depth is unchanged)."""
         return list(range(len(self.analysis.layers))) if self.layers is None else self.layers
 
-    def child_sizes(self) -> dict[str, int]:
+    def child_sizes(self, stack: str | None = None) -> dict[str, int]:
         """The child's residual width, and each per-layer size (FFN, heads, KV heads,
-        head_dim) that is the same in every layer."""
+        head_dim) that is the same in every layer (of `stack`, when given)."""
         a = self.analysis
         sizes = {"hidden_size": self.new_size(a.residual)}
         per_layer: dict[str, set[int]] = {}
         for layer in a.layers:
+            if stack is not None and layer.stack != stack:
+                continue
             if layer.experts:
                 experts = sum(self.new_size(g) for g in layer.experts)
                 per_layer.setdefault("num_experts", set()).add(experts)
@@ -83,18 +85,29 @@ class SurgeryState:
                 sizes[key] = values.pop()
         return sizes
 
+    def kept_by_stack(self) -> dict[str, list[int]]:
+        """Per stack of layers (`model.encoder.layers`, ...): the parent layer behind each
+        of its child layers, in order."""
+        layers = self.analysis.layers
+        out: dict[str, list[int]] = {stack: [] for stack in self.analysis.stacks}
+        for i in self.kept_layers():
+            out[layers[i].stack].append(i)
+        return out
+
     def parent_name(self, child_name: str) -> str:
         """The parent's name for a tensor the child's class calls `child_name`: child layer
-        j holds parent layer `layers[j]` (`model.layers.1.mlp.up_proj.weight` of a child
-        that keeps parent layers [0, 2] is the parent's `model.layers.2.mlp.up_proj.weight`).
-        """
+        j of a stack holds the parent layer kept j-th in that stack
+        (`model.layers.1.mlp.up_proj.weight` of a child that keeps parent layers [0, 2] is
+        the parent's `model.layers.2.mlp.up_proj.weight`)."""
         layers = self.analysis.layers
         if self.layers is None or not layers:
             return child_name
-        owner = layers[0].name.rpartition(".")[0] + "."
-        if not child_name.startswith(owner):
-            return child_name
-        index, _, rest = child_name[len(owner) :].partition(".")
-        if not index.isdigit() or int(index) >= len(self.layers):
-            return child_name
-        return f"{layers[self.layers[int(index)]].name}.{rest}"
+        for stack, kept in self.kept_by_stack().items():
+            owner = stack + "."
+            if not child_name.startswith(owner):
+                continue
+            index, _, rest = child_name[len(owner) :].partition(".")
+            if not index.isdigit() or int(index) >= len(kept):
+                return child_name
+            return f"{layers[kept[int(index)]].name}.{rest}"
+        return child_name
