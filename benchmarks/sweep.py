@@ -443,6 +443,12 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
         found = (len(report["layers"]), report["hidden_size"])
         if not found[0]:
             raise NoLayers(f"surgeon inspect finds no residual layers (config: {layers})")
+        other = state["parent"].analysis.couplings["other_stacks"]
+        if found != (layers, hidden) and other:
+            raise NoLayers(
+                f"surgeon finds {found[0]} layers (config: {layers}): "
+                f"{', '.join(other)} on another residual stream"
+            )
         if found != (layers, hidden):
             raise Wrong(f"found {found[0]} layers of width {found[1]}; config: {layers}, {hidden}")
         return f"{layers} layers, hidden {hidden}"

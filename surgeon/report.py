@@ -164,6 +164,8 @@ def render(d: dict[str, Any]) -> str:
         )
     for name in d["per_head_norms"]:
         lines.append(f"per-head     {name}")
+    for name in d["other_stacks"]:
+        lines.append(f"other stack  {name}: its layers are not on the residual stream, kept whole")
     lines += ["", "parameters per group (shared groups first, then per layer)"]
     lines.append(f"{'group':>6} {'role':<10} {'size':>6} {'layer':>5} {'params':>10}  note")
     for g in d["groups"]:

@@ -58,7 +58,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         names = [
-            v for v in params.values() if isinstance(v, str) and v in zoo.NAMES + zoo.MOE_NAMES
+            v
+            for v in params.values()
+            if isinstance(v, str) and v in zoo.NAMES + zoo.MOE_NAMES + zoo.ENC_DEC_NAMES
         ]
         if names:
             item.add_marker(pytest.mark.xdist_group(names[0]))

@@ -16,6 +16,7 @@ from benchmarks.sweep import CHECKS, check_type
 # Whisper's decoder (its head count in decoder_attention_heads, the encoder's apart),
 # SigLIP (an attention-pooling head whose heads follow the layers' cut through the config,
 # nn.MultiheadAttention's unflatten sizes), ViT-MAE (patches shuffled by gather).
+# Encoder-decoders that pass: tests/test_stacks.py, on the zoo's T5 and BART.
 PASSING = {
     "gptj": "decoder",
     "falcon": "decoder",
@@ -30,8 +31,9 @@ PASSING = {
     "vit_mae": "vision",
 }
 # Refused with one line, never a crash: Doge's residual additions (each scaled by a
-# learnt weight: no layer is found), an encoder-decoder's two stacks (issue 16).
-REFUSED = {"doge": "moe", "t5": "encoder-decoder"}
+# learnt weight: no layer is found), FSMT's encoder (its own embedding, so a residual
+# stream apart from the decoder's, which surgeon does not cut yet; issue 16).
+REFUSED = {"doge": "moe", "fsmt": "encoder-decoder"}
 
 
 @pytest.mark.parametrize("model_type", sorted(PASSING))

@@ -129,7 +129,8 @@ def nanogpt(device: str = "cpu"):
 
 
 class _Untraceable(nn.Module):
-    """Branches on a tensor's value: neither torch.export nor torch.fx can trace it."""
+    """Branches on a tensor's value read through numpy: neither torch.export nor torch.fx
+    can trace it (nor specialise it, as export does a branch on a tensor's value)."""
 
     def __init__(self):
         super().__init__()
@@ -137,7 +138,7 @@ class _Untraceable(nn.Module):
 
     def forward(self, x):
         y = self.proj(x)
-        if y.sum() > 0:
+        if y.detach().numpy().sum() > 0:
             return y
         return -y
 
@@ -261,7 +262,7 @@ def _tokens():
 
 
 def _hf(name: str, device: str = "cpu"):
-    cls, config = {**_hf_configs(), **_moe_configs()}[name]
+    cls, config = {**_hf_configs(), **_moe_configs(), **_enc_dec_configs()}[name]
     torch.manual_seed(SEED)
     with torch.device(device):
         model = cls(config).eval()
@@ -269,7 +270,10 @@ def _hf(name: str, device: str = "cpu"):
         g = torch.Generator().manual_seed(SEED + 1)
         return model, {"pixel_values": torch.randn(BATCH, 3, 16, 16, generator=g)}
     ids = _tokens()
-    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if name in ENC_DEC_NAMES:  # the decoder reads the same tokens, one step behind
+        inputs["decoder_input_ids"] = torch.cat([torch.ones_like(ids[:, :1]), ids[:, :-1]], 1)
+    return model, inputs
 
 
 HF_NAMES = (
@@ -314,6 +318,50 @@ def _moe_configs():
     }
 
 
+# Encoder-decoders: two stacks of layers (encoder, decoder) on one residual stream (their
+# token embedding is shared); T5's first layer of each stack computes the position bias
+# every later layer reads. Not in NAMES either: tests/test_stacks.py uses them.
+ENC_DEC_NAMES = ("t5", "bart")
+
+
+def _enc_dec_configs():
+    import transformers as tf
+
+    special = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    return {
+        "t5": (
+            tf.T5ForConditionalGeneration,
+            tf.T5Config(
+                vocab_size=VOCAB,
+                d_model=64,
+                d_kv=16,
+                d_ff=96,
+                num_layers=3,
+                num_decoder_layers=3,
+                num_heads=4,
+                use_cache=False,
+                **special,
+            ),
+        ),
+        "bart": (
+            tf.BartForConditionalGeneration,
+            tf.BartConfig(
+                vocab_size=VOCAB,
+                d_model=64,
+                encoder_layers=3,
+                decoder_layers=3,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=96,
+                decoder_ffn_dim=96,
+                max_position_embeddings=64,
+                use_cache=False,
+                **special,
+            ),
+        ),
+    }
+
+
 def build(name: str, device: str = "cpu"):
     """Build zoo model `name`: returns `(model in eval mode, example_inputs)`.
 
@@ -322,8 +370,9 @@ def build(name: str, device: str = "cpu"):
     """
     if name == "nanogpt":
         return nanogpt(device)
-    if name not in HF_NAMES + MOE_NAMES:
-        raise KeyError(f"no zoo model {name!r}; known: {', '.join(NAMES + MOE_NAMES)}")
+    known = NAMES + MOE_NAMES + ENC_DEC_NAMES
+    if name not in known:
+        raise KeyError(f"no zoo model {name!r}; known: {', '.join(known)}")
     return _hf(name, device)
 
 

@@ -11,6 +11,7 @@ most parameters is the residual stream; layers are numbered module-list entries)
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -385,4 +386,22 @@ def _couplings(analysis: Analysis, kinds: dict[str, str]) -> dict[str, list]:
         "buffers": [b for b in buffers if b not in rotary],
         "fused": fused,
         "per_head_norms": per_head_norms,
+        "other_stacks": _other_stacks(analysis, kinds),
     }
+
+
+def _other_stacks(analysis: Analysis, kinds: dict[str, str]) -> list[str]:
+    """Numbered lists of modules whose weights the forward reads but which hold none of
+    the layers found (Whisper's or FSMT's encoder, on a residual stream of its own that
+    their decoder reads through cross-attention only): kept as they are."""
+    stacks = analysis.stacks
+    indices: dict[str, set[str]] = {}
+    for name in analysis.dims.tensors:
+        found = re.search(r"\.(\d+)\.", name) if kinds.get(name) == "parameter" else None
+        if found is None:
+            continue
+        prefix = name[: found.start()]
+        if not any(prefix == s or prefix.startswith(s + ".") for s in stacks):
+            indices.setdefault(prefix, set()).add(found.group(1))
+    lists = [p for p, i in indices.items() if len(i) > 1]
+    return sorted(p for p in lists if not any(p.startswith(q + ".") for q in lists))

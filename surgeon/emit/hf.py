@@ -72,7 +72,7 @@ def child_config(parent: nn.Module, state: SurgeryState) -> Any:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     for part in (config, text) if text is not config else (config,):
         _set_sizes(part, sizes, full, state.analysis.hidden_size)
-    _set_depth(config, state)
+    _set_depth(parent, config, state)
     return config
 
 
@@ -167,7 +167,7 @@ PER_LAYER = (
 )
 
 
-def _set_depth(config: Any, state: SurgeryState) -> None:
+def _set_depth(parent: nn.Module, config: Any, state: SurgeryState) -> None:
     """The layer count, and every per-layer list of the config (`PER_LAYER`: layer types,
     per-layer RoPE switches, ...) taken at the kept layers, so the saved model reloads as
     it was built. With several stacks, each count is a field of its own (BART's
@@ -178,14 +178,18 @@ def _set_depth(config: Any, state: SurgeryState) -> None:
     if order == list(range(n)) or len(state.analysis.stacks) > 1:
         return
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    where = [
-        (c, f) for c in (config, text) for f in CONFIG_FIELDS["num_layers"] if _value(c, f) == n
+    named = [f for c in (config, text) for f in c.to_dict() if "layers" in f]
+    where = [  # the usual names first, the top level's before its text model's (Fuyu's)
+        (c, f)
+        for c in (config, text)
+        for f in dict.fromkeys([*CONFIG_FIELDS["num_layers"], *named])
+        if type(_value(c, f)) is int and _value(c, f) == n
     ]
     if not where:
         raise PlanError(
             f"{type(config).__name__} has no layer count equal to {n}: cannot change depth"
         )
-    owner, field = where[0]  # the top level's, else its text model's (Fuyu's text_config)
+    owner, field = _depth_field(parent, config, where, state.analysis.stacks[0], len(order))
     setattr(owner, field, len(order))
     config = owner
     for field in PER_LAYER:
@@ -201,6 +205,30 @@ def _set_depth(config: Any, state: SurgeryState) -> None:
             kept = {int(k): v for k, v in value.items()}
             setattr(config, field, {j: kept[i] for j, i in enumerate(order) if i in kept})
     _set_stages(config, order)
+
+
+def _depth_field(parent: nn.Module, config: Any, where: list, stack: str, count: int):
+    """Of the fields that hold the parent's layer count, the one that gives `stack`
+    `count` layers and leaves every other module list as long as it was (Whisper's
+    `num_hidden_layers` is its encoder's; its decoder's is `decoder_layers`), tried on
+    the meta device; the first one when none does (the shape checks then say so)."""
+    lists = {p: len(m) for p, m in _module_lists(parent).items()}
+    for owner, field in where:
+        old = getattr(owner, field)
+        setattr(owner, field, count)
+        try:
+            with torch.device("meta"):
+                built = {
+                    p: len(m) for p, m in _module_lists(type(parent)(reloaded(config))).items()
+                }
+        except Exception:  # noqa: BLE001 - the class refuses this value
+            built = {}
+        finally:
+            setattr(owner, field, old)
+        others = all(built.get(p, n) == n for p, n in lists.items() if p != stack)
+        if built.get(stack) == count and others:
+            return owner, field
+    return where[0]
 
 
 def _layer_indices(field: str, value: Any, n: int) -> bool:
@@ -290,13 +318,23 @@ def _mismatches(parent: nn.Module, config: Any, expected: dict[str, tuple], stat
         want = expected.get(state.parent_name(name))  # child layer j: a parent layer's
         if want is not None and tuple(tensor.shape) != want:
             out[name] = (tuple(tensor.shape), want)
-    for stack, kept in state.kept_by_stack().items():
-        owner = stack + "."
-        built = {n[len(owner) :].partition(".")[0] for n in names if n.startswith(owner)}
-        built = sum(i.isdigit() for i in built)
-        if built != len(kept):
-            out[f"the layers under {stack}"] = ((built,), (len(kept),))
+    want = {path: len(m) for path, m in _module_lists(parent).items()}  # as in the parent
+    want.update({stack: len(kept) for stack, kept in state.kept_by_stack().items()})
+    built = _module_lists(probe)
+    for path, n in want.items():
+        if path in built and len(built[path]) != n:
+            out[f"the layers under {path}"] = ((len(built[path]),), (n,))
     return out
+
+
+def _module_lists(model: nn.Module) -> dict[str, nn.ModuleList]:
+    """Every module list of numbered entries (a stack of layers, or any other list: a
+    field that changes the count of one the child keeps is the wrong field)."""
+    return {
+        path: m
+        for path, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and path and all(k.isdigit() for k in m._modules)
+    }
 
 
 def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, state, tries=24):
@@ -375,7 +413,17 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
     _adopt_rebuilt_buffers(model, child)
     _adopt_rebuilt_scalars(parent, model, child, state)
     _check_same(model, child, state)
+    _save_everything(model)
     return model
+
+
+def _save_everything(model: nn.Module) -> None:
+    """Tensors the class leaves out of its files because its constructor computes them
+    (Marian's sinusoidal positions, `_keys_to_ignore_on_save`) are saved all the same: the
+    child's are cut from the parent's, and the constructor would compute others for the
+    child's width."""
+    if getattr(model, "_keys_to_ignore_on_save", None):
+        model._keys_to_ignore_on_save = None
 
 
 def _adopt_rebuilt_buffers(model: nn.Module, child: fx.GraphModule) -> None:

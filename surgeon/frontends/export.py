@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import operator
+import re
+import warnings
 
 import torch
 from torch import fx, nn
@@ -19,11 +21,35 @@ def trace_export(model: nn.Module, inputs: Inputs) -> Graph:
     is called exactly like the model. Its nodes keep `val`, `nn_module_stack` and
     `stack_trace` metadata from export.
     """
-    ep = torch.export.export(model, inputs.args, dict(inputs.kwargs), strict=False)
+    try:
+        ep = torch.export.export(model, inputs.args, dict(inputs.kwargs), strict=False)
+    except Exception as e:
+        if "data-dependent expression" not in str(e) or _on_meta(model):
+            raise
+        ep = _specialised(model, inputs, e)
     module = ep.module()
     _inline_grad_regions(module)
     params = ParamTable.from_module(model, constants=_lifted_constants(ep))
     return Graph(module, params, inputs, "export")
+
+
+def _specialised(model: nn.Module, inputs: Inputs, error: Exception):
+    """The export of a forward that branches on its input values (Longformer's `if
+    is_global_attn:`, LED's, FSMT's): `draft_export` takes the branch the example takes
+    and asserts it at run time, so an input that would take another fails the graph
+    loudly (calibration on such data is refused, never measured on the wrong branch)."""
+    where = re.search(r"Caused by: \((.*?)\)", str(error))
+    warnings.warn(
+        f"{type(model).__name__} branches on its input values"
+        f"{f' ({where.group(1)})' if where else ''}: its graph is traced for inputs that "
+        "take the example's branch, and fails on others",
+        stacklevel=4,
+    )
+    return torch.export.draft_export(model, inputs.args, dict(inputs.kwargs), strict=False)
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(t.device.type == "meta" for t in model.parameters())
 
 
 def _lifted_constants(ep: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:

@@ -86,7 +86,7 @@ class Depth:
         for i in sorted(set(needed) - set(order)):
             raise PlanError(
                 f"depth drops {a.layers[i].name}, but later layers read values it computes "
-                f"besides the stream ({needed[i]}): keep it (depth: influence never drops it)"
+                f"besides the stream ({needed[i]}): keep it (depth: uniform and influence keep it)"
             )
         return order
 
