@@ -15,7 +15,8 @@ from benchmarks.sweep import CHECKS, check_type
 # that change layout, channel-first layer norms), GPT-BigCode (multi-query attention),
 # Whisper's decoder (its head count in decoder_attention_heads, the encoder's apart),
 # SigLIP (an attention-pooling head whose heads follow the layers' cut through the config,
-# nn.MultiheadAttention's unflatten sizes), ViT-MAE (patches shuffled by gather).
+# nn.MultiheadAttention's unflatten sizes), ViT-MAE (patches shuffled by gather), RF-DETR's
+# DINOv2 (windows of patches folded into the attention's batch: not heads).
 # Encoder-decoders that pass: tests/test_stacks.py, on the zoo's T5 and BART.
 PASSING = {
     "gptj": "decoder",
@@ -29,6 +30,7 @@ PASSING = {
     "whisper": "decoder",
     "siglip_vision_model": "vision",
     "vit_mae": "vision",
+    "rf_detr_dinov2": "vision",
 }
 # Refused with one line, never a crash: Doge's residual additions (each scaled by a
 # learnt weight: no layer is found), FSMT's encoder (its own embedding, so a residual

@@ -218,6 +218,10 @@ def _attention(dims: Dims, groups: dict[int, Group]) -> list[_Site]:
         if not contracted:
             continue  # attention · values contracts over positions
         heads = [leaf for a in c.batch for leaf in atoms.leaves(a) if leaf in groups]
+        # heads index the projections' weights beside head_dim; windows of positions
+        # folded into the batch (RF-DETR's windowed attention) index no such weight
+        weights = {n for leaf in contracted for n, _ in groups[leaf].members}
+        heads = [h for h in heads if {n for n, _ in groups[h].members} & weights] or heads
         kv = [leaf for leaf in heads if atoms.find(leaf) not in shared]
         for leaf in contracted:
             if groups[leaf].role != "residual":

@@ -3,7 +3,9 @@ check it with onnxruntime on fresh inputs of other sizes."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +63,44 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | Path) -> Path
     inputs = as_inputs(example_inputs)
     args_spec, kwargs_spec = _dynamic_shapes(inputs)
     model.eval()
+    shapes = _by_signature(model, args_spec, kwargs_spec)
     with tracing_settings(model):  # no KV cache in the outputs
-        torch_onnx_export(
-            "ONNX export",
-            model,
-            inputs.args,
-            path,
-            kwargs=dict(inputs.kwargs),
-            dynamic_shapes=_by_signature(model, args_spec, kwargs_spec),
-        )
+        try:
+            torch_onnx_export(
+                "ONNX export", model, inputs.args, path, kwargs=dict(inputs.kwargs),
+                dynamic_shapes=shapes,
+            )  # fmt: skip
+        except SurgeonError:
+            with _eager_attention(model) as changed:
+                if not changed:
+                    raise
+                torch_onnx_export(
+                    "ONNX export", model, inputs.args, path, kwargs=dict(inputs.kwargs),
+                    dynamic_shapes=shapes,
+                )  # fmt: skip
     return Path(path)
+
+
+@contextlib.contextmanager
+def _eager_attention(model: nn.Module) -> Iterator[bool]:
+    """A Hugging Face model set to its eager attention while exporting again: the
+    exporter re-runs SDPA's output with other strides than export recorded, and a
+    `view` after its transpose fails (T5: "Cannot view a tensor with shape ..."). The
+    file is checked against the model either way. Yields whether it changed anything."""
+    config = getattr(model, "config", None)
+    was = getattr(config, "_attn_implementation", None)
+    if was in (None, "eager") or not hasattr(model, "set_attn_implementation"):
+        yield False
+        return
+    try:
+        model.set_attn_implementation("eager")
+    except Exception:  # noqa: BLE001 - a class without an eager path
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        model.set_attn_implementation(was)
 
 
 def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path, **options):
