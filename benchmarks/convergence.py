@@ -22,7 +22,7 @@ hyper-parameters) and test (read only for the reported curves).
 
 Prints a table; writes JSON and a PNG of the curves (mean over seeds, range shaded).
 
-    .venv/bin/python benchmarks/convergence.py     # CPU: 81 min on a busy 2-core machine
+    .venv/bin/python benchmarks/convergence.py     # CPU: 75 min on a busy 2-core machine
     .venv/bin/python benchmarks/convergence.py --device cuda --steps 2000 --batch 32 \\
         --seq-len 256 --target 10,384,1024,6,2
 """

@@ -203,7 +203,7 @@ def _print(summary: dict, out: Path) -> None:
     if s.get("causal_lm"):  # what benchmarks/convergence.py measured (a Llama)
         print(
             "hint: train it with AdamW at lr 3e-3 (chosen on validation for the surgeon init "
-            "in benchmarks/convergence.py, where strong weight decay helped: 10, the grid's "
-            "largest, won), distilling from the parent: surgeon distill --child OUT "
+            "in benchmarks/convergence.py, with a strong weight decay: 10, which beat 3 and "
+            "30), distilling from the parent: surgeon distill --child OUT "
             "--teacher PARENT --data FILE (docs/training.md)"
         )
