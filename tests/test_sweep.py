@@ -16,7 +16,8 @@ from benchmarks.sweep import CHECKS, check_type
 # Whisper's decoder (its head count in decoder_attention_heads, the encoder's apart),
 # SigLIP (an attention-pooling head whose heads follow the layers' cut through the config,
 # nn.MultiheadAttention's unflatten sizes), ViT-MAE (patches shuffled by gather), RF-DETR's
-# DINOv2 (windows of patches folded into the attention's batch: not heads).
+# DINOv2 (windows of patches folded into the attention's batch: not heads), XLM (each layer
+# spread over four module lists: attentions.i, layer_norm1.i, ffns.i, layer_norm2.i).
 # Encoder-decoders that pass: tests/test_stacks.py, on the zoo's T5 and BART.
 PASSING = {
     "gptj": "decoder",
@@ -31,6 +32,7 @@ PASSING = {
     "siglip_vision_model": "vision",
     "vit_mae": "vision",
     "rf_detr_dinov2": "vision",
+    "xlm": "encoder",
 }
 # Refused with one line, never a crash: Doge's residual additions (each scaled by a
 # learnt weight: no layer is found), FSMT's encoder (its own embedding, so a residual
@@ -68,3 +70,19 @@ def test_multi_query_attention_keeps_its_one_key_value_head():
         surgeon.apply(parent, {"target": {"num_heads": 2, "num_kv_heads": 2}})
     child = surgeon.apply(parent, {"target": {"num_heads": 2, "hidden_size": 32}})
     assert child.config.n_head == 2 and child.config.multi_query
+
+
+def test_a_layer_spread_over_several_module_lists_is_one_layer():
+    import surgeon
+    from benchmarks.sweep import build
+
+    model, inputs = build("xlm")[:2]
+    analysis = surgeon.prepare(model, inputs).analysis
+    parts = ("attentions", "layer_norm1", "ffns", "layer_norm2")
+    assert [sorted(layer.parts) for layer in analysis.layers] == [
+        sorted(f"transformer.{p}.{i}" for p in parts) for i in range(4)
+    ]
+    assert analysis.stacks == ["transformer.attentions"]
+    assert analysis.couplings["other_stacks"] == []
+    with pytest.raises(surgeon.PlanError, match="whose parts lie in several module lists"):
+        surgeon.apply(model, {"depth": [0, 0, 1]}, example_inputs=inputs)

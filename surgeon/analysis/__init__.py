@@ -22,7 +22,7 @@ from ..frontends import Graph, tensor_of
 from .atoms import Atoms
 from .dims import Dims, discover_dims
 from .registry import register_rule, rule_for, unregister_rule
-from .residual import Block, find_blocks, layer_span, residual_root
+from .residual import NUMBERED, Block, find_blocks, layer_span, residual_root
 
 __all__ = [
     "ROLES",
@@ -76,6 +76,8 @@ class LayerInfo:
     ffn: list[int] = field(default_factory=list)  # its FFN groups (their sizes add up)
     experts: list[int] = field(default_factory=list)  # its groups of routed experts
     num_experts: int = 0
+    parts: list[str] = field(default_factory=list)  # its modules: name, and any entry
+    # of another list with its index that its blocks read (XLM's ffns.3 beside attentions.3)
 
     @property
     def stack(self) -> str:
@@ -173,9 +175,36 @@ def _layers(blocks: list[Block]) -> list[LayerInfo]:
     for b in blocks:
         if b.layer is not None:
             layers.setdefault(b.layer, LayerInfo(b.layer, [])).blocks.append(b)
+    layers = _merge_parallel(layers)
     for layer in layers.values():
-        layer.input, layer.output, layer.nodes = layer_span(layer.blocks, layer.name)
+        index = layer.name.rpartition(".")[2]
+        numbered = (m.group(1) for b in layer.blocks for p in b.params if (m := NUMBERED.match(p)))
+        parts = [p for p in dict.fromkeys(numbered) if p.rpartition(".")[2] == index]
+        layer.parts = list(dict.fromkeys([layer.name, *parts]))
+        layer.input, layer.output, layer.nodes = layer_span(layer.blocks, layer.parts)
+        read = (a.target for n in layer.nodes for a in n.all_input_nodes if a.op == "get_attr")
+        numbered = (m.group(1) for t in read if (m := NUMBERED.match(t)))
+        more = [p for p in numbered if p.rpartition(".")[2] == index]  # a post-norm's list
+        layer.parts = list(dict.fromkeys([*layer.parts, *more]))
     return list(layers.values())
+
+
+def _merge_parallel(layers: dict[str, LayerInfo]) -> dict[str, LayerInfo]:
+    """Module lists that hold the parts of one layer each (XLM: `attentions.i` then
+    `ffns.i`, for every i): their entries run interleaved, i by i, so entry i of every such
+    list is one layer, named after the first list's. Lists that run one after the other
+    (an encoder's, then a decoder's) stay stacks of their own."""
+    order = [(name.rpartition(".")[0], name.rpartition(".")[2]) for name in layers]
+    lists = list(dict.fromkeys(owner for owner, _ in order))
+    indices = list(dict.fromkeys(i for _, i in order))
+    if len(lists) < 2 or order != [(owner, i) for i in indices for owner in lists]:
+        return layers
+    merged: dict[str, LayerInfo] = {}
+    for i in indices:
+        first = layers[f"{lists[0]}.{i}"]
+        first.blocks = [b for owner in lists for b in layers[f"{owner}.{i}"].blocks]
+        merged[first.name] = first
+    return merged
 
 
 def _groups(graph: Graph, dims: Dims) -> dict[int, Group]:
@@ -407,5 +436,6 @@ def _other_stacks(analysis: Analysis, kinds: dict[str, str]) -> list[str]:
         prefix = name[: found.start()]
         if not any(prefix == s or prefix.startswith(s + ".") for s in stacks):
             indices.setdefault(prefix, set()).add(found.group(1))
-    lists = [p for p, i in indices.items() if len(i) > 1]
+    parts = {part.rpartition(".")[0] for layer in analysis.layers for part in layer.parts}
+    lists = [p for p, i in indices.items() if len(i) > 1 and p not in parts]
     return sorted(p for p in lists if not any(p.startswith(q + ".") for q in lists))

@@ -11,7 +11,7 @@ from torch import fx
 from .dims import Dims
 from .registry import RULES, rule_for
 
-__all__ = ["Block", "residual_root", "find_blocks", "layer_span", "HEAVY"]
+__all__ = ["Block", "residual_root", "find_blocks", "layer_span", "HEAVY", "NUMBERED"]
 
 # The built-in ops that mix the features of a residual-stream activation (`mixes_stream`
 # in the table): kept for callers that read a set; the analysis asks the table.
@@ -140,18 +140,27 @@ def _between(start: fx.Node, end: fx.Node, stream: set[fx.Node]) -> set[fx.Node]
     return (behind & ahead) - {start}
 
 
-def layer_span(blocks: list[Block], path: str) -> tuple[fx.Node, fx.Node, set[fx.Node]]:
+def layer_span(blocks: list[Block], paths: list[str]) -> tuple[fx.Node, fx.Node, set[fx.Node]]:
     """A layer's input (the stream value it reads, before any layout change of its own),
     output (the stream value it leaves: its last residual addition, or the norm or
-    permute after it) and the nodes between them."""
+    permute after it) and the nodes between them. `paths`: its modules (one, or one per
+    module list it spans: XLM's `attentions.3`, `layer_norm1.3`, `ffns.3`, ...)."""
     start = blocks[0].skip
     end = blocks[-1].add
+    index = paths[0].rpartition(".")[2]
+
+    def within(node: fx.Node) -> bool:  # its modules, or another list's entry of its index
+        stack = node.meta.get("nn_module_stack") or {}
+        numbered = (NUMBERED.match(p) for p, _ in stack.values())
+        same = any(m and m.group(1).rpartition(".")[2] == index for m in numbered)
+        return same or any(_in_module(node, p) for p in paths)
+
     while True:  # follow the stream while it stays inside the layer's modules
-        inside = [u for u in end.users if _in_module(u, path)]
+        inside = [u for u in end.users if within(u)]
         if len(inside) != 1 or len(end.users) != 1:
             break
         end = inside[0]
-    while _shape(start) != _shape(end) and _in_module(start, path):
+    while _shape(start) != _shape(end) and any(_in_module(start, p) for p in paths):
         if len(start.all_input_nodes) != 1:
             break
         start = start.all_input_nodes[0]  # the layer's own change of layout (ViTDet's permute)
@@ -168,11 +177,11 @@ def _in_module(node: fx.Node, path: str) -> bool:
     return any(p == path or p.startswith(path + ".") for p, _ in stack.values())
 
 
-_NUMBERED = re.compile(r"^(.*?\.\d+)(\.|$)")
+NUMBERED = re.compile(r"^(.*?\.\d+)(\.|$)")
 
 
 def _layer_of(params: list[str]) -> str | None:
     """Layers are the numbered entries of a module list: `model.layers.3.mlp.up.weight` is in
     layer `model.layers.3`. A block belongs to the layer most of its tensors are in."""
-    counts = Counter(m.group(1) for p in params if (m := _NUMBERED.match(p)))
+    counts = Counter(m.group(1) for p in params if (m := NUMBERED.match(p)))
     return counts.most_common(1)[0][0] if counts else None

@@ -189,7 +189,7 @@ def _set_depth(parent: nn.Module, config: Any, state: SurgeryState) -> None:
         raise PlanError(
             f"{type(config).__name__} has no layer count equal to {n}: cannot change depth"
         )
-    owner, field = _depth_field(parent, config, where, state.analysis.stacks[0], len(order))
+    owner, field = _depth_field(parent, config, where, set(state.lists()), len(order))
     setattr(owner, field, len(order))
     config = owner
     for field in PER_LAYER:
@@ -207,9 +207,10 @@ def _set_depth(parent: nn.Module, config: Any, state: SurgeryState) -> None:
     _set_stages(config, order)
 
 
-def _depth_field(parent: nn.Module, config: Any, where: list, stack: str, count: int):
-    """Of the fields that hold the parent's layer count, the one that gives `stack`
-    `count` layers and leaves every other module list as long as it was (Whisper's
+def _depth_field(parent: nn.Module, config: Any, where: list, stack: set[str], count: int):
+    """Of the fields that hold the parent's layer count, the one that gives the lists of
+    `stack` (one, or the several a layer spans) `count` entries and leaves every other
+    module list as long as it was (Whisper's
     `num_hidden_layers` is its encoder's; its decoder's is `decoder_layers`), tried on
     the meta device; the first one when none does (the shape checks then say so)."""
     lists = {p: len(m) for p, m in _module_lists(parent).items()}
@@ -225,8 +226,8 @@ def _depth_field(parent: nn.Module, config: Any, where: list, stack: str, count:
             built = {}
         finally:
             setattr(owner, field, old)
-        others = all(built.get(p, n) == n for p, n in lists.items() if p != stack)
-        if built.get(stack) == count and others:
+        others = all(built.get(p, n) == n for p, n in lists.items() if p not in stack)
+        if all(built.get(p) == count for p in stack) and others:
             return owner, field
     return where[0]
 
@@ -319,7 +320,7 @@ def _mismatches(parent: nn.Module, config: Any, expected: dict[str, tuple], stat
         if want is not None and tuple(tensor.shape) != want:
             out[name] = (tuple(tensor.shape), want)
     want = {path: len(m) for path, m in _module_lists(parent).items()}  # as in the parent
-    want.update({stack: len(kept) for stack, kept in state.kept_by_stack().items()})
+    want.update({path: len(kept) for path, kept in state.lists().items()})
     built = _module_lists(probe)
     for path, n in want.items():
         if path in built and len(built[path]) != n:

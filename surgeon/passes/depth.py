@@ -83,6 +83,12 @@ class Depth:
                 order += [index[j] for j in choose_layers(len(index), self.strategy, k, scores)]
             except PlanError as e:
                 raise PlanError(f"{stack}: {e}" if len(a.stacks) > 1 else str(e)) from None
+        for i in sorted({i for i in order if order.count(i) > 1}):
+            if len({p.rpartition(".")[0] for p in a.layers[i].parts}) > 1:
+                raise PlanError(
+                    f"depth duplicates {a.layers[i].name}, whose parts lie in several module "
+                    f"lists ({', '.join(a.layers[i].parts)}): surgeon cannot copy such a layer"
+                )
         for i in sorted(set(needed) - set(order)):
             raise PlanError(
                 f"depth drops {a.layers[i].name}, but later layers read values it computes "

@@ -102,12 +102,21 @@ class SurgeryState:
         layers = self.analysis.layers
         if self.layers is None or not layers:
             return child_name
-        for stack, kept in self.kept_by_stack().items():
-            owner = stack + "."
-            if not child_name.startswith(owner):
+        for owner, kept in self.lists().items():
+            if not child_name.startswith(owner + "."):
                 continue
-            index, _, rest = child_name[len(owner) :].partition(".")
+            index, _, rest = child_name[len(owner) + 1 :].partition(".")
             if not index.isdigit() or int(index) >= len(kept):
                 return child_name
-            return f"{layers[kept[int(index)]].name}.{rest}"
+            return f"{owner}.{layers[kept[int(index)]].name.rpartition('.')[2]}.{rest}"
         return child_name
+
+    def lists(self) -> dict[str, list[int]]:
+        """Every module list that holds layers or parts of them (XLM's `ffns` beside its
+        `attentions`), with the parent layer behind each of its child entries."""
+        out = {}
+        for stack, kept in self.kept_by_stack().items():
+            for layer in self.analysis.layers:
+                if layer.stack == stack:
+                    out.update({part.rpartition(".")[0]: kept for part in layer.parts})
+        return out
