@@ -13,6 +13,7 @@ in-memory and streamed paths differ only in where the parent's tensors are read 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -115,10 +116,10 @@ RANDOM = {  # ops whose output is drawn at random (a masked autoencoder's noise)
 
 def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
     """Refuse, in one line, what the analysis would report wrongly: a forward that draws
-    random numbers (no output to preserve), a layer whose weights are applied several
-    times (ALBERT shares one layer across the depth), or a list of layers of which the
-    traced forward reaches only some (cross-attention layers that run only with an
-    image)."""
+    random numbers (no output to preserve), or a list of layers of which the traced
+    forward reaches only some (cross-attention layers that run only with an image). Mark
+    the layers whose weights are applied several times (ALBERT shares one layer across
+    the depth): their widths can be cut, but they cannot be removed or copied."""
     from .analysis.context import source_line
     from .analysis.registry import rule_key
 
@@ -129,12 +130,8 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
                 f"at {source_line(node)}): surgeon needs a forward that gives one output"
             )
     for layer in analysis.layers:
-        seen = [p for b in layer.blocks for p in dict.fromkeys(b.params)]
-        if len(seen) != len(set(seen)):
-            raise SurgeonError(
-                f"{type(model).__name__} applies the weights of {layer.name} several times "
-                "in one forward (layers that share weights): surgeon cannot cut such layers"
-            )
+        seen = Counter(p for b in layer.blocks for p in dict.fromkeys(b.params))
+        layer.applied = max(seen.values(), default=1)  # ALBERT: one layer, applied 12 times
     for stack in analysis.stacks:
         try:
             modules = model.get_submodule(stack)
@@ -292,6 +289,13 @@ def runner(parent: Parent, device: str = "cpu") -> Runner:
         raise PlanError(
             f"{parent.folder} has {len(stacks)} stacks of layers ({', '.join(stacks)}): "
             "calibration runs one stack layer by layer; load the model and pass it to "
+            "surgeon.apply, or choose a data-free plan (recipe: data-free)"
+        )
+    repeated = [layer.name for layer in parent.analysis.layers if layer.applied > 1]
+    if repeated:
+        raise PlanError(
+            f"{parent.folder}: {repeated[0]} is applied several times in one forward, so "
+            "calibration cannot run it layer by layer; load the model and pass it to "
             "surgeon.apply, or choose a data-free plan (recipe: data-free)"
         )
     cuts = [layer.output for layer in parent.analysis.layers]

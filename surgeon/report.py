@@ -44,6 +44,8 @@ class Report:
                 "num_experts": layer.num_experts,
                 "blocks": len(layer.blocks),
             }
+            if layer.applied > 1:  # one module applied several times (ALBERT)
+                entry["applied"] = layer.applied
             if self.ratios is not None:
                 entry["residual_ratio"] = [self.ratios[block_index[id(b)]] for b in layer.blocks]
             layers.append(entry)

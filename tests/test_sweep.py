@@ -86,3 +86,19 @@ def test_a_layer_spread_over_several_module_lists_is_one_layer():
     assert analysis.couplings["other_stacks"] == []
     with pytest.raises(surgeon.PlanError, match="whose parts lie in several module lists"):
         surgeon.apply(model, {"depth": [0, 0, 1]}, example_inputs=inputs)
+
+
+def test_a_layer_applied_several_times_is_cut_in_width_only():
+    import surgeon
+    from benchmarks.sweep import build
+
+    model, inputs = build("albert")[:2]  # one layer's weights, applied 4 times
+    parent = surgeon.prepare(model, inputs)
+    assert [layer.applied for layer in parent.analysis.layers] == [4]
+    assert surgeon.inspect(parent).to_dict()["layers"][0]["applied"] == 4
+    target = {"hidden_size": 32, "intermediate_size": 64, "num_heads": 2}
+    child = surgeon.apply(parent, {"target": target})
+    assert (child.config.hidden_size, child.config.intermediate_size) == (32, 64)
+    assert child.config.num_hidden_layers == 4
+    with pytest.raises(surgeon.PlanError, match="is applied 4 times in one forward"):
+        surgeon.apply(parent, {"depth": [0, 0]})

@@ -76,6 +76,7 @@ class LayerInfo:
     ffn: list[int] = field(default_factory=list)  # its FFN groups (their sizes add up)
     experts: list[int] = field(default_factory=list)  # its groups of routed experts
     num_experts: int = 0
+    applied: int = 1  # how many times its weights are applied in one forward
     parts: list[str] = field(default_factory=list)  # its modules: name, and any entry
     # of another list with its index that its blocks read (XLM's ffns.3 beside attentions.3)
 

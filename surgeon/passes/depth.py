@@ -83,6 +83,14 @@ class Depth:
                 order += [index[j] for j in choose_layers(len(index), self.strategy, k, scores)]
             except PlanError as e:
                 raise PlanError(f"{stack}: {e}" if len(a.stacks) > 1 else str(e)) from None
+        changed = order != list(range(len(a.layers)))
+        for layer in a.layers if changed else []:
+            if layer.applied > 1:
+                raise PlanError(
+                    f"{layer.name} is applied {layer.applied} times in one forward (layers that "
+                    "share weights): surgeon cannot remove or copy such layers; cut widths "
+                    "only (leave num_layers out)"
+                )
         for i in sorted({i for i in order if order.count(i) > 1}):
             if len({p.rpartition(".")[0] for p in a.layers[i].parts}) > 1:
                 raise PlanError(
