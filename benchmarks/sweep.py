@@ -441,8 +441,12 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
     def inspect():
         report = state["report"] = surgeon.inspect(state["parent"]).to_dict()
         layers, hidden = _layers_and_hidden(model.config)
-        # a layer applied several times (ALBERT's one layer, 4 times) counts each time
-        found = (sum(x.get("applied", 1) for x in report["layers"]), report["hidden_size"])
+        # layers applied several times: configs count the modules (Dory: 4 layers, each
+        # applied twice) or the applications (ALBERT: one layer, applied 4 times)
+        found = (len(report["layers"]), report["hidden_size"])
+        applied = sum(x.get("applied", 1) for x in report["layers"])
+        if applied == layers != found[0]:
+            found = (applied, found[1])
         if not found[0]:
             raise NoLayers(f"surgeon inspect finds no residual layers (config: {layers})")
         other = state["parent"].analysis.couplings["other_stacks"]
