@@ -106,9 +106,9 @@ class Depth:
 
 
 def read_by_others(layers: list) -> dict[int, str]:
-    """Layers that compute values other layers read besides the residual stream (T5's
-    first layer computes the relative position bias every layer adds to its attention
-    scores): index -> where, as `source_line` says it. Removing such a layer would leave
+    """Layers whose weights reach values other layers read besides the residual stream
+    (T5's first layer computes the relative position bias every layer adds to its
+    attention scores): index -> where, as `source_line` says it. Removing such a layer would leave
     its computation behind, on weights the child's class no longer has there."""
     from ..analysis.context import source_line
 
@@ -120,7 +120,8 @@ def read_by_others(layers: list) -> dict[int, str]:
         graph = next(iter(layer.nodes)).graph
         prefix = layer.name + "."
         params = [n for n in graph.nodes if n.op == "get_attr" and n.target.startswith(prefix)]
-        seen, stack = set(), [*params, *(n for n in layer.nodes if n is not layer.output)]
+        seen, stack = set(), params  # what its weights reach (not what it passes on of
+        # the masks and positions it was given: DeBERTa's, I-BERT's)
         while stack and i not in out:
             node = stack.pop()
             for user in node.users:
