@@ -78,7 +78,7 @@ class LayerInfo:
     num_experts: int = 0
     applied: int = 1  # how many times its weights are applied in one forward
     parts: list[str] = field(default_factory=list)  # its modules: name, and any entry
-    # of another list with its index that its blocks read (XLM's ffns.3 beside attentions.3)
+    # of another list with its index that its blocks read (an `ffns.3` beside `attentions.3`)
 
     @property
     def stack(self) -> str:
@@ -191,7 +191,7 @@ def _layers(blocks: list[Block]) -> list[LayerInfo]:
 
 
 def _merge_parallel(layers: dict[str, LayerInfo]) -> dict[str, LayerInfo]:
-    """Module lists that hold the parts of one layer each (XLM: `attentions.i` then
+    """Module lists that hold the parts of one layer each (`attentions.i` then
     `ffns.i`, for every i): their entries run interleaved, i by i, so entry i of every such
     list is one layer, named after the first list's. Lists that run one after the other
     (an encoder's, then a decoder's) stay stacks of their own."""
@@ -249,7 +249,7 @@ def _attention(dims: Dims, groups: dict[int, Group]) -> list[_Site]:
             continue  # attention · values contracts over positions
         heads = [leaf for a in c.batch for leaf in atoms.leaves(a) if leaf in groups]
         # heads index the projections' weights beside head_dim; windows of positions
-        # folded into the batch (RF-DETR's windowed attention) index no such weight
+        # folded into the batch (windowed attention) index no such weight
         weights = {n for leaf in contracted for n, _ in groups[leaf].members}
         heads = [h for h in heads if {n for n, _ in groups[h].members} & weights] or heads
         kv = [leaf for leaf in heads if atoms.find(leaf) not in shared]
@@ -426,7 +426,7 @@ def _couplings(analysis: Analysis, kinds: dict[str, str]) -> dict[str, list]:
 
 def _other_stacks(analysis: Analysis, kinds: dict[str, str]) -> list[str]:
     """Numbered lists of modules whose weights the forward reads but which hold none of
-    the layers found (Whisper's or FSMT's encoder, on a residual stream of its own that
+    the layers found (an encoder with its own input embedding, on a residual stream of its own that
     their decoder reads through cross-attention only): kept as they are."""
     stacks = analysis.stacks
     indices: dict[str, set[str]] = {}

@@ -51,7 +51,7 @@ def unsupported(node: fx.Node) -> UnsupportedOpError:
 
 def live_nodes(graph: fx.Graph) -> set[fx.Node]:
     """The nodes whose values reach the output, with the runtime shape checks (`_assert_*`)
-    of such values: a value computed and never read (BART's `inputs_embeds[:, :, -1]`,
+    of such values: a value computed and never read (`inputs_embeds[:, :, -1]`,
     "needed for the shape only") is not."""
 
     def is_check(n: fx.Node) -> bool:

@@ -144,7 +144,7 @@ def layer_span(blocks: list[Block], paths: list[str]) -> tuple[fx.Node, fx.Node,
     """A layer's input (the stream value it reads, before any layout change of its own),
     output (the stream value it leaves: its last residual addition, or the norm or
     permute after it) and the nodes between them. `paths`: its modules (one, or one per
-    module list it spans: XLM's `attentions.3`, `layer_norm1.3`, `ffns.3`, ...)."""
+    module list it spans: `attentions.3`, `layer_norm1.3`, `ffns.3`, ...)."""
     start = blocks[0].skip
     end = blocks[-1].add
     index = paths[0].rpartition(".")[2]

@@ -6,9 +6,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
+
 from ..analysis.measure import layer_influence
 from ..errors import PlanError
-from .state import SurgeryState
+from .state import SurgeryState, check_stack_names
 
 __all__ = ["Depth", "choose_layers"]
 
@@ -60,12 +62,7 @@ class Depth:
         `model.decoder.layers`), each stack cut to its own `num_layers` (`stacks`) or the
         plan's."""
         a = state.analysis
-        unknown = sorted(set(self.stacks) - set(a.stacks))
-        if unknown:
-            raise PlanError(
-                f"stacks.{unknown[0]}: no such stack of layers; this model's: "
-                f"{', '.join(a.stacks) or 'none'}"
-            )
+        check_stack_names(a, self.stacks)
         if isinstance(self.strategy, tuple) and len(a.stacks) > 1:
             raise PlanError(
                 f"depth lists layers, but this model has {len(a.stacks)} stacks of layers "
@@ -107,21 +104,20 @@ class Depth:
 
 def read_by_others(layers: list) -> dict[int, str]:
     """Layers whose weights reach values other layers read besides the residual stream
-    (T5's first layer computes the relative position bias every layer adds to its
-    attention scores): index -> where, as `source_line` says it. Removing such a layer would leave
-    its computation behind, on weights the child's class no longer has there."""
+    (a first layer that computes a relative position bias every layer adds to its
+    attention scores): index -> where, as `source_line` says it. Removing such a layer
+    would leave its computation behind, on weights the child's class no longer has."""
     from ..analysis.context import source_line
 
     owner = {n: i for i, layer in enumerate(layers) for n in layer.nodes}
+    graph = next((next(iter(layer.nodes)).graph for layer in layers if layer.nodes), None)
+    reads = [n for n in graph.nodes if n.op == "get_attr"] if graph is not None else []
     out: dict[int, str] = {}
     for i, layer in enumerate(layers):
-        if not layer.nodes:
-            continue
-        graph = next(iter(layer.nodes)).graph
-        prefix = layer.name + "."
-        params = [n for n in graph.nodes if n.op == "get_attr" and n.target.startswith(prefix)]
-        seen, stack = set(), params  # what its weights reach (not what it passes on of
-        # the masks and positions it was given: DeBERTa's, I-BERT's)
+        prefixes = tuple(part + "." for part in layer.parts or [layer.name])
+        # what its weights reach (not what it passes on of the masks and positions it got)
+        stack = [n for n in reads if n.target.startswith(prefixes)]
+        seen: set = set()
         while stack and i not in out:
             node = stack.pop()
             for user in node.users:
@@ -175,6 +171,4 @@ def choose_layers(
 
 def _computes(node) -> bool:
     """Whether a node computes a tensor (not the graph's output, not a runtime check)."""
-    import torch
-
     return node.op == "call_function" and isinstance(node.meta.get("val"), torch.Tensor)

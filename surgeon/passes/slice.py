@@ -9,7 +9,7 @@ import torch
 
 from ..analysis import Analysis
 from ..errors import PlanError
-from .state import SurgeryState
+from .state import SurgeryState, check_stack_names
 
 __all__ = ["SIZES", "Slice", "resolve_target"]
 
@@ -110,12 +110,7 @@ def resolve_target(
 def _stream_size(analysis: Analysis, target: Mapping, stacks: Mapping) -> dict[str, int]:
     """The residual width a per-stack entry gives (all stacks read one stream: their
     widths must agree); `PlanError` for a stack the model does not have."""
-    unknown = sorted(set(stacks) - set(analysis.stacks))
-    if unknown:
-        raise PlanError(
-            f"stacks.{unknown[0]}: no such stack of layers; this model's: "
-            f"{', '.join(analysis.stacks) or 'none'}"
-        )
+    check_stack_names(analysis, stacks)
     widths = {s.get("hidden_size") for s in stacks.values()} | {target.get("hidden_size")}
     widths.discard(None)
     if len(widths) > 1:

@@ -10,9 +10,20 @@ from typing import Any
 import torch
 
 from ..analysis import Analysis
+from ..errors import PlanError
 from ..frontends import Graph, tensor_of
 
-__all__ = ["SurgeryState"]
+__all__ = ["SurgeryState", "check_stack_names"]
+
+
+def check_stack_names(analysis: Analysis, names) -> None:
+    """`PlanError` for a plan's stack (`stacks:`) the model does not have."""
+    unknown = sorted(set(names) - set(analysis.stacks))
+    if unknown:
+        raise PlanError(
+            f"stacks.{unknown[0]}: no such stack of layers; this model's: "
+            f"{', '.join(analysis.stacks) or 'none'}"
+        )
 
 
 @dataclass
@@ -112,7 +123,7 @@ class SurgeryState:
         return child_name
 
     def lists(self) -> dict[str, list[int]]:
-        """Every module list that holds layers or parts of them (XLM's `ffns` beside its
+        """Every module list that holds layers or parts of them (an `ffns` list beside its
         `attentions`), with the parent layer behind each of its child entries."""
         out = {}
         for stack, kept in self.kept_by_stack().items():
