@@ -125,6 +125,12 @@ FIXUPS: dict[str, tuple[dict, str]] = {
     ),
 }
 
+# Types whose forward cannot run here as it runs where it is used: not buildable.
+NOT_RUNNABLE = {
+    "mra": "its attention is a CUDA kernel of its own; without one (this machine) the "
+    "forward returns zeros for every attention output",
+}
+
 # The head class tried first wins: an encoder-decoder's own model is its seq2seq LM (not
 # the decoder alone that some also register as a causal LM); BERT's is its masked LM.
 _MAPPINGS = (
@@ -293,6 +299,8 @@ def build(model_type: str):
     cannot build or run the tiny model."""
     import torch
 
+    if model_type in NOT_RUNNABLE:
+        raise RuntimeError(NOT_RUNNABLE[model_type])
     cls, mapping = head_class(model_type)
     config = tiny_config(model_type)
     torch.manual_seed(0)

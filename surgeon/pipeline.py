@@ -372,10 +372,12 @@ def _follow_axis(state: SurgeryState, axis: int, size: int) -> bool:
 
 
 def _planned(state: SurgeryState) -> SurgeryState:
-    """Before the passes run, a state whose selections have the sizes `keep` gives."""
-    if state.select or not state.keep:
+    """Before the passes run, a state whose selections have the sizes `keep` gives
+    (beside those a check already made: depth's of per-layer inputs)."""
+    if all(g in state.select for g in state.keep):
         return state
-    return replace(state, select={g: torch.arange(k) for g, k in state.keep.items()})
+    planned = {g: torch.arange(k) for g, k in state.keep.items()}
+    return replace(state, select={**planned, **state.select})
 
 
 def expected_shapes(state: SurgeryState) -> dict[str, tuple]:

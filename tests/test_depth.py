@@ -214,3 +214,16 @@ def test_bad_depth_plans_are_plan_errors(plan, message):
     model, example = zoo.build("llama")
     with pytest.raises(PlanError, match=message.replace("(", r"\(").replace(")", r"\)")):
         surgeon.apply(model, plan, example_inputs=example)
+
+
+def test_a_post_norm_written_out_is_the_stream_not_a_value_others_read():
+    from surgeon.passes.depth import read_by_others
+
+    model, example = zoo.post_norm_layers()
+    parent = surgeon.prepare(model, example)
+    assert len(parent.analysis.layers) == 3 and read_by_others(parent.analysis.layers) == {}
+    child = surgeon.apply(parent, {"depth": "first", "target": {"num_layers": 2}})
+    x = example[0]
+    for i in (1, 2):
+        x = model.norms[i](x + model.layers[i](x))
+    torch.testing.assert_close(child(example[0]), model.head(x))

@@ -184,3 +184,20 @@ def test_hf_models_trace_without_example_inputs(name):
     torch.testing.assert_close(
         output_tensors(inputs.call(graph))[0], output_tensors(inputs.call(model))[0]
     )
+
+
+def test_in_place_ops_on_computed_values_become_out_of_place():
+    import surgeon
+    from surgeon.analysis import analyse
+    from surgeon.pipeline import Parent
+
+    model, example = zoo.scaled_layers()
+    graph = trace(model, example, frontend="export")  # torch.fx keeps `imul` as a value
+    targets = {str(n.target) for n in graph.module.graph.nodes}
+    assert "aten.mul_.Tensor" not in targets and "aten.mul.Tensor" in targets
+    child = surgeon.apply(Parent(model, graph, analyse(graph)), {"depth": [0, 2]})
+    x, want = example[0], example[0]
+    for i in (0, 2):  # the dropped layer neither runs nor scales the stream in place
+        layer = model.layers[i]
+        want = (want + layer.lin(want)) * layer.scale
+    torch.testing.assert_close(child(x), model.head(want))

@@ -350,3 +350,26 @@ def test_rules_do_not_name_their_op():
 
     text = Path(rules.__file__).read_text()
     assert "rule_key" not in text and "node.target" not in text and "node.args" not in text
+
+
+def test_overlapping_chunks_read_with_as_strided_are_windows():
+    model, example = zoo.chunks()
+    graph = trace(model, example, frontend="export")
+    ops = {str(n.target) for n in graph.module.graph.nodes}
+    assert "aten.as_strided.default" not in ops and "aten.unfold.default" in ops
+    torch.testing.assert_close(graph.module(*example), model(*example))
+    analysis, free = _check_groups(graph)
+    assert [g.size for g in free] == [4]  # head_dim; the heads are the output's batch
+
+
+def test_a_view_past_an_axis_refined_otherwise_keeps_its_trailing_axes():
+    from surgeon.analysis.atoms import Atoms, Refinement
+
+    atoms = Atoms()
+    seq, four, two = atoms.new(8), atoms.new(4), atoms.new(2)
+    atoms.refinement[seq] = Refinement("prod", (four, two))  # another op saw 8 as 4 x 2
+    atoms.refinement[four] = Refinement("cat", (atoms.new(3), atoms.new(1)))
+    d, e = atoms.new(16), atoms.new(16)
+    atoms.unify_seq([seq, d], [atoms.new(2), atoms.new(4), e])  # [8, 16] viewed as [2, 4, 16]
+    assert atoms.find(d) == atoms.find(e)
+    assert atoms.find(d) not in atoms.pinned and atoms.find(four) in atoms.pinned

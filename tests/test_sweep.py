@@ -16,7 +16,9 @@ from benchmarks.sweep import CHECKS, check_type
 # Whisper's decoder (its head count in decoder_attention_heads, the encoder's apart),
 # SigLIP (an attention-pooling head whose heads follow the layers' cut through the config,
 # nn.MultiheadAttention's unflatten sizes), ViT-MAE (patches shuffled by gather), RF-DETR's
-# DINOv2 (windows of patches folded into the attention's batch: not heads). XLM and ALBERT
+# DINOv2 (windows of patches folded into the attention's batch: not heads), EmbeddingGemma
+# 2 (per-layer inputs: one projection whose rows are cut with the layers; each layer's
+# output scaled in place). XLM and ALBERT
 # have tests of their own below.
 # Encoder-decoders that pass: tests/test_stacks.py, on the zoo's T5 and BART.
 PASSING = {
@@ -32,6 +34,7 @@ PASSING = {
     "siglip_vision_model": "vision",
     "vit_mae": "vision",
     "rf_detr_dinov2": "vision",
+    "embedding_gemma2_text": "encoder",
 }
 # Refused with one line, never a crash: Doge's residual additions (each scaled by a
 # learnt weight: no layer is found), FSMT's encoder (its own embedding, so a residual

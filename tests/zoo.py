@@ -535,6 +535,10 @@ OP_CASES = {
         lambda h: torch.cat([h[:, :1] * 0 + 1, h], 1).reshape(2, 2, 2, 12).flatten(1, 2),
         12,
     ),
+    # overlapping windows of the sequence (Longformer's chunks, written with unfold)
+    "unfold": (lambda h: h.unfold(1, 2, 1).sum(-1), 12),
+    # an in-place op on a computed value (`hidden_states *= self.layer_scalar`)
+    "inplace_mul": (lambda h: (h + 1).mul_(2), 12),
     # Falcon's fused multi-query layout: 4 query heads, then one key and one value head
     "constant_index": (
         lambda h: (h.view(2, 3, 6, 2)[:, :, :-2] * h.view(2, 3, 6, 2)[:, :, [-2]]).flatten(2),
@@ -549,6 +553,98 @@ def op_case(name: str):
     fn = fn() if isinstance(fn, type) else fn
     g = torch.Generator().manual_seed(SEED + 1)
     return _OpCase(fn, width).eval(), (torch.randn(2, 3, 8, generator=g),)
+
+
+class _Chunks(nn.Module):
+    """Longformer's sliding chunks: heads folded into the batch, the sequence cut into
+    chunks of 4 positions, read overlapping by half with `as_strided`."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.c = nn.Linear(4, 5)
+
+    def forward(self, x):  # x (2, 8, 8)
+        h = self.a(x).view(2, 8, 3, 4).transpose(1, 2).reshape(6, 8, 4).view(6, 2, 4, 4)
+        stride = list(h.stride())
+        stride[1] //= 2
+        return self.c(h.as_strided(size=[6, 3, 4, 4], stride=stride))
+
+
+def chunks():
+    torch.manual_seed(SEED)
+    return _Chunks().eval(), (torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(SEED)),)
+
+
+class _ScaledLayer(nn.Module):
+    def __init__(self, scale: float):
+        super().__init__()
+        self.lin = nn.Linear(12, 12)
+        self.register_buffer("scale", torch.tensor(scale))
+
+    def forward(self, x):
+        x = x + self.lin(x)
+        x *= self.scale
+        return x
+
+
+class _ScaledLayers(nn.Module):
+    """Residual layers that end in an in-place scale of their output
+    (`hidden_states *= self.layer_scalar`, EmbeddingGemma's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(_ScaledLayer(2.0 + i) for i in range(3))
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def scaled_layers():
+    torch.manual_seed(SEED)
+    return _ScaledLayers().eval(), (
+        torch.randn(2, 3, 12, generator=torch.Generator().manual_seed(SEED)),
+    )
+
+
+class _ElementwiseNorm(nn.Module):
+    """A layer norm written out in elementwise ops (DeBERTa's, I-BERT's)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.weight = nn.Parameter(1 + 0.1 * torch.randn(n))
+        self.bias = nn.Parameter(0.1 * torch.randn(n))
+
+    def forward(self, h):
+        mean = h.mean(-1, keepdim=True)
+        var = (h - mean).pow(2).mean(-1, keepdim=True)
+        return self.weight * (h - mean) / torch.sqrt(var + 1e-5) + self.bias
+
+
+class _PostNormLayers(nn.Module):
+    """Post-norm residual layers, `x = norm(x + f(x))`, the norm in elementwise ops: its
+    weights come after the residual addition, and the next layer reads its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(12, 12) for _ in range(3))
+        self.norms = nn.ModuleList(_ElementwiseNorm(12) for _ in range(3))
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        for layer, norm in zip(self.layers, self.norms, strict=True):
+            x = norm(x + layer(x))
+        return self.head(x)
+
+
+def post_norm_layers():
+    torch.manual_seed(SEED)
+    return _PostNormLayers().eval(), (
+        torch.randn(2, 3, 12, generator=torch.Generator().manual_seed(SEED)),
+    )
 
 
 class _BiasAfterBranch(nn.Module):

@@ -95,6 +95,9 @@ class Analysis:
     layers: list[LayerInfo]
     groups: dict[int, Group]
     couplings: dict[str, list] = field(default_factory=dict)
+    # axes with one position per layer of a stack, each read by its layer alone (per-layer
+    # inputs cut from one projection): group -> {position: parent layer}; cut with depth
+    per_layer: dict[int, dict[int, int]] = field(default_factory=dict)
 
     @property
     def atoms(self) -> Atoms:
@@ -158,8 +161,60 @@ def analyse(graph: Graph) -> Analysis:
         g.ordered = g.id in soft or "buffer" in held
     _fill_layers(layers, groups, sites, dims)
     analysis = Analysis(graph, dims, root, blocks, layers, groups)
+    analysis.per_layer = _per_layer(analysis, kinds)
     analysis.couplings = _couplings(analysis, kinds)
     return analysis
+
+
+def _per_layer(analysis: Analysis, kinds: dict[str, str]) -> dict[int, dict[int, int]]:
+    """Groups of weights only, as long as a stack of layers, whose every position is
+    taken by a constant index (`per_layer_inputs[:, :, i]`) and read by one layer alone,
+    each layer reading one: group -> {position: parent layer}. Depth keeps the positions
+    of the layers it keeps, in their order."""
+    atoms, groups, layers = analysis.atoms, analysis.groups, analysis.layers
+    owner = {n: i for i, layer in enumerate(layers) for n in layer.nodes}
+    reads: dict[int, dict[int, int]] = {}
+    bad: set[int] = set()
+    for node, atom, index, _ in analysis.dims.picks:
+        leaves = atoms.leaves(atom)
+        g = leaves[0] if len(leaves) == 1 else None
+        if g not in groups:
+            continue
+        readers = _layers_reading(node, owner)
+        if len(readers) != 1 or reads.setdefault(g, {}).setdefault(index, readers[0]) != readers[0]:
+            bad.add(g)
+    out = {}
+    for g, found in reads.items():
+        group, held = groups[g], {kinds.get(name) for name, _ in groups[g].members}
+        stacks = {layers[i].stack for i in found.values()}
+        members = [i for i, layer in enumerate(layers) if layer.stack in stacks]
+        if (
+            g not in bad
+            and len(stacks) == 1
+            and (group.pinned or "").startswith("one position taken by")
+            and held <= {"parameter", "buffer"}
+            and sorted(found) == list(range(group.size))
+            and sorted(found.values()) == members
+        ):
+            out[g] = found
+    return out
+
+
+def _layers_reading(node: fx.Node, owner: dict) -> list[int]:
+    """The layers whose nodes are the first to read `node`'s value (-1: the output, or a
+    value no layer reads), following the nodes of no layer in between."""
+    found, seen, stack = set(), set(), [node]
+    while stack:
+        n = stack.pop()
+        for user in n.users:
+            if user in owner:
+                found.add(owner[user])
+            elif user.op == "output":
+                found.add(-1)
+            elif user not in seen:
+                seen.add(user)
+                stack.append(user)
+    return sorted(found)
 
 
 def _output_leaves(dims: Dims) -> set[int]:

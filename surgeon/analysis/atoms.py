@@ -111,7 +111,7 @@ class Atoms:
                 continue
             if r is not None or (kind == "prod" and self.size[big] % self.size[small]):
                 if not self._pin_span(big, small, qsmall, kind):
-                    self._give_up(big, small, qa, qb)
+                    self._give_up(a, b, qa, qb, kind)
                     return
                 continue
             rest = (
@@ -144,11 +144,25 @@ class Atoms:
             self.pin(x, "axes that do not line up")
         return True
 
-    def _give_up(self, a: int, b: int, qa, qb) -> None:
-        for x in (a, b, *qa, *qb):
-            self.pin(x, "axes that do not line up")
+    def _give_up(self, a: int, b: int, qa, qb, kind: str = "prod") -> None:
+        """What is left of both sides is pinned, but for the trailing atoms of equal size
+        of a product (a view's last axes: `[B*H, seq, 16]` as `[B*H, 2, 4, 16]` where the
+        sequence is refined otherwise keeps its 16), which are unified."""
+        left, right = [a, *qa], [b, *qb]
         qa.clear()
         qb.clear()
+        while kind == "prod" and left and right:
+            x, y = self.find(left[-1]), self.find(right[-1])
+            if self.size[x] == 1 or self.size[y] == 1:
+                (left if self.size[x] == 1 else right).pop()
+                continue
+            if self.size[x] != self.size[y]:
+                break
+            self.unify(x, y)
+            left.pop()
+            right.pop()
+        for x in (*left, *right):
+            self.pin(x, "axes that do not line up")
 
     def _align_mixed(self, root: int, ra: Refinement, rb: Refinement) -> None:
         """A product [n, rest...] against n equal segments: each segment is `rest`, and the

@@ -74,6 +74,9 @@ class Dims:
     picked_by: dict[fx.Node, fx.Node] = field(default_factory=dict)  # selected -> its positions
     # (product, its selected operand): each routed row's product with its expert's weights
     expert_products: list[tuple[fx.Node, fx.Node]] = field(default_factory=list)
+    # one position of an axis taken by a constant index (`h[:, :, 2]`): (node, atom, the
+    # index, where it is written); a per-layer input reads its layer's position this way
+    picks: list[tuple[fx.Node, int, int, tuple]] = field(default_factory=list)
 
 
 def source_line(node: fx.Node) -> str:

@@ -157,14 +157,34 @@ def layer_span(blocks: list[Block], paths: list[str]) -> tuple[fx.Node, fx.Node,
 
     while True:  # follow the stream while it stays inside the layer's modules
         inside = [u for u in end.users if within(u)]
-        if len(inside) != 1 or len(end.users) != 1:
+        if len(inside) == 1 == len(end.users):
+            end = inside[0]
+            continue
+        exit = _exit(end, within) if inside and len(inside) == len(end.users) else None
+        if exit is None:
             break
-        end = inside[0]
+        end = exit  # a norm written out in elementwise ops
     while _shape(start) != _shape(end) and any(_in_module(start, p) for p in paths):
         if len(start.all_input_nodes) != 1:
             break
         start = start.all_input_nodes[0]  # the layer's own change of layout (ViTDet's permute)
     return start, end, _between(start, end, set())
+
+
+def _exit(node: fx.Node, within) -> fx.Node | None:
+    """Where the values computed from `node` inside the layer leave it: the one node of
+    them, of `node`'s shape, that nodes outside read (a post-norm in elementwise ops,
+    `weight * (x - mean) / std + bias`), or None."""
+    inside, frontier = {node}, [node]
+    while frontier:
+        for user in frontier.pop().users:
+            if user not in inside and within(user):
+                inside.add(user)
+                frontier.append(user)
+    exits = [n for n in inside - {node} if any(u not in inside for u in n.users)]
+    if len(exits) != 1 or _shape(exits[0]) != _shape(node) or node.users.keys() - inside:
+        return None
+    return exits[0]
 
 
 def _shape(node: fx.Node) -> tuple | None:

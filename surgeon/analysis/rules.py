@@ -380,6 +380,22 @@ def gather(ctx: Context, a: Args) -> None:
             ctx.pin_all([x[d], out[d]], why)
 
 
+def _sig_unfold(input, dimension, size, step): ...
+
+
+@_rule("unfold", signature=_sig_unfold)
+def unfold(ctx: Context, a: Args) -> None:
+    """`Tensor.unfold`: axis `dimension` read as overlapping windows (a window count in
+    its place, the window's positions last); the windowed axis and both new ones are
+    positions, every other axis carries over."""
+    x, out = ctx.axes(a.input), a.out
+    dim = _dim(a.dimension, len(x))
+    for d, ax in enumerate(x):
+        if d != dim:
+            ctx.A.unify(ax, out[d])
+    ctx.pin_all([x[dim], out[dim], out[-1]], f"windows of {a.node.name}")
+
+
 def _sig_im2col(input, kernel_size, dilation=1, padding=0, stride=1): ...
 
 
@@ -878,6 +894,8 @@ def select(ctx: Context, a: Args) -> None:
     dim = _dim(a.dim, len(x))
     if not _filled(ctx, a.input):  # every position of a filled tensor is the same
         ctx.A.pin(x[dim], f"one position taken by {a.node.name}")
+        if isinstance(a.index, int):
+            ctx.dims.picks.append((a.node, x[dim], a.index, a.path("index")))
     for ax, b in zip([ax for i, ax in enumerate(x) if i != dim], a.out, strict=True):
         ctx.A.unify(ax, b)
 
@@ -956,6 +974,8 @@ def _tensor_index(ctx: Context, a: Args, x: list[int], index: tuple) -> None:
         elif isinstance(i, int):
             if not _filled(ctx, a.input):
                 ctx.A.pin(x[xi], f"one position taken by {a.node.name}")
+                where = a.path("index", position) if isinstance(a.index, tuple) else a.path("index")
+                ctx.dims.picks.append((a.node, x[xi], i, where))
             xi += 1
         else:
             path = a.path("index", position) if isinstance(a.index, tuple) else a.path("index")

@@ -24,6 +24,7 @@ def emit_graph(state: SurgeryState) -> fx.GraphModule:
     for lit in state.analysis.dims.literals:
         _rewrite(state, nodes[lit.node.name], lit)
     _set_tensors(state, root)
+    _move_picks(state, nodes)
     _edit_depth(state, root, nodes)
     child = fx.GraphModule(root, root.graph, type(parent).__name__)
     child.eval()
@@ -61,6 +62,18 @@ def _edit_depth(state: SurgeryState, root: nn.Module, nodes: dict[str, fx.Node])
             last = new_end
     _remove_dead(graph)  # dropped layers, and values the parent computed and never read
     return names
+
+
+def _move_picks(state: SurgeryState, nodes: dict[str, fx.Node]) -> None:
+    """A layer's constant index into a per-layer axis (`per_layer_inputs[:, :, 3]`), moved
+    to where the child keeps that position (a dropped layer's index dies with it)."""
+    atoms, per_layer = state.analysis.atoms, state.analysis.per_layer
+    for node, atom, index, where in state.analysis.dims.picks:
+        group = atoms.leaves(atom)[0]
+        if group in per_layer and group in state.select:
+            kept = state.select[group].tolist()
+            if index in kept:
+                _set_arg(nodes[node.name], where, kept.index(index))
 
 
 def _copy_module(root: nn.Module, path: str) -> str:

@@ -205,6 +205,30 @@ def _set_depth(parent: nn.Module, config: Any, state: SurgeryState) -> None:
             kept = {int(k): v for k, v in value.items()}
             setattr(config, field, {j: kept[i] for j, i in enumerate(order) if i in kept})
     _set_stages(config, order)
+    _fit_lists(parent, config, order, n)
+
+
+def _fit_lists(parent: nn.Module, config: Any, order: list[int], n: int) -> None:
+    """Where the class refuses the config with the new layer count (Longformer asserts
+    one `attention_window` per layer), lists as long as the parent's layer count that
+    `PER_LAYER` does not name are taken at the kept layers, one at a time, until it
+    builds."""
+    fields = [
+        f
+        for f, v in config.to_dict().items()
+        if isinstance(v, (list, tuple)) and len(v) == n and f not in PER_LAYER
+    ]
+    for field in [None, *fields]:
+        if field is not None:
+            value = getattr(config, field)
+            setattr(config, field, type(value)(value[i] for i in order))
+        try:
+            with torch.device("meta"):
+                type(parent)(reloaded(config))
+            return
+        except Exception:  # noqa: BLE001 - the class refuses the config
+            if field is not None:
+                setattr(config, field, value)
 
 
 def _depth_field(parent: nn.Module, config: Any, where: list, stack: set[str], count: int):

@@ -46,6 +46,7 @@ class Depth:
         strategy gets a placeholder of the right length); `PlanError` when impossible."""
         n = len(state.analysis.layers)
         state.layers = self._choose(state, [0.0] * n)
+        _select_per_layer(state)
 
     def run(self, state: SurgeryState) -> None:
         n = len(state.analysis.layers)
@@ -56,6 +57,7 @@ class Depth:
             )
             state.influence = influence
         state.layers = self._choose(state, influence)
+        _select_per_layer(state)
 
     def _choose(self, state: SurgeryState, influence: list[float] | None) -> list[int]:
         """The kept layers of every stack in turn (`model.encoder.layers`, then
@@ -100,6 +102,16 @@ class Depth:
                 f"besides the stream ({needed[i]}): keep it (depth: uniform and influence keep it)"
             )
         return order
+
+
+def _select_per_layer(state: SurgeryState) -> None:
+    """An axis with one position per layer (per-layer inputs) keeps the kept layers'
+    positions, in the child's order."""
+    if state.layers == list(range(len(state.analysis.layers))):
+        return
+    for group, reads in state.analysis.per_layer.items():
+        at = {layer: position for position, layer in reads.items()}
+        state.select[group] = torch.tensor([at[i] for i in state.layers if i in at])
 
 
 def read_by_others(layers: list) -> dict[int, str]:
