@@ -133,23 +133,8 @@ def test_untraceable_model_gives_trace_error_naming_each_frontend():
         trace(model, example, frontend="export")
 
 
-class _Branches(torch.nn.Module):
-    """Takes one of two branches by the sign of a sum (as Longformer does by whether any
-    token attends globally)."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(8, 8)
-
-    def forward(self, x):
-        y = self.proj(x)
-        return y if x.sum() > 0 else -y
-
-
 def test_a_branch_on_the_data_is_traced_as_the_example_takes_it_and_checked_at_run_time():
-    torch.manual_seed(0)
-    model = _Branches().eval()
-    x = torch.randn(2, 8).abs()  # the example takes the first branch
+    model, (x,) = zoo.branches()  # the example takes the first branch
     with pytest.warns(UserWarning, match="_Branches branches on its input values"):
         graph = trace(model, (x,))
     torch.testing.assert_close(graph.module(x), model(x))

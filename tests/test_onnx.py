@@ -53,3 +53,11 @@ def test_sizes_the_forward_fixes_are_named_and_checked_as_traced(tmp_path):
         worst = emit_onnx(model, example, tmp_path)
     assert fixed_axes(tmp_path / "model.onnx") == ["x[0]=2"]
     assert worst < 1e-5
+
+
+def test_a_forward_that_branches_on_its_input_values_exports_the_branch_taken(tmp_path):
+    model, example = zoo.branches()
+    with pytest.warns(UserWarning, match="the ONNX file computes the branch the example takes"):
+        export_onnx(model, example, tmp_path / "model.onnx")
+    same = (example[0].flip(0) + 1,)  # another input that takes the example's branch
+    assert check_onnx(model, tmp_path / "model.onnx", [example, same]) < 1e-5

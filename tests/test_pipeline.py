@@ -165,3 +165,27 @@ def test_cut_sizes_are_the_childs(prepared):
     }
     config = child.model.config
     assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (32, 48, 2)
+
+
+def test_lists_one_entry_per_layer_follow_depth_where_the_class_asks():
+    from transformers import PretrainedConfig
+
+    from surgeon.emit.hf import _fit_lists
+
+    class Windows(torch.nn.Module):  # Longformer: one attention window per layer, asserted
+        def __init__(self, config):
+            super().__init__()
+            assert len(config.windows) == config.num_hidden_layers
+
+    def config(layers):
+        return PretrainedConfig(
+            num_hidden_layers=layers, windows=[2, 4, 8], sizes=[5, 6, 7], eos_token_id=[1, 2, 3]
+        )
+
+    parent, child = Windows(config(3)), config(2)
+    _fit_lists(parent, child, [0, 2], 3)
+    assert child.windows == [2, 8]  # the one the class asks for
+    assert child.sizes == [5, 6, 7] and child.eos_token_id == [1, 2, 3]
+    unchanged = config(3)
+    _fit_lists(parent, unchanged, [0, 1, 2], 3)
+    assert unchanged.windows == [2, 4, 8]

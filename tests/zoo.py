@@ -647,6 +647,26 @@ def post_norm_layers():
     )
 
 
+class _Branches(nn.Module):
+    """Takes one of two branches by the sign of a sum (as Longformer does by whether any
+    token attends globally)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = self.proj(x)
+        return y if x.sum() > 0 else -y
+
+
+def branches():
+    torch.manual_seed(SEED)
+    return _Branches().eval(), (
+        torch.randn(2, 8, generator=torch.Generator().manual_seed(SEED)).abs(),
+    )
+
+
 class _BiasAfterBranch(nn.Module):
     """GPT-NeoX-Japanese's last layer: the attention's bias, expanded as the stream
     (`bias.expand_as(residual)`), is added to the branch before the residual addition."""

@@ -160,10 +160,10 @@ def layer_span(blocks: list[Block], paths: list[str]) -> tuple[fx.Node, fx.Node,
         if len(inside) == 1 == len(end.users):
             end = inside[0]
             continue
-        exit = _exit(end, within) if inside and len(inside) == len(end.users) else None
-        if exit is None:
+        leaves = _exit(end, within) if inside and len(inside) == len(end.users) else None
+        if leaves is None:
             break
-        end = exit  # a norm written out in elementwise ops
+        end = leaves  # a norm written out in elementwise ops
     while _shape(start) != _shape(end) and any(_in_module(start, p) for p in paths):
         if len(start.all_input_nodes) != 1:
             break

@@ -210,17 +210,11 @@ def _set_depth(parent: nn.Module, config: Any, state: SurgeryState) -> None:
 
 def _fit_lists(parent: nn.Module, config: Any, order: list[int], n: int) -> None:
     """Where the class refuses the config with the new layer count (Longformer asserts
-    one `attention_window` per layer), lists as long as the parent's layer count that
-    `PER_LAYER` does not name are taken at the kept layers, one at a time, until it
-    builds."""
-    fields = [
-        f
-        for f, v in config.to_dict().items()
-        if isinstance(v, (list, tuple)) and len(v) == n and f not in PER_LAYER
-    ]
-    for field in [None, *fields]:
+    one `attention_window` per layer), a list as long as the parent's layer count that
+    `PER_LAYER` does not name is taken at the kept layers: the first one, tried one at a
+    time, with which the class builds."""
+    for field, value in [(None, None), *_lists_of(config, n).items()]:
         if field is not None:
-            value = getattr(config, field)
             setattr(config, field, type(value)(value[i] for i in order))
         try:
             with torch.device("meta"):
@@ -229,6 +223,18 @@ def _fit_lists(parent: nn.Module, config: Any, order: list[int], n: int) -> None
         except Exception:  # noqa: BLE001 - the class refuses the config
             if field is not None:
                 setattr(config, field, value)
+
+
+def _lists_of(config: Any, n: int) -> dict[str, list]:
+    """The config's lists of `n` entries that `PER_LAYER` does not name (nor token ids)."""
+    return {
+        f: v
+        for f, v in config.to_dict().items()
+        if isinstance(v, (list, tuple))
+        and len(v) == n
+        and f not in PER_LAYER
+        and not f.endswith(("_id", "_ids"))
+    }
 
 
 def _depth_field(parent: nn.Module, config: Any, where: list, stack: set[str], count: int):
@@ -377,12 +383,15 @@ def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, sta
                     continue
                 trial = copy.deepcopy(config)
                 setattr(trial, field, w)
-                try:
-                    left = _mismatches(parent, trial, expected, state)
-                except Exception:  # noqa: BLE001 - the class refuses this value
-                    continue
-                if len(left) < len(wrong) and set(left) <= set(wrong):
-                    better = (trial, left)
+                for candidate in [trial, *_lists_cut(trial, g, w, state)]:
+                    try:
+                        left = _mismatches(parent, candidate, expected, state)
+                    except Exception:  # noqa: BLE001 - the class refuses this value
+                        continue
+                    if len(left) < len(wrong) and set(left) <= set(wrong):
+                        better = (candidate, left)
+                        break
+                if better:
                     break
             if better:
                 break
@@ -392,6 +401,23 @@ def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, sta
         if not wrong:
             break
     return config, wrong
+
+
+def _lists_cut(config: Any, old: int, new: int, state) -> list:
+    """`config` with one of its lists of `old` entries (one per layer of a stack: LED's
+    `attention_window`) taken at the kept layers of a stack cut from `old` layers to
+    `new`: one candidate per such list and stack."""
+    layers, out = state.analysis.layers, []
+    lists = _lists_of(config, old)
+    for stack, kept in state.kept_by_stack().items() if lists else ():
+        index = [i for i, layer in enumerate(layers) if layer.stack == stack]
+        if len(index) != old or len(kept) != new:
+            continue
+        for field, value in lists.items():
+            candidate = copy.deepcopy(config)
+            setattr(candidate, field, type(value)(value[index.index(i)] for i in kept))
+            out.append(candidate)
+    return out
 
 
 def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: SurgeryState):

@@ -111,13 +111,36 @@ def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path
             # "the axis name batch will not be used, since it shares the same shape
             # constraints with another axis: batch": the names are used, as wanted
             warnings.filterwarnings("ignore", "# The axis name", UserWarning)
-            program = torch.onnx.export(
-                model, args, str(path), dynamo=True, report=False, verbose=False, **options
-            )
+            try:
+                program = torch.onnx.export(
+                    model, args, str(path), dynamo=True, report=False, verbose=False, **options
+                )
+            except Exception as e:  # noqa: BLE001 - retried below, or raised
+                if "data-dependent expression" not in str(_cause(e)):
+                    raise
+                program = torch.onnx.export(
+                    _branch_taken(model, args, options.get("kwargs") or {}), (), str(path),
+                    dynamo=True, report=False, verbose=False,
+                )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - the exporter's failures become one line
         raise SurgeonError(f"{what} failed: {first_line(_cause(e))}") from e
     if program is None:
         raise SurgeonError(f"{what} produced nothing")
+
+
+def _branch_taken(model: nn.Module, args: tuple, kwargs: dict):
+    """A forward that branches on its input values (LED's `if is_global_attn:`),
+    exported as the tracing frontend does (`torch.export.draft_export`): for the branch
+    the example takes, at the example's sizes (`emit_onnx` then checks the file at those
+    sizes and says so). ONNX keeps no runtime assertion: the file computes that branch
+    for every input, which the warning says."""
+    warnings.warn(
+        f"{type(model).__name__} branches on its input values: the ONNX file computes "
+        "the branch the example takes, for every input (export with an example of the "
+        "inputs it will see)",
+        stacklevel=4,
+    )
+    return torch.export.draft_export(model, args, kwargs, strict=False)
 
 
 def _cause(e: BaseException) -> BaseException:
