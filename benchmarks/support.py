@@ -65,6 +65,25 @@ def summary(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _provenance(records: list[dict]) -> str:
+    """Which code each row ran at (the sweep records its commit and timeout per type)."""
+    runs = Counter((r.get("commit", "?"), r.get("timeout")) for r in records)
+    parts = []
+    for (commit, timeout), n in runs.most_common():
+        names = sorted(
+            r["type"]
+            for r in records
+            if (r.get("commit", "?"), r.get("timeout")) == (commit, timeout)
+        )
+        who = f"{n} types" if n > 6 else ", ".join(names)
+        limit = f", {timeout:.0f} s timeout" if timeout else ""
+        parts.append(f"{who} at {commit}{limit}")
+    return (
+        "Rows by the code they ran at: " + "; ".join(parts) + ". `tests/test_sweep.py` runs a "
+        "slice of them at the last code."
+    )
+
+
 def write_support(records: list[dict], path: Path) -> None:
     import transformers
 
@@ -93,14 +112,7 @@ def write_support(records: list[dict], path: Path) -> None:
         "compute what its graph computes: no child is written, the message asks for a report",
         "(a bug, not support); **WRONG** (a silent wrong child) and **CRASH** are bugs",
         "(`died`: the type's process ran past the sweep's `--timeout`, counted as a crash).",
-        "Not every row is from the same code. Encoder-decoder types, and the types whose",
-        "support changed last (ALBERT, Dory and HRM: layers applied several times; XLM and",
-        "FlauBERT: layers over several module lists; RF-DETR's DINOv2; CodeGen), were run at",
-        "47c80b3 (600 s timeout); 146 of the 160 decoder, encoder and vision types at",
-        "225072e (400 s), the other 14 (the last in alphabetical order) at 263ce47;",
-        "the MoE types and the six text-to-audio types at 2010118, before",
-        "several stacks (400 s); the other multimodal, SSM/hybrid and other types at 41e1054",
-        "(180 s). `tests/test_sweep.py` runs a slice of them at the last code.",
+        _provenance(records),
         "A check",
         f"after a failed one is not run (`-`). {len(records) - len(built)} types are not "
         "buildable: most need inputs the sweep does not make (audio features, time series,",

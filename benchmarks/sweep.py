@@ -40,6 +40,7 @@ import inspect as pyinspect
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -667,7 +668,10 @@ def main(argv=None) -> int:
     partial = args.results.with_suffix(".partial")  # each record as it comes (a kill keeps them)
     partial.parent.mkdir(parents=True, exist_ok=True)
 
+    code = _commit()
+
     def report(record: dict) -> None:
+        record.update(commit=code, timeout=args.timeout)
         print(_summary_line(record), flush=True)
         with partial.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -686,6 +690,14 @@ def main(argv=None) -> int:
 
     print(summary(list(old.values())))
     return 0
+
+
+def _commit() -> str:
+    """The code a record ran at: the short commit, `-dirty` with uncommitted changes."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "surgeon", "benchmarks"])
+    return head.stdout.strip() + ("-dirty" if dirty.returncode else "")
 
 
 def load(path: Path) -> list[dict]:

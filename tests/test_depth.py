@@ -227,3 +227,23 @@ def test_a_post_norm_written_out_is_the_stream_not_a_value_others_read():
     for i in (1, 2):
         x = model.norms[i](x + model.layers[i](x))
     torch.testing.assert_close(child(example[0]), model.head(x))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_a_scaled_skip_starts_its_layer_at_the_stream(frontend):
+    """`x = alpha * x + f(x)`: the layer reads the stream before alpha (a weight of the
+    layer), so dropping the layer drops its alpha too."""
+    from surgeon.analysis import analyse
+    from surgeon.frontends import trace
+
+    model, example = zoo.gated_skips()
+    graph = trace(model, example, frontend=frontend)
+    parent = surgeon.Parent(model, graph, analyse(graph))
+    layers = parent.analysis.layers
+    assert [layer.name for layer in layers] == ["layers.0", "layers.1", "layers.2"]
+    assert all(len(layer.blocks) == 2 for layer in layers)
+    child = surgeon.apply(parent, {"depth": "first", "target": {"num_layers": 2}})
+    x = example[0]
+    for i in (1, 2):
+        x = model.layers[i](x)
+    torch.testing.assert_close(child(example[0]), model.head(x))

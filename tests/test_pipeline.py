@@ -189,3 +189,16 @@ def test_lists_one_entry_per_layer_follow_depth_where_the_class_asks():
     unchanged = config(3)
     _fit_lists(parent, unchanged, [0, 1, 2], 3)
     assert unchanged.windows == [2, 4, 8]
+
+
+def test_a_size_the_forward_makes_a_tensor_follows_the_child_and_self_casts_trace():
+    """The rebuilt class scales by sqrt(the child's hidden size): the child graph's tensor
+    constant takes that value, so the two agree (else the rebuild check stops the child);
+    `self.head.to(its own dtype)` in the forward traces."""
+    model, example = zoo.scaled_embedding()
+    child = surgeon.apply(model, {"target": {"hidden_size": 8}}, example_inputs=example)
+    assert child.config.hidden_size == 8 and child.embed.weight.shape == (zoo.VOCAB, 8)
+    x = child.embed(example["input_ids"]) * 8**0.5
+    for layer in child.layers:
+        x = x + layer(x)
+    torch.testing.assert_close(child(**example), child.head(x))

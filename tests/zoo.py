@@ -467,6 +467,10 @@ def _no_grad_region(h):
     return h * scale
 
 
+def _turned(z):
+    return torch.view_as_real(z * torch.polar(torch.ones_like(z.real), z.imag)).flatten(2)
+
+
 OP_CASES = {
     "movedim": (lambda h: torch.movedim(h.view(2, 3, 3, 4), 2, 3).reshape(2, 3, 12), 12),
     "permute_kwargs": (lambda h: h.permute(dims=(0, 2, 1)).transpose(1, 2), 12),
@@ -537,6 +541,9 @@ OP_CASES = {
     ),
     # overlapping windows of the sequence (Longformer's chunks, written with unfold)
     "unfold": (lambda h: h.unfold(1, 2, 1).sum(-1), 12),
+    # Llama 4's rotary in complex numbers: pairs of features as one complex each, turned
+    # by `polar` angles (here from the features themselves), then pairs again
+    "complex_rotary": (lambda h: _turned(torch.view_as_complex(h.reshape(2, 3, 6, 2))), 12),
     # an in-place op on a computed value (`hidden_states *= self.layer_scalar`)
     "inplace_mul": (lambda h: (h + 1).mul_(2), 12),
     # Falcon's fused multi-query layout: 4 query heads, then one key and one value head
@@ -647,6 +654,40 @@ def post_norm_layers():
     )
 
 
+class _GatedSkipLayer(nn.Module):
+    """`x = alpha * x + f(x)`: the skip scaled by a learned vector (Doge's) or by a number
+    computed from a weight (MiniMax's, MuseSpark's gate)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(12, 12)
+        self.alpha = nn.Parameter(1 + 0.1 * torch.randn(12))
+        self.gate = nn.Parameter(torch.randn(()))
+
+    def forward(self, x):
+        x = self.alpha * x + self.lin(x)
+        return torch.sigmoid(self.gate) * x + self.lin(x).relu()
+
+
+class _GatedSkips(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(_GatedSkipLayer() for _ in range(3))
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def gated_skips():
+    torch.manual_seed(SEED)
+    return _GatedSkips().eval(), (
+        torch.randn(2, 3, 12, generator=torch.Generator().manual_seed(SEED)),
+    )
+
+
 class _Branches(nn.Module):
     """Takes one of two branches by the sign of a sum (as Longformer does by whether any
     token attends globally)."""
@@ -747,3 +788,45 @@ def cnn():
     """A small CNN: the analysis finds no layers (per-layer targets cannot apply)."""
     torch.manual_seed(SEED)
     return _CNN().eval(), (torch.randn(2, 3, 8, 8),)
+
+
+def scaled_embedding():
+    """A Hugging Face model whose forward makes its embedding scale a tensor from the config
+    (`torch.tensor(hidden_size ** 0.5)`, T5Gemma's) and casts a module of its own to the
+    dtype it has at every call (`self.router = self.router.to(self.dtype)`, Switch's)."""
+    from transformers import PreTrainedConfig, PreTrainedModel
+
+    class Config(PreTrainedConfig):
+        model_type = "zoo_scaled"
+
+        def __init__(self, vocab_size=VOCAB, hidden_size=16, intermediate_size=32, **kw):
+            self.vocab_size, self.hidden_size = vocab_size, hidden_size
+            self.intermediate_size, self.num_hidden_layers = intermediate_size, 2
+            super().__init__(**kw)
+
+    class Model(PreTrainedModel):
+        config_class = Config
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+            self.layers = nn.ModuleList(
+                nn.Sequential(
+                    nn.Linear(config.hidden_size, config.intermediate_size),
+                    nn.GELU(),
+                    nn.Linear(config.intermediate_size, config.hidden_size),
+                )
+                for _ in range(config.num_hidden_layers)
+            )
+            self.head = nn.Linear(config.hidden_size, config.vocab_size)
+            self.post_init()
+
+        def forward(self, input_ids):
+            self.head = self.head.to(torch.float32)
+            x = self.embed(input_ids) * torch.tensor(self.config.hidden_size**0.5)
+            for layer in self.layers:
+                x = x + layer(x)
+            return self.head(x)
+
+    torch.manual_seed(SEED)
+    return Model(Config()).eval(), {"input_ids": _tokens()}

@@ -94,7 +94,7 @@ def find_blocks(graph: fx.Graph, dims: Dims, root: int, canonical) -> list[Block
             a, b = _operands(dims, node)
             skip, branch = (a, b) if through_f.get(b) else (b, a)
             if through_f.get(a, False) != through_f.get(b, False) and skip in data:
-                adds.append((node, skip, branch))
+                adds.append((node, _origin(skip, data), branch))
                 through_f[node] = False
                 continue
             through_f[node] = any(through_f.get(i, False) for i in inputs)
@@ -108,6 +108,21 @@ def find_blocks(graph: fx.Graph, dims: Dims, root: int, canonical) -> list[Block
         params = sorted({canonical(t) for t in targets if canonical(t)})
         blocks.append(Block(add, skip, branch, nodes, params, _layer_of(params)))
     return blocks
+
+
+def _origin(skip: fx.Node, data: set[fx.Node]) -> fx.Node:
+    """The stream value behind a skip that scales it first (`alpha * x + f(x)`, alpha a
+    weight, a vector or a number): back through ops of one data input, of the same
+    shape, that nothing else reads."""
+    while skip.op == "call_function" and len(skip.users) == 1:
+        inputs = [i for i in skip.all_input_nodes if i in data]
+        rule = rule_for(skip)
+        if len(inputs) != 1 or _shape(inputs[0]) != _shape(skip) or rule is None:
+            break
+        if rule.mixes_stream:
+            break
+        skip = inputs[0]
+    return skip
 
 
 def _weights(node: fx.Node, data: set[fx.Node], depth: int = 4) -> set[str]:

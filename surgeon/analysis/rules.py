@@ -215,6 +215,12 @@ ELEMENTWISE = (
     "feature_dropout",
     "alpha_dropout",
     "native_dropout",
+    "polar",
+    "complex",
+    "real",
+    "imag",
+    "conj",
+    "angle",
 )
 
 
@@ -809,6 +815,23 @@ def unbind(ctx: Context, a: Args) -> None:
     _carry_other_axes(ctx, x, a.out, dim)
 
 
+@_rule("view_as_complex", signature=_sig_unary)
+def view_as_complex(ctx: Context, a: Args) -> None:
+    """The last axis, a (real, imaginary) pair, becomes one complex number."""
+    x = ctx.axes(a.input)
+    ctx.A.pin(x[-1], f"real and imaginary parts in {a.node.name}")
+    for ax, b in zip(x[:-1], a.out, strict=True):
+        ctx.A.unify(ax, b)
+
+
+@_rule("view_as_real", signature=_sig_unary)
+def view_as_real(ctx: Context, a: Args) -> None:
+    """Each complex number becomes a (real, imaginary) pair on a new last axis."""
+    ctx.A.pin(a.out[-1], f"real and imaginary parts in {a.node.name}")
+    for ax, b in zip(ctx.axes(a.input), a.out[:-1], strict=True):
+        ctx.A.unify(ax, b)
+
+
 @_rule("cat", "concat", "concatenate", signature=_sig_cat, aliases={"axis": "dim"})
 def cat(ctx: Context, a: Args) -> None:
     """Join along `dim`: the output axis is refined as the concatenation of the inputs'."""
@@ -926,8 +949,8 @@ def getitem(ctx: Context, a: Args) -> None:
 
 @_rule("getattr", signature=_sig_getattr)
 def getattr_(ctx: Context, a: Args) -> None:
-    """`.T`, `.mT` of a tensor, `.values` / `.indices` of a (values, indices) result, as
-    torch.fx records them."""
+    """`.T`, `.mT` of a tensor, `.real` / `.imag` of a complex one, `.values` / `.indices`
+    of a (values, indices) result, as torch.fx records them."""
     parent = ctx.dims.out.get(a.input) if isinstance(a.input, fx.Node) else None
     fields = {"values": 0, "indices": 1}
     if parent and isinstance(parent[0], int) and a.name in ("T", "mT"):
@@ -935,6 +958,10 @@ def getattr_(ctx: Context, a: Args) -> None:
         order = list(range(n))[::-1] if a.name == "T" else [*range(n - 2), n - 1, n - 2]
         for i, src in enumerate(order):
             ctx.A.unify(a.out[i], parent[src])
+        return
+    if parent and isinstance(parent[0], int) and a.name in ("real", "imag"):
+        for x, b in zip(parent, a.out, strict=True):
+            ctx.A.unify(x, b)
         return
     if parent and not isinstance(parent[0], int) and a.name in fields:
         for x, b in zip(parent[fields[a.name]], a.out, strict=True):

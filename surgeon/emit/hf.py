@@ -502,7 +502,28 @@ def _adopt_rebuilt_scalars(parent: nn.Module, model: nn.Module, child: fx.GraphM
     scale of sqrt(hidden_size)) are constants in the graph: where the rebuilt module holds
     another value than the parent's, the graph's calls inside that module that pass the
     parent's value take the child's, as `_adopt_rebuilt_buffers` does for buffers. So do
-    the square root of an int attribute (a size) and its inverse."""
+    the square root of a size (an int attribute, or a field of the module's config) and
+    its inverse, also where the forward makes it a tensor (`torch.tensor(hidden ** 0.5)`)."""
+    changed = _changed_scalars(parent, model, state)
+    if not changed:
+        return
+    for node in child.graph.nodes:
+        swap = changed.get(_owner(node))
+        if node.op == "call_function" and swap:
+            node.args = tuple(swap.get(a, a) if type(a) is float else a for a in node.args)
+            node.kwargs = {  # baddbmm(..., alpha=inv_norm_factor)
+                k: swap.get(a, a) if type(a) is float else a for k, a in node.kwargs.items()
+            }
+        elif node.op == "get_attr" and node.users:
+            swaps = [changed.get(_owner(u)) for u in node.users]
+            _swap_constant(
+                child, node.target, swaps[0] if all(swaps[0] == w for w in swaps) else None
+            )
+    child.recompile()
+
+
+def _changed_scalars(parent: nn.Module, model: nn.Module, state) -> dict[str, dict[float, float]]:
+    """Per module path of the parent: {the parent's value: the rebuilt module's}."""
     modules = dict(model.named_modules())
     child_path = {state.parent_name(f"{p}.w")[:-2]: p for p in modules if p}
     changed: dict[str, dict[float, float]] = {}
@@ -513,8 +534,7 @@ def _adopt_rebuilt_scalars(parent: nn.Module, model: nn.Module, child: fx.GraphM
         new = modules.get(child_path.get(path, path))
         if new is None:
             continue
-        for key, value in vars(old).items():
-            other = vars(new).get(key)
+        for value, other in _attribute_pairs(old, new):
             if type(value) is float and type(other) is float and other != value:
                 swap = changed.setdefault(path, {})
                 swap[value] = other
@@ -524,18 +544,43 @@ def _adopt_rebuilt_scalars(parent: nn.Module, model: nn.Module, child: fx.GraphM
                 # a size the forward scales by (`x * sqrt(d_model)`, `q * head_dim**-0.5`)
                 swap = changed.setdefault(path, {})
                 swap[math.sqrt(value)], swap[value**-0.5] = math.sqrt(other), other**-0.5
-    if not changed:
+    return changed
+
+
+def _attribute_pairs(old: nn.Module, new: nn.Module):
+    """(parent's, rebuilt's) of each attribute of a module, and of each field of its
+    config where it holds one."""
+    mine = vars(new)
+    for key, value in vars(old).items():
+        other = mine.get(key)
+        yield value, other
+        if hasattr(value, "to_dict") and hasattr(other, "to_dict"):
+            yield from ((v, getattr(other, k, None)) for k, v in vars(value).items())
+
+
+def _owner(node: fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else None
+
+
+def _swap_constant(child: fx.GraphModule, target: str, swap: dict | None) -> None:
+    """A number the forward made a tensor, read only inside modules whose scalars change."""
+    owner, _, attr = target.rpartition(".")
+    module = child.get_submodule(owner) if owner else child
+    value = getattr(module, attr, None)
+    if (
+        not swap
+        or not isinstance(value, torch.Tensor)
+        or value.dim()
+        or not value.is_floating_point()
+    ):
         return
-    for node in child.graph.nodes:
-        stack = node.meta.get("nn_module_stack") or {}
-        owner = list(stack.values())[-1][0] if stack else None
-        swap = changed.get(owner)
-        if node.op == "call_function" and swap:
-            node.args = tuple(swap.get(a, a) if type(a) is float else a for a in node.args)
-            node.kwargs = {  # baddbmm(..., alpha=inv_norm_factor)
-                k: swap.get(a, a) if type(a) is float else a for k, a in node.kwargs.items()
-            }
-    child.recompile()
+    new = swap.get(value.item())
+    if new is None:  # float32 stores sqrt(64) exactly, not sqrt(2): compare in its dtype
+        near = [v for k, v in swap.items() if torch.tensor(k, dtype=value.dtype) == value]
+        new = near[0] if near else None
+    if new is not None:
+        setattr(module, attr, torch.tensor(new, dtype=value.dtype))
 
 
 @torch.no_grad()

@@ -55,21 +55,55 @@ def synthetic_inputs(model: nn.Module, batch: int = 2, seq_len: int = 16) -> Inp
 
 @contextlib.contextmanager
 def tracing_settings(model: nn.Module) -> Iterator[None]:
-    """Trace with the KV cache off (export rejects a cache in the output) and experts run
-    as `batched_mm` (each token's experts gathered from the stacked weights: plain ops of
-    static shape, where the grouped kernels are a custom op over data-dependent offsets);
-    restore both after."""
+    """Trace with the KV cache off, in the config and in every sub-config (export rejects
+    a cache in the output), experts run as `batched_mm` (each token's experts gathered
+    from the stacked weights: plain ops of static shape, where the grouped kernels are a
+    custom op over data-dependent offsets), and a module's cast of itself to the dtype
+    it has a no-op; restore all after."""
     config = getattr(model, "config", None)
-    changes = {}
-    if getattr(config, "use_cache", False):
-        changes["use_cache"] = False
+    changes = []
+    for part in (config, *_sub_configs(config)):
+        if getattr(part, "use_cache", False):
+            changes.append((part, "use_cache", False))
     if hasattr(config, "_experts_implementation"):  # experts that don't dispatch ignore it
-        changes["_experts_implementation"] = "batched_mm"
-    saved = {key: getattr(config, key) for key in changes}
-    for key, value in changes.items():
-        setattr(config, key, value)
+        changes.append((config, "_experts_implementation", "batched_mm"))
+    saved = [(part, key, getattr(part, key)) for part, key, _ in changes]
+    for part, key, value in changes:
+        setattr(part, key, value)
+    try:
+        with _casts_of_itself_kept():
+            yield
+    finally:
+        for part, key, value in saved:
+            setattr(part, key, value)
+
+
+def _sub_configs(config) -> list:
+    names = getattr(config, "sub_configs", None) or {}
+    return [c for name in names if (c := getattr(config, name, None)) is not None]
+
+
+@contextlib.contextmanager
+def _casts_of_itself_kept() -> Iterator[None]:
+    """`self.classifier = self.classifier.to(self.dtype)` in a forward (a router kept in
+    its dtype at every call): export cannot swap a traced parameter, and nothing changes
+    when every tensor already has that dtype and device, so the module is returned."""
+    original = nn.Module.to
+
+    def to(self, *args, **kwargs):
+        device, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
+        tensors = [*self.parameters(), *self.buffers()]
+        if all(_already(t, device, dtype) for t in tensors):
+            return self
+        return original(self, *args, **kwargs)
+
+    nn.Module.to = to
     try:
         yield
     finally:
-        for key, value in saved.items():
-            setattr(config, key, value)
+        nn.Module.to = original
+
+
+def _already(t: torch.Tensor, device, dtype) -> bool:
+    same_dtype = dtype is None or t.dtype == dtype or not t.is_floating_point()
+    return same_dtype and (device is None or t.device == torch.device(device))
