@@ -355,7 +355,11 @@ def _layers_and_hidden(config):
     """What the analysis should find: the layers of every stack, and the hidden size."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     layers = _get(text, "encoder_layers", "num_hidden_layers", "num_layers", "n_layer")
-    if getattr(config, "is_encoder_decoder", False):
+    parts = [getattr(config, n, None) for n in ("encoder", "decoder")]
+    if all(hasattr(p, "to_dict") for p in parts):  # a config per stack (T5Gemma's)
+        texts = [p.get_text_config() if hasattr(p, "get_text_config") else p for p in parts]
+        layers = sum(_get(t, "num_hidden_layers", "num_layers") or 0 for t in texts)
+    elif getattr(config, "is_encoder_decoder", False):
         layers += _get(text, "decoder_layers", "num_decoder_layers") or 0
     return layers, _get(text, "hidden_size", "d_model", "n_embd", "embed_dim")
 

@@ -18,7 +18,10 @@ from benchmarks.sweep import CHECKS, check_type
 # nn.MultiheadAttention's unflatten sizes), ViT-MAE (patches shuffled by gather), RF-DETR's
 # DINOv2 (windows of patches folded into the attention's batch: not heads), EmbeddingGemma
 # 2 (per-layer inputs: one projection whose rows are cut with the layers; each layer's
-# output scaled in place). XLM and ALBERT
+# output scaled in place), T5Gemma 2 (a config per stack, nested: sizes, head counts and
+# per-layer lists written into the encoder's text config; a sliding-window mask that
+# transformers builds with vmap; image features written over tokens by index_put). XLM
+# and ALBERT
 # have tests of their own below.
 # Encoder-decoders that pass: tests/test_stacks.py, on the zoo's T5 and BART.
 PASSING = {
@@ -35,6 +38,7 @@ PASSING = {
     "vit_mae": "vision",
     "rf_detr_dinov2": "vision",
     "embedding_gemma2_text": "encoder",
+    "t5gemma2": "encoder-decoder",
 }
 # Refused with one line, never a crash: FSMT's encoder (its own embedding, so a residual
 # stream apart from the decoder's, which surgeon does not cut yet; issue 16). (Doge's

@@ -544,6 +544,12 @@ OP_CASES = {
     # Llama 4's rotary in complex numbers: pairs of features as one complex each, turned
     # by `polar` angles (here from the features themselves), then pairs again
     "complex_rotary": (lambda h: _turned(torch.view_as_complex(h.reshape(2, 3, 6, 2))), 12),
+    # image features written over their tokens' embeddings (`embeds[mask] = features`):
+    # positions picked by indices, the features axis lined up with the values'
+    "index_put": (
+        lambda h: torch.index_put(h, (torch.tensor([0, 1]), torch.tensor([2, 0])), 2 * h[0, :2]),
+        12,
+    ),
     # an in-place op on a computed value (`hidden_states *= self.layer_scalar`)
     "inplace_mul": (lambda h: (h + 1).mul_(2), 12),
     # Falcon's fused multi-query layout: 4 query heads, then one key and one value head

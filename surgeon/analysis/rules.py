@@ -423,7 +423,6 @@ def im2col(ctx: Context, a: Args) -> None:
 
 @_rule(
     "scatter",
-    "index_put",
     "take",
     "masked_select",
     "nonzero",
@@ -436,7 +435,6 @@ def im2col(ctx: Context, a: Args) -> None:
     "scatter_add",
     "scatter_add_",
     "scatter_reduce",
-    "index_put_",
     "index_add",
     "index_copy",
     "index_fill",
@@ -451,6 +449,31 @@ def data_dependent(ctx: Context, a: Args) -> None:
     for x in a.node.all_input_nodes:
         ctx.pin_all(ctx.axes(x), f"indexed by {a.node.name}")
     ctx.pin_all(a.out, f"made by {a.node.name}")
+
+
+def _sig_index_put(input, indices, values, accumulate=False): ...
+
+
+@_rule("index_put", "index_put_", signature=_sig_index_put)
+def index_put(ctx: Context, a: Args) -> None:
+    """`input[indices] = values` (image features written over their tokens' embeddings):
+    the leading axes the indices address are picked by data; `values` lines up with the
+    axes after them, which keep their meaning and can be cut."""
+    x = ctx.axes(a.input)
+    indices = a.indices if isinstance(a.indices, (list, tuple)) else None
+    vals = [i.meta.get("val") if isinstance(i, fx.Node) else None for i in indices or ()]
+    if x is None or not indices or any(v is None for v in vals):
+        return data_dependent(ctx, a)
+    covered = sum(v.dim() if v.dtype == torch.bool else 1 for v in vals)
+    for i in indices:
+        ctx.pin_all(ctx.axes(i), f"indexed by {a.node.name}")
+    ctx.pin_all(x[:covered], f"positions written by {a.node.name}")
+    for o, b in zip(a.out, x, strict=True):
+        ctx.A.unify(o, b)
+    if isinstance(a.values, fx.Node):
+        values = ctx.axes(a.values)
+        ctx.broadcast(x[covered:], values)
+        ctx.pin_all(values[: max(0, len(values) - len(x) + covered)], f"written by {a.node.name}")
 
 
 def _sig_index(input, indices=None): ...

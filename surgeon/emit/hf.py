@@ -324,6 +324,8 @@ def fit_config(parent: nn.Module, state: SurgeryState, expected: dict[str, tuple
     config = child_config(parent, state)
     wrong = _mismatches(parent, config, expected, state)
     if wrong:
+        config, wrong = _fit_sub_configs(parent, config, expected, wrong, state)
+    if wrong:
         config, wrong = _fit_fields(parent, config, expected, wrong, state)
     return reloaded(config), wrong
 
@@ -372,17 +374,24 @@ def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, sta
     """Integer fields of the config whose value is a size the config gives wrongly are
     tried, one at a time, at the size the child needs; a change is kept when it leaves
     fewer mismatched tensors and no new one. Returns (config, what is still wrong)."""
-    fields = [k for k, v in config.to_dict().items() if type(v) is int and not k.endswith("_id")]
+    fields = _int_fields(config)
     for _ in range(tries):
-        got, want = next(iter(wrong.values()))
+        name, (got, want) = next(iter(wrong.items()))
         moves = {(g, w) for g, w in zip(got, want, strict=False) if g != w}
+        stack = (
+            name.removeprefix("the layers under ")
+            if name != name.removeprefix("the layers under ")
+            else None
+        )
         better = None
-        for field in fields:
+        for *owners, field in fields:
             for g, w in moves:
-                if _value(config, field) != g:
+                if _value(_at(config, owners), field) != g:
                     continue
                 trial = copy.deepcopy(config)
-                setattr(trial, field, w)
+                setattr(_at(trial, owners), field, w)
+                if stack is not None:  # that config's lists per layer follow its stack
+                    _per_layer_cut(_at(trial, owners), g, state, stack)
                 for candidate in [trial, *_lists_cut(trial, g, w, state)]:
                     try:
                         left = _mismatches(parent, candidate, expected, state)
@@ -401,6 +410,67 @@ def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, sta
         if not wrong:
             break
     return config, wrong
+
+
+def _fit_sub_configs(parent: nn.Module, config: Any, expected: dict, wrong: dict, state):
+    """The child's sizes written into a nested config as into the config itself (an
+    encoder-decoder's `encoder.text_config`), where that leaves fewer mismatched tensors
+    and no new one; one nested config at a time. Returns (config, what is still wrong)."""
+    sizes = state.child_sizes()
+    full = replace(state, select={}).child_sizes()
+    for owners in _config_paths(config):
+        trial = copy.deepcopy(config)
+        _set_sizes(_at(trial, owners), sizes, full, state.analysis.hidden_size)
+        try:
+            left = _mismatches(parent, trial, expected, state)
+        except Exception:  # noqa: BLE001 - the class refuses these values
+            continue
+        if len(left) < len(wrong) and set(left) <= set(wrong):
+            config, wrong = trial, left
+        if not wrong:
+            break
+    return config, wrong
+
+
+def _per_layer_cut(config: Any, old: int, state, stack: str) -> None:
+    """The `PER_LAYER` lists of `old` entries of (a nested) config taken at the layers the
+    child keeps of `stack`."""
+    layers = state.analysis.layers
+    index = [i for i, layer in enumerate(layers) if layer.stack == stack]
+    kept = state.kept_by_stack().get(stack)
+    if len(index) != old or kept is None:
+        return
+    for field in PER_LAYER:
+        value = _value(config, field)
+        if isinstance(value, (list, tuple)) and len(value) == old:
+            setattr(config, field, type(value)(value[index.index(i)] for i in kept))
+
+
+def _config_paths(config: Any, owners: tuple = ()) -> list[tuple[str, ...]]:
+    """Paths of the configs nested in a config, outermost first."""
+    out = []
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict) and hasattr(getattr(config, key, None), "to_dict"):
+            out += [(*owners, key), *_config_paths(getattr(config, key), (*owners, key))]
+    return out
+
+
+def _int_fields(config: Any, owners: tuple = ()) -> list[tuple[str, ...]]:
+    """Paths of the integer fields of a config and of the configs nested in it (an
+    encoder-decoder's `encoder.text_config.hidden_size`), ids left out."""
+    out = []
+    for key, value in config.to_dict().items():
+        if type(value) is int and not key.endswith("_id"):
+            out.append((*owners, key))
+        elif isinstance(value, dict) and hasattr(getattr(config, key, None), "to_dict"):
+            out += _int_fields(getattr(config, key), (*owners, key))
+    return out
+
+
+def _at(config: Any, owners) -> Any:
+    for key in owners:
+        config = getattr(config, key)
+    return config
 
 
 def _lists_cut(config: Any, old: int, new: int, state) -> list:

@@ -71,7 +71,7 @@ def tracing_settings(model: nn.Module) -> Iterator[None]:
     for part, key, value in changes:
         setattr(part, key, value)
     try:
-        with _casts_of_itself_kept():
+        with _casts_of_itself_kept(), _masks_by_broadcast():
             yield
     finally:
         for part, key, value in saved:
@@ -102,6 +102,40 @@ def _casts_of_itself_kept() -> Iterator[None]:
         yield
     finally:
         nn.Module.to = original
+
+
+@contextlib.contextmanager
+def _masks_by_broadcast() -> Iterator[None]:
+    """transformers expands a mask function with an extra condition (a sliding window
+    beside padding) over (batch, head, query, key) with `torch.vmap`, indexing under
+    `TransformGetItemToIndex`; export keeps both as higher-order ops. Its mask functions
+    index by position, so broadcasting the four index vectors computes the same mask in
+    plain ops (Optimum exports them so)."""
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        yield
+        return
+    names = ("_vmap_expansion_sdpa", "TransformGetItemToIndex", "_non_vmap_expansion_sdpa")
+    if not all(hasattr(masking_utils, n) for n in names):
+        yield
+        return
+    saved = {n: getattr(masking_utils, n) for n in names[:2]}
+    broadcast = masking_utils._non_vmap_expansion_sdpa
+
+    def expand(mask_function):
+        def mask(*indices):
+            return mask_function(*broadcast(*indices)).expand(*(len(i) for i in indices))
+
+        return mask
+
+    masking_utils._vmap_expansion_sdpa = expand
+    masking_utils.TransformGetItemToIndex = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(masking_utils, name, value)
 
 
 def _already(t: torch.Tensor, device, dtype) -> bool:
