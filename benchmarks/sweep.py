@@ -366,7 +366,7 @@ def _layers_and_hidden(config):
 
 def shrink_plan(report: dict) -> dict:
     """Half of everything the analysis found: layers, hidden, FFN, heads, KV groups and
-    routed experts."""
+    routed experts; heads per stack where the stacks count them differently."""
     layer = report["layers"][0]
     target = {  # every stack (an encoder-decoder's two) to half its layers
         "num_layers": max(1, min(report["stacks"].values()) // 2),
@@ -374,21 +374,34 @@ def shrink_plan(report: dict) -> dict:
     }
     if layer.get("intermediate_size"):
         target["intermediate_size"] = layer["intermediate_size"] // 2
-    heads, kv = layer.get("num_heads"), layer.get("num_kv_heads")
-    kinds = {(x.get("num_heads"), x.get("num_kv_heads")) for x in report["layers"]}
-    if heads and len(kinds) == 1:
-        kv = kv or heads
-        target["num_kv_heads"] = max(1, kv // 2)
-        per = target["num_kv_heads"]  # half the heads, whole groups (a 1-KV-head model too)
-        target["num_heads"] = max(per, heads // 2 // per * per)
-    elif heads and len({h for h, _ in kinds}) == 1:  # one head count, KV groups differ
-        groups = {k for _, k in kinds if k and k < heads}  # grouped-query layers' KV counts
-        if all(heads // 2 % k == 0 for k in groups):
-            target["num_heads"] = heads // 2
+    by_stack: dict[str, list] = {}
+    for x in report["layers"]:
+        by_stack.setdefault(x.get("stack"), []).append(x)
+    heads = {stack: _half_heads(layers) for stack, layers in by_stack.items()}
+    plan: dict = {"target": target}
+    if len({json.dumps(h, sort_keys=True) for h in heads.values()}) == 1:
+        target.update(next(iter(heads.values())))
+    else:
+        plan["stacks"] = {stack: h for stack, h in heads.items() if h}
     experts = {x.get("num_experts") for x in report["layers"]} - {0, None}
     if len(experts) == 1:
         target["num_experts"] = max(1, experts.pop() // 2)
-    return {"target": target}
+    return plan
+
+
+def _half_heads(layers: list[dict]) -> dict:
+    """Half the heads of a stack, in whole KV groups, where its layers agree on them."""
+    heads, kv = layers[0].get("num_heads"), layers[0].get("num_kv_heads")
+    kinds = {(x.get("num_heads"), x.get("num_kv_heads")) for x in layers}
+    if heads and len(kinds) == 1:
+        kv = kv or heads
+        half = max(1, kv // 2)  # half the heads, whole groups (a 1-KV-head model too)
+        return {"num_kv_heads": half, "num_heads": max(half, heads // 2 // half * half)}
+    if heads and len({h for h, _ in kinds}) == 1:  # one head count, KV groups differ
+        groups = {k for _, k in kinds if k and k < heads}  # grouped-query layers' KV counts
+        if all(heads // 2 % k == 0 for k in groups):
+            return {"num_heads": heads // 2}
+    return {}
 
 
 # A plan refused for one of these reasons is tried again without those sizes: the child
@@ -408,9 +421,13 @@ RELAX = (
 
 def _relaxed(plan: dict, why: str) -> dict | None:
     """The plan without the sizes a refusal names, or None when there is none to drop."""
+    stacks = plan.get("stacks", {})
     for sign, keys in RELAX:
-        if sign in why and any(k in plan["target"] for k in keys):
-            return {"target": {k: v for k, v in plan["target"].items() if k not in keys}}
+        named = [plan["target"], *stacks.values()]
+        if sign in why and any(k in sizes for k in keys for sizes in named):
+            out = {"target": {k: v for k, v in plan["target"].items() if k not in keys}}
+            kept = {s: {k: v for k, v in v.items() if k not in keys} for s, v in stacks.items()}
+            return {**out, **({"stacks": {s: v for s, v in kept.items() if v}} if stacks else {})}
     return None
 
 
@@ -492,7 +509,7 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
         _train_step(copy.deepcopy(child), inputs)  # the checks below see the child as made
         if fingerprint(model) != state["print"]:
             raise Wrong("the parent changed")
-        return json.dumps(plan["target"])
+        return json.dumps({**plan["target"], **plan.get("stacks", {})})
 
     def hf():
         child = state["child"]

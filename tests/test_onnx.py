@@ -61,3 +61,8 @@ def test_a_forward_that_branches_on_its_input_values_exports_the_branch_taken(tm
         export_onnx(model, example, tmp_path / "model.onnx")
     same = (example[0].flip(0) + 1,)  # another input that takes the example's branch
     assert check_onnx(model, tmp_path / "model.onnx", [example, same]) < 1e-5
+
+
+def test_complex_ops_without_an_onnx_translation_export_on_pairs(tmp_path):
+    model, example = zoo.complex_rotary()
+    assert emit_onnx(model, example, tmp_path) < 1e-5  # two other batch and sequence sizes

@@ -836,3 +836,26 @@ def scaled_embedding():
 
     torch.manual_seed(SEED)
     return Model(Config()).eval(), {"input_ids": _tokens()}
+
+
+class _ComplexRotary(nn.Module):
+    """Rotary turns in complex numbers, frequencies unsqueezed to the batch (Llama 4's):
+    the ONNX exporter has no complex `unsqueeze`."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.c = nn.Linear(12, 5)
+
+    def forward(self, x):
+        z = torch.view_as_complex(self.a(x).unflatten(-1, (6, 2)))
+        positions = torch.arange(x.shape[1], dtype=torch.float32)[:, None]
+        turn = torch.polar(torch.ones(x.shape[1], 6), positions / torch.arange(1.0, 7.0))
+        return self.c(torch.view_as_real(z * turn.unsqueeze(0)).flatten(2))
+
+
+def complex_rotary():
+    torch.manual_seed(SEED)
+    return _ComplexRotary().eval(), (
+        torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(SEED)),
+    )

@@ -116,12 +116,16 @@ def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path
                     model, args, str(path), dynamo=True, report=False, verbose=False, **options
                 )
             except Exception as e:  # noqa: BLE001 - retried below, or raised
-                if "data-dependent expression" not in str(_cause(e)):
+                cause = str(_cause(e))
+                if "data-dependent expression" in cause:
+                    again = _branch_taken(model, args, options.get("kwargs") or {})
+                elif "complex-valued input" in cause:
+                    again = _complex_as_pairs(model, args, options)
+                else:
                     raise
                 program = torch.onnx.export(
-                    _branch_taken(model, args, options.get("kwargs") or {}), (), str(path),
-                    dynamo=True, report=False, verbose=False,
-                )  # fmt: skip
+                    again, (), str(path), dynamo=True, report=False, verbose=False
+                )
     except Exception as e:  # noqa: BLE001 - the exporter's failures become one line
         raise SurgeonError(f"{what} failed: {first_line(_cause(e))}") from e
     if program is None:
@@ -141,6 +145,42 @@ def _branch_taken(model: nn.Module, args: tuple, kwargs: dict):
         stacklevel=4,
     )
     return torch.export.draft_export(model, args, kwargs, strict=False)
+
+
+# Complex ops the ONNX exporter has no complex-valued translation for, done instead on the
+# (real, imaginary) pairs it stores complex tensors as: op -> how its dims move (the pair
+# axis comes last, so a negative dim counts one further).
+_ON_PAIRS = {torch.ops.aten.unsqueeze.default: 1}
+
+
+def _complex_as_pairs(model: nn.Module, args: tuple, options: dict):
+    """The exported program of `model` with each complex op in `_ON_PAIRS` (Llama 4's
+    rotary unsqueezes complex frequencies) applied to `view_as_real` of its input, then
+    viewed as complex again: the same values, in ops the exporter translates."""
+    from torch._guards import detect_fake_mode
+
+    program = torch.export.export(
+        model, args, options.get("kwargs") or {}, dynamic_shapes=options.get("dynamic_shapes"),
+        strict=False,
+    )  # fmt: skip
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        val = node.args[0].meta.get("val") if node.args and hasattr(node.args[0], "meta") else None
+        if node.target not in _ON_PAIRS or val is None or not val.is_complex():
+            continue
+        dim = node.args[1]
+        dim = dim if dim >= 0 else dim - _ON_PAIRS[node.target]
+        with graph.inserting_before(node), detect_fake_mode([val]):
+            pairs = graph.call_function(torch.ops.aten.view_as_real.default, (node.args[0],))
+            pairs.meta["val"] = torch.view_as_real(val)
+            moved = graph.call_function(node.target, (pairs, dim))
+            moved.meta["val"] = node.target(pairs.meta["val"], dim)
+            back = graph.call_function(torch.ops.aten.view_as_complex.default, (moved,))
+            back.meta["val"] = torch.view_as_complex(moved.meta["val"])
+        node.replace_all_uses_with(back)
+        graph.erase_node(node)
+    program.graph_module.recompile()
+    return program
 
 
 def _cause(e: BaseException) -> BaseException:
