@@ -550,6 +550,8 @@ OP_CASES = {
         lambda h: torch.index_put(h, (torch.tensor([0, 1]), torch.tensor([2, 0])), 2 * h[0, :2]),
         12,
     ),
+    # a concatenation of one tensor, then sliced (CANINE's): one part is the axis itself
+    "cat_one": (lambda h: (torch.cat([h], -1) + h)[..., :4], 4),
     # an in-place op on a computed value (`hidden_states *= self.layer_scalar`)
     "inplace_mul": (lambda h: (h + 1).mul_(2), 12),
     # Falcon's fused multi-query layout: 4 query heads, then one key and one value head

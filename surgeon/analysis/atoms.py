@@ -60,6 +60,14 @@ class Atoms:
     def parts(self, a: int) -> Refinement | None:
         return self.refinement.get(self.find(a))
 
+    def refine(self, whole: int, kind: str, parts: tuple[int, ...]) -> None:
+        """`whole` (a fresh atom) is the product or concatenation of `parts`; of one part,
+        that part itself (a refinement of itself would be descended into for ever)."""
+        if len(parts) == 1:
+            self.unify(whole, parts[0])
+        elif parts:
+            self.refinement[whole] = Refinement(kind, tuple(parts))
+
     # -- unification -----------------------------------------------------------------
     def unify(self, a: int, b: int) -> None:
         """Make `a` and `b` one atom (their sizes must be equal), merging their refinements."""

@@ -515,7 +515,7 @@ def _fixed_slice(ctx: Context, node: fx.Node, axis: int, out_axis: int, run, val
     after = ctx.A.new(size - end) if end < size else None
     whole = ctx.A.new(size)
     parts = tuple(p for p in (before, out_axis, after) if p is not None)
-    ctx.A.refinement[whole] = Refinement("cat", parts)
+    ctx.A.refine(whole, "cat", parts)
     ctx.A.unify(axis, whole)
     ctx.dims.splits.append((axis, node))
     anchor = after if values[0] < 0 else before
@@ -780,7 +780,7 @@ def _cut(ctx: Context, a: Args, dim: int) -> list[int]:
     n = len(x)
     whole = ctx.A.new(ctx.size(x[dim]))
     segs = [o[dim] if len(o) == n else ctx.A.new(1) for o in a.out]
-    ctx.A.refinement[whole] = Refinement("cat", tuple(segs))
+    ctx.A.refine(whole, "cat", tuple(segs))
     ctx.A.unify(x[dim], whole)
     ctx.dims.splits.append((whole, a.node))
     _carry_other_axes(ctx, x, a.out, dim)
@@ -867,7 +867,7 @@ def cat(ctx: Context, a: Args) -> None:
     dim = _dim(a.dim, n)
     tensors = [t for t in tensors if t is not None and len(t) == n]
     whole = ctx.A.new(ctx.size(out[dim]))
-    ctx.A.refinement[whole] = Refinement("cat", tuple(t[dim] for t in tensors))
+    ctx.A.refine(whole, "cat", tuple(t[dim] for t in tensors))
     ctx.A.unify(out[dim], whole)
     for t in tensors:
         for i in range(n):
@@ -926,7 +926,7 @@ def _slice_axis(ctx: Context, node: fx.Node, axis, out_axis, start, end, step, w
     if end < size:
         parts.append(ctx.A.new(size - end))
     whole = ctx.A.new(size)
-    ctx.A.refinement[whole] = Refinement("cat", tuple(parts))
+    ctx.A.refine(whole, "cat", tuple(parts))
     ctx.A.unify(axis, whole)
     # The offsets, as sums of the segments before them (-1: no segment before).
     before = parts[0] if start > 0 else -1
