@@ -19,7 +19,6 @@ import torch
 from torch import fx
 
 from ..errors import UnsupportedOpError
-from .atoms import Refinement
 from .context import Context, Contraction, source_line
 from .registry import RULES, Args, register_rule
 
