@@ -625,7 +625,7 @@ def _attribute_pairs(old: nn.Module, new: nn.Module):
         other = mine.get(key)
         yield value, other
         if hasattr(value, "to_dict") and hasattr(other, "to_dict"):
-            yield from ((v, getattr(other, k, None)) for k, v in vars(value).items())
+            yield from ((v, _value(other, k)) for k, v in vars(value).items())
 
 
 def _owner(node: fx.Node) -> str | None:
