@@ -378,11 +378,8 @@ def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, sta
     for _ in range(tries):
         name, (got, want) = next(iter(wrong.items()))
         moves = {(g, w) for g, w in zip(got, want, strict=False) if g != w}
-        stack = (
-            name.removeprefix("the layers under ")
-            if name != name.removeprefix("the layers under ")
-            else None
-        )
+        layers = "the layers under "
+        stack = name[len(layers) :] if name.startswith(layers) else None
         better = None
         for *owners, field in fields:
             for g, w in moves:
@@ -455,15 +452,13 @@ def _config_paths(config: Any, owners: tuple = ()) -> list[tuple[str, ...]]:
     return out
 
 
-def _int_fields(config: Any, owners: tuple = ()) -> list[tuple[str, ...]]:
+def _int_fields(config: Any) -> list[tuple[str, ...]]:
     """Paths of the integer fields of a config and of the configs nested in it (an
     encoder-decoder's `encoder.text_config.hidden_size`), ids left out."""
     out = []
-    for key, value in config.to_dict().items():
-        if type(value) is int and not key.endswith("_id"):
-            out.append((*owners, key))
-        elif isinstance(value, dict) and hasattr(getattr(config, key, None), "to_dict"):
-            out += _int_fields(getattr(config, key), (*owners, key))
+    for owners in [(), *_config_paths(config)]:
+        fields = _at(config, owners).to_dict().items()
+        out += [(*owners, k) for k, v in fields if type(v) is int and not k.endswith("_id")]
     return out
 
 
