@@ -24,7 +24,7 @@ from torch import nn
 
 from .analysis import Analysis, analyse
 from .emit.hf import config_error, fit_config, is_hf_model
-from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError
+from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError, TraceError
 from .execute import Runner, check_device
 from .frontends import Graph, tensor_of, trace
 from .io.shards import Shards
@@ -100,11 +100,39 @@ def prepare(model: nn.Module, example_inputs: Any = None) -> Parent:
     if not is_hf_model(model):
         try:
             graph = trace(model, example_inputs, frontend="fx")
-            return Parent(model, graph, _checked(model, analyse(graph)))
+            return Parent(model, graph, _faithful(model, graph, _checked(model, analyse(graph))))
         except SurgeonError:
             pass
     graph = trace(model, example_inputs)
-    return Parent(model, graph, _checked(model, analyse(graph)))
+    return Parent(model, graph, _faithful(model, graph, _checked(model, analyse(graph))))
+
+
+def _faithful(model: nn.Module, graph: Graph, analysis: Analysis) -> Analysis:
+    """The traced graph computes the model's first output on the example inputs (within
+    1e-4 of its scale, or 8 eps of a low-precision dtype), else `TraceError`: a frontend
+    that records another computation (torch.export's graph of PaliGemma's base model) is
+    refused here, before any child is made from it. Weights on the meta device: nothing
+    to run."""
+    from .frontends import eval_mode, output_tensors
+    from .frontends.hf import tracing_settings
+
+    if any(t.device.type == "meta" for t in model.parameters()):
+        return analysis
+    with torch.no_grad(), eval_mode(model), tracing_settings(model):
+        want = output_tensors(graph.inputs.call(model))[0]
+        got = output_tensors(graph.inputs.call(graph.module))[0]
+    if not want.is_floating_point() or want.shape != got.shape:
+        return analysis
+    scale = max(want.abs().max().item(), 1.0)
+    diff = (want.float() - got.float()).abs().max().item()
+    if not diff <= scale * max(1e-4, 8 * torch.finfo(want.dtype).eps):
+        raise TraceError(
+            f"the {graph.frontend} graph of {type(model).__name__} computes other values "
+            f"than its forward on the example inputs (max difference {diff:.3g}, output "
+            f"scale {scale:.3g}): the tracer recorded another computation; try the other "
+            "frontend, or report it"
+        )
+    return analysis
 
 
 RANDOM = {  # ops whose output is drawn at random (a masked autoencoder's noise)

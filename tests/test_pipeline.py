@@ -202,3 +202,17 @@ def test_a_size_the_forward_makes_a_tensor_follows_the_child_and_self_casts_trac
     for layer in child.layers:
         x = x + layer(x)
     torch.testing.assert_close(child(**example), child.head(x))
+
+
+def test_a_graph_that_computes_otherwise_than_the_model_is_refused():
+    from surgeon.analysis import analyse
+    from surgeon.frontends import trace
+    from surgeon.pipeline import _faithful
+
+    model, example = zoo.exports_otherwise()
+    graph = trace(model, example, frontend="export")
+    with pytest.raises(surgeon.TraceError, match="computes other values than its forward"):
+        _faithful(model, graph, analyse(graph))
+    fx = trace(model, example, frontend="fx")  # fx records the eager computation
+    assert _faithful(model, fx, analyse(fx)).layers == []
+    assert surgeon.prepare(model, example).graph.frontend == "fx"

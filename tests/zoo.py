@@ -861,3 +861,22 @@ def complex_rotary():
     return _ComplexRotary().eval(), (
         torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(SEED)),
     )
+
+
+class _ExportsOtherwise(nn.Module):
+    """A forward that computes something else while torch.export traces it (as export's
+    graph of PaliGemma's base model does, for reasons of its own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.a(x) * (2.0 if torch.compiler.is_exporting() else 1.0)
+
+
+def exports_otherwise():
+    torch.manual_seed(SEED)
+    return _ExportsOtherwise().eval(), (
+        torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(SEED)),
+    )
