@@ -552,6 +552,8 @@ OP_CASES = {
     ),
     # a concatenation of one tensor, then sliced (CANINE's): one part is the axis itself
     "cat_one": (lambda h: (torch.cat([h], -1) + h)[..., :4], 4),
+    # a gated linear unit over the features (FastSpeech2's conformer convolution)
+    "glu": (lambda h: F.glu(h, dim=-1), 6),
     # an in-place op on a computed value (`hidden_states *= self.layer_scalar`)
     "inplace_mul": (lambda h: (h + 1).mul_(2), 12),
     # Falcon's fused multi-query layout: 4 query heads, then one key and one value head

@@ -794,6 +794,24 @@ def _carry_other_axes(ctx: Context, x: list[int], outs: list, dim: int) -> None:
             ctx.A.unify(ax, b)
 
 
+def _sig_glu(input, dim=-1): ...
+
+
+@_rule("glu", signature=_sig_glu)
+def glu(ctx: Context, a: Args) -> None:
+    """`a * sigmoid(b)` for the two halves of `dim`: the axis is the concatenation of two
+    halves that line up position by position with the output's (a fused gate|up)."""
+    x = ctx.axes(a.input)
+    dim = _dim(a.dim, len(x))
+    whole, half = ctx.A.new(ctx.size(x[dim])), a.out[dim]
+    ctx.A.refine(whole, "cat", (ctx.A.new(ctx.size(half)), ctx.A.new(ctx.size(half))))
+    ctx.A.unify(x[dim], whole)
+    for part in ctx.A.parts(whole).parts:
+        ctx.A.unify(part, half)
+    ctx.dims.splits.append((whole, a.node))
+    _carry_other_axes(ctx, x, [a.out], dim)
+
+
 @_rule(
     "split",
     "split_with_sizes",
