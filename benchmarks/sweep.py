@@ -366,7 +366,8 @@ def _layers_and_hidden(config):
 
 def shrink_plan(report: dict) -> dict:
     """Half of everything the analysis found: layers, hidden, FFN, heads, KV groups and
-    routed experts; heads per stack where the stacks count them differently."""
+    routed experts; heads per stack where the stacks count them differently (and in
+    none where the analysis finds no heads in one: configs often count them once)."""
     layer = report["layers"][0]
     target = {  # every stack (an encoder-decoder's two) to half its layers
         "num_layers": max(1, min(report["stacks"].values()) // 2),
@@ -381,8 +382,8 @@ def shrink_plan(report: dict) -> dict:
     plan: dict = {"target": target}
     if len({json.dumps(h, sort_keys=True) for h in heads.values()}) == 1:
         target.update(next(iter(heads.values())))
-    else:
-        plan["stacks"] = {stack: h for stack, h in heads.items() if h}
+    elif all(heads.values()):  # a stack whose heads are not found keeps every stack's
+        plan["stacks"] = heads
     experts = {x.get("num_experts") for x in report["layers"]} - {0, None}
     if len(experts) == 1:
         target["num_experts"] = max(1, experts.pop() // 2)
