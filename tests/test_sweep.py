@@ -32,7 +32,6 @@ PASSING = {
     "biogpt": "decoder",
     "ctrl": "decoder",
     "vitdet": "vision",
-    "gpt_bigcode": "decoder",
     "whisper": "decoder",
     "siglip_vision_model": "vision",
     "vit_mae": "vision",
@@ -42,8 +41,8 @@ PASSING = {
 }
 # Refused with one line, never a crash: FSMT's encoder (its own embedding, so a residual
 # stream apart from the decoder's, which surgeon does not cut yet; issue 16). (Doge's
-# residual additions, each skip scaled by a learnt weight, pass since; tests/test_depth.py
-# has them on a zoo model.)
+# skips, each scaled by a learnt weight, pass since: tests/test_depth.py has them on a zoo
+# model. GPT-BigCode's multi-query attention has a test of its own below.)
 REFUSED = {"fsmt": "encoder-decoder"}
 
 
