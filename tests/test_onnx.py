@@ -14,15 +14,16 @@ from tests import zoo
 from tests.helpers import shrink_plan
 
 # The single-pass export on a slice of the zoo: every encoder and vision model, the plain
-# module, and causal LMs of distinct layouts (fused Conv1D qkv, GQA + rotary + soft-capping
-# + sliding windows, partial rotary + parallel blocks with fused per-head qkv; Llama's GQA
-# and rotary are Gemma2's, Phi's layout is GPT-NeoX's: left to the benchmark). A causal LM's
+# module (fused qkv), and causal LMs of distinct layouts (GQA + rotary + soft-capping +
+# sliding windows, partial rotary + parallel blocks with fused per-head qkv; GPT-2's fused
+# qkv is nanoGPT's, Llama's GQA and rotary are Gemma2's, Phi's layout is GPT-NeoX's: left to
+# the benchmark). A causal LM's
 # `--onnx` is the KV-cache decoder: tests/test_decoder.py, and every zoo causal LM in
 # benchmarks/onnx_decoders.py.
 ONNX_SLICE = [
     n
     for n in zoo.NAMES
-    if n not in {"llama", "qwen2", "qwen3", "mistral", "gemma", "phi3", "opt", "phi"}
+    if n not in {"gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma", "phi3", "opt", "phi"}
 ]
 
 

@@ -10,7 +10,7 @@ from benchmarks.sweep import CHECKS, check_type
 # Each exercises what the zoo does not: GPT-J (interleaved rotary via repeat_interleave),
 # Falcon (multi-query qkv read by constant indices, a read-only head_dim), LayoutLM (a
 # pooler the config sizes with the hidden size), BEiT (relative position bias, backbone
-# stages re-indexed with depth), BioGPT (an embedding scale derived from the width), CTRL
+# stages re-indexed with depth), CTRL
 # (sinusoidal positions as wide as the hidden size, read at computed rows), ViTDet (layers
 # that change layout, channel-first layer norms), GPT-BigCode (multi-query attention),
 # Whisper's decoder (its head count in decoder_attention_heads, the encoder's apart),
@@ -29,7 +29,6 @@ PASSING = {
     "falcon": "decoder",
     "layoutlm": "encoder",
     "beit": "vision",
-    "biogpt": "decoder",
     "ctrl": "decoder",
     "vitdet": "vision",
     "whisper": "decoder",
