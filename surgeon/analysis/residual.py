@@ -117,9 +117,7 @@ def _origin(skip: fx.Node, data: set[fx.Node]) -> fx.Node:
     while skip.op == "call_function" and len(skip.users) == 1:
         inputs = [i for i in skip.all_input_nodes if i in data]
         rule = rule_for(skip)
-        if len(inputs) != 1 or _shape(inputs[0]) != _shape(skip) or rule is None:
-            break
-        if rule.mixes_stream:
+        if len(inputs) != 1 or _shape(inputs[0]) != _shape(skip) or not rule or rule.mixes_stream:
             break
         skip = inputs[0]
     return skip
