@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -90,11 +91,14 @@ class LayerInfo:
 class Analysis:
     graph: Graph
     dims: Dims
-    residual: int  # atom class of the residual stream
+    residual: int  # atom class of the residual stream (the widest, of several)
     blocks: list[Block]
     layers: list[LayerInfo]
     groups: dict[int, Group]
     couplings: dict[str, list] = field(default_factory=dict)
+    # every residual stream, `residual` first: one per stack that has its own input (an
+    # encoder with its own embedding, a vision tower); stacks on one stream share it
+    streams: list[int] = field(default_factory=list)
     # axes with one position per layer of a stack, each read by its layer alone (per-layer
     # inputs cut from one projection): group -> {position: parent layer}; cut with depth
     per_layer: dict[int, dict[int, int]] = field(default_factory=dict)
@@ -106,6 +110,13 @@ class Analysis:
     @property
     def hidden_size(self) -> int:
         return self.atoms.size[self.residual]
+
+    def stream_of(self, stack: str | None) -> int:
+        """The residual stream a stack of layers reads and writes (`residual` for None)."""
+        for layer in self.layers:
+            if stack is not None and layer.stack == stack and layer.blocks:
+                return layer.blocks[0].stream
+        return self.residual
 
     @property
     def stacks(self) -> list[str]:
@@ -131,10 +142,10 @@ def analyse(graph: Graph) -> Analysis:
         return graph.params.canonical(target) if target in graph.params else None
 
     soft = _output_leaves(dims)
-    blocks = find_blocks(graph.graph, dims, root, canonical)
+    streams, blocks = _streams(graph, dims, kinds, root, canonical)
     layers = _layers(blocks)
     groups = _groups(graph, dims)
-    for leaf in atoms.leaves(root):
+    for leaf in (leaf for r in streams for leaf in atoms.leaves(r)):
         if leaf in groups:  # not the size-1 segments a slice may leave
             groups[leaf].role = "residual"
     for atom in dims.experts:  # stacked weights indexed by a router's choice
@@ -160,10 +171,49 @@ def analyse(graph: Graph) -> Analysis:
         g.movable = g.pinned is None and held <= {"parameter", "buffer"}
         g.ordered = g.id in soft or "buffer" in held
     _fill_layers(layers, groups, sites, dims)
-    analysis = Analysis(graph, dims, root, blocks, layers, groups)
+    analysis = Analysis(graph, dims, root, blocks, layers, groups, streams=streams)
     analysis.per_layer = _per_layer(analysis, kinds)
     analysis.couplings = _couplings(analysis, kinds)
     return analysis
+
+
+def _streams(graph: Graph, dims: Dims, kinds: dict, root: int, canonical):
+    """The residual streams and their blocks, in graph order: the widest stream's first;
+    then, while numbered lists of modules hold weights of no layer found, the atom class
+    that spans the most of their weights, where residual blocks of those lists write it
+    (a second tower, an encoder with an embedding of its own)."""
+    streams = [root]
+    blocks = find_blocks(graph.graph, dims, root, canonical)
+    while True:
+        lists = _unclaimed(dims, kinds, _layers_of(blocks))
+        counts = Counter(
+            dims.atoms.find(a)
+            for name, axes in dims.tensors.items()
+            if kinds.get(name) == "parameter" and any(name.startswith(p + ".") for p in lists)
+            for a in set(axes)
+        )
+        found = []
+        for candidate, _ in counts.most_common():
+            if candidate in streams or dims.atoms.size[candidate] == 1:
+                continue
+            found = [
+                b
+                for b in find_blocks(graph.graph, dims, candidate, canonical)
+                if b.layer is not None and any(b.layer.startswith(p + ".") for p in lists)
+            ]
+            if found:
+                streams.append(candidate)
+            break
+        if not found:
+            break
+        blocks += found
+    order = {n: i for i, n in enumerate(graph.graph.nodes)}
+    return streams, sorted(blocks, key=lambda b: order[b.add])
+
+
+def _layers_of(blocks: list[Block]) -> set[str]:
+    """The numbered modules whose weights the blocks read (their layers' parts too)."""
+    return {m.group(1) for b in blocks for p in b.params if (m := NUMBERED.match(p))}
 
 
 def _per_layer(analysis: Analysis, kinds: dict[str, str]) -> dict[int, dict[int, int]]:
@@ -481,17 +531,22 @@ def _couplings(analysis: Analysis, kinds: dict[str, str]) -> dict[str, list]:
 
 def _other_stacks(analysis: Analysis, kinds: dict[str, str]) -> list[str]:
     """Numbered lists of modules whose weights the forward reads but which hold none of
-    the layers found (an encoder with its own input embedding, on a residual stream of its own that
-    their decoder reads through cross-attention only): kept as they are."""
-    stacks = analysis.stacks
+    the layers found (no residual blocks were found in them): kept as they are."""
+    parts = {part for layer in analysis.layers for part in layer.parts}
+    return _unclaimed(analysis.dims, kinds, parts)
+
+
+def _unclaimed(dims: Dims, kinds: dict[str, str], layers: set[str]) -> list[str]:
+    """The numbered lists of modules (outermost) whose weights the forward reads, none
+    of whose entries is among `layers` (module paths) or inside one."""
+    stacks = {name.rpartition(".")[0] for name in layers}
     indices: dict[str, set[str]] = {}
-    for name in analysis.dims.tensors:
+    for name in dims.tensors:
         found = re.search(r"\.(\d+)\.", name) if kinds.get(name) == "parameter" else None
         if found is None:
             continue
         prefix = name[: found.start()]
         if not any(prefix == s or prefix.startswith(s + ".") for s in stacks):
             indices.setdefault(prefix, set()).add(found.group(1))
-    parts = {part.rpartition(".")[0] for layer in analysis.layers for part in layer.parts}
-    lists = [p for p, i in indices.items() if len(i) > 1 and p not in parts]
+    lists = [p for p, i in indices.items() if len(i) > 1]
     return sorted(p for p in lists if not any(p.startswith(q + ".") for q in lists))

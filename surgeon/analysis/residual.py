@@ -28,6 +28,7 @@ class Block:
     nodes: set[fx.Node]
     params: list[str]  # canonical names of the tensors f reads
     layer: str | None  # module path of the numbered layer it belongs to ("model.layers.3")
+    stream: int = -1  # atom class of the residual stream it adds to
 
 
 def residual_root(dims: Dims, params_kind: dict[str, str]) -> int | None:
@@ -106,7 +107,7 @@ def find_blocks(graph: fx.Graph, dims: Dims, root: int, canonical) -> list[Block
         nodes = _between(skip, branch, stream)
         targets = {t for n in nodes for i in n.all_input_nodes for t in _weights(i, data)}
         params = sorted({canonical(t) for t in targets if canonical(t)})
-        blocks.append(Block(add, skip, branch, nodes, params, _layer_of(params)))
+        blocks.append(Block(add, skip, branch, nodes, params, _layer_of(params), root))
     return blocks
 
 

@@ -412,17 +412,23 @@ def _fit_fields(parent: nn.Module, config: Any, expected: dict, wrong: dict, sta
 def _fit_sub_configs(parent: nn.Module, config: Any, expected: dict, wrong: dict, state):
     """The child's sizes written into a nested config as into the config itself (an
     encoder-decoder's `encoder.text_config`), where that leaves fewer mismatched tensors
-    and no new one; one nested config at a time. Returns (config, what is still wrong)."""
+    (new ones may be tensors the forward never reads, a pooler the config sizes with the
+    hidden size: the caller cuts them to the config's size): all of them at once (an
+    encoder-decoder's two configs, whose widths must agree), then one at a time. Returns
+    (config, what is still wrong)."""
     sizes = state.child_sizes()
     full = replace(state, select={}).child_sizes()
-    for owners in _config_paths(config):
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    paths = [p for p in _config_paths(config) if _at(config, p) is not text]  # sized already
+    for owners in [paths, *([p] for p in paths)] if paths else ():
         trial = copy.deepcopy(config)
-        _set_sizes(_at(trial, owners), sizes, full, state.analysis.hidden_size)
+        for path in owners:
+            _set_sizes(_at(trial, path), sizes, full, state.analysis.hidden_size)
         try:
             left = _mismatches(parent, trial, expected, state)
         except Exception:  # noqa: BLE001 - the class refuses these values
             continue
-        if len(left) < len(wrong) and set(left) <= set(wrong):
+        if len(left) < len(wrong):
             config, wrong = trial, left
         if not wrong:
             break

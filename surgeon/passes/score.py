@@ -77,8 +77,9 @@ def _activation_scores(
     analysis = state.analysis
     atoms, dims = analysis.atoms, analysis.dims
     wanted = {g.id for g in groups}
-    residual = set(atoms.leaves(analysis.residual))
-    stream = [analysis.blocks[0].skip] + [b.add for b in analysis.blocks]
+    residual = {leaf for r in analysis.streams for leaf in atoms.leaves(r)}
+    starts = {b.stream: b.skip for b in reversed(analysis.blocks)}  # each stream's first
+    stream = list(starts.values()) + [b.add for b in analysis.blocks]
     stream_sites = [(n, len(dims.out[n]) - 1) for n in stream]
     inner_sites = sorted(set(dims.inputs_of_weights), key=lambda s: (s[0].name, s[1]))
     sites = stream_sites + [s for s in inner_sites if s not in stream_sites]
@@ -143,7 +144,7 @@ def _reap_sites(analysis) -> list[tuple[fx.Node, fx.Node, fx.Node, int]]:
     with picked weights whose output is on the residual stream (the down projection),
     rows in the order of the ids that picked them, gates the top-k values beside them."""
     atoms, dims = analysis.atoms, analysis.dims
-    residual = set(atoms.leaves(analysis.residual))
+    residual = {leaf for r in analysis.streams for leaf in atoms.leaves(r)}
     sites = []
     for product, weight in dims.expert_products:
         if not any(set(atoms.leaves(a)) & residual for a in dims.out[product]):

@@ -69,7 +69,7 @@ def resolve_target(
     target that is wider than the parent, does not divide, or cuts what must stay whole.
     `stacks`: sizes for the layers of one stack (`model.decoder.layers`), over `target`'s."""
     stacks = stacks or {}
-    target = {**target, **_stream_size(analysis, target, stacks)}
+    widths = _stream_widths(analysis, target, stacks)
     keep: dict[int, int] = {}
     asked: dict[int, int] = {}
     atoms, groups = analysis.atoms, analysis.groups
@@ -89,11 +89,11 @@ def resolve_target(
         if k < size:
             keep[group] = k
 
-    if "hidden_size" in target:
-        leaves = set(atoms.leaves(analysis.residual))
+    for stream, width in widths.items():
+        leaves = set(atoms.leaves(stream))
         if len(leaves) != 1:
             raise PlanError("target.hidden_size: this residual stream is made of several groups")
-        cut(leaves.pop(), target["hidden_size"], "hidden_size")
+        cut(leaves.pop(), width, "hidden_size")
     per_layer = [k for k in SIZES[1:] if k in target]
     if per_layer and not analysis.layers:
         raise PlanError(
@@ -107,18 +107,25 @@ def resolve_target(
     return keep
 
 
-def _stream_size(analysis: Analysis, target: Mapping, stacks: Mapping) -> dict[str, int]:
-    """The residual width a per-stack entry gives (all stacks read one stream: their
-    widths must agree); `PlanError` for a stack the model does not have."""
+def _stream_widths(analysis: Analysis, target: Mapping, stacks: Mapping) -> dict[int, int]:
+    """The width each residual stream is cut to: its stacks' `hidden_size` (a stack the
+    plan does not name takes `target`'s); the stacks of one stream must agree. `PlanError`
+    for a stack the model does not have."""
     check_stack_names(analysis, stacks)
-    widths = {s.get("hidden_size") for s in stacks.values()} | {target.get("hidden_size")}
-    widths.discard(None)
-    if len(widths) > 1:
-        raise PlanError(
-            f"hidden_size {' and '.join(map(str, sorted(widths)))}: the stacks of this model "
-            "read and write one residual stream, so they have one hidden_size (set it in target)"
-        )
-    return {"hidden_size": widths.pop()} if widths else {}
+    out = {}
+    for stream in analysis.streams or [analysis.residual]:
+        on = [s for s in analysis.stacks if analysis.stream_of(s) == stream]
+        widths = {stacks.get(s, {}).get("hidden_size", target.get("hidden_size")) for s in on}
+        widths = (widths or {target.get("hidden_size")}) - {None}
+        if len(widths) > 1:
+            raise PlanError(
+                f"hidden_size {' and '.join(map(str, sorted(widths)))}: the stacks of this "
+                f"model read and write one residual stream ({', '.join(on)}), so they have "
+                "one hidden_size (set it in target)"
+            )
+        if widths:
+            out[stream] = widths.pop()
+    return out
 
 
 def _layer_target(analysis, layer, target, cut) -> None:

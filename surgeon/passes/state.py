@@ -74,7 +74,7 @@ class SurgeryState:
         """The child's residual width, and each per-layer size (FFN, heads, KV heads,
         head_dim) that is the same in every layer (of `stack`, when given)."""
         a = self.analysis
-        sizes = {"hidden_size": self.new_size(a.residual)}
+        sizes = {"hidden_size": self.new_size(a.stream_of(stack))}
         per_layer: dict[str, set[int]] = {}
         for layer in a.layers:
             if stack is not None and layer.stack != stack:
