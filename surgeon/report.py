@@ -75,6 +75,14 @@ class Report:
             "stacks": {
                 stack: sum(1 for layer in a.layers if layer.stack == stack) for stack in a.stacks
             },
+            "stack_sizes": {
+                stack: {
+                    "num_layers": sum(1 for layer in a.layers if layer.stack == stack),
+                    "hidden_size": a.atoms.size[a.stream_of(stack)],
+                    "stream": a.streams.index(a.stream_of(stack)),
+                }
+                for stack in a.stacks
+            },
             "layers": layers,
             **a.couplings,
             "groups": groups,
@@ -134,7 +142,11 @@ def render(d: dict[str, Any]) -> str:
         f"parameters   {d['parameters']:,}",
         f"layers       {d['num_layers']}",
         *(
-            [f"stack        {name}: {n} layers" for name, n in d["stacks"].items()]
+            [
+                f"stack        {name}: {s['num_layers']} layers, hidden {s['hidden_size']}, "
+                f"residual stream {s['stream']}"
+                for name, s in d["stack_sizes"].items()
+            ]
             if len(d["stacks"]) > 1
             else []
         ),
@@ -167,7 +179,7 @@ def render(d: dict[str, Any]) -> str:
     for name in d["per_head_norms"]:
         lines.append(f"per-head     {name}")
     for name in d["other_stacks"]:
-        lines.append(f"other stack  {name}: its layers are not on the residual stream, kept whole")
+        lines.append(f"other stack  {name}: no residual blocks found in it, kept whole")
     lines += ["", "parameters per group (shared groups first, then per layer)"]
     lines.append(f"{'group':>6} {'role':<10} {'size':>6} {'layer':>5} {'params':>10}  note")
     for g in d["groups"]:

@@ -60,7 +60,8 @@ def pytest_collection_modifyitems(items):
         names = [
             v
             for v in params.values()
-            if isinstance(v, str) and v in zoo.NAMES + zoo.MOE_NAMES + zoo.ENC_DEC_NAMES
+            if isinstance(v, str)
+            and v in zoo.NAMES + zoo.MOE_NAMES + zoo.ENC_DEC_NAMES + zoo.STREAM_NAMES
         ]
         if names:
             item.add_marker(pytest.mark.xdist_group(names[0]))

@@ -464,7 +464,7 @@ def test_the_hf_parity_check_covers_a_padded_mask_and_another_length(prepared, m
     llama = prepared("llama")
     inputs = llama.example
     child = subclone(llama.parent, {"target": {"hidden_size": 32}})
-    hf._check_same(child.model, child.graph, child.state)  # passes as built
+    hf._check_same(child.model, child.graph, child.state, llama.model)  # passes as built
     forward = type(child.model).forward
     seq = inputs["input_ids"].shape[1]
 
@@ -482,11 +482,11 @@ def test_the_hf_parity_check_covers_a_padded_mask_and_another_length(prepared, m
     )
     monkeypatch.setattr(type(child.model), "forward", padded)
     with pytest.raises(InvariantError, match="padded attention mask"):
-        hf._check_same(child.model, child.graph, child.state)
+        hf._check_same(child.model, child.graph, child.state, llama.model)
     shorter = off_when(lambda kw: kw["input_ids"].shape[1] != seq)
     monkeypatch.setattr(type(child.model), "forward", shorter)
     with pytest.raises(InvariantError, match="sequence length of"):
-        hf._check_same(child.model, child.graph, child.state)
+        hf._check_same(child.model, child.graph, child.state, llama.model)
 
 
 # --- signals and limits, in a separate process ---------------------------------------------

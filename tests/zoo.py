@@ -20,7 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BATCH", "SEQ", "NAMES", "HF_NAMES", "build", "nanogpt", "untraceable", "unsupported_op"]
+__all__ = [
+    "BATCH",
+    "SEQ",
+    "NAMES",
+    "HF_NAMES",
+    "STREAM_NAMES",
+    "build",
+    "stream_inputs",
+    "nanogpt",
+    "untraceable",
+    "unsupported_op",
+]
 
 BATCH, SEQ, VOCAB, SEED = 2, 8, 128, 0
 
@@ -262,10 +273,14 @@ def _tokens():
 
 
 def _hf(name: str, device: str = "cpu"):
-    cls, config = {**_hf_configs(), **_moe_configs(), **_enc_dec_configs()}[name]
+    cls, config = {**_hf_configs(), **_moe_configs(), **_enc_dec_configs(), **_stream_configs()}[
+        name
+    ]
     torch.manual_seed(SEED)
     with torch.device(device):
         model = cls(config).eval()
+    if name in STREAM_NAMES:
+        return model, stream_inputs(name)
     if name == "vit":
         g = torch.Generator().manual_seed(SEED + 1)
         return model, {"pixel_values": torch.randn(BATCH, 3, 16, 16, generator=g)}
@@ -362,6 +377,91 @@ def _enc_dec_configs():
     }
 
 
+# Several residual streams: a stack with an input of its own (Whisper's audio encoder, a
+# vision tower) writes a stream of its own, which another stack reads (cross-attention, a
+# projector) or meets only at the output (CLIP's and SigLIP's two towers). The towers have
+# other widths where the model allows it (CLIP's vision tower and LLaVA's are 48 wide).
+# tests/test_streams.py uses them.
+STREAM_NAMES = ("whisper", "clip", "siglip", "llava")
+_PIXELS, _PATCH = 16, 4  # 16 patches per image
+_TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2)
+_VISION = dict(
+    image_size=_PIXELS,
+    patch_size=_PATCH,
+    hidden_size=48,
+    intermediate_size=80,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+)
+
+
+def _stream_configs():
+    import transformers as tf
+
+    heads = dict(num_attention_heads=4, max_position_embeddings=32, bos_token_id=1, eos_token_id=2)
+    return {
+        "whisper": (
+            tf.WhisperForConditionalGeneration,
+            tf.WhisperConfig(
+                vocab_size=VOCAB,
+                num_mel_bins=8,
+                d_model=64,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=96,
+                decoder_ffn_dim=96,
+                max_source_positions=8,  # 16 frames of audio
+                max_target_positions=16,
+                use_cache=False,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
+                decoder_start_token_id=1,
+                begin_suppress_tokens=None,
+            ),
+        ),
+        "clip": (
+            tf.CLIPModel,
+            tf.CLIPConfig(text_config={**_TEXT, **heads}, vision_config=_VISION, projection_dim=32),
+        ),
+        "siglip": (  # no projections: both towers end at the width of the joint space
+            tf.SiglipModel,
+            tf.SiglipConfig(
+                text_config={**_TEXT, **heads},
+                vision_config={**_VISION, "hidden_size": 64, "intermediate_size": 96},
+            ),
+        ),
+        "llava": (
+            tf.LlavaForConditionalGeneration,
+            tf.LlavaConfig(
+                vision_config=tf.CLIPVisionConfig(**_VISION),
+                text_config=tf.LlamaConfig(**{**_CAUSAL, "num_hidden_layers": 2}),
+                image_token_index=VOCAB - 1,
+                image_seq_length=(_PIXELS // _PATCH) ** 2,
+                vision_feature_layer=-1,
+            ),
+        ),
+    }
+
+
+def stream_inputs(name: str, batch: int = BATCH, seed: int = SEED + 1) -> dict:
+    """Inputs for a model of `STREAM_NAMES`: tokens (a LLaVA prompt starts with an image's
+    tokens), pixels or audio features."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB - 1, (batch, SEQ), generator=g)
+    pixels = torch.randn(batch, 3, _PIXELS, _PIXELS, generator=g)
+    if name == "whisper":
+        start = torch.ones_like(ids[:, :1])
+        features = torch.randn(batch, 8, 16, generator=g)
+        return {"input_features": features, "decoder_input_ids": torch.cat([start, ids], 1)}
+    if name == "llava":
+        image = torch.full((batch, (_PIXELS // _PATCH) ** 2), VOCAB - 1)
+        ids = torch.cat([image, ids], 1)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+
+
 def build(name: str, device: str = "cpu"):
     """Build zoo model `name`: returns `(model in eval mode, example_inputs)`.
 
@@ -370,7 +470,7 @@ def build(name: str, device: str = "cpu"):
     """
     if name == "nanogpt":
         return nanogpt(device)
-    known = NAMES + MOE_NAMES + ENC_DEC_NAMES
+    known = NAMES + MOE_NAMES + ENC_DEC_NAMES + STREAM_NAMES
     if name not in known:
         raise KeyError(f"no zoo model {name!r}; known: {', '.join(known)}")
     return _hf(name, device)
@@ -548,6 +648,13 @@ OP_CASES = {
     # positions picked by indices, the features axis lined up with the values'
     "index_put": (
         lambda h: torch.index_put(h, (torch.tensor([0, 1]), torch.tensor([2, 0])), 2 * h[0, :2]),
+        12,
+    ),
+    # the same with a token mask expanded over the features (LLaVA's `masked_scatter`)
+    "masked_scatter": (
+        lambda h: h.masked_scatter(
+            (torch.arange(3) == 1)[None, :, None].expand_as(h), 2 * h[0, :2]
+        ),
         12,
     ),
     # a concatenation of one tensor, then sliced (CANINE's): one part is the axis itself

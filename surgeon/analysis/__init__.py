@@ -82,6 +82,11 @@ class LayerInfo:
     # of another list with its index that its blocks read (an `ffns.3` beside `attentions.3`)
 
     @property
+    def stream(self) -> int:
+        """The atom class of the residual stream it reads and writes."""
+        return self.blocks[0].stream
+
+    @property
     def stack(self) -> str:
         """The module list that holds it (`model.layers`, `model.decoder.layers`)."""
         return self.name.rpartition(".")[0]
@@ -91,7 +96,7 @@ class LayerInfo:
 class Analysis:
     graph: Graph
     dims: Dims
-    residual: int  # atom class of the residual stream (the widest, of several)
+    residual: int  # atom class of the residual stream (of several: the last layer's)
     blocks: list[Block]
     layers: list[LayerInfo]
     groups: dict[int, Group]
@@ -114,8 +119,8 @@ class Analysis:
     def stream_of(self, stack: str | None) -> int:
         """The residual stream a stack of layers reads and writes (`residual` for None)."""
         for layer in self.layers:
-            if stack is not None and layer.stack == stack and layer.blocks:
-                return layer.blocks[0].stream
+            if stack is not None and layer.stack == stack:
+                return layer.stream
         return self.residual
 
     @property
@@ -143,6 +148,7 @@ def analyse(graph: Graph) -> Analysis:
 
     soft = _output_leaves(dims)
     streams, blocks = _streams(graph, dims, kinds, root, canonical)
+    root = streams[0]
     layers = _layers(blocks)
     groups = _groups(graph, dims)
     for leaf in (leaf for r in streams for leaf in atoms.leaves(r)):
@@ -178,10 +184,11 @@ def analyse(graph: Graph) -> Analysis:
 
 
 def _streams(graph: Graph, dims: Dims, kinds: dict, root: int, canonical):
-    """The residual streams and their blocks, in graph order: the widest stream's first;
-    then, while numbered lists of modules hold weights of no layer found, the atom class
-    that spans the most of their weights, where residual blocks of those lists write it
-    (a second tower, an encoder with an embedding of its own)."""
+    """The residual streams (the one the last block writes first) and their blocks, in
+    graph order. The stream that spans the most weights is found first; then, while
+    numbered lists of modules hold weights of no layer found, the atom class that spans
+    the most of their weights, where residual blocks of those lists write it (a second
+    tower, an encoder with an embedding of its own)."""
     streams = [root]
     blocks = find_blocks(graph.graph, dims, root, canonical)
     while True:
@@ -208,7 +215,9 @@ def _streams(graph: Graph, dims: Dims, kinds: dict, root: int, canonical):
             break
         blocks += found
     order = {n: i for i, n in enumerate(graph.graph.nodes)}
-    return streams, sorted(blocks, key=lambda b: order[b.add])
+    blocks = sorted(blocks, key=lambda b: order[b.add])
+    last = blocks[-1].stream if blocks else root  # the stream the output is read from
+    return sorted(streams, key=lambda r: r != last), blocks
 
 
 def _layers_of(blocks: list[Block]) -> set[str]:

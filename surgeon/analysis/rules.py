@@ -437,7 +437,6 @@ def im2col(ctx: Context, a: Args) -> None:
     "index_add",
     "index_copy",
     "index_fill",
-    "masked_scatter",
     "bincount",
     "unique",
     "one_hot",
@@ -473,6 +472,40 @@ def index_put(ctx: Context, a: Args) -> None:
         values = ctx.axes(a.values)
         ctx.broadcast(x[covered:], values)
         ctx.pin_all(values[: max(0, len(values) - len(x) + covered)], f"written by {a.node.name}")
+
+
+def _sig_masked_scatter(input, mask, source): ...
+
+
+@_rule("masked_scatter", "masked_scatter_", signature=_sig_masked_scatter)
+def masked_scatter(ctx: Context, a: Args) -> None:
+    """`input.masked_scatter(mask, source)` with a mask that is one value along input's
+    trailing axes (of size 1 there, or grown from size 1 by a broadcast: a token mask
+    expanded over the features, as image features are written over their tokens'
+    embeddings) writes whole rows: those axes keep their meaning and line up with the
+    source's trailing axes; the positions before them are picked by data. Any other mask
+    picks single elements: data dependent."""
+    x, source, mask = ctx.axes(a.input), ctx.axes(a.source), ctx.axes(a.mask)
+    if x is None or source is None or mask is None or len(mask) > len(x):
+        return data_dependent(ctx, a)
+    grown = {ctx.A.find(g) for g, _ in ctx.dims.broadcasts}
+    whole = 0
+    for m in reversed(mask):
+        if ctx.size(m) != 1 and ctx.A.find(m) not in grown:
+            break
+        whole += 1
+    whole = min(whole, len(source))
+    if not whole:
+        return data_dependent(ctx, a)
+    lead = len(x) - whole
+    ctx.broadcast(x[lead:], mask[len(mask) - whole :])
+    ctx.pin_all(mask[: len(mask) - whole], f"indexed by {a.node.name}")
+    ctx.pin_all(x[:lead], f"positions written by {a.node.name}")
+    ctx.pin_all(source[: len(source) - whole], f"written by {a.node.name}")
+    for o, b in zip(a.out, x, strict=True):
+        ctx.A.unify(o, b)
+    for b, v in zip(x[lead:], source[len(source) - whole :], strict=True):
+        ctx.A.unify(b, v)
 
 
 def _sig_index(input, indices=None): ...

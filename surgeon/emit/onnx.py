@@ -111,6 +111,7 @@ def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path
             # "the axis name batch will not be used, since it shares the same shape
             # constraints with another axis: batch": the names are used, as wanted
             warnings.filterwarnings("ignore", "# The axis name", UserWarning)
+            options = {"custom_translation_table": _translations(), **options}
             try:
                 program = torch.onnx.export(
                     model, args, str(path), dynamo=True, report=False, verbose=False, **options
@@ -124,12 +125,25 @@ def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path
                 else:
                     raise
                 program = torch.onnx.export(
-                    again, (), str(path), dynamo=True, report=False, verbose=False
-                )
+                    again, (), str(path), dynamo=True, report=False, verbose=False,
+                    custom_translation_table=options["custom_translation_table"],
+                )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - the exporter's failures become one line
         raise SurgeonError(f"{what} failed: {first_line(_cause(e))}") from e
     if program is None:
         raise SurgeonError(f"{what} produced nothing")
+
+
+def _translations() -> dict:
+    """ONNX translations of ops the exporter has none for: `_is_all_true`, the check a
+    forward makes with `torch._check` on a tensor (LLaVA's image tokens against its image
+    features), whose result only feeds a runtime assertion that ONNX drops."""
+    from onnxscript import opset18 as op
+
+    def is_all_true(x):
+        return op.Not(op.ReduceMax(op.Cast(op.Not(x), to=7), keepdims=0) > 0)
+
+    return {torch.ops.aten._is_all_true.default: is_all_true}
 
 
 def _branch_taken(model: nn.Module, args: tuple, kwargs: dict):

@@ -72,12 +72,13 @@ class SurgeryState:
 
     def child_sizes(self, stack: str | None = None) -> dict[str, int]:
         """The child's residual width, and each per-layer size (FFN, heads, KV heads,
-        head_dim) that is the same in every layer (of `stack`, when given)."""
+        head_dim) that is the same in every layer of `stack` (None: of the stacks on the
+        main residual stream, `Analysis.residual`)."""
         a = self.analysis
         sizes = {"hidden_size": self.new_size(a.stream_of(stack))}
         per_layer: dict[str, set[int]] = {}
         for layer in a.layers:
-            if stack is not None and layer.stack != stack:
+            if layer.stack != stack if stack is not None else layer.stream != a.residual:
                 continue
             if layer.experts:
                 experts = sum(self.new_size(g) for g in layer.experts)
