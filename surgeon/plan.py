@@ -85,7 +85,7 @@ SCHEMA = {
                 "type": "object",
                 "additionalProperties": _object({k: _SIZE for k in TARGETS}),
                 "description": "sizes for one stack of layers (an encoder-decoder's "
-                "model.decoder.layers), by module path, over target's",
+                "model.decoder.layers, a vision tower), by module path, over target's",
             },
             "depth": {
                 **_DEPTH,

@@ -5,6 +5,7 @@ stream is found with its stack, cut alone (`stacks:`) or with the others, and th
 projections are cut with the stream they read."""
 
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ STACKS = {  # the module lists of each model's two stacks, in the order they run
     "llava": ("model.vision_tower.encoder.layers", "model.language_model.layers"),
 }
 WIDTHS = {"whisper": (64, 64), "clip": (48, 64), "siglip": (64, 64), "llava": (48, 64)}
+ROOT = Path(__file__).resolve().parent.parent
 LAYERS = 2  # per stack, in the zoo's configs
 # Exported to ONNX here (about 12 s each): a stream written over image tokens
 # (`masked_scatter`, checked with `torch._check`) through a projector. Streams read
@@ -109,3 +111,14 @@ def test_every_stream_cut_together_reloads_and_exports(streams, tmp_path):
         return
     path = export_onnx(child, streams.example, tmp_path / "child.onnx")
     assert check_onnx(child, path, [zoo.stream_inputs(name, seed=7)]) < 1e-4  # other values
+
+
+def test_the_example_plan_cuts_each_stream_by_name(prepared):
+    llava = prepared("llava")
+    child = apply(llava.parent, str(ROOT / "examples" / "stacks" / "llava.yaml"))
+    vision, text = STACKS["llava"]
+    assert _norm_widths(child, vision) == {24} and _norm_widths(child, text) == {64}
+    assert len(child.get_submodule(text)) == 1
+    assert child.config.vision_config.hidden_size == 24
+    assert child.config.text_config.intermediate_size == 48
+    assert child.model.multi_modal_projector.linear_1.weight.shape == (64, 24)
