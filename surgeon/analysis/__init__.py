@@ -185,35 +185,31 @@ def analyse(graph: Graph) -> Analysis:
 
 def _streams(graph: Graph, dims: Dims, kinds: dict, root: int, canonical):
     """The residual streams (the one the last block writes first) and their blocks, in
-    graph order. The stream that spans the most weights is found first; then, while
-    numbered lists of modules hold weights of no layer found, the atom class that spans
-    the most of their weights, where residual blocks of those lists write it (a second
-    tower, an encoder with an embedding of its own)."""
+    graph order. The stream that spans the most weights is found first; then, for each
+    numbered list of modules that holds weights of no layer found (a second tower, an
+    encoder with an embedding of its own), the atom class that spans the most of its
+    weights is another stream where residual blocks of such lists write it."""
     streams = [root]
     blocks = find_blocks(graph.graph, dims, root, canonical)
-    while True:
-        lists = _unclaimed(dims, kinds, _layers_of(blocks))
+    tried: set[str] = set()
+    while lists := [p for p in _unclaimed(dims, kinds, _layers_of(blocks)) if p not in tried]:
+        tried.add(lists[0])
         counts = Counter(
             dims.atoms.find(a)
             for name, axes in dims.tensors.items()
-            if kinds.get(name) == "parameter" and any(name.startswith(p + ".") for p in lists)
+            if kinds.get(name) == "parameter" and name.startswith(lists[0] + ".")
             for a in set(axes)
         )
-        found = []
         for candidate, _ in counts.most_common():
-            if candidate in streams or dims.atoms.size[candidate] == 1:
-                continue
-            found = [
-                b
-                for b in find_blocks(graph.graph, dims, candidate, canonical)
-                if b.layer is not None and any(b.layer.startswith(p + ".") for p in lists)
-            ]
-            if found:
-                streams.append(candidate)
-            break
-        if not found:
-            break
-        blocks += found
+            if candidate not in streams and dims.atoms.size[candidate] > 1:
+                found = [
+                    b
+                    for b in find_blocks(graph.graph, dims, candidate, canonical)
+                    if b.layer is not None and any(b.layer.startswith(p + ".") for p in lists)
+                ]
+                streams += [candidate] if found else []
+                blocks += found
+                break
     order = {n: i for i, n in enumerate(graph.graph.nodes)}
     blocks = sorted(blocks, key=lambda b: order[b.add])
     last = blocks[-1].stream if blocks else root  # the stream the output is read from
