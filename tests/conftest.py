@@ -52,6 +52,7 @@ def prepare(name: str) -> Prepared:
     return _PREPARED[name]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     """Tests of one zoo model run on one xdist worker (`--dist loadgroup`), so each
     worker prepares only the parents it uses."""

@@ -17,6 +17,8 @@ from surgeon.generate import OnnxDecoder, generate
 from tests import zoo
 from tests.helpers import shrink_plan
 
+pytestmark = pytest.mark.xdist_group("decoder")  # one worker exports the decoder once
+
 
 @pytest.fixture(scope="module")
 def exported(prepared, tmp_path_factory):
