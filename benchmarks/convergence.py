@@ -67,7 +67,7 @@ INITS = {  # name: (the plan's keys besides target, or None for random init; dis
     "random + distillation": (None, True),
     "surgeon + distillation": ({"recipe": "surgeon"}, True),
     # candidates for a better default (docs/results.md: why)
-    "surgeon, rescale none": ({"recipe": "surgeon", "rescale": "none"}, False),
+    "surgeon with rescale none": ({"recipe": "surgeon", "rescale": "none"}, False),
 }
 LR_LADDER = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 WD_LADDER = [0.0, 0.01, 0.1, 1.0, 10.0, 100.0]
@@ -528,7 +528,7 @@ def _plot(table) -> None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="paper,demo,extreme", help=f"of {', '.join(SIZES)}")
-    p.add_argument("--inits", default=",".join(INITS), help="of the names in INITS")
+    p.add_argument("--inits", default=",".join(INITS), help="comma-separated names of INITS")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--device", default="cpu")
