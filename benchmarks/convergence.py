@@ -81,6 +81,7 @@ BUDGETS = [20, 30, 50, 70, 100]
 ROWS = Path("benchmarks/results/convergence.jsonl")
 SUMMARY = Path("benchmarks/results/convergence.json")
 FIGURES = Path("docs/figures")
+HINTS = Path("surgeon/training_hints.json")
 CACHE = Path(".cache/convergence")
 
 
@@ -434,9 +435,25 @@ def report(rows: dict) -> dict:
         "curves": {size: {init: e["curves"] for init, e in t.items()} for size, t in table.items()},
     }
     SUMMARY.write_text(json.dumps(summary, indent=1) + "\n")
+    HINTS.write_text(json.dumps(hints(table, summary), indent=1) + "\n")
     _print(table)
     _plot(table)
     return summary
+
+
+def hints(table, summary) -> dict:
+    """What `surgeon apply` advises (surgeon/hints.py): the chosen lr and weight decay of
+    surgeon's init, plain and distilled, at each size measured to the end (search and
+    every seed of both)."""
+    parent = 134_515_008  # SmolLM2-135M's parameters
+    sizes, inits = [], ("surgeon", "surgeon + distillation")
+    for size, t in table.items():
+        if all(t.get(i, {}).get("seeds") == [0, 1, 2] for i in inits):
+            entry = {"size": size, "parent": "SmolLM2-135M-Instruct"}
+            entry["parameters"] = summary["parameters"][size]
+            entry["share"] = entry["parameters"] / parent
+            sizes.append({**entry, **{i: {"lr": t[i]["lr"], "wd": t[i]["wd"]} for i in inits}})
+    return {"source": f"benchmarks/convergence.py protocol {PROTOCOL}", "sizes": sizes}
 
 
 def parameters(size: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import resource
 import shutil
@@ -394,8 +395,30 @@ def test_force_replaces_in_one_step_and_leaves_nothing(parent, tmp_path, capsys,
     monkeypatch.setattr(output, "_exchange", lambda a, b: False)
     assert main(argv) == 0
     assert not (out / "old.txt").exists() and _left(tmp_path) == ["out"]
-    out_text = capsys.readouterr().out
-    assert "hint: train it with AdamW" in out_text  # a causal LM: the measured hint
+    assert "hint: train" not in capsys.readouterr().out  # nothing measured backs a hint
+
+
+def test_the_hint_is_the_measurement_at_the_nearest_size(parent, tmp_path, capsys, monkeypatch):
+    """A causal LM's hint: the lr and weight decay convergence.py chose at the measured
+    size nearest in share of the parent's parameters, with the real paths."""
+    from surgeon import hints
+
+    sizes = [
+        {"size": s, "parent": "P", "parameters": n, "share": share,
+         "surgeon": {"lr": lr, "wd": 0.1}, "surgeon + distillation": {"lr": lr, "wd": 1.0}}
+        for s, n, share, lr in (("big", 90e6, 0.9, 1e-4), ("small", 1e6, 0.01, 3e-3))
+    ]  # fmt: skip
+    table = tmp_path / "hints.json"
+    table.write_text(json.dumps({"sizes": sizes}))
+    monkeypatch.setattr(hints, "HINTS", table)
+    out = tmp_path / "out"
+    assert main(_apply(parent, tmp_path, PLAN, "--out", str(out))) == 0
+    summary = json.loads((out / "surgeon.json").read_text())
+    share = summary["child_parameters"] / summary["parent_parameters"]
+    nearest = min(sizes, key=lambda s: abs(math.log(s["share"] / share)))
+    hint = next(line for line in capsys.readouterr().out.splitlines() if "hint:" in line)
+    assert f"lr {nearest['surgeon']['lr']:g}, weight decay 0.1" in hint
+    assert f"--child {out} --teacher {parent}" in hint
 
 
 def _dead_pid() -> int:

@@ -14,6 +14,7 @@ import torch
 from ..emit.decoder import is_causal_lm
 from ..errors import NotStreamable, PlanError, SurgeonError
 from ..execute import process_group, rank, world_size
+from ..hints import training_hint
 from ..io.output import check_output, staged_folder
 from .export import emit_any_onnx
 
@@ -200,10 +201,8 @@ def _print(summary: dict, out: Path) -> None:
     if onnx and "int8_bytes" in onnx:
         print(f"  onnx: model.int8.onnx (dynamic int8), {onnx['int8_bytes'] / 2**20:.1f} MiB")
     print(f"  took {s['seconds']:.1f} s")
-    if s.get("causal_lm"):  # what benchmarks/convergence.py measured (a Llama)
-        print(
-            "hint: train it with AdamW at lr 3e-3 (chosen on validation for the surgeon init "
-            "in benchmarks/convergence.py, with a strong weight decay: 10, which beat 3 and "
-            "30), distilling from the parent: surgeon distill --child OUT "
-            "--teacher PARENT --data FILE (docs/training.md)"
-        )
+    hint = s.get("causal_lm") and training_hint(
+        s["child_parameters"], s["parent_parameters"], str(out), s["parent"]
+    )
+    if hint:
+        print(hint)
