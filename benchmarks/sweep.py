@@ -48,19 +48,13 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: the repository holds `benchmarks`
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.support import CHECKS, summary, write_support  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "sweep.jsonl"
 SUPPORT = ROOT / "docs" / "support.md"
-CHECKS = ("trace", "inspect", "permute", "shrink", "hf", "onnx")
-CATEGORIES = (
-    "decoder",
-    "encoder",
-    "vision",
-    "encoder-decoder",
-    "moe",
-    "ssm/hybrid",
-    "multimodal",
-    "other",
-)
 BATCH, SEQ, VOCAB, IMAGE = 2, 8, 128, 32
 MEMORY_GB = 8  # address space of one type's process
 
@@ -663,10 +657,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", default="", help="checks not to run, e.g. onnx (a quick look)")
     ap.add_argument("--after", default="", help="only the types sorted after this one")
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     if args.docs:
-        from benchmarks.support import write_support
-
         write_support(load(args.results), SUPPORT)
         print(f"wrote {SUPPORT}")
         return 0
@@ -708,8 +699,6 @@ def main(argv=None) -> int:
     partial.unlink(missing_ok=True)
     wall = time.perf_counter() - start
     print(f"{len(records)} types in {wall:.0f} s ({wall / max(1, len(records)):.1f} s each)")
-    from benchmarks.support import summary
-
     print(summary(list(old.values())))
     return 0
 
