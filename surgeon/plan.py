@@ -37,15 +37,21 @@ import jsonschema
 import yaml
 
 from .errors import PlanError
+from .passes.depth import STRATEGIES
+from .passes.rescale import METHODS as RESCALE_METHODS
+from .passes.score import EXPERTS
+from .passes.score import METHODS as SCORE_METHODS
+from .passes.slice import SIZES
 
 __all__ = ["Plan", "load_plan", "SCHEMA", "PASS_ORDER", "RECIPES"]
 
-WIDTH = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "num_experts")
+# The vocabulary is the passes' own: each pass names what it accepts.
+WIDTH = SIZES
 TARGETS = ("num_layers", *WIDTH)
-DEPTH = ("middle", "uniform", "first", "last", "influence")
-IMPORTANCE = ("activation", "weight", "uniform", "first")
-EXPERT_CRITERIA = ("reap", "frequency")  # routed experts under activation importance
-RESCALE = ("paper", "none")
+DEPTH = STRATEGIES
+IMPORTANCE = SCORE_METHODS
+EXPERT_CRITERIA = EXPERTS
+RESCALE = RESCALE_METHODS
 EMIT = ("auto", "hf", "graph")
 CALIBRATION = {"samples": 32, "seq_len": 256, "batch_size": 4}
 PASS_ORDER = ("score", "depth", "permute", "slice", "rescale")

@@ -12,7 +12,9 @@ from ..analysis.measure import layer_influence
 from ..errors import PlanError
 from .state import SurgeryState, check_stack_names
 
-__all__ = ["Depth", "choose_layers"]
+__all__ = ["STRATEGIES", "Depth", "choose_layers"]
+
+STRATEGIES = ("middle", "uniform", "first", "last", "influence")  # the plan's `depth:` names
 
 
 @dataclass(frozen=True)

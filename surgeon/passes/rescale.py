@@ -10,7 +10,7 @@ from .state import SurgeryState
 
 __all__ = ["METHODS", "Rescale"]
 
-METHODS = ("paper", "none")
+METHODS = ("paper", "none")  # the plan's `rescale:` names
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ from torch import fx
 from ..analysis.measure import activation_means, routed_norms, routing_counts
 from ..errors import PlanError
 from ..execute import memory_bound
-from ..plan import EXPERT_CRITERIA
 from .state import SurgeryState
 
-__all__ = ["METHODS", "Score", "mean_abs_profile", "movable_groups"]
+__all__ = ["EXPERTS", "METHODS", "Score", "mean_abs_profile", "movable_groups"]
 
 
-METHODS = ("activation", "weight", "uniform", "first")
+METHODS = ("activation", "weight", "uniform", "first")  # the plan's `importance:` names
+EXPERTS = ("reap", "frequency")  # routed experts under activation importance
 
 
 def movable_groups(state: SurgeryState) -> list:
@@ -55,8 +55,8 @@ class Score:
     def check(self, state: SurgeryState) -> None:
         if self.method not in METHODS:
             raise PlanError(f"importance {self.method!r} is not one of: {', '.join(METHODS)}")
-        if self.experts not in EXPERT_CRITERIA:
-            raise PlanError(f"experts {self.experts!r} is not one of: {', '.join(EXPERT_CRITERIA)}")
+        if self.experts not in EXPERTS:
+            raise PlanError(f"experts {self.experts!r} is not one of: {', '.join(EXPERTS)}")
 
     def run(self, state: SurgeryState) -> None:
         if self.method in ("first", "uniform"):
