@@ -14,6 +14,7 @@ in-memory and streamed paths differ only in where the parent's tensors are read 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -23,9 +24,11 @@ import torch
 from torch import nn
 
 from .analysis import Analysis, analyse
-from .emit.hf import config_error, fit_config, is_hf_model
+from .analysis.registry import overlay
+from .emit.hf import is_hf_model
 from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError, TraceError
 from .execute import Runner, check_device
+from .fit import ChildShape, config_error, fit_config
 from .frontends import Graph, tensor_of, trace
 from .io.shards import Shards
 from .passes import PASSES, Pass, SurgeryState
@@ -90,21 +93,28 @@ class Parent:
         )
 
 
-def prepare(model: nn.Module, example_inputs: Any = None) -> Parent:
+def prepare(
+    model: nn.Module, example_inputs: Any = None, *, rules: Mapping[Any, Any] | None = None
+) -> Parent:
     """Trace and analyse a module (its weights may be on the meta device: then only its
     structure can be used, as by `surgeon validate`).
 
     A plain module is traced with torch.fx first: its graph keeps batch and sequence sizes
     symbolic, so the child runs (and exports) at any size. Hugging Face models, and modules
-    torch.fx cannot trace or analyse, go through torch.export."""
-    if not is_hf_model(model):
-        try:
-            graph = trace(model, example_inputs, frontend="fx")
-            return Parent(model, graph, _faithful(model, graph, _checked(model, analyse(graph))))
-        except SurgeonError:
-            pass
-    graph = trace(model, example_inputs)
-    return Parent(model, graph, _faithful(model, graph, _checked(model, analyse(graph))))
+    torch.fx cannot trace or analyse, go through torch.export.
+
+    `rules` (op -> `OpRule` or rule function, as `analysis.registry.overlay` takes them)
+    serve this call only, over the table's; the table is left as it was."""
+    with overlay(rules):
+        if not is_hf_model(model):
+            try:
+                graph = trace(model, example_inputs, frontend="fx")
+                analysis = _checked(model, analyse(graph))
+                return Parent(model, graph, _faithful(model, graph, analysis))
+            except SurgeonError:
+                pass
+        graph = trace(model, example_inputs)
+        return Parent(model, graph, _faithful(model, graph, _checked(model, analyse(graph))))
 
 
 def _faithful(model: nn.Module, graph: Graph, analysis: Analysis) -> Analysis:
@@ -135,24 +145,19 @@ def _faithful(model: nn.Module, graph: Graph, analysis: Analysis) -> Analysis:
     return analysis
 
 
-RANDOM = {  # ops whose output is drawn at random (a masked autoencoder's noise)
-    *("rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "randperm"),
-    *("bernoulli", "bernoulli_", "normal", "normal_", "uniform", "uniform_", "multinomial"),
-    *("exponential_", "poisson", "native_dropout"),
-}
-
-
 def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
     """Refuse, in one line, what the analysis would report wrongly: a forward that draws
-    random numbers (no output to preserve), or a list of layers of which the traced
-    forward reaches only some (cross-attention layers that run only with an image). Mark
-    the layers whose weights are applied several times (ALBERT shares one layer across
-    the depth): their widths can be cut, but they cannot be removed or copied."""
+    random numbers (an op `random` in the rule table: no output to preserve), or a list
+    of layers of which the traced forward reaches only some (cross-attention layers that
+    run only with an image). Mark the layers whose weights are applied several times
+    (ALBERT shares one layer across the depth): their widths can be cut, but they cannot
+    be removed or copied."""
     from .analysis.context import source_line
-    from .analysis.registry import rule_key
+    from .analysis.registry import rule_for, rule_key
 
     for node in analysis.graph.graph.nodes:
-        if node.op == "call_function" and rule_key(node) in RANDOM:
+        rule = rule_for(node)  # every node, those whose values are never read included
+        if rule is not None and rule.random:
             raise SurgeonError(
                 f"{type(model).__name__} draws random numbers in its forward ({rule_key(node)} "
                 f"at {source_line(node)}): surgeon needs a forward that gives one output"
@@ -175,14 +180,16 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
     return analysis
 
 
-def prepare_folder(folder: str | Path, example_inputs: Any = None) -> Parent:
+def prepare_folder(
+    folder: str | Path, example_inputs: Any = None, *, rules: Mapping[Any, Any] | None = None
+) -> Parent:
     """A Hugging Face folder of safetensors files, never loaded: the model is built from
     its config on the meta device, traced (on `example_inputs`, e.g. the first calibration
     batch; a small batch from its config by default) and analysed, and its tensors are
     read from the files as views (file pages, not process memory); the buffers the model
     computes rather than stores (rotary frequencies) are computed on the CPU.
     `NotStreamable` for checkpoints whose tensors transformers converts on load, or that
-    are quantized."""
+    are quantized. `rules`: as for `prepare`."""
     from .frontends.load import load_model
     from .io.names import load_names
 
@@ -194,9 +201,11 @@ def prepare_folder(folder: str | Path, example_inputs: Any = None) -> Parent:
         raise NotStreamable(f"the checkpoint is quantized ({method}): its tensors are packed")
     shards = Shards(folder)
     stored = load_names(model, shards.index)
-    graph = trace(model, example_inputs)
-    buffers = _computed_buffers(model, graph, stored)
-    return Parent(model, graph, _checked(model, analyse(graph)), shards, stored, folder, buffers)
+    with overlay(rules):
+        graph = trace(model, example_inputs)
+        buffers = _computed_buffers(model, graph, stored)
+        analysis = _checked(model, analyse(graph))
+    return Parent(model, graph, analysis, shards, stored, folder, buffers)
 
 
 def _computed_buffers(model: nn.Module, graph: Graph, stored: dict) -> dict[str, torch.Tensor]:
@@ -339,7 +348,8 @@ def _child_config(parent: Parent, state: SurgeryState) -> Any:
         return None
     for _ in range(8):
         planned = _planned(state)
-        config, wrong = fit_config(parent.model, planned, expected_shapes(planned))
+        shape = ChildShape.of(planned, expected_shapes(planned))
+        config, wrong = fit_config(parent.model, shape)
         if not wrong:
             return config
         if not _follow_config(state, wrong):

@@ -170,7 +170,7 @@ def test_cut_sizes_are_the_childs(prepared):
 def test_lists_one_entry_per_layer_follow_depth_where_the_class_asks():
     from transformers import PretrainedConfig
 
-    from surgeon.emit.hf import _fit_lists
+    from surgeon.fit import _fit_lists
 
     class Windows(torch.nn.Module):  # Longformer: one attention window per layer, asserted
         def __init__(self, config):

@@ -13,7 +13,7 @@ import torch
 import surgeon
 from surgeon import UnsupportedOpError
 from surgeon.analysis import analyse, register_rule, unregister_rule
-from surgeon.analysis.registry import RULES, op_key
+from surgeon.analysis.registry import RULES, OpRule, op_key, overlay
 from surgeon.frontends import as_inputs, output_tensors, trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,6 +126,55 @@ def test_unregister_removes_the_rule(registered):
     assert KEY not in RULES
     with pytest.raises(KeyError):
         unregister_rule(KEY)
+
+
+def test_rules_given_to_prepare_serve_that_call_only(example):
+    """`surgeon.prepare(..., rules=...)` analyses with a rule the table lacks (an `OpRule`,
+    with what the op is), and leaves the table as it was: the next call has no rule."""
+    model, inputs = example.build()
+    before = dict(RULES)
+    rule = OpRule(KEY, example.linear_gelu_rule, mixes_stream=True)
+    parent = surgeon.prepare(model, inputs, rules={torch.ops.mylib.linear_gelu: rule})
+    assert parent.analysis.hidden_size == 16
+    assert [layer.name for layer in parent.analysis.layers] == ["blocks.0", "blocks.1"]
+    assert RULES == before and KEY not in RULES
+    plan = {"target": {"hidden_size": 8, "intermediate_size": 24}, "importance": "weight"}
+    child = surgeon.apply(parent, plan)  # the prepared parent needs the rule no more
+    assert child.get_parameter("blocks.0.up").shape == (24, 8)
+    with pytest.raises(UnsupportedOpError, match="register_rule"):
+        surgeon.prepare(model, inputs)
+
+
+def test_rules_given_to_prepare_are_gone_after_an_error(example):
+    """An overlaid rule that fails, over a built-in one: the error reaches the caller and
+    the table holds the built-in rule again."""
+    model, inputs = example.build()
+    before, linear = dict(RULES), RULES["linear"]
+
+    def broken(ctx, a):
+        raise RuntimeError("a broken rule")
+
+    with pytest.raises(RuntimeError, match="a broken rule"):
+        surgeon.prepare(model, inputs, rules={KEY: example.linear_gelu_rule, "linear": broken})
+    assert RULES == before and RULES["linear"] is linear and KEY not in RULES
+
+
+def test_overlay_puts_rules_in_the_table_for_its_block():
+    view = RULES["view"]
+
+    def other(ctx, a):
+        pass
+
+    with overlay({"aten::view": other, "surgeon_test_overlaid": OpRule("x", other)}) as put:
+        assert RULES["view"].fn is other and RULES["view"].signature is None
+        assert RULES["surgeon_test_overlaid"].key == "surgeon_test_overlaid"
+        assert set(put) == {"view", "surgeon_test_overlaid"}
+    assert RULES["view"] is view and "surgeon_test_overlaid" not in RULES
+    with pytest.raises(TypeError, match="OpRule or a function"), overlay({"view": 3}):
+        pass
+    assert RULES["view"] is view
+    with overlay(None) as put:
+        assert put == {}
 
 
 def test_reserved_argument_names_are_refused():

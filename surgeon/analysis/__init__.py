@@ -1,11 +1,12 @@
 """Analysis: the dimension groups, residual stream, blocks and layers of a traced model.
 
-`analyse(graph)` runs the op rules (`rules.py`, `registry.py`) over the graph and reads the result:
-which axes are one group, what role each group plays, which layer it belongs to, and the
-couplings (tied tensors, buffers such as rotary frequencies, fused projections) that the
-surgery passes must respect. Nothing here knows a model family: roles come from the
-graph's structure (products of two activations are attention; the group spanning the
-most parameters is the residual stream; layers are numbered module-list entries).
+`analyse(graph)` runs the op rules (`rules/`, one module per family, registered in
+`registry.py`) over the graph and reads the result: which axes are one group, what role
+each group plays, which layer it belongs to, and the couplings (tied tensors, buffers
+such as rotary frequencies, fused projections) that the surgery passes must respect.
+Nothing here knows a model family: roles come from the graph's structure (products of
+two activations are attention; the group spanning the most parameters is the residual
+stream; layers are numbered module-list entries).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What an op rule works with: the atoms found so far (`Dims`) and the `Context` around them.
 
-This module knows no op. The table of rules (`registry.py`, `rules.py`) imports it, and the
+This module knows no op. The table of rules (`registry.py`, `rules/`) imports it, and the
 driver (`dims.py`) imports both; nothing here imports back.
 """
 

@@ -1,7 +1,7 @@
 """The driver: run the op rules over a traced graph, giving atoms for every axis, the
 parameters' axes and the shape literals.
 
-It reads the table (`rules.py`, filled through `registry.py`) and the rule context
+It reads the table (`rules/`, filled through `registry.py`) and the rule context
 (`context.py`); neither imports this module. The names re-exported here (`Dims`,
 `Literal`, `Contraction`, `source_line`, `rule_key`) are where the rest of the package
 has always found them.
@@ -110,7 +110,7 @@ def discover_dims(graph: Graph) -> Dims:
             ctx.dims.out[node] = ctx.fresh(shape)
             ctx.dims.args[node] = args = bind(rule, node, ctx.dims.out[node])
             rule.fn(ctx, args)
-            _follow_positions(ctx, node, rule_key(node))
+            _follow_positions(ctx, node, rule_key(node), rule.same_values)
         elif shape is not None:  # call_module (the guards of ep.module() return nothing)
             raise UnsupportedOpError(
                 f"no rule for {node.op} node {node.name} ({source_line(node)}): "
@@ -120,23 +120,17 @@ def discover_dims(graph: Graph) -> Dims:
     return ctx.dims
 
 
-# ops whose integer output holds the same values as their input (positions stay positions)
-_SAME_VALUES = {
-    "view", "reshape", "_unsafe_view", "flatten", "unsqueeze", "squeeze", "clone",
-    "contiguous", "detach", "alias", "lift_fresh_copy", "to", "_to_copy", "expand",
-}  # fmt: skip
-
-
-def _follow_positions(ctx: Context, node: fx.Node, key: str) -> None:
-    """Positions (`Dims.positions`) go on through ops that keep the values and through
-    the element of a tuple; read by a rule that did not ask for them (`Context.positions`),
+def _follow_positions(ctx: Context, node: fx.Node, key: str, same_values: bool = False) -> None:
+    """Positions (`Dims.positions`) go on through ops that keep the values (`same_values`
+    in the table: their integer output holds the values of their input) and through the
+    element of a tuple; read by a rule that did not ask for them (`Context.positions`),
     their atom is pinned: the reader's meaning of them is unknown."""
     positions = ctx.dims.positions
     if key == "getitem" and isinstance(node.args[1], int):
         atom = positions.get((node.args[0], node.args[1]))
         if atom is not None:
             positions[node] = atom
-    elif key in _SAME_VALUES and node.all_input_nodes:
+    elif same_values and node.all_input_nodes:
         source, val = node.all_input_nodes[0], node.meta.get("val")
         if source in positions and isinstance(val, torch.Tensor) and not val.is_floating_point():
             positions[node] = ctx.positions(source)

@@ -1,9 +1,11 @@
 """The op-rule table, and how a node's arguments reach its rule by name.
 
 `RULES` maps an op key to an `OpRule`: the rule function, the signature that names the
-op's arguments, and what the op is (`mixes_stream`, `lookup`, `adds`) for the analyses
-that read the graph after the rules ran. `register_rule` fills it: `rules.py` with the
-built-in rules, a user with rules for their own ops.
+op's arguments, and what the op is (`mixes_stream`, `lookup`, `adds`, `random`,
+`same_values`) for the code that reads the graph besides the rules. `register_rule`
+fills it: the package `rules/` with the built-in rules (one module per family of ops,
+each registering its rules on import), a user with rules for their own ops. `overlay`
+puts rules in it for the length of a `with` block (`surgeon.prepare(..., rules=...)`).
 
 Keys. An op is looked up by its name without overload: `view` for `aten.view.default`,
 `Tensor.view` and `torch.Tensor.view`; `linear` for `aten.linear.default` and
@@ -19,8 +21,10 @@ so a rule reads `a.input`, `a.weight`, `a.dim` whatever the spelling of the call
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -37,6 +41,7 @@ __all__ = [
     "OpRule",
     "bind",
     "op_key",
+    "overlay",
     "register_rule",
     "rule_for",
     "rule_key",
@@ -109,6 +114,8 @@ class OpRule:
     mixes_stream: bool = False
     lookup: tuple[str, str] | None = None
     adds: bool = False
+    random: bool = False
+    same_values: bool = False
 
 
 RULES: dict[str, OpRule] = {}
@@ -151,6 +158,8 @@ def register_rule(
     mixes_stream: bool = False,
     lookup: tuple[str, str] | None = None,
     adds: bool = False,
+    random: bool = False,
+    same_values: bool = False,
     replace: bool = False,
 ) -> Callable[[RuleFn], RuleFn]:
     """Decorator: make `fn(ctx, a)` the rule of each op in `ops`.
@@ -168,6 +177,12 @@ def register_rule(
     lookup: (table, ids): the op reads rows of argument `table` at positions given by
       argument `ids` (`embedding`); a table read by the model's input ids is a vocabulary.
     adds: the op returns `input + other` (a residual addition may be one).
+    random: the op's output is drawn at random (`rand`, `bernoulli`, `native_dropout`):
+      `surgeon.prepare` refuses a forward that calls one, whose output is not one function
+      of its inputs to preserve.
+    same_values: the op's output holds the values of its (first) input, in a new shape or
+      dtype (`view`, `clone`, `to`): integers that are positions along an axis (the
+      indices of a router's `topk`) stay positions through it.
     replace: replace the rules of ops that have one; without it that is a `ValueError`.
 
     `fn(ctx, a)` receives the `Context` and the node's `Args`; it relates the atoms of
@@ -177,11 +192,7 @@ def register_rule(
     if not keys:
         raise TypeError("register_rule needs at least one op")
     aliases = dict(aliases or {})
-    if signature is not None:
-        params = inspect.signature(signature).parameters
-        clash = [p for p in (*params, *aliases.values()) if p in _RESERVED]
-        if clash:
-            raise ValueError(f"argument names {clash} are reserved (Args.{clash[0]})")
+    _check_names(signature, aliases)
     taken = [k for k in keys if k in RULES]
     if taken and not replace:
         raise ValueError(
@@ -191,7 +202,17 @@ def register_rule(
 
     def register(fn: RuleFn) -> RuleFn:
         for key in keys:
-            RULES[key] = OpRule(key, fn, signature, aliases, mixes_stream, lookup, adds)
+            RULES[key] = OpRule(
+                key,
+                fn,
+                signature,
+                aliases,
+                mixes_stream=mixes_stream,
+                lookup=lookup,
+                adds=adds,
+                random=random,
+                same_values=same_values,
+            )
         return fn
 
     return register
@@ -201,6 +222,49 @@ def unregister_rule(*ops: Any) -> None:
     """Remove the rules of `ops` (a `KeyError` if one has none)."""
     for op in ops:
         del RULES[op_key(op)]
+
+
+@contextmanager
+def overlay(rules: Mapping[Any, OpRule | RuleFn] | None) -> Iterator[dict[str, OpRule]]:
+    """Within the block, `rules` are the rules of their ops, over any rule the table holds
+    for them; on leaving it, an exception included, the table is as it was before.
+
+    rules: op -> an `OpRule` (its `key` is replaced by the op's) or a rule function
+      `fn(ctx, a)` (an `OpRule` without signature or properties, enough for a torch op);
+      ops as `register_rule` takes them. None: nothing changes.
+    Yields the entries it put in the table, by key. Used by `surgeon.prepare(model,
+    inputs, rules=...)` for rules that serve one model, without registering them.
+    """
+    entries: dict[str, OpRule] = {}
+    for op, value in (rules or {}).items():
+        key = op_key(op)
+        if isinstance(value, OpRule):
+            entries[key] = dataclasses.replace(value, key=key)
+        elif callable(value):
+            entries[key] = OpRule(key, value)
+        else:
+            raise TypeError(f"the rule for {key} is {value!r}: give an OpRule or a function")
+        _check_names(entries[key].signature, entries[key].aliases)
+    before = {key: RULES.get(key) for key in entries}
+    RULES.update(entries)
+    try:
+        yield entries
+    finally:
+        for key, rule in before.items():
+            if rule is None:
+                RULES.pop(key, None)
+            else:
+                RULES[key] = rule
+
+
+def _check_names(signature: Callable | None, aliases: Mapping[str, str]) -> None:
+    """A `ValueError` for argument names that would shadow an attribute of `Args`."""
+    if signature is None:
+        return
+    params = inspect.signature(signature).parameters
+    clash = [p for p in (*params, *aliases.values()) if p in _RESERVED]
+    if clash:
+        raise ValueError(f"argument names {clash} are reserved (Args.{clash[0]})")
 
 
 def _describe(fn: Callable) -> str:

@@ -13,6 +13,6 @@ changes no decision:
 """
 
 from .graph import emit_graph
-from .hf import check_config, emit_hf, is_hf_model
+from .hf import emit_hf, is_hf_model
 
-__all__ = ["emit_graph", "emit_hf", "check_config", "is_hf_model"]
+__all__ = ["emit_graph", "emit_hf", "is_hf_model"]

@@ -1,0 +1,522 @@
+"""Fit the parent's Hugging Face config to the child: the one place that knows config field
+names. A short table of common ones (`CONFIG_FIELDS`), per-layer lists (`PER_LAYER`), and
+what the class itself shows for the rest: a probe built on the meta device from the
+config, compared tensor by tensor with the shapes the child needs, fitted field by field.
+
+`fit_config(parent, shape)` takes the child's shape in one object (`ChildShape`, made from
+the passes' decisions by `ChildShape.of`); it reads nothing else of the surgery. The
+pipeline calls it before any weight is cut (a config that cannot hold the child is a
+`PlanError` then), and `emit/hf.py` builds the child's class from the config it returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PlanError
+from .passes.state import SurgeryState
+
+__all__ = [
+    "CONFIG_FIELDS",
+    "PER_LAYER",
+    "ChildShape",
+    "config_error",
+    "config_value",
+    "fit_config",
+    "reloaded",
+]
+
+
+@dataclass(frozen=True)
+class ChildShape:
+    """What the config must express, read once from the passes' decisions.
+
+    `sizes[stack]` is (the child's sizes, the parent's as the analysis sees them) for each
+    stack of layers, `None` the stacks on the main residual stream; `hidden_size` the
+    parent's residual width; `layer_stacks` the stack of each parent layer, in order;
+    `order` the parent layer behind each child layer (None: all kept); `lists` every
+    module list of layers (or of their parts) with the parent entry behind each child
+    entry; `kept_by_stack` the same per stack; `need(name)` the shape the child needs for
+    the tensor its class calls `name` (None for a tensor the child does not constrain).
+    """
+
+    sizes: dict[str | None, tuple[dict[str, int], dict[str, int]]]
+    hidden_size: int
+    layer_stacks: list[str]
+    order: list[int] | None
+    lists: dict[str, list[int]]
+    kept_by_stack: dict[str, list[int]]
+    need: Callable[[str], tuple | None]
+
+    @classmethod
+    def of(cls, state: SurgeryState, expected: dict[str, tuple]) -> ChildShape:
+        """From the decisions in `state`, and `expected`: parent tensor name -> the shape
+        the child gives it."""
+        whole = replace(state, select={})
+        stacks = [None, *state.analysis.stacks]
+
+        @cache
+        def need(name: str) -> tuple | None:
+            return expected.get(state.parent_name(name))
+
+        return cls(
+            sizes={s: (state.child_sizes(s), whole.child_sizes(s)) for s in stacks},
+            hidden_size=state.analysis.hidden_size,
+            layer_stacks=[layer.stack for layer in state.analysis.layers],
+            order=state.layers,
+            lists=state.lists(),
+            kept_by_stack=state.kept_by_stack(),
+            need=need,
+        )
+
+    @property
+    def num_layers(self) -> int:
+        """The parent's layer count."""
+        return len(self.layer_stacks)
+
+
+# What each size is called in the configs of transformers (first match is set).
+CONFIG_FIELDS = {
+    "hidden_size": ("hidden_size", "n_embd", "d_model", "embed_dim", "dim"),
+    "intermediate_size": ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "hidden_dim"),
+    "num_heads": ("num_attention_heads", "n_head", "num_heads"),
+    "num_kv_heads": ("num_key_value_heads", "num_kv_heads"),
+    "head_dim": ("head_dim",),
+    "num_experts": ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"),
+    "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+}
+STACK_FIELDS = {
+    "num_heads": re.compile(r"^(encoder|decoder)_(num_)?attention_heads$"),
+    "num_kv_heads": re.compile(r"^(encoder|decoder)_(num_key_value_heads|kv_heads)$"),
+    "intermediate_size": re.compile(r"^(encoder|decoder)_(ffn_dim|intermediate_size)$"),
+}
+# Fields that are the residual width under another name when they equal it in the parent.
+FOLLOW_HIDDEN = ("word_embed_proj_dim",)
+
+
+def child_config(parent: nn.Module, shape: ChildShape) -> Any:
+    """A copy of the parent's config with the child's sizes (in its text model's config
+    too, where it has one apart: Fuyu's `text_config`)."""
+    config = copy.deepcopy(parent.config)
+    sizes, full = shape.sizes[None]  # the child's, the parent's as the analysis sees them
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for part in (config, text) if text is not config else (config,):
+        _set_sizes(part, sizes, full, shape.hidden_size)
+    _set_depth(parent, config, shape)
+    return config
+
+
+def _set_sizes(config: Any, sizes: dict, full: dict, old_hidden: int) -> None:
+    was = {}  # size -> (its value in the parent's config, the child's)
+    fields = config.to_dict()
+    for key, value in sizes.items():
+        if full.get(key) == value:
+            continue  # not cut: the config already says it, in its own terms
+        named = [f for f in CONFIG_FIELDS[key] if not _derived(config, f)]
+        # The same size spelt per stack (BART's decoder_attention_heads beside the
+        # num_attention_heads its attribute_map sends to the encoder's). Head counts do
+        # not show in tensor shapes, so `_fit_fields` cannot find these.
+        stacked = [
+            f
+            for f in fields
+            if key in STACK_FIELDS and STACK_FIELDS[key].match(f) and not _derived(config, f)
+        ]
+        for field in _per_layer_lists(fields, key):  # num_key_value_heads_per_layer
+            setattr(config, field, [value if x == full.get(key) else x for x in fields[field]])
+        exact = [f for f in (*named, *stacked) if config_value(config, f) == full.get(key)]
+        for field in exact:  # the fields that state the parent's size
+            setattr(config, field, value)
+        if exact:
+            was[key] = (full.get(key), value)
+            continue
+        for field in named:
+            old = config_value(config, field)
+            if old is not None or (key == "intermediate_size" and hasattr(config, field)):
+                new = value
+                was_full = full.get(key)
+                if isinstance(old, int) and was_full and old * value % was_full == 0:
+                    new = old * value // was_full  # a multiple of the size (2x the FFN)
+                was[key] = (old, new)
+                setattr(config, field, new)
+                break
+    for field, v in fields.items():
+        for key, pattern in STACK_FIELDS.items():
+            if key in was and v == was[key][0] and pattern.match(field):
+                if not _derived(config, field):
+                    setattr(config, field, was[key][1])
+    for field in FOLLOW_HIDDEN:
+        if config_value(config, field) == old_hidden != sizes["hidden_size"]:
+            setattr(config, field, sizes["hidden_size"])
+
+
+def _per_layer_lists(fields: dict, key: str) -> list[str]:
+    """Lists of ints per layer that spell the size `key` (their names begin with one of its
+    fields': `num_key_value_heads_per_layer`)."""
+    return [
+        f
+        for f, v in fields.items()
+        if f in PER_LAYER
+        and f.startswith(CONFIG_FIELDS[key])
+        and isinstance(v, list)
+        and all(type(x) is int for x in v)
+    ]
+
+
+def config_value(config: Any, field: str) -> Any:
+    """The config's field, or None where it has none or reading it raises (a per-layer
+    attribute that differs between layers)."""
+    try:
+        return getattr(config, field, None)
+    except Exception:  # noqa: BLE001 - transformers raises its own error types here
+        return None
+
+
+def _derived(config: Any, field: str) -> bool:
+    attr = getattr(type(config), field, None)
+    return isinstance(attr, property) and attr.fset is None
+
+
+# Config fields that hold one entry per layer (found in transformers' configuration
+# files), re-indexed with the layers when depth changes. Other lists are kept as they are,
+# whatever their length: `eos_token_id: [2, 5, 7]` in a 3-layer model is not per layer.
+PER_LAYER = (
+    "layer_types",  # Gemma2/3, Qwen2/3, Mistral, Cohere2, ... ("sliding_attention", ...)
+    "mlp_layer_types",  # dense or sparse MLP per layer
+    "layers_block_type",  # hybrid models (Jamba, Zamba, Granite hybrid, ...)
+    "block_types",  # RecurrentGemma-style block kinds
+    "attention_layers",  # GPT-Neo's expanded attention types
+    "no_rope_layers",  # SmolLM3, Llama 4: 0/1 per layer
+    "layer_rope_theta",  # Granite SWA
+    "block_configs",  # Nemotron-NAS: one block config per layer
+    "num_attention_heads_per_layer",
+    "num_key_value_heads_per_layer",
+    "activation_sparsity_pattern",  # Gemma3n
+    "intermediate_size",  # a list only where sizes differ per layer (Gemma3n)
+    "num_key_value_heads",
+    "num_attention_heads",
+)
+
+
+def _set_depth(parent: nn.Module, config: Any, shape: ChildShape) -> None:
+    """The layer count, and every per-layer list of the config (`PER_LAYER`: layer types,
+    per-layer RoPE switches, ...) taken at the kept layers, so the saved model reloads as
+    it was built. With several stacks, each count is a field of its own (BART's
+    `decoder_layers`, T5's `num_decoder_layers`), found by `_fit_fields` from the layers
+    the class builds under each stack."""
+    n = shape.num_layers
+    order = list(range(n)) if shape.order is None else shape.order
+    if order == list(range(n)) or len(shape.kept_by_stack) > 1:
+        return
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    named = [f for c in (config, text) for f in c.to_dict() if "layers" in f]
+    where = [  # the usual names first, the top level's before its text model's (Fuyu's)
+        (c, f)
+        for c in (config, text)
+        for f in dict.fromkeys([*CONFIG_FIELDS["num_layers"], *named])
+        if type(config_value(c, f)) is int and config_value(c, f) == n
+    ]
+    if not where:
+        raise PlanError(
+            f"{type(config).__name__} has no layer count equal to {n}: cannot change depth"
+        )
+    owner, field = _depth_field(parent, config, where, set(shape.lists), len(order))
+    setattr(owner, field, len(order))
+    config = owner
+    for field in PER_LAYER:
+        value = config_value(config, field)
+        if isinstance(value, (list, tuple)) and len(value) == n:
+            setattr(config, field, type(value)(value[i] for i in order))
+    for field, value in config.to_dict().items():
+        if _layer_indices(field, value, n):  # `mlp_only_layers: [0, 1]`: which layers are
+            setattr(config, field, [j for j, i in enumerate(order) if i in value])
+        keys = list(value) if isinstance(value, dict) and "layer" in field else []
+        if keys and all(str(k).isdigit() and int(k) < n for k in keys):  # not id2label
+            # one entry per layer index (`per_layer_config: {3: ...}`), for some layers
+            kept = {int(k): v for k, v in value.items()}
+            setattr(config, field, {j: kept[i] for j, i in enumerate(order) if i in kept})
+    _set_stages(config, order)
+    _fit_lists(parent, config, order, n)
+
+
+def _fit_lists(parent: nn.Module, config: Any, order: list[int], n: int) -> None:
+    """Where the class refuses the config with the new layer count (Longformer asserts
+    one `attention_window` per layer), a list as long as the parent's layer count that
+    `PER_LAYER` does not name is taken at the kept layers: the first one, tried one at a
+    time, with which the class builds."""
+    for field, value in [(None, None), *_lists_of(config, n).items()]:
+        if field is not None:
+            setattr(config, field, type(value)(value[i] for i in order))
+        try:
+            with torch.device("meta"):
+                type(parent)(reloaded(config))
+            return
+        except Exception:  # noqa: BLE001 - the class refuses the config
+            if field is not None:
+                setattr(config, field, value)
+
+
+def _lists_of(config: Any, n: int) -> dict[str, list]:
+    """The config's lists of `n` entries that `PER_LAYER` does not name (nor token ids)."""
+    return {
+        f: v
+        for f, v in config.to_dict().items()
+        if isinstance(v, (list, tuple))
+        and len(v) == n
+        and f not in PER_LAYER
+        and not f.endswith(("_id", "_ids"))
+    }
+
+
+def _depth_field(parent: nn.Module, config: Any, where: list, stack: set[str], count: int):
+    """Of the fields that hold the parent's layer count, the one that gives the lists of
+    `stack` (one, or the several a layer spans) `count` entries and leaves every other
+    module list as long as it was (Whisper's
+    `num_hidden_layers` is its encoder's; its decoder's is `decoder_layers`), tried on
+    the meta device; the first one when none does (the shape checks then say so)."""
+    lists = {p: len(m) for p, m in _module_lists(parent).items()}
+    for owner, field in where:
+        old = getattr(owner, field)
+        setattr(owner, field, count)
+        try:
+            with torch.device("meta"):
+                built = {
+                    p: len(m) for p, m in _module_lists(type(parent)(reloaded(config))).items()
+                }
+        except Exception:  # noqa: BLE001 - the class refuses this value
+            built = {}
+        finally:
+            setattr(owner, field, old)
+        others = all(built.get(p, n) == n for p, n in lists.items() if p not in stack)
+        if all(built.get(p) == count for p in stack) and others:
+            return owner, field
+    return where[0]
+
+
+def _layer_indices(field: str, value: Any, n: int) -> bool:
+    """Whether a config field lists layer indices (`mlp_only_layers: [0, 1]`): a list named
+    `..._layers`, not one entry per layer (`PER_LAYER`), of distinct indices below `n`."""
+    return (
+        field.endswith("_layers")
+        and field not in PER_LAYER
+        and isinstance(value, list)
+        and all(type(i) is int and 0 <= i < n for i in value)
+        and len(set(value)) == len(value)
+    )
+
+
+def _set_stages(config: Any, order: list[int]) -> None:
+    """A backbone config (`stage_names`, `out_indices`, `out_features`: stage i is the
+    output of layer i, stage 0 the embeddings) gets the child's stages: each output stage
+    becomes the last kept layer at or before it."""
+    names = getattr(config, "stage_names", None)
+    indices = getattr(config, "out_indices", None)
+    if not isinstance(names, (list, tuple)) or not isinstance(indices, (list, tuple)):
+        return
+    stages = ["stem"] + [f"stage{i}" for i in range(1, len(order) + 1)]
+    n = len(names)
+    kept = sorted({sum(1 for j in order if j < (i % n)) for i in indices})
+    config.stage_names = stages
+    if hasattr(config, "_out_indices") or hasattr(config, "_out_features"):
+        config._out_indices, config._out_features = kept, [stages[i] for i in kept]
+    else:
+        config.out_indices, config.out_features = kept, [stages[i] for i in kept]
+
+
+def config_error(parent: nn.Module, wrong: dict) -> PlanError:
+    """The one-line error for a config that cannot express the child (`fit_config`)."""
+    name, (got, want) = next(iter(wrong.items()))
+    if name.startswith("the layers"):
+        return PlanError(
+            f"{type(parent).__name__} cannot hold this child: its config builds {got[0]} "
+            f"of {name}, the child has {want[0]}; no config field changes that count"
+        )
+    return PlanError(
+        f"{type(parent).__name__} cannot hold this child: its config gives {name} the "
+        f"shape {got}, the child needs {want}; choose sizes where "
+        "hidden_size, num_heads and head_dim agree"
+    )
+
+
+def fit_config(parent: nn.Module, shape: ChildShape):
+    """The child config, and the tensors whose shape it still gets wrong: name -> (shape
+    the config gives, shape the child needs)."""
+    config = child_config(parent, shape)
+    wrong = _mismatches(parent, config, shape)
+    if wrong:
+        config, wrong = _fit_sub_configs(parent, config, wrong, shape)
+    if wrong:
+        config, wrong = _fit_fields(parent, config, wrong, shape)
+    return reloaded(config), wrong
+
+
+def reloaded(config: Any) -> Any:
+    """`config` as `from_pretrained` will read it back: a class that derives fields from
+    others when it is built (Idefics2's resampler width from its text model's) derives them
+    from the child's sizes, so the child is built as it will be reloaded."""
+    try:
+        return type(config).from_dict(config.to_dict())
+    except Exception:  # noqa: BLE001 - a config class that cannot read its own dict
+        return config
+
+
+def _mismatches(parent: nn.Module, config: Any, shape: ChildShape) -> dict:
+    """Tensor name -> (shape the config gives, shape the child needs), where they differ;
+    and the number of layers, where the class builds another number than the child has."""
+    with torch.device("meta"):
+        probe = type(parent)(reloaded(config))
+    names = probe.state_dict()
+    out = {}
+    for name, tensor in names.items():
+        want = shape.need(name)  # child layer j: a parent layer's
+        if want is not None and tuple(tensor.shape) != want:
+            out[name] = (tuple(tensor.shape), want)
+    want = {path: len(m) for path, m in _module_lists(parent).items()}  # as in the parent
+    want.update({path: len(kept) for path, kept in shape.lists.items()})
+    built = _module_lists(probe)
+    for path, n in want.items():
+        if path in built and len(built[path]) != n:
+            out[f"the layers under {path}"] = ((len(built[path]),), (n,))
+    return out
+
+
+def _module_lists(model: nn.Module) -> dict[str, nn.ModuleList]:
+    """Every module list of numbered entries (a stack of layers, or any other list: a
+    field that changes the count of one the child keeps is the wrong field)."""
+    return {
+        path: m
+        for path, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and path and all(k.isdigit() for k in m._modules)
+    }
+
+
+def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, tries=24):
+    """Integer fields of the config whose value is a size the config gives wrongly are
+    tried, one at a time, at the size the child needs; a change is kept when it leaves
+    fewer mismatched tensors and no new one. Returns (config, what is still wrong)."""
+    fields = _int_fields(config)
+    for _ in range(tries):
+        name, (got, want) = next(iter(wrong.items()))
+        moves = {(g, w) for g, w in zip(got, want, strict=False) if g != w}
+        layers = "the layers under "
+        stack = name[len(layers) :] if name.startswith(layers) else None
+        better = None
+        for *owners, field in fields:
+            for g, w in moves:
+                if config_value(_at(config, owners), field) != g:
+                    continue
+                trial = copy.deepcopy(config)
+                setattr(_at(trial, owners), field, w)
+                if stack is not None:  # that config's lists per layer follow its stack
+                    _per_layer_cut(_at(trial, owners), g, shape, stack)
+                for candidate in [trial, *_lists_cut(trial, g, w, shape)]:
+                    try:
+                        left = _mismatches(parent, candidate, shape)
+                    except Exception:  # noqa: BLE001 - the class refuses this value
+                        continue
+                    if len(left) < len(wrong) and set(left) <= set(wrong):
+                        better = (candidate, left)
+                        break
+                if better:
+                    break
+            if better:
+                break
+        if better is None:
+            return config, wrong
+        config, wrong = better
+        if not wrong:
+            break
+    return config, wrong
+
+
+def _fit_sub_configs(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape):
+    """The child's sizes written into nested configs as into the config itself (an
+    encoder-decoder's `encoder.text_config`, a vision tower's `vision_config`), where that
+    leaves fewer mismatched tensors (new ones may be tensors the forward never reads, a
+    pooler the config sizes with the hidden size: the caller cuts them to the config's
+    size): the main stream's sizes in all of them at once (an encoder-decoder's two
+    configs, whose widths must agree), then each stack's sizes in each one. Returns
+    (config, what is still wrong)."""
+    sizes = [shape.sizes[None]]
+    for stack in shape.kept_by_stack:
+        pair = shape.sizes[stack]
+        sizes += [pair] if pair not in sizes and pair[0] != pair[1] else []
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    paths = [p for p in _config_paths(config) if _at(config, p) is not text]  # sized already
+    trials = [(paths, *sizes[0])] if paths else []
+    trials += [([path], *pair) for path in paths for pair in sizes]
+    for owners, new, full in trials:
+        trial = copy.deepcopy(config)
+        for path in owners:
+            _set_sizes(_at(trial, path), new, full, full["hidden_size"])
+        try:
+            left = _mismatches(parent, trial, shape)
+        except Exception:  # noqa: BLE001 - the class refuses these values
+            continue
+        if len(left) < len(wrong):
+            config, wrong = trial, left
+        if not wrong:
+            break
+    return config, wrong
+
+
+def _per_layer_cut(config: Any, old: int, shape: ChildShape, stack: str) -> None:
+    """The `PER_LAYER` lists of `old` entries of (a nested) config taken at the layers the
+    child keeps of `stack`."""
+    index = [i for i, s in enumerate(shape.layer_stacks) if s == stack]
+    kept = shape.kept_by_stack.get(stack)
+    if len(index) != old or kept is None:
+        return
+    for field in PER_LAYER:
+        value = config_value(config, field)
+        if isinstance(value, (list, tuple)) and len(value) == old:
+            setattr(config, field, type(value)(value[index.index(i)] for i in kept))
+
+
+def _config_paths(config: Any, owners: tuple = ()) -> list[tuple[str, ...]]:
+    """Paths of the configs nested in a config, outermost first."""
+    out = []
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict) and hasattr(getattr(config, key, None), "to_dict"):
+            out += [(*owners, key), *_config_paths(getattr(config, key), (*owners, key))]
+    return out
+
+
+def _int_fields(config: Any) -> list[tuple[str, ...]]:
+    """Paths of the integer fields of a config and of the configs nested in it (an
+    encoder-decoder's `encoder.text_config.hidden_size`), ids left out."""
+    out = []
+    for owners in [(), *_config_paths(config)]:
+        fields = _at(config, owners).to_dict().items()
+        out += [(*owners, k) for k, v in fields if type(v) is int and not k.endswith("_id")]
+    return out
+
+
+def _at(config: Any, owners) -> Any:
+    for key in owners:
+        config = getattr(config, key)
+    return config
+
+
+def _lists_cut(config: Any, old: int, new: int, shape: ChildShape) -> list:
+    """`config` with one of its lists of `old` entries (one per layer of a stack: LED's
+    `attention_window`) taken at the kept layers of a stack cut from `old` layers to
+    `new`: one candidate per such list and stack."""
+    out = []
+    lists = _lists_of(config, old)
+    for stack, kept in shape.kept_by_stack.items() if lists else ():
+        index = [i for i, s in enumerate(shape.layer_stacks) if s == stack]
+        if len(index) != old or len(kept) != new:
+            continue
+        for field, value in lists.items():
+            candidate = copy.deepcopy(config)
+            setattr(candidate, field, type(value)(value[index.index(i)] for i in kept))
+            out.append(candidate)
+    return out
