@@ -329,15 +329,13 @@ def search(score, lrs=LRS, decays=DECAYS) -> tuple[tuple[float, float], dict]:
 
 
 def measure(bench, sizes, inits, seeds) -> None:
-    """Search on seed 0 for each size and init, then the other seeds at the chosen point:
-    for each size, every init's search before any init's further seeds."""
+    """For each size, each init in turn: its search on seed 0, then its other seeds at the
+    chosen point (so a run cut short leaves whole inits, random init first)."""
     for size in sizes:
-        chosen = {}
         for init in inits:
-            chosen[init], _ = search(lambda lr, wd: bench.run(size, init, lr, wd, 0)["validation"])  # noqa: B023
-        for seed in seeds[1:]:
-            for init in inits:
-                bench.run(size, init, *chosen[init], seed)
+            best, _ = search(lambda lr, wd: bench.run(size, init, lr, wd, 0)["validation"])  # noqa: B023
+            for seed in seeds[1:]:
+                bench.run(size, init, *best, seed)
 
 
 def steps_to(curve, target):
