@@ -24,6 +24,10 @@ __all__ = ["Child", "apply", "dry_run", "stream_apply", "subclone"]
 
 @dataclass
 class Child:
+    """What `subclone` returns: the child as `apply` gives it (`model`), the rewritten
+    graph behind it, and the decisions that made it (`cut`, `state`), for tests and
+    tools that look inside."""
+
     graph: fx.GraphModule  # the rewritten graph with its own Parameters
     model: nn.Module  # what `apply` returns: the Hugging Face model, or `graph`
     cut: Cut

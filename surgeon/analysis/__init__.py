@@ -64,6 +64,12 @@ class Group:
 
 @dataclass
 class LayerInfo:
+    """One layer of a stack (a numbered module-list entry whose blocks write the residual
+    stream): its blocks, its sizes as found in the graph (FFN width, heads, KV heads,
+    head_dim, experts), the groups that carry them (`ffn`, `heads`, `kv`, `experts`:
+    what the slice pass cuts per layer), and the stream values it reads and leaves (what
+    depth removes and calibration runs layer by layer)."""
+
     name: str  # module path, e.g. "model.layers.0"
     blocks: list[Block]
     intermediate_size: int = 0
@@ -95,6 +101,11 @@ class LayerInfo:
 
 @dataclass
 class Analysis:
+    """What `analyse` found in one traced graph, and all the passes read of it: the axes
+    as atoms and groups (`dims`, `groups`), the residual stream(s), the blocks that write
+    them and the layers that hold the blocks, and the couplings the surgery must keep
+    (tied tensors, buffers, fused projections)."""
+
     graph: Graph
     dims: Dims
     residual: int  # atom class of the residual stream (of several: the last layer's)

@@ -26,6 +26,10 @@ __all__ = ["Atoms", "Refinement"]
 
 @dataclass(frozen=True)
 class Refinement:
+    """How an atom is made of smaller ones: `prod` (heads x head_dim, outermost first: a
+    position of the whole is a position in each part) or `cat` (q|k|v segments, in
+    order: the whole is the parts one after the other)."""
+
     kind: str  # "prod" (outermost first) | "cat" (segments in order)
     parts: tuple[int, ...]
 

@@ -46,6 +46,12 @@ class Contraction:
 
 @dataclass
 class Dims:
+    """What the op rules wrote while they ran over the graph: the atoms of every node's
+    and every tensor's axes (`out`, `tensors`), and the facts the analysis reads after
+    them: shape literals to rewrite, contractions (attention's products), broadcasts,
+    splits, the fan-in axis of each weight, where neurons enter a weight matrix, and the
+    routing of experts."""
+
     atoms: Atoms
     out: dict[fx.Node, Any] = field(default_factory=dict)  # node -> atoms (nested for tuples)
     tensors: dict[str, list[int]] = field(default_factory=dict)  # canonical name -> axis atoms

@@ -11,7 +11,7 @@ from torch import fx, nn
 from ..analysis.dims import Literal, live_nodes
 from ..passes.state import SurgeryState
 
-__all__ = ["axis_cuts", "cut", "emit_graph", "take"]
+__all__ = ["axis_cuts", "cut_tensor", "emit_graph", "take"]
 
 
 def emit_graph(state: SurgeryState) -> fx.GraphModule:
@@ -159,7 +159,7 @@ def _child_tensor(state: SurgeryState, root: nn.Module, name: str, axes, scale) 
     owner, _, attr = name.rpartition(".")
     module = root.get_submodule(owner) if owner else root
     tensor = getattr(module, attr)
-    value = cut(state, tensor.detach(), axes, scale)
+    value = cut_tensor(state, tensor.detach(), axes, scale)
     if value.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
         value = value.clone()  # a view of the parent's storage: the child owns its tensors
     if isinstance(tensor, nn.Parameter):
@@ -167,7 +167,7 @@ def _child_tensor(state: SurgeryState, root: nn.Module, name: str, axes, scale) 
     return value
 
 
-def cut(state: SurgeryState, value: torch.Tensor, axes, scale) -> torch.Tensor:
+def cut_tensor(state: SurgeryState, value: torch.Tensor, axes, scale) -> torch.Tensor:
     """The child's version of a parent tensor: every axis cut and reordered as the passes
     decided, times the rescale factor. It may be a view of `value` (a kept range, or
     nothing cut): the in-memory emitter copies, the streaming one writes it out."""

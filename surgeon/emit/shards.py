@@ -16,8 +16,7 @@ from ..errors import InvariantError, ModelLoadError, SurgeonError
 from ..execute import memory_bound
 from ..io.names import save_names
 from ..io.shards import Entry, Shards, write_safetensors
-from .graph import axis_cuts, take
-from .graph import cut as graph_cut
+from .graph import axis_cuts, cut_tensor, take
 
 if TYPE_CHECKING:
     from ..pipeline import Cut
@@ -163,7 +162,7 @@ def check_written(cut: Cut, folder: Path, planned: list[Planned]) -> list[str]:
     for p in chosen:
         source = parent.read(p.parent_name)
         axes = state.analysis.dims.tensors.get(p.canonical)
-        want = graph_cut(state, source, axes, state.scale.get(p.canonical))
+        want = cut_tensor(state, source, axes, state.scale.get(p.canonical))
         got = written.tensor(p.entry.name)
         if got.dtype != want.dtype or got.shape != want.shape or not torch.equal(got, want):
             raise InvariantError(

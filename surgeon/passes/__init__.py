@@ -38,6 +38,11 @@ __all__ = [
 
 
 class Pass(Protocol):
+    """A step of the surgery. `check` refuses a plan the parent cannot take (before any
+    pass runs, so nothing is measured for a plan that would fail); `run` writes its
+    decisions into the state and never touches a tensor; `needs_data` says whether it
+    reads calibration batches. `name` is its key in a plan's long form."""
+
     name: str
 
     @property

@@ -74,7 +74,8 @@ def resolve_target(
     asked: dict[int, int] = {}
     atoms, groups = analysis.atoms, analysis.groups
 
-    def cut(group: int, k: int, what: str) -> None:
+    def ask(group: int, k: int, what: str) -> None:
+        """Record that `group` keeps `k` positions (the target's `what`), once."""
         if asked.setdefault(group, k) != k:
             raise PlanError(
                 f"target.{what}: {asked[group]} and {k} are asked of one group that layers "
@@ -93,7 +94,7 @@ def resolve_target(
         leaves = set(atoms.leaves(stream))
         if len(leaves) != 1:
             raise PlanError("target.hidden_size: this residual stream is made of several groups")
-        cut(leaves.pop(), width, "hidden_size")
+        ask(leaves.pop(), width, "hidden_size")
     per_layer = [k for k in SIZES[1:] if k in target]
     if per_layer and not analysis.layers:
         raise PlanError(
@@ -101,7 +102,7 @@ def resolve_target(
             "numbered list of residual blocks); `surgeon inspect` shows what was found"
         )
     for layer in analysis.layers:
-        _layer_target(analysis, layer, {**target, **stacks.get(layer.stack, {})}, cut)
+        _layer_target(analysis, layer, {**target, **stacks.get(layer.stack, {})}, ask)
     if "head_dim" in target:
         _head_dim(analysis, target["head_dim"])
     return keep
@@ -128,15 +129,15 @@ def _stream_widths(analysis: Analysis, target: Mapping, stacks: Mapping) -> dict
     return out
 
 
-def _layer_target(analysis, layer, target, cut) -> None:
+def _layer_target(analysis, layer, target, ask) -> None:
     if "num_experts" in target:
-        _experts(analysis, layer, target["num_experts"], cut)
+        _experts(analysis, layer, target["num_experts"], ask)
     if "intermediate_size" in target:
         if len(layer.ffn) != 1:
             raise PlanError(
                 f"target.intermediate_size: {layer.name} has {len(layer.ffn)} FFN groups, not one"
             )
-        cut(layer.ffn[0], target["intermediate_size"], "intermediate_size")
+        ask(layer.ffn[0], target["intermediate_size"], "intermediate_size")
     if "num_heads" not in target and "num_kv_heads" not in target:
         return
     if not layer.heads:
@@ -150,7 +151,7 @@ def _layer_target(analysis, layer, target, cut) -> None:
             )
         if len(layer.heads) != 1:
             raise PlanError(f"target.num_heads: {layer.name} has several head groups")
-        cut(layer.heads[0], heads, "num_heads")
+        ask(layer.heads[0], heads, "num_heads")
         return
     if not layer.kv and len(layer.heads) == 1:  # multi-query: one key/value head for all
         if target.get("num_kv_heads", 1) != 1:
@@ -158,7 +159,7 @@ def _layer_target(analysis, layer, target, cut) -> None:
                 f"target.num_kv_heads = {target['num_kv_heads']}: {layer.name} has one "
                 "key/value head shared by every query head (multi-query attention)"
             )
-        cut(layer.heads[0], target.get("num_heads", layer.num_heads), "num_heads")
+        ask(layer.heads[0], target.get("num_heads", layer.num_heads), "num_heads")
         return
     kv_groups = [g for g in layer.heads if g in layer.kv]
     per_group = [g for g in layer.heads if g not in layer.kv]
@@ -178,11 +179,11 @@ def _layer_target(analysis, layer, target, cut) -> None:
             f"target.num_heads = {num_heads} needs {per} query heads per KV group; the parent "
             f"has {size} (at most {size * num_kv} heads with {num_kv} KV heads)"
         )
-    cut(kv, num_kv, "num_kv_heads")
-    cut(rep, per, "num_heads")
+    ask(kv, num_kv, "num_kv_heads")
+    ask(rep, per, "num_heads")
 
 
-def _experts(analysis: Analysis, layer, value: int, cut) -> None:
+def _experts(analysis: Analysis, layer, value: int, ask) -> None:
     """Routed experts are kept or dropped whole: the router's rows and every expert's
     weights together. A token still goes to `k` experts, so `value` must be at least `k`."""
     if not layer.experts:
@@ -201,7 +202,7 @@ def _experts(analysis: Analysis, layer, value: int, cut) -> None:
                     f"target.num_experts = {value}: each token is routed to {k} experts in "
                     f"{layer.name} (num_experts_per_tok); keep at least {k}"
                 )
-    cut(group, value, "num_experts")
+    ask(group, value, "num_experts")
 
 
 def _head_dim(analysis: Analysis, value: int) -> None:
