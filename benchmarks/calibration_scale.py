@@ -256,9 +256,8 @@ def compare(name: str, model, batches: list) -> dict:
     and the child's bytes."""
     import torch
 
-    from surgeon.api import subclone
+    from surgeon.api import stream_subclone, subclone
     from surgeon.emit.shards import emit_shards
-    from surgeon.pipeline import decide, prepare_folder, resolve
     from tests.helpers import shrink_plan
 
     if name == "smollm2-135m":
@@ -271,8 +270,7 @@ def compare(name: str, model, batches: list) -> dict:
         mem = subclone(model, plan, batches[0], batches)
         t1 = time.perf_counter()
         model.save_pretrained(Path(tmp) / "parent", max_shard_size="100MB")
-        parent = prepare_folder(Path(tmp) / "parent", batches[0])
-        cut = decide(parent, resolve(plan, True), batches)
+        cut = stream_subclone(Path(tmp) / "parent", plan, batches)
         t2 = time.perf_counter()
         (Path(tmp) / "streamed").mkdir()
         emit_shards(cut, Path(tmp) / "streamed")

@@ -87,8 +87,8 @@ def prepare(out: Path) -> tuple[dict[str, dict[str, Path]], dict]:
     of their model.onnx and model.int8.onnx ("onnx"; exported and checked once, reused by
     later runs); the export checks' numbers."""
     from surgeon.cli import main as cli
-    from surgeon.cli.export import emit_any_onnx
     from surgeon.demo.smollm2 import DEFAULT_CACHE, smollm2
+    from surgeon.emit.decoder import emit_any_onnx
 
     parent, tokenizer = smollm2(DEFAULT_CACHE)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,25 +1,44 @@
 """The Python API: `apply` (and `subclone`, which keeps the intermediate results),
 `stream_apply` for a Hugging Face folder too large to load (calibrated one layer at a
-time), `dry_run`. Each is the
-pipeline (`pipeline.py`) with its inputs gathered: calibration batches, a prepared parent."""
+time), `save_child` (the path `surgeon apply` takes: streamed or in memory, a folder
+written atomically, ONNX, the summary), `dry_run`. Each is the pipeline (`pipeline.py`)
+with its inputs gathered: calibration batches, a prepared parent. The CLI and the
+benchmarks reach the pipeline only through these."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from .emit import emit_graph, emit_hf, is_hf_model
-from .errors import PlanError, SurgeonError
+from .emit.decoder import emit_any_onnx, is_causal_lm
+from .errors import NotStreamable, PlanError, SurgeonError
+from .execute import rank, world_size
+from .frontends.load import load_tokenizer
 from .io.calibration import check_batches, resolve_calibration
+from .io.output import check_output, staged_folder
 from .passes import SurgeryState
 from .pipeline import Cut, Parent, check, decide, prepare, prepare_folder, resolve
 from .plan import Plan
+from .report import Report, inspect
 
-__all__ = ["Child", "apply", "dry_run", "stream_apply", "subclone"]
+__all__ = [
+    "Child",
+    "apply",
+    "dry_run",
+    "inspect_source",
+    "save_child",
+    "stream_apply",
+    "stream_subclone",
+    "subclone",
+]
 
 
 @dataclass
@@ -87,6 +106,29 @@ def apply(
     return subclone(model, plan, example_inputs, calibration, tokenizer).model
 
 
+def stream_subclone(
+    folder: str | Path,
+    plan: Any,
+    calibration: Iterable[Any] | str | None = None,
+    tokenizer: Any = None,
+    progress: bool = False,
+) -> Cut:
+    """The decisions for the child of the Hugging Face folder `folder`, its parent never
+    loaded (a plan that measures runs it one layer at a time, each layer read from the
+    files): what `stream_apply` writes, for tools that compare them."""
+    from .frontends.load import load_model
+
+    surgery = resolve(plan, calibration is not None or tokenizer is not None)
+    batches = None
+    if surgery.needs_data:
+        model, _ = load_model(str(folder), weights=False)
+        settings = surgery.plan.calibration
+        batches = resolve_calibration(model, calibration, tokenizer, settings, True)
+        check_batches(batches[0], batches)
+    parent = prepare_folder(folder, batches[0] if batches else None)
+    return decide(parent, surgery, batches, progress)
+
+
 def stream_apply(
     folder: str | Path,
     plan: Any,
@@ -98,35 +140,181 @@ def stream_apply(
     max_shard_bytes: int = 512 * 2**20,
     progress: bool = False,
     check: bool = True,
-) -> dict:
+    onnx: str | None = None,
+) -> dict | None:
     """Write the child of the Hugging Face folder `folder` to `out` without loading the
-    parent (atomically: a failure leaves no `out`); returns a summary. A plan that runs
-    the parent on `calibration` data (as in `apply`) runs it one layer at a time, each
-    layer's tensors read from the files. `out` may not be, hold or sit in `folder`.
-    `check`: compare a sample of the written tensors with the same tensors cut in memory
-    (`surgeon.emit.shards.check_written`; on by default, a few percent of the time)."""
+    parent (atomically: a failure leaves no `out`); returns the summary it also writes to
+    `out`/surgeon.json. A plan that runs the parent on `calibration` data (as in `apply`)
+    runs it one layer at a time, each layer's tensors read from the files; under torchrun
+    every rank measures its share of the batches and only rank 0 writes (the others
+    return None). `out` may not be, hold or sit in `folder`. `check`: compare a sample of
+    the written tensors with the same tensors cut in memory
+    (`surgeon.emit.shards.check_written`; on by default, a few percent of the time).
+    `onnx`: "fp32" or "int8" also writes the child's `model.onnx` (and `model.int8.onnx`),
+    checked as `surgeon export` checks it. `NotStreamable` for a checkpoint that cannot be
+    read as stored (`save_child` then loads it)."""
     from .emit.shards import emit_shards
-    from .frontends.load import load_model
-    from .io.output import check_output, staged_folder
 
+    started = time.perf_counter()
     surgery = resolve(plan, calibration is not None or tokenizer is not None)
     check_output(Path(out), force, folder)  # before any work
-    batches = None
-    if surgery.needs_data:
-        model, _ = load_model(str(folder), weights=False)
-        settings = surgery.plan.calibration
-        batches = resolve_calibration(model, calibration, tokenizer, settings, True)
-        check_batches(batches[0], batches)
-    parent = prepare_folder(folder, batches[0] if batches else None)
-    cut = decide(parent, surgery, batches, progress)
+    cut = stream_subclone(folder, surgery, calibration, tokenizer, progress and rank() == 0)
+    if rank() != 0:
+        return None
+    parent = cut.parent
     with staged_folder(Path(out), force, folder) as tmp:
         written = emit_shards(cut, tmp, max_shard_bytes, progress, check)
+        architecture = _architecture(tmp)
+        result = None
+        if onnx:
+            import transformers
+
+            from .frontends import synthetic_inputs
+
+            child = getattr(transformers, architecture).from_pretrained(tmp).eval()
+            example = synthetic_inputs(child)  # the parent's are on meta
+            result = emit_any_onnx(child, example, tmp, load_tokenizer(str(tmp)), onnx == "int8")
+        summary = {
+            **_summary(cut, folder, plan, architecture, result, started),
+            "streamed": True,
+            "parent_bytes": parent.shards.nbytes,
+            "parent_parameters": parent.graph.params.num_parameters(),
+            "child_parameters": written,
+        }
+        (tmp / "surgeon.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def save_child(
+    source: str | nn.Module,
+    plan: Any,
+    out: str | Path,
+    *,
+    calibration: Iterable[Any] | str | None = None,
+    force: bool = False,
+    onnx: str | None = None,
+    progress: bool = False,
+    notice: Any = None,
+) -> dict | None:
+    """The one path from a parent to a child folder, as `surgeon apply` takes it: `source`
+    a Hugging Face folder (streamed, `stream_apply`; loaded whole when it cannot be read as
+    stored, with a line to `notice`), a 'module:factory' string or a module (in memory:
+    `subclone`, then `save_pretrained`, or `model.pt` for a graph child). The tokenizer
+    and example inputs come from the source; `onnx`, the summary and the ranks as in
+    `stream_apply`."""
+    from .frontends.load import has_tokenizer, load_model
+
+    name = source if isinstance(source, str) else type(source).__name__
+    data = calibration is not None or (isinstance(source, str) and has_tokenizer(source))
+    surgery = resolve(plan, data)  # everything that can be checked cheaply, first
+    check_output(Path(out), force, source if isinstance(source, str) else None)
+    if isinstance(source, str) and is_folder(source) and surgery.plan.emit != "graph":
+        tokenizer = load_tokenizer(source) if surgery.needs_data else None
+        try:
+            return stream_apply(
+                source, plan, out, calibration=calibration, tokenizer=tokenizer,
+                force=force, progress=progress, onnx=onnx,
+            )  # fmt: skip
+        except NotStreamable as e:
+            size = sum(f.stat().st_size for f in Path(source).glob("*.safetensors"))
+            if notice is not None:
+                notice(f"{e}: loading all of it ({size / 2**30:.2f} GiB)")
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(source) if isinstance(source, str) else None
+    model, inputs = load_model(source) if isinstance(source, str) else (source, None)
+    parent_parameters = sum(p.numel() for p in model.parameters())
+    child = subclone(model, surgery, inputs, calibration, tokenizer, progress and rank() == 0)
+    if rank() != 0:
+        return None
+    with staged_folder(Path(out), force, source if isinstance(source, str) else None) as tmp:
+        _write_model(child, tokenizer, tmp)
+        result = None
+        if onnx:
+            example = child.state.graph.inputs
+            result = emit_any_onnx(child.model, example, tmp, tokenizer, onnx == "int8")
+        summary = {
+            **_summary(child.cut, name, plan, type(child.model).__name__, result, started),
+            "parent_parameters": parent_parameters,
+            "child_parameters": sum(p.numel() for p in child.model.parameters()),
+        }
+        (tmp / "surgeon.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def inspect_source(
+    source: str,
+    *,
+    calibration: str | None = None,
+    frontend: str = "auto",
+    device: str = "cpu",
+    notice: Any = None,
+) -> Report:
+    """`surgeon inspect`'s path: the structure of `source` (a folder or 'module:factory',
+    built on the meta device), or with `calibration` (a text file) its measured residual
+    ratios and importance: a folder one layer at a time from its files (loaded whole, with
+    a line to `notice`, where it cannot be read as stored), anything else in memory."""
+    from .frontends.load import load_model
+    from .plan import CALIBRATION
+
+    if calibration is None:
+        model, inputs = load_model(source, weights=False)
+        return inspect(model, inputs, frontend=frontend)
+    tokenizer = load_tokenizer(source)
+    if is_folder(source) and frontend == "auto":
+        model, _ = load_model(source, weights=False)
+        batches = resolve_calibration(model, calibration, tokenizer, CALIBRATION, True)
+        try:
+            parent = prepare_folder(source, batches[0])
+            return inspect(parent, calibration=batches, device=device)
+        except NotStreamable as e:
+            if notice is not None:
+                notice(f"{e}: loading all of it")
+    model, _ = load_model(source)
+    batches = resolve_calibration(model, calibration, tokenizer, CALIBRATION, True)
+    return inspect(model, calibration=batches, frontend=frontend, device=device)
+
+
+def is_folder(model: str) -> bool:
+    """A Hugging Face folder with safetensors files: streamed, never loaded whole."""
+    folder = Path(model)
+    return folder.is_dir() and any(folder.glob("*.safetensors"))
+
+
+def _summary(cut: Cut, parent: Any, plan: Any, model: str, onnx: dict | None, started) -> dict:
+    """What surgeon.json records of a child, and `surgeon apply` prints. `plan`: its file,
+    or what it says (`Plan.describe`)."""
+    named = isinstance(plan, Path) or (isinstance(plan, str) and Path(plan).is_file())
     return {
-        "parent_bytes": parent.shards.nbytes,
-        "child_parameters": written,
+        "parent": str(parent),
+        "plan": str(plan) if named else cut.surgery.plan.describe(),
+        "child": cut.sizes,
         "layers_kept": cut.state.layers,
         "influence": cut.state.influence,
+        "calibration_batches": len(cut.state.calibration or []),
+        "ranks": world_size(),
+        "model": model,
+        "causal_lm": is_causal_lm(model),
+        "onnx_max_relative_difference": onnx and onnx["max_relative_difference"],
+        "onnx": onnx,
+        "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _architecture(folder: Path) -> str:
+    config = json.loads((folder / "config.json").read_text())
+    return (config.get("architectures") or ["model"])[0]
+
+
+def _write_model(child: Child, tokenizer: Any, folder: Path) -> None:
+    if child.model is child.graph:
+        try:
+            torch.save(child.graph, folder / "model.pt")
+        except Exception as e:  # noqa: BLE001
+            raise SurgeonError(f"cannot save the child graph: {e}") from e
+        return
+    child.model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
 
 
 def dry_run(

@@ -7,41 +7,11 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
-from typing import Any
 
-from torch import nn
-
+from ..emit.decoder import emit_any_onnx
 from ..errors import ModelLoadError, SurgeonError
 
-__all__ = ["PROMPTS", "add_parsers", "emit_any_onnx", "run_export", "run_generate"]
-
-# What the export check generates from when the folder has a tokenizer.
-PROMPTS = (
-    "The capital of France is",
-    "def fibonacci(n):",
-    "Once upon a time, there was a",
-    "Python's standard library includes modules for",
-)
-
-
-def emit_any_onnx(
-    model: nn.Module, example: Any, folder: Path, tokenizer=None, int8: bool = False
-) -> dict:
-    """Write `folder`/model.onnx for `model`, checked; returns what the check measured
-    (`max_relative_difference`, and for a decoder `greedy_tokens_compared`)."""
-    from ..emit.decoder import emit_decoder, is_causal_lm, quantize_int8
-    from ..emit.onnx import emit_onnx
-
-    if is_causal_lm(model):
-        prompts = [tokenizer(p)["input_ids"] for p in PROMPTS] if tokenizer else None
-        return emit_decoder(model, folder, prompts, int8=int8)
-    if example is None:
-        raise SurgeonError(f"no example inputs for {type(model).__name__}: cannot export it")
-    result = {"kv_cache": False, "max_relative_difference": emit_onnx(model, example, folder)}
-    if int8:
-        quantized = quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
-        result["int8_bytes"] = quantized.stat().st_size
-    return result
+__all__ = ["add_parsers", "run_export", "run_generate"]
 
 
 def run_export(args: argparse.Namespace) -> int:

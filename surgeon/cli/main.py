@@ -16,42 +16,14 @@ DEVICE_HELP = "where calibration runs the layers: cpu (default), cuda, cuda:1, .
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from ..report import inspect
+    from ..api import inspect_source
 
-    if args.calibration is None:
-        from ..frontends.load import load_model
-
-        model, inputs = load_model(args.model, weights=False)
-        report = inspect(model, inputs, frontend=args.frontend)
-    else:
-        report = _inspect_measured(args)
+    report = inspect_source(
+        args.model, calibration=args.calibration, frontend=args.frontend, device=args.device,
+        notice=lambda line: print(f"surgeon: {line}", file=sys.stderr),
+    )  # fmt: skip
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
     return 0
-
-
-def _inspect_measured(args: argparse.Namespace):
-    """A folder is measured one layer at a time from its files; a factory's module (or a
-    folder whose tensors transformers converts on load) in memory."""
-    from ..errors import NotStreamable
-    from ..frontends.load import load_model, load_tokenizer
-    from ..io.calibration import resolve_calibration
-    from ..pipeline import prepare_folder
-    from ..plan import CALIBRATION
-    from ..report import inspect
-    from .apply import is_folder
-
-    tokenizer = load_tokenizer(args.model)
-    if is_folder(args.model) and args.frontend == "auto":
-        model, _ = load_model(args.model, weights=False)
-        batches = resolve_calibration(model, args.calibration, tokenizer, CALIBRATION, True)
-        try:
-            parent = prepare_folder(args.model, batches[0])
-            return inspect(parent, calibration=batches, device=args.device)
-        except NotStreamable as e:
-            print(f"surgeon: {e}: loading all of it", file=sys.stderr)
-    model, _ = load_model(args.model)
-    batches = resolve_calibration(model, args.calibration, tokenizer, CALIBRATION, True)
-    return inspect(model, calibration=batches, frontend=args.frontend, device=args.device)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

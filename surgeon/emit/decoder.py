@@ -16,16 +16,18 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import InvariantError, SurgeonError, first_line
-from .onnx import torch_onnx_export
+from .onnx import emit_onnx, torch_onnx_export
 
 __all__ = [
     "CacheLayout",
     "check_decoder",
+    "emit_any_onnx",
     "emit_decoder",
     "export_decoder",
     "is_causal_lm",
@@ -306,5 +308,31 @@ def emit_decoder(
     result.update(check_decoder(model, path, prompts))
     if int8:
         quantized = quantize_int8(path, Path(folder) / "model.int8.onnx")
+        result["int8_bytes"] = quantized.stat().st_size
+    return result
+
+
+# What the export check generates from when the folder has a tokenizer.
+CHECK_PROMPTS = (
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, there was a",
+    "Python's standard library includes modules for",
+)
+
+
+def emit_any_onnx(
+    model: nn.Module, example: Any, folder: Path, tokenizer=None, int8: bool = False
+) -> dict:
+    """Write `folder`/model.onnx for `model`, checked; returns what the check measured
+    (`max_relative_difference`, and for a decoder `greedy_tokens_compared`)."""
+    if is_causal_lm(model):
+        prompts = [tokenizer(p)["input_ids"] for p in CHECK_PROMPTS] if tokenizer else None
+        return emit_decoder(model, folder, prompts, int8=int8)
+    if example is None:
+        raise SurgeonError(f"no example inputs for {type(model).__name__}: cannot export it")
+    result = {"kv_cache": False, "max_relative_difference": emit_onnx(model, example, folder)}
+    if int8:
+        quantized = quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
         result["int8_bytes"] = quantized.stat().st_size
     return result
