@@ -181,15 +181,18 @@ def teacher_logits(parent, split, device):
     shape = (*data.shape, parent.config.vocab_size)
     path = CACHE / f"teacher-p{PROTOCOL}.f16"
     done = path.with_suffix(".done")
-    if not done.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    if not done.exists():  # written under a name of this process's, then renamed: two
+        CACHE.mkdir(parents=True, exist_ok=True)  # processes may both compute it
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
         parent = parent.to(device)
         with torch.no_grad():
             for i in range(0, data.shape[0], BATCH):
                 logits = parent(input_ids=data[i : i + BATCH].to(device)).logits
                 out[i : i + BATCH] = logits.half().cpu().numpy()
         out.flush()
+        del out
+        os.replace(partial, path)
         done.touch()
     return np.load(path, mmap_mode="r")
 
