@@ -55,11 +55,8 @@ RESCALE = RESCALE_METHODS
 EMIT = ("auto", "hf", "graph")
 CALIBRATION = {"samples": 32, "seq_len": 256, "batch_size": 4}
 PASS_ORDER = ("score", "depth", "permute", "slice", "rescale")
-# Named defaults for importance, depth and rescale; keys the plan states win. In
-# benchmarks/convergence.py `surgeon` took 2.7x fewer steps than random init (mean of 3
-# seeds, range 1.6-4.4; Weight Selection 2.3x; the paper's recipe missed random's final
-# loss in two seeds), each init at an lr and weight decay interior to the grid chosen on
-# validation: docs/results.md.
+# Named defaults for importance, depth and rescale; keys the plan states win. What each
+# is worth in training is measured by benchmarks/convergence.py (docs/results.md).
 RECIPES = {
     "surgeon": {"importance": "activation", "depth": "influence", "rescale": "paper"},
     "paper": {"importance": "activation", "depth": "middle", "rescale": "paper"},
