@@ -37,6 +37,7 @@ import jsonschema
 import yaml
 
 from .errors import PlanError
+from .passes import PASSES
 from .passes.depth import STRATEGIES
 from .passes.rescale import METHODS as RESCALE_METHODS
 from .passes.score import EXPERTS
@@ -65,12 +66,7 @@ RECIPES = {
 }
 
 _SIZE = {"type": "integer", "minimum": 1}
-_DEPTH = {
-    "oneOf": [
-        {"enum": list(DEPTH)},
-        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
-    ]
-}
+_DEPTH = PASSES["depth"].schema["strategy"]
 
 
 def _object(properties: dict, description: str = "") -> dict:
@@ -120,32 +116,7 @@ SCHEMA = {
                     "minProperties": 1,
                     "maxProperties": 1,
                     "additionalProperties": False,
-                    "properties": {
-                        "score": _object(
-                            {
-                                "method": {"enum": list(IMPORTANCE)},
-                                "experts": {"enum": list(EXPERT_CRITERIA)},
-                            }
-                        ),
-                        "depth": _object(
-                            {
-                                "strategy": _DEPTH,
-                                "num_layers": _SIZE,
-                                "stacks": {"type": "object", "additionalProperties": _SIZE},
-                            }
-                        ),
-                        "permute": _object({}),
-                        "slice": _object(
-                            {
-                                **{k: _SIZE for k in WIDTH},
-                                "stacks": {
-                                    "type": "object",
-                                    "additionalProperties": _object({k: _SIZE for k in WIDTH}),
-                                },
-                            }
-                        ),
-                        "rescale": _object({"method": {"enum": list(RESCALE)}}),
-                    },
+                    "properties": {name: _object(p.schema) for name, p in PASSES.items()},
                 },
             },
         }

@@ -216,3 +216,19 @@ def test_a_graph_that_computes_otherwise_than_the_model_is_refused():
     fx = trace(model, example, frontend="fx")  # fx records the eager computation
     assert _faithful(model, fx, analyse(fx)).layers == []
     assert surgeon.prepare(model, example).graph.frontend == "fx"
+
+
+def test_each_pass_owns_the_schema_of_its_parameters():
+    """A plan's long form accepts exactly what each pass's schema states, and each key
+    there is a field of the pass (so the plan cannot name a parameter the pass lacks)."""
+    import dataclasses
+
+    from surgeon.passes import PASSES
+    from surgeon.plan import SCHEMA
+
+    items = SCHEMA["properties"]["passes"]["items"]["properties"]
+    assert set(items) == set(PASSES)
+    for name, cls in PASSES.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert set(cls.schema) <= fields, name
+        assert items[name]["properties"] == cls.schema

@@ -41,9 +41,11 @@ class Pass(Protocol):
     """A step of the surgery. `check` refuses a plan the parent cannot take (before any
     pass runs, so nothing is measured for a plan that would fail); `run` writes its
     decisions into the state and never touches a tensor; `needs_data` says whether it
-    reads calibration batches. `name` is its key in a plan's long form."""
+    reads calibration batches. `name` is its key in a plan's long form, `schema` the JSON
+    Schema properties of its parameters there (`plan.SCHEMA` is built from them)."""
 
     name: str
+    schema: dict
 
     @property
     def needs_data(self) -> bool: ...

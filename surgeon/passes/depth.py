@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -37,6 +38,16 @@ class Depth:
     num_layers: int | None = None
     stacks: Mapping[str, int] = field(default_factory=dict)  # a stack's own num_layers
     name = "depth"
+    schema: ClassVar[dict] = {
+        "strategy": {
+            "oneOf": [
+                {"enum": list(STRATEGIES)},
+                {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            ]
+        },
+        "num_layers": {"type": "integer", "minimum": 1},
+        "stacks": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
+    }
 
     @property
     def needs_data(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -18,6 +19,7 @@ class Permute:
 
     name = "permute"
     needs_data = False
+    schema: ClassVar[dict] = {}
 
     def check(self, state: SurgeryState) -> None:
         pass

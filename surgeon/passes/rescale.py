@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import PlanError
 from .state import SurgeryState
@@ -22,6 +23,7 @@ class Rescale:
 
     method: str = "paper"
     name = "rescale"
+    schema: ClassVar[dict] = {"method": {"enum": list(METHODS)}}
     needs_data = False
 
     def check(self, state: SurgeryState) -> None:

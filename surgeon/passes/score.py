@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import fx
@@ -47,6 +48,7 @@ class Score:
     method: str = "weight"
     experts: str = "reap"  # routed experts under `activation`: reap | frequency
     name = "score"
+    schema: ClassVar[dict] = {"method": {"enum": list(METHODS)}, "experts": {"enum": list(EXPERTS)}}
 
     @property
     def needs_data(self) -> bool:

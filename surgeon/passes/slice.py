@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -32,6 +33,17 @@ class Slice:
     evenly: bool = False
     stacks: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per stack
     name = "slice"
+    schema: ClassVar[dict] = {  # `evenly` is set by the recipes, not written in plans
+        **{k: {"type": "integer", "minimum": 1} for k in SIZES},
+        "stacks": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {k: {"type": "integer", "minimum": 1} for k in SIZES},
+            },
+        },
+    }
     needs_data = False
 
     @property
