@@ -227,6 +227,8 @@ class Bench:
 
     def run(self, size, init, lr, wd, seed) -> dict:
         key = row_key(size, init, lr, wd, seed)
+        if key not in self.rows:
+            self.rows = load_rows()  # another process may have run it meanwhile
         if key in self.rows:
             return self.rows[key]
         distilled = INITS[init][1]
