@@ -38,6 +38,7 @@ another protocol version are never mixed in. `--report` writes the summary
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import math
@@ -185,7 +186,7 @@ def teacher_logits(parent, split, device):
         CACHE.mkdir(parents=True, exist_ok=True)  # processes may both compute it
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
-        parent = parent.to(device)
+        parent = copy.deepcopy(parent).to(device)  # the builds read the one on the CPU
         with torch.no_grad():
             for i in range(0, data.shape[0], BATCH):
                 logits = parent(input_ids=data[i : i + BATCH].to(device)).logits
@@ -221,8 +222,6 @@ class Bench:
         key = (size, json.dumps(plan, sort_keys=True))
         if key not in self.children:
             self.children[key] = build(self.parent, size, plan, self.split)
-        import copy
-
         return copy.deepcopy(self.children[key])
 
     def run(self, size, init, lr, wd, seed) -> dict:
