@@ -436,9 +436,11 @@ def report(rows: dict) -> dict:
         },
         "curves": {size: {init: e["curves"] for init, e in t.items()} for size, t in table.items()},
     }
+    summary["progress"] = progress(rows)
     SUMMARY.write_text(json.dumps(summary, indent=1) + "\n")
     HINTS.write_text(json.dumps(hints(table, summary), indent=1) + "\n")
     _print(table)
+    _print_progress(summary["progress"])
     _plot(table)
     return summary
 
@@ -490,6 +492,49 @@ def _print(table) -> None:
                 f"speedup {_fmt(e.get('speedup'), at.get('speedup_is_lower_bound', False))} "
                 f"steps {at.get('steps')}"
             )
+
+
+def progress(rows: dict) -> dict:
+    """Per size and init, what the rows hold so far: the search points run on seed 0, the
+    best of them (validation loss), whether the search is finished, and the seeds run at
+    the best point. For reporting an unfinished measurement as what it is."""
+    out = {}
+    for size in SIZES:
+        for init in INITS:
+            mine = {k: r for k, r in rows.items() if k[:2] == (size, init)}
+            points = {(k[2], k[3]): r["validation"] for k, r in mine.items() if k[4] == 0}
+            if not points:
+                continue
+            best = min(points, key=lambda p: (points[p], p))
+            try:
+                search(lambda lr, wd: _lookup(mine, size, init, lr, wd))  # noqa: B023
+                finished = True
+            except _Missing:
+                finished = False
+            out.setdefault(size, {})[init] = {
+                "points": len(points),
+                "search_finished": finished,
+                "best_so_far": {"lr": best[0], "wd": best[1], "validation": points[best]},
+                "seeds_at_best": sorted(k[4] for k in mine if (k[2], k[3]) == best),
+                "final_test_seed0_at_best": mine[row_key(size, init, *best, 0)]["test"][-1][1],
+            }
+    return out
+
+
+def _print_progress(done: dict) -> None:
+    print(
+        "\n| size | init | search points run | finished | best so far (lr, wd) | validation "
+        "| seed-0 final test | seeds at best |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for size, t in done.items():
+        for init, p in t.items():
+            b = p["best_so_far"]
+            print(
+                f"| {size} | {init} | {p['points']} | {'yes' if p['search_finished'] else 'no'} "
+                f"| {b['lr']:g}, {b['wd']:g} | {b['validation']:.3f} "
+                f"| {p['final_test_seed0_at_best']:.3f} | {p['seeds_at_best']} |"
+            )  # fmt: skip
 
 
 def _plot(table) -> None:
