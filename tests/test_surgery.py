@@ -171,3 +171,30 @@ def test_a_bfloat16_parent_gives_a_bfloat16_child(name):
     inputs = as_inputs(example)
     torch.testing.assert_close(out(child.model, inputs), out(child.graph, inputs), atol=0, rtol=0)
     assert fingerprint(model) == before
+
+
+def test_parallel_blocks_cut_their_ffn_like_a_hand_sliced_parent():
+    """The MLP of a layer whose attention and MLP read one norm is found (its FFN width was
+    0 before) and cut: the child computes what the parent's class computes with the
+    first neurons of every MLP kept by hand."""
+    import surgeon
+    from tests.zoo import parallel_blocks
+
+    parent = parallel_blocks()
+    layers = surgeon.inspect(parent).to_dict()["layers"]
+    assert {layer["intermediate_size"] for layer in layers} == {96}
+    plan = {"target": {"intermediate_size": 48}, "importance": "first", "rescale": "none"}
+    child = surgeon.apply(parent, plan)
+    config = type(parent.config).from_dict({**parent.config.to_dict(), "intermediate_size": 48})
+    reference = type(parent)(config).eval()
+    state = parent.state_dict()
+    for name in state:
+        if "gate_proj" in name or "up_proj" in name:
+            state[name] = state[name][:48]
+        elif "down_proj" in name:
+            state[name] = state[name][:, :48]
+    reference.load_state_dict(state)
+    ids = torch.randint(3, 128, (2, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = reference(input_ids=ids).logits, child(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()

@@ -989,3 +989,19 @@ def exports_otherwise():
     return _ExportsOtherwise().eval(), (
         torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(SEED)),
     )
+
+
+def parallel_blocks():
+    """A Hugging Face decoder whose attention and MLP read one norm of the same stream value
+    and are added one after the other (`x + attn(norm(x)) + mlp(norm(x))`, Cohere's
+    layers): the MLP's residual addition skips `x + attn(...)` but reads `x`. Its norm
+    weights are random (not all ones), so a wrong order of them shows."""
+    import transformers as tf
+
+    torch.manual_seed(SEED)
+    model = tf.CohereForCausalLM(tf.CohereConfig(**_CAUSAL)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:  # norm weights: not all ones
+                p.copy_(1 + 0.5 * torch.rand_like(p))
+    return model

@@ -104,11 +104,33 @@ def find_blocks(graph: fx.Graph, dims: Dims, root: int, canonical) -> list[Block
     blocks = []
     stream = {skip for _, skip, _ in adds} | {add for add, _, _ in adds}
     for add, skip, branch in adds:
-        nodes = _between(skip, branch, stream)
+        nodes = _between(skip, branch, stream) or _between(
+            _read_value(branch, stream, skip), branch, stream
+        )  # a parallel block's branch reads an earlier stream value than its skip
         targets = {t for n in nodes for i in n.all_input_nodes for t in _weights(i, data)}
         params = sorted({canonical(t) for t in targets if canonical(t)})
         blocks.append(Block(add, skip, branch, nodes, params, _layer_of(params), root))
     return blocks
+
+
+def _read_value(branch: fx.Node, stream: set[fx.Node], skip: fx.Node) -> fx.Node:
+    """The stream value a branch is computed from, where it does not read its own skip: the
+    latest one behind it in graph order (`x + attn(norm(x)) + mlp(norm(x))`: the MLP's
+    branch reads `x`, not `x + attn(...)`); `skip` when it reads none."""
+    seen, frontier, found = {branch}, [branch], []
+    while frontier:
+        for i in frontier.pop().all_input_nodes:
+            if i in seen:
+                continue
+            seen.add(i)
+            if i in stream:
+                found.append(i)
+            else:
+                frontier.append(i)
+    if not found:
+        return skip
+    order = {n: k for k, n in enumerate(branch.graph.nodes)}
+    return max(found, key=order.__getitem__)
 
 
 def _origin(skip: fx.Node, data: set[fx.Node]) -> fx.Node:
