@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .analysis import FFN_ROLES
 from .errors import PlanError
 from .passes.state import SurgeryState
 
@@ -55,6 +56,8 @@ class ChildShape:
     lists: dict[str, list[int]]
     kept_by_stack: dict[str, list[int]]
     need: Callable[[str], tuple | None]
+    role: Callable[[str], str | None] = lambda name: None  # noqa: E731 - the FFN role a
+    # tensor's width is (`FFN_ROLES`), by the child's name; None for other tensors
 
     @classmethod
     def of(cls, state: SurgeryState, expected: dict[str, tuple]) -> ChildShape:
@@ -67,7 +70,15 @@ class ChildShape:
         def need(name: str) -> tuple | None:
             return expected.get(state.parent_name(name))
 
+        a = state.analysis
+        roles = {
+            name: layer.ffn_role[g]
+            for layer in a.layers
+            for g in layer.ffn
+            for name, _ in a.groups[g].members
+        }
         return cls(
+            role=lambda name: roles.get(state.parent_name(name)),
             sizes={s: (state.child_sizes(s), whole.child_sizes(s)) for s in stacks},
             hidden_size=state.analysis.hidden_size,
             layer_stacks=[layer.stack for layer in state.analysis.layers],
@@ -86,7 +97,25 @@ class ChildShape:
 # What each size is called in the configs of transformers (first match is set).
 CONFIG_FIELDS = {
     "hidden_size": ("hidden_size", "n_embd", "d_model", "embed_dim", "dim"),
-    "intermediate_size": ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "hidden_dim"),
+    "intermediate_size": ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "hidden_dim")
+    + ("intermediate_size_mlp", "dense_intermediate_size", "first_dense_intermediate_size"),
+    # each routed expert's width, and the shared experts': their own names first, then
+    # those a config may give them with another role (Mixtral's experts use
+    # `intermediate_size`; Llama 4's shared expert too)
+    "moe_intermediate_size": (
+        "moe_intermediate_size",
+        "expert_ffn_hidden_size",
+        "intermediate_size",
+    ),
+    "shared_expert_intermediate_size": (
+        "shared_expert_intermediate_size",
+        "shared_intermediate_size",
+        "shared_experts_intermediate_size",
+        "moe_shared_expert_intermediate_size",
+        "share_expert_dim",
+        "moe_intermediate_size",
+        "intermediate_size",
+    ),
     "num_heads": ("num_attention_heads", "n_head", "num_heads"),
     "num_kv_heads": ("num_key_value_heads", "num_kv_heads"),
     "head_dim": ("head_dim",),
@@ -98,6 +127,7 @@ STACK_FIELDS = {
     "num_kv_heads": re.compile(r"^(encoder|decoder)_(num_key_value_heads|kv_heads)$"),
     "intermediate_size": re.compile(r"^(encoder|decoder)_(ffn_dim|intermediate_size)$"),
 }
+ROLE_NAMES = dict(zip(FFN_ROLES, ("dense MLPs", "routed experts", "shared experts"), strict=True))
 # Fields that are the residual width under another name when they equal it in the parent.
 FOLLOW_HIDDEN = ("word_embed_proj_dim",)
 
@@ -108,16 +138,34 @@ def child_config(parent: nn.Module, shape: ChildShape) -> Any:
     config = copy.deepcopy(parent.config)
     sizes, full = shape.sizes[None]  # the child's, the parent's as the analysis sees them
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    clashes: list = []
     for part in (config, text) if text is not config else (config,):
-        _set_sizes(part, sizes, full, shape.hidden_size)
+        _set_sizes(part, sizes, full, shape.hidden_size, clashes)
+    for key, value, field, (other, its) in clashes:
+        raise PlanError(
+            f"target.{key} = {value}: {type(parent).__name__} has one width for the "
+            f"{ROLE_NAMES[key]} and the {ROLE_NAMES[other]} (config field {field}), and the "
+            f"plan gives the {ROLE_NAMES[other]} {its}: give them one size"
+        )
     _set_depth(parent, config, shape)
     return config
 
 
-def _set_sizes(config: Any, sizes: dict, full: dict, old_hidden: int) -> None:
+def _set_sizes(config: Any, sizes: dict, full: dict, old_hidden: int, clashes=None) -> None:
+    """Write the child's `sizes` (`full`: the parent's) into the fields that state them.
+    An FFN role's width claims the first field that states it; `clashes` collects the
+    (size, value, field, (other size, its value)) where two roles claim one field at two
+    values: a config with one width for several roles."""
     was = {}  # size -> (its value in the parent's config, the child's)
+    claimed: dict[str, tuple[str, int]] = {}  # FFN width field -> (role, its child value)
     fields = config.to_dict()
-    for key, value in sizes.items():
+    for key in FFN_ROLES[1:]:  # a role left at the parent's width keeps its field
+        first = _exact(config, key, full)[:1]
+        if key in sizes and full.get(key) == sizes[key] and first:
+            claimed[first[0]] = (key, sizes[key])
+    # the widths of routed and shared experts before the dense MLPs' (their names are
+    # the more specific), then the rest
+    for key, value in sorted(sizes.items(), key=lambda kv: kv[0] == FFN_ROLES[0]):
         if full.get(key) == value:
             continue  # not cut: the config already says it, in its own terms
         named = [f for f in CONFIG_FIELDS[key] if not _derived(config, f)]
@@ -131,13 +179,19 @@ def _set_sizes(config: Any, sizes: dict, full: dict, old_hidden: int) -> None:
         ]
         for field in _per_layer_lists(fields, key):  # num_key_value_heads_per_layer
             setattr(config, field, [value if x == full.get(key) else x for x in fields[field]])
-        exact = [f for f in (*named, *stacked) if config_value(config, f) == full.get(key)]
+        exact = _exact(config, key, full, stacked)
+        if key in FFN_ROLES:
+            free = [f for f in exact if claimed.get(f, (key, value))[1] == value]
+            if exact and not free and clashes is not None:
+                clashes.append((key, value, exact[0], claimed[exact[0]]))
+            exact = free if key == FFN_ROLES[0] else free[:1]
+            claimed.update({f: (key, value) for f in exact})
         for field in exact:  # the fields that state the parent's size
             setattr(config, field, value)
         if exact:
             was[key] = (full.get(key), value)
             continue
-        for field in named:
+        for field in named if key not in FFN_ROLES[1:] else ():  # experts' widths: fitted
             old = config_value(config, field)
             if old is not None or (key == "intermediate_size" and hasattr(config, field)):
                 new = value
@@ -155,6 +209,12 @@ def _set_sizes(config: Any, sizes: dict, full: dict, old_hidden: int) -> None:
     for field in FOLLOW_HIDDEN:
         if config_value(config, field) == old_hidden != sizes["hidden_size"]:
             setattr(config, field, sizes["hidden_size"])
+
+
+def _exact(config: Any, key: str, full: dict, stacked: list = ()) -> list[str]:
+    """The fields of `config` that state the parent's size `key` (`full[key]`)."""
+    named = [f for f in (*CONFIG_FIELDS[key], *stacked) if not _derived(config, f)]
+    return [f for f in named if config_value(config, f) == full.get(key) is not None]
 
 
 def _per_layer_lists(fields: dict, key: str) -> list[str]:
@@ -330,9 +390,17 @@ def _set_stages(config: Any, order: list[int]) -> None:
         config.out_indices, config.out_features = kept, [stages[i] for i in kept]
 
 
-def config_error(parent: nn.Module, wrong: dict) -> PlanError:
+def config_error(parent: nn.Module, wrong: dict, shape: ChildShape | None = None) -> PlanError:
     """The one-line error for a config that cannot express the child (`fit_config`)."""
     name, (got, want) = next(iter(wrong.items()))
+    role = shape.role(name) if shape is not None else None
+    if role in FFN_ROLES[1:]:  # a width the config derives from others (DeepSeek's shared)
+        holds, asked = next((g, w) for g, w in zip(got, want, strict=False) if g != w)
+        return PlanError(
+            f"target.{role} = {asked}: {type(parent).__name__}'s config derives the "
+            f"{ROLE_NAMES[role]}' width from other sizes, {holds} with this plan's: ask for "
+            f"{holds}, or leave it out"
+        )
     if name.startswith("the layers"):
         return PlanError(
             f"{type(parent).__name__} cannot hold this child: its config builds {got[0]} "

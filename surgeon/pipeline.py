@@ -354,7 +354,7 @@ def _child_config(parent: Parent, state: SurgeryState) -> Any:
             return config
         if not _follow_config(state, wrong):
             break
-    raise config_error(parent.model, wrong)
+    raise config_error(parent.model, wrong, shape)
 
 
 def _follow_config(state: SurgeryState, wrong: dict) -> bool:

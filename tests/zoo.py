@@ -310,6 +310,8 @@ NAMES = ("nanogpt",) + HF_NAMES
 # Mixture-of-experts decoders: 8 experts, 2 per token (not in NAMES: the tests of experts
 # use them; the whole-zoo tests stay as fast as they were).
 MOE_NAMES = ("mixtral", "qwen2_moe", "olmoe")
+# Routing and expert layouts beside those (tests/test_moe_reference.py)
+MOE_SHAPES = ("deepseek_v3", "gpt_oss")
 
 
 def _moe_configs():
@@ -330,6 +332,31 @@ def _moe_configs():
             ),
         ),
         "olmoe": (tf.OlmoeForCausalLM, tf.OlmoeConfig(**moe, num_experts=8)),
+        # MOE_SHAPES: multi-head latent attention, a dense first layer, group-limited
+        # routing (2 groups of 4 experts) with a score-correction bias, 2 shared experts
+        "deepseek_v3": (
+            tf.DeepseekV3ForCausalLM,
+            tf.DeepseekV3Config(
+                **{**moe, "num_key_value_heads": 4},
+                n_routed_experts=8,
+                moe_intermediate_size=32,
+                n_shared_experts=2,
+                n_group=2,
+                topk_group=1,
+                first_k_dense_replace=1,
+                q_lora_rank=48,
+                kv_lora_rank=32,
+                qk_rope_head_dim=8,
+                qk_nope_head_dim=16,
+                v_head_dim=16,
+                head_dim=8,
+            ),
+        ),
+        # gate and up projections interleaved in one stacked tensor, biases on experts
+        "gpt_oss": (
+            tf.GptOssForCausalLM,
+            tf.GptOssConfig(**moe, num_local_experts=8, head_dim=16, sliding_window=8),
+        ),
     }
 
 
@@ -470,7 +497,7 @@ def build(name: str, device: str = "cpu"):
     """
     if name == "nanogpt":
         return nanogpt(device)
-    known = NAMES + MOE_NAMES + ENC_DEC_NAMES + STREAM_NAMES
+    known = NAMES + MOE_NAMES + MOE_SHAPES + ENC_DEC_NAMES + STREAM_NAMES
     if name not in known:
         raise KeyError(f"no zoo model {name!r}; known: {', '.join(known)}")
     return _hf(name, device)

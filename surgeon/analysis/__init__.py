@@ -27,6 +27,7 @@ from .registry import register_rule, rule_for, unregister_rule
 from .residual import NUMBERED, Block, find_blocks, layer_span, residual_root
 
 __all__ = [
+    "FFN_ROLES",
     "ROLES",
     "Analysis",
     "Group",
@@ -37,8 +38,12 @@ __all__ = [
     "unregister_rule",
 ]
 
-# The roles a group can have (Group.role).
-ROLES = ("residual", "ffn", "heads", "kv_groups", "head_dim", "experts", "vocab", "other")
+# The roles a group can have (Group.role); "rank": the inner width of a low-rank
+# projection inside attention (multi-head latent attention's q and kv ranks), kept.
+ROLES = ("residual", "ffn", "heads", "kv_groups", "head_dim", "experts", "vocab", "rank", "other")
+# The roles of an FFN group, named as configs name their widths: a dense MLP's, each routed
+# expert's, the shared experts' beside them.
+FFN_ROLES = ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size")
 
 
 @dataclass
@@ -82,11 +87,21 @@ class LayerInfo:
     heads: list[int] = field(default_factory=list)  # leaves of the heads axis, outermost first
     kv: list[int] = field(default_factory=list)  # those of them that are KV groups
     ffn: list[int] = field(default_factory=list)  # its FFN groups (their sizes add up)
+    # each FFN group's role, as configs name its width (`FFN_ROLES`): a dense MLP's, a
+    # routed expert's (it shares tensors with the experts group), a shared expert's
+    ffn_role: dict[int, str] = field(default_factory=dict)
     experts: list[int] = field(default_factory=list)  # its groups of routed experts
     num_experts: int = 0
     applied: int = 1  # how many times its weights are applied in one forward
     parts: list[str] = field(default_factory=list)  # its modules: name, and any entry
     # of another list with its index that its blocks read (an `ffns.3` beside `attentions.3`)
+
+    def widths(self, sizes: dict[int, int]) -> dict[str, int]:
+        """The FFN width of each role it has, `sizes[group]` the width of each group."""
+        out: dict[str, int] = {}
+        for g in self.ffn:
+            out[self.ffn_role[g]] = out.get(self.ffn_role[g], 0) + sizes[g]
+        return out
 
     @property
     def stream(self) -> int:
@@ -188,7 +203,7 @@ def analyse(graph: Graph) -> Analysis:
         held = {kinds.get(n) for n, _ in g.members}
         g.movable = g.pinned is None and held <= {"parameter", "buffer"}
         g.ordered = g.id in soft or "buffer" in held
-    _fill_layers(layers, groups, sites, dims)
+    _fill_layers(layers, groups, sites, dims, canonical)
     analysis = Analysis(graph, dims, root, blocks, layers, groups, streams=streams)
     analysis.per_layer = _per_layer(analysis, kinds)
     analysis.couplings = _couplings(analysis, kinds)
@@ -446,28 +461,46 @@ def _from_inputs(node: fx.Node, inputs: set[fx.Node], limit: int = 8) -> bool:
     return False
 
 
-def _fill_layers(layers, groups, sites, dims) -> None:
+def _fill_layers(layers, groups, sites, dims, canonical) -> None:
+    order = {leaf: i for atom in dims.experts for i, leaf in enumerate(dims.atoms.leaves(atom))}
     for layer in layers:
         nodes = set().union(*(b.nodes for b in layer.blocks))
-        layer.ffn = [
-            g.id
-            for g in groups.values()
-            if g.role == "ffn" and g.layer is not None and layers[g.layer] is layer
-        ]
+        site = next((s for s in sites if s.node in nodes), None)
+        if site is not None:
+            layer.num_heads = math.prod(groups[leaf].size for leaf in site.heads)
+            layer.num_kv_heads = math.prod(groups[leaf].size for leaf in site.kv)
+            layer.head_dim = site.head_dim
+            layer.heads, layer.kv = list(site.heads), list(site.kv)
+        mine = [g for g in groups.values() if g.layer is not None and layers[g.layer] is layer]
+        ranks = _attention_reads(site, layer.blocks, canonical)
+        for g in mine:
+            if g.role == "ffn" and {n for n, _ in g.members} <= ranks:
+                g.role = "rank"  # a low-rank projection inside attention (MLA's): kept
+        layer.ffn = [g.id for g in mine if g.role == "ffn"]
         layer.intermediate_size = sum(groups[g].size for g in layer.ffn)
-        layer.experts = [
-            g.id
-            for g in groups.values()
-            if g.role == "experts" and g.layer is not None and layers[g.layer] is layer
-        ]
-        layer.num_experts = sum(groups[g].size for g in layer.experts)
-        for s in sites:
-            if s.node in nodes:
-                layer.num_heads = math.prod(groups[leaf].size for leaf in s.heads)
-                layer.num_kv_heads = math.prod(groups[leaf].size for leaf in s.kv)
-                layer.head_dim = s.head_dim
-                layer.heads, layer.kv = list(s.heads), list(s.kv)
-                break
+        # outermost first: group-limited routing views its experts as (groups x experts)
+        layer.experts = sorted((g.id for g in mine if g.role == "experts"), key=order.get)
+        layer.num_experts = math.prod(groups[g].size for g in layer.experts) if layer.experts else 0
+        routed = {n for g in layer.experts for n, _ in groups[g].members}
+        for g in layer.ffn:
+            if any(n in routed for n, _ in groups[g].members):
+                layer.ffn_role[g] = FFN_ROLES[1]
+            else:  # a shared expert beside routed ones, or a dense MLP
+                layer.ffn_role[g] = FFN_ROLES[2] if layer.experts else FFN_ROLES[0]
+
+
+def _attention_reads(site, blocks, canonical) -> set[str]:
+    """The parameters a layer's attention scores are computed from within their block (from
+    its residual input on): the query and key projections and what feeds them."""
+    nodes = next((b.nodes for b in blocks if site is not None and site.node in b.nodes), set())
+    seen, frontier = set(), [site.node] if nodes else []
+    while frontier:
+        node = frontier.pop()
+        for x in node.all_input_nodes:
+            if x not in seen and (x in nodes or x.op == "get_attr"):
+                seen.add(x)
+                frontier.append(x)
+    return {canonical(n.target) for n in seen if n.op == "get_attr"} - {None}
 
 
 def _segments(atoms: Atoms, a: int) -> list[int]:

@@ -9,6 +9,8 @@ Llama folder (config, safetensors, tokenizer) under `cache`, which later calls l
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -55,7 +57,12 @@ def _convert(cache: Path) -> None:
     model = LlamaForCausalLM(config)
     model.load_state_dict(gguf.state_dict())
     model.tie_weights()
-    tmp = cache.with_name(cache.name + ".partial")
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.partial")  # processes may race
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(cache)
+    try:
+        tmp.rename(cache)
+    except OSError:  # another process put its copy there first: keep that one
+        if not cache.is_dir():
+            raise
+        shutil.rmtree(tmp)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from ..analysis import Analysis
+from ..analysis import FFN_ROLES, Analysis
 from ..errors import PlanError
 from .state import SurgeryState, check_stack_names
 
 __all__ = ["SIZES", "Slice", "resolve_target"]
 
-SIZES = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "num_experts")
+SIZES = (
+    "hidden_size",
+    *FFN_ROLES,  # intermediate_size, moe_intermediate_size, shared_expert_intermediate_size
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "num_experts",
+)
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,9 @@ class Slice:
     positions instead (the Weight Selection baseline)."""
 
     hidden_size: int | None = None
-    intermediate_size: int | None = None
+    intermediate_size: int | None = None  # dense MLPs' (where there are none: every FFN's)
+    moe_intermediate_size: int | None = None  # each routed expert's
+    shared_expert_intermediate_size: int | None = None  # the shared experts'
     num_heads: int | None = None
     num_kv_heads: int | None = None
     head_dim: int | None = None
@@ -113,6 +123,7 @@ def resolve_target(
             f"target.{per_layer[0]} cannot be applied: no layers were found in this model (a "
             "numbered list of residual blocks); `surgeon inspect` shows what was found"
         )
+    _roles_found(analysis, target, stacks)
     for layer in analysis.layers:
         _layer_target(analysis, layer, {**target, **stacks.get(layer.stack, {})}, ask)
     if "head_dim" in target:
@@ -144,12 +155,7 @@ def _stream_widths(analysis: Analysis, target: Mapping, stacks: Mapping) -> dict
 def _layer_target(analysis, layer, target, ask) -> None:
     if "num_experts" in target:
         _experts(analysis, layer, target["num_experts"], ask)
-    if "intermediate_size" in target:
-        if len(layer.ffn) != 1:
-            raise PlanError(
-                f"target.intermediate_size: {layer.name} has {len(layer.ffn)} FFN groups, not one"
-            )
-        ask(layer.ffn[0], target["intermediate_size"], "intermediate_size")
+    _ffn(analysis, layer, target, ask)
     if "num_heads" not in target and "num_kv_heads" not in target:
         return
     if not layer.heads:
@@ -195,26 +201,74 @@ def _layer_target(analysis, layer, target, ask) -> None:
     ask(rep, per, "num_heads")
 
 
+def _roles_found(analysis: Analysis, target: Mapping, stacks: Mapping) -> None:
+    """`PlanError` for a width of an FFN role (routed experts, shared experts) that no
+    layer has."""
+    found = {role for layer in analysis.layers for role in layer.ffn_role.values()}
+    asked = {k for sizes in (target, *stacks.values()) for k in sizes if k in FFN_ROLES[1:]}
+    for key in sorted(asked - found):
+        what = "routed experts" if key == FFN_ROLES[1] else "shared experts beside routed ones"
+        has = ", ".join(r for r in FFN_ROLES if r in found) or "none"
+        raise PlanError(
+            f"target.{key}: no {what} found in this model (its FFN widths: {has}); "
+            "`surgeon inspect` shows them"
+        )
+
+
+def _ffn(analysis: Analysis, layer, target: Mapping, ask) -> None:
+    """Each FFN group is cut to the width of its role (`moe_intermediate_size` for a
+    routed expert's, ...). `intermediate_size` is the dense MLPs' width; in a model that
+    has none (every layer routes), it is that of every role the plan gives no width."""
+    dense = any(FFN_ROLES[0] in x.ffn_role.values() for x in analysis.layers)
+    by_role: dict[str, list[int]] = {}
+    for g in layer.ffn:
+        by_role.setdefault(layer.ffn_role[g], []).append(g)
+    for role, groups in by_role.items():
+        key = role if role in target or dense else FFN_ROLES[0]
+        if key not in target:
+            continue
+        if len(groups) != 1:
+            what = "FFN groups" if len(by_role) == 1 else f"FFN groups of the role {role}"
+            raise PlanError(f"target.{key}: {layer.name} has {len(groups)} {what}, not one")
+        ask(groups[0], target[key], key)
+
+
 def _experts(analysis: Analysis, layer, value: int, ask) -> None:
     """Routed experts are kept or dropped whole: the router's rows and every expert's
-    weights together. A token still goes to `k` experts, so `value` must be at least `k`."""
+    weights together. A token still goes to `k` experts, so `value` must be at least `k`.
+    Routing that picks groups of experts first (`n_group`: the experts axis viewed as
+    groups x experts) keeps the same count in every group."""
     if not layer.experts:
         if any(other.experts for other in analysis.layers):
             return  # a dense layer among the expert layers
         raise PlanError("target.num_experts: no routed experts found in this model")
-    if len(layer.experts) != 1:
+    sizes = [analysis.atoms.size[g] for g in layer.experts]  # outermost first
+    if len(sizes) > 2:
         raise PlanError(f"target.num_experts: {layer.name} has several groups of experts")
-    group = layer.experts[0]
-    atoms = analysis.atoms
+    if value % math.prod(sizes[:-1]):
+        raise PlanError(
+            f"target.num_experts = {value}: {layer.name} routes to its {layer.num_experts} "
+            f"experts in {sizes[0]} groups of {sizes[1]} (n_group); keep a multiple of "
+            f"{sizes[0]} experts, the same count in each group"
+        )
+    k = _routed_to(analysis, layer)
+    if k is not None and value < k:
+        raise PlanError(
+            f"target.num_experts = {value}: each token is routed to {k} experts in "
+            f"{layer.name} (num_experts_per_tok); keep at least {k}"
+        )
+    ask(layer.experts[-1], value // math.prod(sizes[:-1]), "num_experts")
+
+
+def _routed_to(analysis: Analysis, layer) -> int | None:
+    """How many experts a token is routed to: the `k` of the top-k over all of them."""
+    atoms, inner = analysis.atoms, layer.experts[-1]
     for key, atom in analysis.dims.positions.items():
-        if isinstance(key, tuple) and group in atoms.leaves(atom):
+        if isinstance(key, tuple) and inner in atoms.leaves(atom):
             k = key[0].args[1] if len(key[0].args) > 1 else None
-            if isinstance(k, int) and value < k:
-                raise PlanError(
-                    f"target.num_experts = {value}: each token is routed to {k} experts in "
-                    f"{layer.name} (num_experts_per_tok); keep at least {k}"
-                )
-    ask(group, value, "num_experts")
+            if isinstance(k, int):
+                return k
+    return None
 
 
 def _head_dim(analysis: Analysis, value: int) -> None:

@@ -71,8 +71,8 @@ class SurgeryState:
         return list(range(len(self.analysis.layers))) if self.layers is None else self.layers
 
     def child_sizes(self, stack: str | None = None) -> dict[str, int]:
-        """The child's residual width, and each per-layer size (FFN, heads, KV heads,
-        head_dim) that is the same in every layer of `stack` (None: of the stacks on the
+        """The child's residual width, and each per-layer size (FFN by role, heads, KV
+        heads, head_dim) that is the same in every layer of `stack` (None: of the stacks on the
         main residual stream, `Analysis.residual`)."""
         a = self.analysis
         sizes = {"hidden_size": self.new_size(a.stream_of(stack))}
@@ -81,11 +81,11 @@ class SurgeryState:
             if layer.stack != stack if stack is not None else layer.stream != a.residual:
                 continue
             if layer.experts:
-                experts = sum(self.new_size(g) for g in layer.experts)
+                experts = math.prod(self.new_size(g) for g in layer.experts)
                 per_layer.setdefault("num_experts", set()).add(experts)
-            if layer.ffn:  # a layer without a found FFN says nothing about its width
-                ffn = sum(self.new_size(g) for g in layer.ffn)
-                per_layer.setdefault("intermediate_size", set()).add(ffn)
+            # each FFN role's width (a layer without a found FFN says nothing about it)
+            for role, width in layer.widths({g: self.new_size(g) for g in layer.ffn}).items():
+                per_layer.setdefault(role, set()).add(width)
             if layer.heads:
                 heads = math.prod(self.new_size(g) for g in layer.heads)
                 kv = math.prod(self.new_size(g) for g in layer.kv)

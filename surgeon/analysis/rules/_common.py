@@ -56,11 +56,11 @@ def _slice_axis(ctx: Context, node: fx.Node, axis, out_axis, start, end, step, w
         ctx.A.pin(axis, f"sliced by {node.name} at a computed position")
         ctx.A.pin(out_axis, f"sliced by {node.name}")
         return
+    open_end = end is None or end > size  # `x[1::2]`: no end written that states a size
     start = 0 if start is None else (start + size if start < 0 else min(start, size))
     end = size if end is None else (end + size if end < 0 else min(end, size))
     if step != 1:
-        ctx.A.pin(axis, f"strided slice {node.name}")
-        ctx.A.pin(out_axis, f"strided slice {node.name}")
+        _strided(ctx, node, axis, out_axis, start, step if open_end else None)
         return
     if start == 0 and end == size:
         ctx.A.unify(axis, out_axis)
@@ -78,3 +78,20 @@ def _slice_axis(ctx: Context, node: fx.Node, axis, out_axis, start, end, step, w
     # The offsets, as sums of the segments before them (-1: no segment before).
     before = parts[0] if start > 0 else -1
     ctx.literal(node, where[0], before, out_axis, kind=where[1], bounded=end < size)
+
+
+def _strided(ctx: Context, node: fx.Node, axis, out_axis, start, step) -> None:
+    """`x[..., j::s]` over an axis of `m * s` positions, `j < s`, to its end: the axis is
+    (m outer x s inner) and the slice takes inner position j of every outer one (the
+    gate of a gate/up projection stored interleaved), so its output is the outer atom;
+    the inner one is pinned. Any other step pins both axes."""
+    size = ctx.size(axis)
+    if step is None or step < 1 or size % step or not 0 <= start < step:
+        ctx.A.pin(axis, f"strided slice {node.name}")
+        ctx.A.pin(out_axis, f"strided slice {node.name}")
+        return
+    outer, inner, whole = ctx.A.new(size // step), ctx.A.new(step), ctx.A.new(size)
+    ctx.A.refine(whole, "prod", (outer, inner))
+    ctx.A.unify(axis, whole)
+    ctx.A.unify(out_axis, outer)
+    ctx.A.pin(inner, f"strided slice {node.name} picks positions in it")

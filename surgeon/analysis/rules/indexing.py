@@ -46,14 +46,21 @@ def _sig_gather(input, dim, index, *rest, **options): ...
 @_rule("gather", signature=_sig_gather)
 def gather(ctx: Context, a: Args) -> None:
     """`out[.., j, ..] = input[.., index[.., j, ..], ..]` along `dim`: positions along
-    `dim` are picked by data (pinned); along every other axis input, index and output go
-    together (a shuffle of tokens by an index repeated across the hidden size)."""
+    `dim` are picked by data (pinned), unless the index holds positions of an axis as
+    long (a router's top-k experts): then `dim` is that axis and moves with it; along
+    every other axis input, index and output go together (a shuffle of tokens by an
+    index repeated across the hidden size)."""
     x, idx, out = ctx.axes(a.input), ctx.axes(a.index), a.out
     if x is None or idx is None or not isinstance(a.dim, int) or not len(x) == len(idx) == len(out):
         return data_dependent(ctx, a)
     dim = _dim(a.dim, len(x))
     why = f"indexed by {a.node.name}"
-    ctx.pin_all([x[dim], idx[dim], out[dim]], why)
+    chosen = ctx.positions(a.index)  # a router's choice: its top-k scores, picked
+    if chosen is not None and ctx.size(chosen) == ctx.size(x[dim]):
+        ctx.A.unify(x[dim], chosen)
+        ctx.pin_all([idx[dim], out[dim]], why)
+    else:
+        ctx.pin_all([x[dim], idx[dim], out[dim]], why)
     for d in range(len(x)):
         if d == dim:
             continue

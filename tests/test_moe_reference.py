@@ -1,0 +1,187 @@
+"""Mixture-of-experts children against hand-sliced references: one plan cuts the routed
+experts, each expert's width, the shared experts' width (and a dense layer's), and the
+child must equal the parent's tensors taken by hand at those positions, loaded into a
+fresh model of the parent's class with the smaller config.
+
+With `importance: first` and `rescale: none` nothing is reordered or scaled: the child
+keeps the leading positions of every cut axis. By hand, per layout:
+
+- experts: the router's first rows (and its score-correction bias); with group-limited
+  routing (DeepSeek-V3's 2 groups of 4) the first experts of every group;
+- a routed expert's width, in its stacked tensors: gate rows [0, w) and up rows
+  [I, I + w) of a fused (gate | up) axis of 2I (Qwen2-MoE, DeepSeek-V3); the first 2w
+  positions of an interleaved one (gpt-oss: gate at even positions, up at odd);
+- shared experts and dense MLPs: gate/up rows and down columns [0, w).
+"""
+
+import pytest
+import torch
+
+from surgeon import PlanError, apply, prepare
+from tests import zoo
+
+
+def _build(name):
+    """A zoo parent whose 1-D parameters (biases, norms, score corrections) are distinct
+    random values, so a wrong slice of them shows."""
+    model, example = zoo.build(name)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g) + (1 if "norm" in key else 0))
+    return model, example
+
+
+def _fused(w, width, full):
+    """Rows of a (gate | up) axis of 2 * full kept for `width` units, on axis -2."""
+    keep = torch.cat([torch.arange(width), full + torch.arange(width)])
+    return w.index_select(-2, keep)
+
+
+def _qwen2_moe(P, experts, moe, shared):
+    out = dict(P)
+    for i in range(3):
+        m = f"model.layers.{i}.mlp."
+        out[m + "gate.weight"] = P[m + "gate.weight"][experts]
+        out[m + "experts.gate_up_proj"] = _fused(P[m + "experts.gate_up_proj"][experts], moe, 32)
+        out[m + "experts.down_proj"] = P[m + "experts.down_proj"][experts][..., :moe]
+        for proj in ("gate_proj", "up_proj"):
+            out[m + f"shared_expert.{proj}.weight"] = P[m + f"shared_expert.{proj}.weight"][:shared]
+        out[m + "shared_expert.down_proj.weight"] = P[m + "shared_expert.down_proj.weight"][
+            :, :shared
+        ]
+    return out
+
+
+def _deepseek_v3(P, experts, moe, shared, dense):
+    out = dict(P)
+    m = "model.layers.0.mlp."  # the dense first layer
+    for proj in ("gate_proj", "up_proj"):
+        out[m + f"{proj}.weight"] = P[m + f"{proj}.weight"][:dense]
+    out[m + "down_proj.weight"] = P[m + "down_proj.weight"][:, :dense]
+    for i in (1, 2):
+        m = f"model.layers.{i}.mlp."
+        out[m + "gate.weight"] = P[m + "gate.weight"][experts]
+        out[m + "gate.e_score_correction_bias"] = P[m + "gate.e_score_correction_bias"][experts]
+        out[m + "experts.gate_up_proj"] = _fused(P[m + "experts.gate_up_proj"][experts], moe, 32)
+        out[m + "experts.down_proj"] = P[m + "experts.down_proj"][experts][..., :moe]
+        for proj in ("gate_proj", "up_proj"):
+            out[m + f"shared_experts.{proj}.weight"] = P[m + f"shared_experts.{proj}.weight"][
+                :shared
+            ]
+        out[m + "shared_experts.down_proj.weight"] = P[m + "shared_experts.down_proj.weight"][
+            :, :shared
+        ]
+    return out
+
+
+def _gpt_oss(P, experts, moe):
+    out = dict(P)
+    for i in range(3):
+        m = f"model.layers.{i}.mlp."
+        for name in ("router.weight", "router.bias", "experts.down_proj_bias"):
+            out[m + name] = P[m + name][experts]
+        out[m + "experts.gate_up_proj"] = P[m + "experts.gate_up_proj"][experts][..., : 2 * moe]
+        out[m + "experts.gate_up_proj_bias"] = P[m + "experts.gate_up_proj_bias"][experts][
+            :, : 2 * moe
+        ]
+        out[m + "experts.down_proj"] = P[m + "experts.down_proj"][experts][:, :moe]
+    return out
+
+
+CASES = {  # name: (target, the config fields it must write, the hand-sliced tensors)
+    "qwen2_moe": (
+        {"num_experts": 4, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 24},
+        {"num_experts": 4, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 24},
+        lambda P: _qwen2_moe(P, [0, 1, 2, 3], 16, 24),
+    ),
+    "deepseek_v3": (  # shared width = moe width x 2 shared experts, as its config derives
+        {
+            "num_experts": 4,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 32,
+            "intermediate_size": 48,
+        },
+        {"n_routed_experts": 4, "moe_intermediate_size": 16, "intermediate_size": 48, "n_group": 2},
+        lambda P: _deepseek_v3(P, [0, 1, 4, 5], 16, 32, 48),
+    ),
+    "gpt_oss": (  # its config names the experts' width intermediate_size
+        {"num_experts": 4, "moe_intermediate_size": 24},
+        {"num_local_experts": 4, "intermediate_size": 24},
+        lambda P: _gpt_oss(P, [0, 1, 2, 3], 24),
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request):
+    model, example = _build(request.param)
+    return request.param, model, example, prepare(model, example)
+
+
+def _logits(model, example):
+    with torch.no_grad():
+        return model(**example).logits
+
+
+def test_one_plan_cuts_experts_and_every_ffn_role_like_a_hand_slice(case):
+    name, model, example, parent = case
+    target, fields, by_hand = CASES[name]
+    child = apply(parent, {"target": target, "importance": "first", "rescale": "none"})
+    for field, value in fields.items():
+        assert getattr(child.config, field) == value, field
+    P = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    want = by_hand(P)
+    got = child.state_dict()
+    assert set(got) == set(want)
+    for key, tensor in want.items():
+        torch.testing.assert_close(got[key], tensor, atol=0, rtol=0, msg=key)
+    fresh = type(model)(child.config).eval()
+    fresh.load_state_dict(want)
+    torch.testing.assert_close(
+        _logits(child, example), _logits(fresh, example), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_permuting_every_group_keeps_the_parents_output(case):
+    name, model, example, parent = case
+    child = apply(parent, {"importance": "weight"})
+    torch.testing.assert_close(
+        _logits(child, example), _logits(model, example), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_attentions_low_rank_projections_are_not_ffn_widths():
+    model, example = zoo.build("deepseek_v3")
+    analysis = prepare(model, example).analysis
+    roles = [sorted(layer.ffn_role.values()) for layer in analysis.layers]
+    assert roles == [
+        ["intermediate_size"],
+        ["moe_intermediate_size", "shared_expert_intermediate_size"],
+        ["moe_intermediate_size", "shared_expert_intermediate_size"],
+    ]
+    ranks = {g.size for g in analysis.groups.values() if g.role == "rank"}
+    assert ranks == {48, 32}  # q_lora_rank, kv_lora_rank: kept
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "message"),
+    [
+        ("deepseek_v3", {"num_experts": 3}, r"in 2 groups of 4 \(n_group\); keep a multiple of 2"),
+        (
+            "deepseek_v3",
+            {"moe_intermediate_size": 16, "shared_expert_intermediate_size": 48},
+            r"target.shared_expert_intermediate_size = 48: .* from other sizes, 32 with this plan",
+        ),
+        (
+            "gpt_oss",
+            {"shared_expert_intermediate_size": 8},
+            r"no shared experts .* widths: moe_inter",
+        ),
+    ],
+)
+def test_a_width_the_config_cannot_hold_is_one_line(name, target, message):
+    model, example = zoo.build(name)
+    with pytest.raises(PlanError, match=message):
+        apply(prepare(model, example), {"target": target})
