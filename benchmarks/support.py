@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 # The matrix's vocabulary, defined here once (the sweep writes rows in it).
-CHECKS = ("trace", "inspect", "permute", "shrink", "hf", "onnx")
+CHECKS = ("trace", "inspect", "permute", "shrink", "hf", "onnx", "folder")
 CATEGORIES = (
     "decoder",
     "encoder",
@@ -20,6 +20,7 @@ CATEGORIES = (
 
 MARK = {
     "ok": "ok",
+    "partial": "*partial*",
     "refused": "refused",
     "caught": "*caught*",
     "wrong": "**WRONG**",
@@ -44,7 +45,8 @@ def _first_failure(r: dict) -> tuple[str, str, str] | None:
 
 
 def counts(records: list[dict]) -> dict[str, dict[str, int]]:
-    """Per category: types, buildable, passed every check, shrink ok, refused, crash, wrong."""
+    """Per category: types, buildable, passed every check, shrink ok, and the first
+    failure's kind: partial, refused, crash, wrong, caught."""
     out = {}
     for cat in CATEGORIES:
         rs = [r for r in records if r.get("buildable") and r.get("category") == cat]
@@ -53,6 +55,7 @@ def counts(records: list[dict]) -> dict[str, dict[str, int]]:
             "buildable": len(rs),
             "passed": sum(bool(r.get("passed")) for r in rs),
             "shrink_ok": sum(_result(r, "shrink") == "ok" for r in rs),
+            "partial": fails["partial"],
             "refused": fails["refused"],
             "crash": fails["crash"] + fails["died"],
             "wrong": fails["wrong"],
@@ -70,8 +73,8 @@ def summary(records: list[dict]) -> str:
             lines.append(
                 f"  {cat:<16} pass {c['passed']}/{c['buildable']} ({pct:.1f}%)  "
                 f"shrink ok {c['shrink_ok']}/{c['buildable']} buildable  "
-                f"refused {c['refused']}  caught {c['caught']}  crash {c['crash']}  "
-                f"wrong {c['wrong']}"
+                f"partial {c['partial']}  refused {c['refused']}  caught {c['caught']}  "
+                f"crash {c['crash']}  wrong {c['wrong']}"
             )
     return "\n".join(lines)
 
@@ -106,19 +109,25 @@ def write_support(records: list[dict], path: Path) -> None:
         "",
         "Written by `python benchmarks/sweep.py --docs` from `benchmarks/results/sweep.jsonl`",
         f"(transformers {transformers.__version__}). Every model type of transformers' auto",
-        "mappings is built tiny and random from its config class alone and put through six",
-        "checks (see `benchmarks/sweep.py`): **trace**; **inspect** (layers and hidden size",
-        "equal the config's); **permute** (an importance-only plan computes the parent's",
-        "output within 1e-4 of its scale, its largest magnitude or 1); **shrink** (half the",
-        "layers, hidden size, FFN, heads and routed experts, heads in whole KV groups where",
-        "every layer has the same head count; where surgeon refuses the heads, the experts or",
-        "the FFN width (ALiBi slopes fixed per head, experts the routing keeps whole, a shared",
-        "expert beside the routed ones, an FFN width the config derives from the hidden size),",
-        "the plan is tried again keeping that size, and `sweep.jsonl` gives the target each",
-        "child was cut",
-        "to: the child runs, trains a step, the parent is unchanged); **hf** (save_pretrained +",
-        "from_pretrained of the child computes the same); **onnx** (the shrunk child against",
-        "onnxruntime). `refused` is a clear one-line error (quoted below); *caught* means",
+        "mappings is built tiny and random from its config class alone (its 1-D parameters,",
+        "biases and norms, drawn at random too: zeros and ones hide a wrong permutation of",
+        "them) and put through seven checks (see `benchmarks/sweep.py`): **trace**;",
+        "**inspect** (layers and hidden size equal the config's; heads, KV heads, experts",
+        "and FFN widths by role that differ from the config's make it *partial*);",
+        "**permute** (an importance-only plan computes the parent's output within 1e-4 of its",
+        "scale, its largest magnitude or 1); **shrink**, the full plan: half of every size",
+        "the model has (layers, hidden size, each FFN role's width, heads in whole KV groups,",
+        "routed experts); the child runs, trains a step, the parent is unchanged. Where",
+        "surgeon refuses a size, the plan is tried again without it and the row is",
+        "*partial*, never a pass (`sweep.jsonl` gives the refusal and the sizes kept); so",
+        "is a size the config states that the plan cannot cut (the analysis does not find",
+        "it, or finds it differing between layers); a size the model does not have (an SSM's",
+        "heads) is listed in the row's `absent`; **hf** (save_pretrained + from_pretrained",
+        "of the child computes the same); **onnx** (the child against onnxruntime);",
+        "**folder**, as users hold the model: a `save_pretrained` folder whose config keeps",
+        "its class's defaults (the cache on), `surgeon inspect` and `surgeon apply` through",
+        "the CLI with inputs surgeon derives, the child folder reloads. `refused` is a clear",
+        "one-line error (quoted below); *caught* means",
         "surgeon's own consistency check (an `InvariantError`) stopped a child that would not",
         "compute what its graph computes: no child is written, the message asks for a report",
         "(a bug, not support); **WRONG** (a silent wrong child) and **CRASH** are bugs",
@@ -130,20 +139,21 @@ def write_support(records: list[dict], path: Path) -> None:
         "videos) or reject a tiny config.",
         "",
         f"{len(records)} model types; {len(built)} buildable; **{passed} of {len(built)} "
-        f"({100 * passed / max(1, len(built)):.1f}%) pass every check**. Sum of per-type "
+        f"({100 * passed / max(1, len(built)):.1f}%) pass every check with the full plan**. "
+        "Sum of per-type "
         f"times {seconds / 60:.0f} min (one process per type).",
         "",
         "## By category",
         "",
-        "| category | buildable | pass every check | shrink ok | refused | caught | crash "
-        "| wrong |",
-        "|---|---|---|---|---|---|---|---|",
+        "| category | buildable | pass every check | shrink ok | partial | refused | caught "
+        "| crash | wrong |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for cat, c in counts(records).items():
         pct = f"{100 * c['passed'] / c['buildable']:.1f}%" if c["buildable"] else "-"
         lines.append(
             f"| {cat} | {c['buildable']} | {c['passed']} ({pct}) | {c['shrink_ok']} | "
-            f"{c['refused']} | {c['caught']} | {c['crash']} | {c['wrong']} |"
+            f"{c['partial']} | {c['refused']} | {c['caught']} | {c['crash']} | {c['wrong']} |"
         )
     lines += [
         "",

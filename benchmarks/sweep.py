@@ -111,7 +111,23 @@ TINY = {
 }
 
 # Per-type fix-ups: only what a tiny config needs to be valid, each with its reason.
+_MLA = {  # multi-head latent attention's head sizes, tiny (the defaults are 128 and 64 wide)
+    "num_key_value_heads": 4,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 16,
+    "v_head_dim": 16,
+    "head_dim": 8,
+}
 FIXUPS: dict[str, tuple[dict, str]] = {
+    "deepseek_v2": (
+        {"num_key_value_heads": 4},
+        "latent attention expands keys and values to every query head",
+    ),
+    "deepseek_v3": (
+        {**_MLA, "n_group": 2, "topk_group": 1},
+        "latent attention's head sizes, and 2 groups of the 4 experts (the default is 8)",
+    ),
+    "longcat_flash": (_MLA, "latent attention's head sizes"),
     "gpt_neo": ({"attention_types": [[["global", "local"], 2]]}, "one entry per layer (4)"),
     "codegen": (
         {"n_head": 8},
@@ -300,24 +316,30 @@ def build(model_type: str):
     config = tiny_config(model_type)
     torch.manual_seed(0)
     model = cls(config).eval()
-    _no_zero_matrices(model)
+    _like_trained(model)
     inputs = tiny_inputs(model, config)
     with torch.no_grad():
         model(**inputs)
     return model, inputs, category(model_type, config, mapping), cls.__name__
 
 
-def _no_zero_matrices(model) -> None:
-    """Weight matrices initialised to zero get small random values. A router of zeros
+def _like_trained(model) -> None:
+    """Weight matrices initialised to zero get small random values: a router of zeros
     ties every expert, so which ones a token goes to depends on their order alone (no
-    trained checkpoint routes by ties), and a zero projection hides what it connects."""
+    trained checkpoint routes by ties), and a zero projection hides what it connects.
+    1-D parameters (biases, norm weights, score corrections) get distinct values around
+    their initial ones: an init of zeros and ones hides a wrong permutation of them."""
     import torch
 
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
-            if p.dim() >= 2 and p.is_floating_point() and not p.any():
+            if not p.is_floating_point():
+                continue
+            if p.dim() >= 2 and not p.any():
                 p.copy_(0.02 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            elif p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
 # ---------------------------------------------------------------------------------------
@@ -359,16 +381,20 @@ def _layers_and_hidden(config):
 
 
 def shrink_plan(report: dict) -> dict:
-    """Half of everything the analysis found: layers, hidden, FFN, heads, KV groups and
-    routed experts; heads per stack where the stacks count them differently (and in
-    none where the analysis finds no heads in one: configs often count them once)."""
-    layer = report["layers"][0]
+    """Half of everything the analysis found: layers, hidden, each FFN role's width,
+    heads, KV groups and routed experts; heads per stack where the stacks count them
+    differently (and in none where the analysis finds no heads in one: configs often
+    count them once)."""
+    from surgeon.analysis import FFN_ROLES
+
     target = {  # every stack (an encoder-decoder's two) to half its layers
         "num_layers": max(1, min(report["stacks"].values()) // 2),
         "hidden_size": report["hidden_size"] // 2,
     }
-    if layer.get("intermediate_size"):
-        target["intermediate_size"] = layer["intermediate_size"] // 2
+    for role in FFN_ROLES:
+        widths = {x.get(role) for x in report["layers"]} - {0, None}
+        if len(widths) == 1:
+            target[role] = widths.pop() // 2
     by_stack: dict[str, list] = {}
     for x in report["layers"]:
         by_stack.setdefault(x.get("stack"), []).append(x)
@@ -384,8 +410,56 @@ def shrink_plan(report: dict) -> dict:
     return plan
 
 
+# Per size of the full plan: the config fields that say a model has it.
+HAS = {
+    "FFN": ("intermediate_size", "ffn_dim", "d_ff", "n_inner", "encoder_ffn_dim"),
+    "num_heads": ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads"),
+    "num_experts": ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"),
+}
+
+
+def full_plan_gaps(report: dict, plan: dict, config) -> tuple[dict, dict]:
+    """(absent, unplanned): sizes the model does not have, with the reason (an SSM has no
+    attention heads), and sizes it has (its config says so) that the plan does not cut
+    (the analysis does not find them, or finds them differing between layers)."""
+    from surgeon.analysis import FFN_ROLES
+    from surgeon.fit import config_value
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    sizes = {
+        **plan["target"],
+        **{k: v for st in plan.get("stacks", {}).values() for k, v in st.items()},
+    }
+    found = {
+        "FFN": any(k in sizes for k in FFN_ROLES),
+        "num_heads": "num_heads" in sizes,
+        "num_experts": "num_experts" in sizes,
+    }
+    seen = {
+        "FFN": any(x.get(r) for x in report["layers"] for r in FFN_ROLES),
+        "num_heads": any(x.get("num_heads") for x in report["layers"]),
+        "num_experts": any(x.get("num_experts") for x in report["layers"]),
+    }
+    absent, unplanned = {}, {}
+    bare = [x["name"] for x in report["layers"] if not x.get("num_heads")]
+    if found["num_heads"] and bare:  # hybrids: linear attention or SSM layers among them
+        absent["heads"] = f"no attention found in {len(bare)} of {len(report['layers'])} layers"
+    for size, fields in HAS.items():
+        if found[size]:
+            continue
+        stated = next((v for f in fields if type(v := config_value(text, f)) is int), None)
+        if not stated or (size == "num_experts" and stated < 2):
+            absent[size] = f"no {'|'.join(fields[:2])} in its config, none found"
+        elif seen[size]:
+            unplanned[size] = "found, but not the same in every layer"
+        else:
+            unplanned[size] = f"its config says {fields[0]}={stated}; the analysis finds none"
+    return absent, unplanned
+
+
 def _half_heads(layers: list[dict]) -> dict:
     """Half the heads of a stack, in whole KV groups, where its layers agree on them."""
+    layers = [x for x in layers if x.get("num_heads")] or layers  # a hybrid's attention
     heads, kv = layers[0].get("num_heads"), layers[0].get("num_kv_heads")
     kinds = {(x.get("num_heads"), x.get("num_kv_heads")) for x in layers}
     if heads and len(kinds) == 1:
@@ -424,6 +498,86 @@ def _relaxed(plan: dict, why: str) -> dict | None:
             kept = {s: {k: v for k, v in v.items() if k not in keys} for s, v in stacks.items()}
             return {**out, **({"stacks": {s: v for s, v in kept.items() if v}} if stacks else {})}
     return None
+
+
+# Sizes `inspect` compares with the config: the report's key, the config's fields.
+STATED = (
+    ("num_heads", HAS["num_heads"] + ("decoder_attention_heads",)),
+    ("num_kv_heads", ("num_key_value_heads", "num_kv_heads")),
+    ("num_experts", HAS["num_experts"]),
+    ("moe_intermediate_size", ("moe_intermediate_size",)),
+    ("shared_expert_intermediate_size", ("shared_expert_intermediate_size",)),
+)
+
+
+def size_gaps(report: dict, config) -> list[str]:
+    """Per-layer sizes the analysis finds unlike the config's (heads, KV heads, experts,
+    FFN widths by role), where the config states one and the analysis finds any."""
+    from surgeon.fit import config_value
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    out = []
+    for key, fields in STATED:
+        found = {x.get(key) for x in report["layers"]} - {0, None}
+        stated = {v for f in fields if type(v := config_value(text, f)) is int and v > 0}
+        heads = {x.get("num_heads") for x in report["layers"]} - {0, None}
+        if key == "num_kv_heads" and found in ({1}, heads):
+            continue  # multi-query (latent attention's rope key) or multi-head: as heads
+        if found and stated and not found & stated:
+            said = "/".join(map(str, sorted(stated)))
+            out.append(f"{key} {'/'.join(map(str, sorted(found)))}, config {said}")
+    return out
+
+
+def _sizes(plan: dict) -> list[str]:
+    """The sizes a plan cuts, `stack/size` for a stack's own."""
+    own = [f"{st}/{k}" for st, sizes in plan.get("stacks", {}).items() for k in sizes]
+    return [*plan["target"], *own]
+
+
+def _through_the_cli(model, plan: dict) -> str:
+    """As a user holds the model: a `save_pretrained` folder whose config keeps its class's
+    defaults for everything the tiny sizes do not set (the cache on, as in every
+    pretrained checkpoint); `surgeon inspect` and `surgeon apply` on it, inputs derived by
+    surgeon; the child folder reloads and runs."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from surgeon.cli import main as cli
+
+    config = copy.deepcopy(model.config)
+    for key in ("use_cache",):  # the sweep's only departure from the class's defaults
+        default = getattr(type(config)(), key, None)
+        if default is not None:
+            setattr(config, key, default)
+    with tempfile.TemporaryDirectory() as tmp:
+        parent = type(model)(config).eval()
+        parent.load_state_dict(model.state_dict())
+        parent.save_pretrained(f"{tmp}/parent")
+        Path(f"{tmp}/plan.yaml").write_text(yaml.safe_dump(plan))
+        for argv in (
+            ["inspect", "--model", f"{tmp}/parent"],
+            [
+                "apply",
+                "--model",
+                f"{tmp}/parent",
+                "--plan",
+                f"{tmp}/plan.yaml",
+                "--out",
+                f"{tmp}/c",
+            ],
+        ):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                code = cli(argv)
+            if code:
+                why = err.getvalue().strip().splitlines()[-1:] or [f"exit code {code}"]
+                kind = NoLayers if "internal error" not in why[0] else RuntimeError
+                raise kind(f"surgeon {argv[0]}: {why[0]}")
+        child = type(model).from_pretrained(f"{tmp}/c").eval()
+        return f"cli child: {sum(p.numel() for p in child.parameters()):,} parameters"
 
 
 def _train_step(model, inputs) -> None:
@@ -482,6 +636,9 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
             )
         if found != (layers, hidden):
             raise Wrong(f"found {found[0]} layers of width {found[1]}; config: {layers}, {hidden}")
+        gaps = size_gaps(report, model.config)
+        if gaps:  # found, but not as the config states them
+            state["partial"] = {"why": "; ".join(gaps), "kept": []}
         return f"{layers} layers, hidden {hidden}"
 
     def permute():
@@ -489,21 +646,33 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
         return f"max diff {_close(_out(child, inputs), state['want'], 'output'):.1e}"
 
     def shrink():
-        plan = shrink_plan(state["report"])
+        plan = full = shrink_plan(state["report"])
+        absent, unplanned = full_plan_gaps(state["report"], full, model.config)
+        if absent:
+            record["absent"] = absent
+        refusal = None
         while True:
             try:
                 child = state["child"] = surgeon.apply(state["parent"], plan)
                 break
             except PlanError as e:
+                refusal = refusal or first_line(e)
                 plan = _relaxed(plan, str(e))
                 if plan is None:
                     raise
+        dropped = sorted(set(_sizes(full)) - set(_sizes(plan)))
+        if dropped or unplanned:  # a smaller plan than the full one passed: partial
+            state["partial"] = {
+                "why": refusal or "; ".join(f"{k}: {v}" for k, v in unplanned.items()),
+                "kept": dropped + sorted(unplanned),
+            }
         got = _out(child, inputs)
         if got.dim() != state["want"].dim() or not torch.isfinite(got).all():
             raise Wrong(f"child output {tuple(got.shape)} is not like the parent's or not finite")
         _train_step(copy.deepcopy(child), inputs)  # the checks below see the child as made
         if fingerprint(model) != state["print"]:
             raise Wrong("the parent changed")
+        state["plan"] = plan
         return json.dumps({**plan["target"], **plan.get("stacks", {})})
 
     def hf():
@@ -519,8 +688,12 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             return f"relative diff {emit_onnx(state['child'], inputs, tmp):.1e}"
 
+    def folder():
+        return _through_the_cli(model, state["plan"])
+
     failed = None
-    for name, fn in zip(CHECKS, (trace, inspect, permute, shrink, hf, onnx), strict=True):
+    checks_fns = (trace, inspect, permute, shrink, hf, onnx, folder)
+    for name, fn in zip(CHECKS, checks_fns, strict=True):
         if name in skip:
             continue
         if failed:
@@ -530,6 +703,8 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
         try:
             detail = fn()
             entry = {"result": "ok", **({"detail": detail} if detail else {})}
+            if "partial" in state:  # it passed with less than it was asked: not a pass
+                entry.update(result="partial", **state.pop("partial"))
         except Wrong as e:
             entry = {"result": "wrong", "why": first_line(e)}
         except InvariantError as e:  # surgeon's own check stopped a child it found wrong
@@ -544,7 +719,7 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
             entry = {"result": "crash", "why": f"{type(e).__name__} at {where}: {first_line(e)}"}
         entry["seconds"] = round(time.perf_counter() - start, 2)
         checks[name] = entry
-        if entry["result"] != "ok":
+        if entry["result"] not in ("ok", "partial"):  # a partial child is checked on
             failed = name
 
 

@@ -265,6 +265,11 @@ PER_LAYER = (
 )
 
 
+# Config fields that count the leading layers of another kind (dense MLPs before the
+# layers with experts): with depth, the kept layers among them.
+LEADING = ("first_k_dense_replace", "num_dense_layers", "moe_layer_start_index")
+
+
 def _set_depth(parent: nn.Module, config: Any, shape: ChildShape) -> None:
     """The layer count, and every per-layer list of the config (`PER_LAYER`: layer types,
     per-layer RoPE switches, ...) taken at the kept layers, so the saved model reloads as
@@ -302,6 +307,10 @@ def _set_depth(parent: nn.Module, config: Any, shape: ChildShape) -> None:
             # one entry per layer index (`per_layer_config: {3: ...}`), for some layers
             kept = {int(k): v for k, v in value.items()}
             setattr(config, field, {j: kept[i] for j, i in enumerate(order) if i in kept})
+    for field in LEADING:  # the first k layers are of another kind: those kept of them
+        k = config_value(config, field)
+        if type(k) is int and 0 < k <= n:
+            setattr(config, field, sum(i < k for i in order))
     _set_stages(config, order)
     _fit_lists(parent, config, order, n)
 

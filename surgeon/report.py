@@ -34,10 +34,13 @@ class Report:
         block_index = {id(b): i for i, b in enumerate(a.blocks)}
         layers = []
         for layer in a.layers:
+            widths = layer.widths({g: a.groups[g].size for g in layer.ffn})
             entry = {
                 "name": layer.name,
                 "stack": layer.stack,
-                "intermediate_size": layer.intermediate_size,
+                # the dense MLP's width; a layer with experts gives theirs by role below
+                "intermediate_size": widths.pop("intermediate_size", 0),
+                **widths,
                 "num_heads": layer.num_heads,
                 "num_kv_heads": layer.num_kv_heads,
                 "head_dim": layer.head_dim,
@@ -153,7 +156,7 @@ def render(d: dict[str, Any]) -> str:
         f"residual     {d['hidden_size']}",
         "",
         f"{'layer':<28} {'ffn':>6} {'heads':>6} {'kv':>4} {'head_dim':>9}"
-        + (f" {'experts':>8}" if experts else "")
+        + (f" {'experts':>8} {'expert ffn':>10} {'shared ffn':>10}" if experts else "")
         + ("  residual ratio" if "residual_ratio" in d else ""),
     ]
     for layer in d["layers"]:
@@ -163,6 +166,8 @@ def render(d: dict[str, Any]) -> str:
         )
         if experts:
             row += f" {layer.get('num_experts', 0):>8}"
+            row += f" {layer.get('moe_intermediate_size', 0):>10}"
+            row += f" {layer.get('shared_expert_intermediate_size', 0):>10}"
         if "residual_ratio" in layer:
             row += "  " + " ".join(f"{r:.3f}" for r in layer["residual_ratio"])
         lines.append(row)

@@ -44,12 +44,27 @@ PASSING = {
 # multi-query attention has a test of its own below.)
 
 
+# Of those, the ones whose save_pretrained folder (the config's defaults, the cache on)
+# `surgeon apply` refuses through the CLI, with inputs it derives itself: the reason
+# each gives (issue 32 lists them; a fix turns the test red here, to move the type up).
+FOLDER_REFUSED = {
+    "rf_detr_dinov2": "mask_token: the cut gives",  # a tensor the forward never reads
+    "vit_mae": "draws random numbers",  # its noise, unless the caller passes one
+    "whisper": "encoder_attn.k_proj.weight: the cut gives",  # unread in the causal LM
+    "t5gemma2": "cannot trace",  # the cache on
+}
+
+
 @pytest.mark.parametrize("model_type", sorted(PASSING))
 def test_family_outside_the_zoo_passes_every_check(model_type):
     record = check_type(model_type, skip=("onnx",))  # ONNX: tests/test_onnx.py, on the zoo
     assert record["buildable"], record.get("why")
     assert record["category"] == PASSING[model_type]
-    failed = {k: c for k, c in record["checks"].items() if c["result"] != "ok"}
+    checks = dict(record["checks"])
+    if model_type in FOLDER_REFUSED:
+        folder = checks.pop("folder")
+        assert folder["result"] == "refused" and FOLDER_REFUSED[model_type] in folder["why"]
+    failed = {k: c for k, c in checks.items() if c["result"] != "ok"}
     assert not failed, failed
     assert set(record["checks"]) == set(CHECKS) - {"onnx"}
 

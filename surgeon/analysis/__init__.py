@@ -482,11 +482,15 @@ def _fill_layers(layers, groups, sites, dims, canonical) -> None:
         layer.experts = sorted((g.id for g in mine if g.role == "experts"), key=order.get)
         layer.num_experts = math.prod(groups[g].size for g in layer.experts) if layer.experts else 0
         routed = {n for g in layer.experts for n, _ in groups[g].members}
+        beside = {p for b in layer.blocks if routed & set(b.params) for p in b.params}
         for g in layer.ffn:
-            if any(n in routed for n, _ in groups[g].members):
+            names = {n for n, _ in groups[g].members}
+            if names & routed:
                 layer.ffn_role[g] = FFN_ROLES[1]
-            else:  # a shared expert beside routed ones, or a dense MLP
-                layer.ffn_role[g] = FFN_ROLES[2] if layer.experts else FFN_ROLES[0]
+            elif names <= beside:  # in the block of the routed experts: a shared expert
+                layer.ffn_role[g] = FFN_ROLES[2]
+            else:  # a dense MLP
+                layer.ffn_role[g] = FFN_ROLES[0]
 
 
 def _attention_reads(site, blocks, canonical) -> set[str]:

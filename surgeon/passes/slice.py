@@ -159,6 +159,8 @@ def _layer_target(analysis, layer, target, ask) -> None:
     if "num_heads" not in target and "num_kv_heads" not in target:
         return
     if not layer.heads:
+        if any(other.heads for other in analysis.layers if other.stack == layer.stack):
+            return  # a hybrid's layer without attention (linear attention, state space)
         raise PlanError(f"target.num_heads: no attention found in {layer.name}")
     if layer.kv == layer.heads:  # multi-head attention: one heads group
         heads = target.get("num_heads", target.get("num_kv_heads"))
@@ -251,24 +253,33 @@ def _experts(analysis: Analysis, layer, value: int, ask) -> None:
             f"experts in {sizes[0]} groups of {sizes[1]} (n_group); keep a multiple of "
             f"{sizes[0]} experts, the same count in each group"
         )
-    k = _routed_to(analysis, layer)
-    if k is not None and value < k:
-        raise PlanError(
-            f"target.num_experts = {value}: each token is routed to {k} experts in "
-            f"{layer.name} (num_experts_per_tok); keep at least {k}"
-        )
-    ask(layer.experts[-1], value // math.prod(sizes[:-1]), "num_experts")
+    per_group = value // math.prod(sizes[:-1])
+    for k, whole in _top_k(analysis, layer):
+        if whole and value < k:
+            raise PlanError(
+                f"target.num_experts = {value}: each token is routed to {k} experts in "
+                f"{layer.name} (num_experts_per_tok); keep at least {k}"
+            )
+        if not whole and per_group < k:
+            raise PlanError(
+                f"target.num_experts = {value}: {layer.name} scores each of its {sizes[0]} "
+                f"groups of experts by its best {k}; keep at least {k * sizes[0]} experts"
+            )
+    ask(layer.experts[-1], per_group, "num_experts")
 
 
-def _routed_to(analysis: Analysis, layer) -> int | None:
-    """How many experts a token is routed to: the `k` of the top-k over all of them."""
+def _top_k(analysis: Analysis, layer) -> list[tuple[int, bool]]:
+    """The `k` of each top-k over a layer's experts, and whether it is over all of them
+    (True) or over those of one group (group-limited routing scores each group by its
+    best experts)."""
     atoms, inner = analysis.atoms, layer.experts[-1]
+    out = []
     for key, atom in analysis.dims.positions.items():
-        if isinstance(key, tuple) and inner in atoms.leaves(atom):
-            k = key[0].args[1] if len(key[0].args) > 1 else None
-            if isinstance(k, int):
-                return k
-    return None
+        leaves = atoms.leaves(atom) if isinstance(key, tuple) else []
+        k = key[0].args[1] if leaves and len(key[0].args) > 1 else None
+        if inner in leaves and isinstance(k, int):
+            out.append((k, set(layer.experts) <= set(leaves)))
+    return out
 
 
 def _head_dim(analysis: Analysis, value: int) -> None:
