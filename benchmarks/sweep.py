@@ -124,10 +124,16 @@ FIXUPS: dict[str, tuple[dict, str]] = {
         "latent attention expands keys and values to every query head",
     ),
     "deepseek_v3": (
-        {**_MLA, "n_group": 2, "topk_group": 1},
-        "latent attention's head sizes, and 2 groups of the 4 experts (the default is 8)",
+        {**_MLA, "n_routed_experts": 8, "n_group": 2, "topk_group": 1},
+        "latent attention's head sizes; 2 groups of 4 experts (the default is 8 groups of "
+        "32; each group is scored by its best 2, so 2 per group would leave none to cut)",
     ),
     "longcat_flash": (_MLA, "latent attention's head sizes"),
+    "doge": ({"is_moe": True}, "its defaults turn the experts off; the sweep cuts them"),
+    "gemma4_text": (
+        {"enable_moe_block": True, "top_k_experts": 2},
+        "its defaults turn the experts off; the sweep cuts them",
+    ),
     "gpt_neo": ({"attention_types": [[["global", "local"], 2]]}, "one entry per layer (4)"),
     "codegen": (
         {"n_head": 8},

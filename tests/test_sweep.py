@@ -4,6 +4,7 @@ builds them. The full sweep (every model type, with ONNX) is a benchmark; its re
 docs/support.md."""
 
 import pytest
+import torch
 
 from benchmarks.sweep import CHECKS, check_type
 
@@ -48,9 +49,7 @@ PASSING = {
 # `surgeon apply` refuses through the CLI, with inputs it derives itself: the reason
 # each gives (issue 32 lists them; a fix turns the test red here, to move the type up).
 FOLDER_REFUSED = {
-    "rf_detr_dinov2": "mask_token: the cut gives",  # a tensor the forward never reads
     "vit_mae": "draws random numbers",  # its noise, unless the caller passes one
-    "whisper": "encoder_attn.k_proj.weight: the cut gives",  # unread in the causal LM
     "t5gemma2": "cannot trace",  # the cache on
 }
 
@@ -111,3 +110,22 @@ def test_a_layer_applied_several_times_is_cut_in_width_only():
     assert child.config.num_hidden_layers == 4
     with pytest.raises(surgeon.PlanError, match="is applied 4 times in one forward"):
         surgeon.apply(parent, {"depth": [0, 0]})
+
+
+def test_a_tensor_the_forward_never_reads_is_cut_as_the_stream_it_shares():
+    """RF-DETR's DINOv2 backbone has a mask token its forward never reads (no mask is
+    passed). Its hidden axis is cut at the positions the residual stream keeps: the
+    ones the (read) class token keeps, found by matching the parent's distinct values."""
+    import surgeon
+    from benchmarks.sweep import build
+
+    model, inputs = build("rf_detr_dinov2")[:2]
+    parent = surgeon.prepare(model, inputs)
+    child = surgeon.apply(
+        parent, {"target": {"hidden_size": 32, "num_heads": 2}, "importance": "weight"}
+    )
+    cls_parent = model.embeddings.cls_token.detach().flatten()
+    cls_child = child.embeddings.cls_token.detach().flatten()
+    kept = [int((cls_parent - v).abs().argmin()) for v in cls_child]
+    assert len(set(kept)) == 32 and kept != list(range(32))  # permuted, then cut
+    torch.testing.assert_close(child.embeddings.mask_token, model.embeddings.mask_token[:, kept])

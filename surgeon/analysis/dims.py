@@ -122,14 +122,19 @@ def discover_dims(graph: Graph) -> Dims:
 
 def _follow_positions(ctx: Context, node: fx.Node, key: str, same_values: bool = False) -> None:
     """Positions (`Dims.positions`) go on through ops that keep the values (`same_values`
-    in the table: their integer output holds the values of their input) and through the
-    element of a tuple; read by a rule that did not ask for them (`Context.positions`),
-    their atom is pinned: the reader's meaning of them is unknown."""
+    in the table: their integer output holds the values of their input), through the
+    element of a tuple and through `cat` of positions of one axis; read by a rule that
+    did not ask for them (`Context.positions`), their atom is pinned: the reader's
+    meaning of them is unknown."""
     positions = ctx.dims.positions
     if key == "getitem" and isinstance(node.args[1], int):
         atom = positions.get((node.args[0], node.args[1]))
         if atom is not None:
             positions[node] = atom
+    elif key in ("cat", "concat") and _all_positions(node.all_input_nodes, positions):
+        atoms = {ctx.A.find(positions[i]) for i in node.all_input_nodes}
+        if len(atoms) == 1:  # picks of one axis side by side (a router's first and second)
+            positions[node] = [ctx.positions(i) for i in node.all_input_nodes][0]
     elif same_values and node.all_input_nodes:
         source, val = node.all_input_nodes[0], node.meta.get("val")
         if source in positions and isinstance(val, torch.Tensor) and not val.is_floating_point():
@@ -138,6 +143,10 @@ def _follow_positions(ctx: Context, node: fx.Node, key: str, same_values: bool =
         if i in positions and i not in ctx.understood:
             ctx.A.pin(positions[i], f"positions read by {node.name} ({source_line(node)})")
     ctx.understood.clear()
+
+
+def _all_positions(nodes: list[fx.Node], positions: dict) -> bool:
+    return bool(nodes) and all(i in positions for i in nodes)
 
 
 def _flat(atoms: Any) -> list[int]:

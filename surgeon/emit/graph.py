@@ -191,6 +191,37 @@ def axis_cuts(state: SurgeryState, axes, shape) -> list[tuple[int, slice | torch
     return out
 
 
+UNREAD = (
+    "{n} tensor(s) that the traced forward never reads are cut to the child's shape by "
+    "their leading positions where no cut group says which: {names}"
+)
+
+
+def unread_cuts(state: SurgeryState, shape, want) -> tuple[list, list[int]] | None:
+    """Cuts that take a tensor the traced forward never reads (a mask token, a cross
+    attention a causal LM skips) from the parent's `shape` to the `want` the child's class
+    gives it: an axis as long as one cut group before and after is cut as that group (the
+    residual stream's where several are); any other axis keeps its leading positions.
+    Returns (cuts, the axes cut by leading positions), or None where the ranks differ or
+    an axis grows."""
+    if len(shape) != len(want) or any(m > n for n, m in zip(shape, want, strict=True)):
+        return None
+    a = state.analysis
+    stream = set(a.atoms.leaves(a.residual))
+    cuts, guessed = [], []
+    for axis, (n, m) in enumerate(zip(shape, want, strict=True)):
+        if n == m:
+            continue
+        like = [g for g, kept in state.select.items() if a.atoms.size[g] == n and len(kept) == m]
+        like = [g for g in like if g in stream] or like
+        if len(like) == 1:
+            cuts.append((axis, state.select[like[0]]))
+        else:
+            cuts.append((axis, slice(0, m)))
+            guessed.append(axis)
+    return cuts, guessed
+
+
 def take(value: torch.Tensor, axis: int, how: slice | torch.Tensor) -> torch.Tensor:
     """`value` along `axis` at the positions `how` (a range is a view, not a copy)."""
     if isinstance(how, slice):

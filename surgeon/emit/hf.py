@@ -19,6 +19,7 @@ from ..fit import config_value
 from ..frontends import output_tensors
 from ..passes.state import SurgeryState
 from .decoder import is_causal_lm
+from .graph import UNREAD, take, unread_cuts
 
 __all__ = ["is_hf_model", "emit_hf"]
 
@@ -46,7 +47,7 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
     }
     by_canonical = {table.canonical(n): t for n, t in own.items() if n in table}
     parent_tensors = parent.state_dict()
-    state_dict, fresh = {}, []
+    state_dict, fresh, guessed = {}, [], []
     for name, init in model.state_dict().items():
         source_name = state.parent_name(name)  # child layer j: the graph's layer it came from
         used = source_name in table and table.canonical(source_name) in state.analysis.dims.tensors
@@ -58,7 +59,12 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
             # (a mask token, a contact head, the pooler of a masked LM): the parent's when
             # the child's class gives it the same shape, else the class's own init
             source = parent_tensors.get(source_name)
-            if source is None or source.shape != init.shape:
+            how = None if source is None else unread_cuts(state, source.shape, init.shape)
+            if how is not None and source.shape != init.shape:  # cut as the groups it shares
+                for axis, kept in how[0]:
+                    source = take(source, axis, kept)
+                guessed += [name] if how[1] else []
+            elif source is None or source.shape != init.shape:
                 source = (
                     init if init.device.type != "meta" else torch.zeros_like(init, device="cpu")
                 )
@@ -70,6 +76,8 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
             f"{type(model).__name__}'s own initialisation in the child: {', '.join(fresh[:4])}",
             stacklevel=2,
         )
+    if guessed:
+        warnings.warn(UNREAD.format(n=len(guessed), names=", ".join(guessed[:4])), stacklevel=2)
     model.load_state_dict(state_dict, strict=True, assign=True)  # the child's dtypes too
     model.tie_weights()
     model.eval()

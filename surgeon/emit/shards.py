@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -16,7 +17,7 @@ from ..errors import InvariantError, ModelLoadError, SurgeonError
 from ..execute import memory_bound
 from ..io.names import save_names
 from ..io.shards import Entry, Shards, write_safetensors
-from .graph import axis_cuts, cut_tensor, take
+from .graph import UNREAD, axis_cuts, cut_tensor, take, unread_cuts
 
 if TYPE_CHECKING:
     from ..pipeline import Cut
@@ -108,7 +109,7 @@ def _entries(cut: Cut, child: dict) -> list[Planned]:
     tensor whose stored name is there (the child's class ties it again on load)."""
     state, parent = cut.state, cut.parent
     table, dims = state.graph.params, state.analysis.dims
-    planned = []
+    planned, guessed = [], []
     for child_name, (stored_name, shape) in child.items():
         parent_name = state.parent_name(child_name)
         source = parent.read(parent_name)
@@ -122,7 +123,11 @@ def _entries(cut: Cut, child: dict) -> list[Planned]:
                 "entry?); restore the parent's files"
             )
         canonical = table.canonical(parent_name) if parent_name in table else parent_name
-        cuts = axis_cuts(state, dims.tensors.get(canonical), source.shape)
+        axes = dims.tensors.get(canonical)
+        cuts = axis_cuts(state, axes, source.shape)
+        if axes is None and list(source.shape) != list(shape):  # read by nothing traced
+            cuts, leading = unread_cuts(state, source.shape, shape) or (cuts, [])
+            guessed += [child_name] if leading else []
         new = list(source.shape)
         for axis, how in cuts:
             new[axis] = how.stop - how.start if isinstance(how, slice) else len(how)
@@ -133,6 +138,8 @@ def _entries(cut: Cut, child: dict) -> list[Planned]:
         blocks = _blocks(source, cuts, state.scale.get(canonical))
         entry = Entry(stored_name, source.dtype, new, blocks)
         planned.append(Planned(child_name, parent_name, canonical, cuts, entry))
+    if guessed:
+        warnings.warn(UNREAD.format(n=len(guessed), names=", ".join(guessed[:4])), stacklevel=2)
     return planned
 
 

@@ -275,8 +275,12 @@ def _top_k(analysis: Analysis, layer) -> list[tuple[int, bool]]:
     atoms, inner = analysis.atoms, layer.experts[-1]
     out = []
     for key, atom in analysis.dims.positions.items():
-        leaves = atoms.leaves(atom) if isinstance(key, tuple) else []
-        k = key[0].args[1] if leaves and len(key[0].args) > 1 else None
+        node = key[0] if isinstance(key, tuple) else key
+        if "topk" in str(node.target):
+            k = node.args[1] if len(node.args) > 1 else None
+        else:  # the best one: max, argmax
+            k = 1 if node.op == "call_function" and node.all_input_nodes else None
+        leaves = atoms.leaves(atom)
         if inner in leaves and isinstance(k, int):
             out.append((k, set(layer.experts) <= set(leaves)))
     return out

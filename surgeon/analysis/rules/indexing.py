@@ -106,19 +106,44 @@ def im2col(ctx: Context, a: Args) -> None:
     ctx.pin_all([offsets, out[-1], *x[-2:]], f"positions of {a.node.name}")
 
 
+def _sig_scatter(input, dim, index, src=None, *rest, **options): ...
+
+
+@_rule("scatter", "scatter_", "scatter_add", "scatter_add_", signature=_sig_scatter)
+def scatter(ctx: Context, a: Args) -> None:
+    """`out[.., index[.., j, ..], ..] = src[.., j, ..]` along `dim`: where the index holds
+    positions of an axis as long as `dim` (a router's top-k experts, their weights written
+    into a score per expert), `dim` is that axis and moves with it; the index's and the
+    source's `dim` (the k picks) are pinned. Any other index: data dependent."""
+    x, idx, out = ctx.axes(a.input), ctx.axes(a.index), a.out
+    src = ctx.axes(a.src) if isinstance(a.src, fx.Node) else None
+    same = x is not None and idx is not None and len(x) == len(out) == len(idx)
+    if not same or not isinstance(a.dim, int) or (src is not None and len(src) != len(x)):
+        return data_dependent(ctx, a)
+    dim = _dim(a.dim, len(x))
+    chosen = ctx.positions(a.index)
+    if chosen is None or ctx.size(chosen) != ctx.size(x[dim]):
+        return data_dependent(ctx, a)
+    ctx.A.unify(x[dim], chosen)
+    ctx.A.unify(out[dim], chosen)
+    ctx.dims.experts.append(chosen)
+    ctx.pin_all([idx[dim], *([src[dim]] if src else [])], f"picks of {a.node.name}")
+    for d in range(len(x)):
+        if d == dim:
+            continue
+        ctx.A.unify(x[d], out[d])
+        for other in (idx, src or ()):
+            if other and ctx.size(other[d]) == ctx.size(x[d]):
+                ctx.A.unify(other[d], x[d])
+
+
 @_rule(
-    "scatter",
     "take",
     "masked_select",
     "nonzero",
-    "argmax",
-    "argmin",
     "bucketize",
     "searchsorted",
     "histc",
-    "scatter_",
-    "scatter_add",
-    "scatter_add_",
     "scatter_reduce",
     "index_add",
     "index_copy",

@@ -49,7 +49,31 @@ def reduction(ctx: Context, a: Args) -> None:
 
 @_rule("max", "min", signature=_sig_reduce, aliases={"other": "dim"})
 def extremum(ctx: Context, a: Args) -> None:
-    """`max(x, dim)` reduces; `max(x, y)` with a tensor `y` is element-wise."""
+    """`max(x, dim)` reduces, and its indices are positions along `dim` (a router that
+    sends each token to its best expert, `Dims.positions`); `max(x, y)` with a tensor
+    `y` is element-wise."""
     if ctx.axes(a.dim) is not None:
         return elementwise(ctx, a)
+    x = ctx.axes(a.input)
+    if isinstance(a.dim, int) and x and a.out and not isinstance(a.out[0], int):
+        ctx.dims.positions[(a.node, 1)] = x[_dim(a.dim, len(x))]
     return reduction(ctx, a)
+
+
+@_rule("argmax", "argmin", signature=_sig_reduce)
+def arg_extremum(ctx: Context, a: Args) -> None:
+    """The position of the largest (smallest) value along `dim`: positions along it
+    (`Dims.positions`), the other axes carry over. Over every axis: data dependent."""
+    x = ctx.axes(a.input)
+    if x is None or not isinstance(a.dim, int):
+        for ax in x or ():
+            ctx.A.pin(ax, f"indexed by {a.node.name}")
+        return
+    dim = _dim(a.dim, len(x))
+    kept = [ax if i != dim else None for i, ax in enumerate(x)]
+    if len(a.out) != len(x):
+        kept = [ax for ax in kept if ax is not None]
+    for ax, b in zip(kept, a.out, strict=True):
+        if ax is not None:
+            ctx.A.unify(ax, b)
+    ctx.dims.positions[a.node] = x[dim]
