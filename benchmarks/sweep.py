@@ -552,6 +552,7 @@ def _through_the_cli(model, plan: dict) -> str:
     import yaml
 
     from surgeon.cli import main as cli
+    from surgeon.errors import InvariantError
 
     config = copy.deepcopy(model.config)
     for key in ("use_cache",):  # the sweep's only departure from the class's defaults
@@ -580,7 +581,11 @@ def _through_the_cli(model, plan: dict) -> str:
                 code = cli(argv)
             if code:
                 why = err.getvalue().strip().splitlines()[-1:] or [f"exit code {code}"]
-                kind = NoLayers if "internal error" not in why[0] else RuntimeError
+                kind = NoLayers  # a one-line refusal
+                if "please report" in why[0]:  # surgeon's own check stopped it
+                    kind = InvariantError
+                elif "internal error" in why[0]:
+                    kind = RuntimeError
                 raise kind(f"surgeon {argv[0]}: {why[0]}")
         child = type(model).from_pretrained(f"{tmp}/c").eval()
         return f"cli child: {sum(p.numel() for p in child.parameters()):,} parameters"

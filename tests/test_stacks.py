@@ -118,3 +118,24 @@ def test_a_plan_for_stacks_that_cannot_be_is_refused_in_one_line(prepared, plan,
     with pytest.raises(PlanError, match=message) as e:
         apply(prepared("t5").parent, plan)
     assert "\n" not in str(e.value)
+
+
+def test_a_t5_folder_as_saved_with_the_cache_on_goes_through_the_cli(tmp_path):
+    """As every pretrained T5 checkpoint is: `use_cache` on, no inputs handed in. The CLI
+    derives the decoder's inputs itself, traces with the cache off in every config the
+    model holds (T5's decoder stack keeps a copy), and the permute-only child it writes
+    computes the parent's logits."""
+    from surgeon.cli import main
+
+    model, example = zoo.build("t5")
+    model.config.use_cache = True
+    model.save_pretrained(tmp_path / "parent")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("importance: weight\n")
+    args = ["--model", str(tmp_path / "parent")]
+    assert main(["inspect", *args]) == 0
+    assert main(["apply", *args, "--plan", str(plan), "--out", str(tmp_path / "child")]) == 0
+    child = type(model).from_pretrained(tmp_path / "child").eval()
+    with torch.no_grad():
+        want, got = model(**example).logits, child(**example).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -50,7 +50,6 @@ PASSING = {
 # each gives (issue 32 lists them; a fix turns the test red here, to move the type up).
 FOLDER_REFUSED = {
     "vit_mae": "draws random numbers",  # its noise, unless the caller passes one
-    "t5gemma2": "cannot trace",  # the cache on
 }
 
 

@@ -26,7 +26,8 @@ def synthetic_inputs(model: nn.Module, batch: int = 2, seq_len: int = 16) -> Inp
     """A small batch the model accepts, derived from its config; None if none can be derived.
 
     Token models get `input_ids` (and an all-ones `attention_mask` where `forward` takes
-    one); image models get `pixel_values` of the configured size. Tensors are made on the
+    one; an encoder-decoder's decoder the same tokens shifted right); image models get
+    `pixel_values` of the configured size. Tensors are made on the
     model's device, so a model on the meta device gets meta inputs.
     """
     config = getattr(model, "config", None)
@@ -42,6 +43,14 @@ def synthetic_inputs(model: nn.Module, batch: int = 2, seq_len: int = 16) -> Inp
         kwargs = {"input_ids": ids}
         if "attention_mask" in params:
             kwargs["attention_mask"] = torch.ones_like(ids)
+        if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in params:
+            # the decoder reads the same tokens one step behind, after its start token
+            # (T5's forward needs them; BART's would shift input_ids itself)
+            start = getattr(config, "decoder_start_token_id", None)
+            start = start if isinstance(start, int) else (config.pad_token_id or 0)
+            kwargs["decoder_input_ids"] = torch.cat(
+                [torch.full_like(ids[:, :1], start), ids[:, :-1]], 1
+            )
         return Inputs((), kwargs)
     if "pixel_values" in params and getattr(config, "image_size", None):
         size = config.image_size
@@ -55,14 +64,18 @@ def synthetic_inputs(model: nn.Module, batch: int = 2, seq_len: int = 16) -> Inp
 
 @contextlib.contextmanager
 def tracing_settings(model: nn.Module) -> Iterator[None]:
-    """Trace with the KV cache off, in the config and in every sub-config (export rejects
+    """Trace with the KV cache off, in the config, every sub-config and every config a
+    submodule holds (export rejects
     a cache in the output), experts run as `batched_mm` (each token's experts gathered
     from the stacked weights: plain ops of static shape, where the grouped kernels are a
     custom op over data-dependent offsets), and a module's cast of itself to the dtype
     it has a no-op; restore all after."""
     config = getattr(model, "config", None)
     changes = []
-    for part in (config, *_sub_configs(config)):
+    # the model's config, its sub-configs, and the copies its submodules hold (T5's
+    # decoder stack reads a deep copy of the config)
+    held = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    for part in {id(p): p for p in (config, *_sub_configs(config), *held.values())}.values():
         if getattr(part, "use_cache", False):
             changes.append((part, "use_cache", False))
     if hasattr(config, "_experts_implementation"):  # experts that don't dispatch ignore it
