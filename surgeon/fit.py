@@ -63,7 +63,7 @@ class ChildShape:
     def of(cls, state: SurgeryState, expected: dict[str, tuple]) -> ChildShape:
         """From the decisions in `state`, and `expected`: parent tensor name -> the shape
         the child gives it."""
-        whole = replace(state, select={})
+        whole = replace(state, select={}, top_k=None)
         stacks = [None, *state.analysis.stacks]
 
         @cache
@@ -121,6 +121,8 @@ CONFIG_FIELDS = {
     "head_dim": ("head_dim",),
     "num_experts": ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"),
     "num_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "num_experts_per_tok": ("num_experts_per_tok", "top_k", "moe_topk", "top_k_experts")
+    + ("num_selected_experts", "moe_k", "experts_per_token"),
 }
 STACK_FIELDS = {
     "num_heads": re.compile(r"^(encoder|decoder)_(num_)?attention_heads$"),

@@ -185,3 +185,24 @@ def test_a_width_the_config_cannot_hold_is_one_line(name, target, message):
     model, example = zoo.build(name)
     with pytest.raises(PlanError, match=message):
         apply(prepare(model, example), {"target": target})
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_top_k_is_rewritten_in_the_graph_and_the_config(name):
+    """`num_experts_per_tok` 1 and 3: the child routes each token to that many experts.
+    The reference is transformers' own routing: a fresh model of the parent's class with
+    that top-k in its config and the parent's weights (the hand-sliced ones where the
+    experts are cut too)."""
+    model, example = _build(name)
+    parent = prepare(model, example)
+    P = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for target in ({"num_experts_per_tok": 1}, {"num_experts_per_tok": 3}):
+        child = apply(parent, {"target": target, "importance": "first", "rescale": "none"})
+        assert child.config.num_experts_per_tok == target["num_experts_per_tok"]
+        fresh = type(model)(child.config).eval()
+        fresh.load_state_dict(P)
+        torch.testing.assert_close(_logits(child, example), _logits(fresh, example))
+    with pytest.raises(PlanError, match="routed to 5 experts .* keep at least 5"):
+        apply(parent, {"target": {"num_experts": 4, "num_experts_per_tok": 5}})
+    child = apply(parent, {"target": {"num_experts": 4, "num_experts_per_tok": 1}})
+    assert child.config.num_experts_per_tok == 1

@@ -155,6 +155,24 @@ class Analysis:
         """The module paths that hold layers (`model.encoder.layers`, ...), in order."""
         return list(dict.fromkeys(layer.stack for layer in self.layers))
 
+    def top_k(self, layer: LayerInfo) -> list[tuple[fx.Node, int, bool]]:
+        """Each pick among a layer's routed experts: the node (a `topk`, or a `max` or
+        `argmax` that picks the best one), its k, and whether it ranks all the experts
+        (True) or those of one group (group-limited routing scores each by its best)."""
+        if not layer.experts:
+            return []
+        out, inner = [], layer.experts[-1]
+        for key, atom in self.dims.positions.items():
+            node = key[0] if isinstance(key, tuple) else key
+            if node.op != "call_function" or "getitem" in str(node.target):
+                continue
+            topk = "topk" in str(node.target)
+            k = node.args[1] if topk and len(node.args) > 1 else (None if topk else 1)
+            leaves = self.atoms.leaves(atom)
+            if inner in leaves and isinstance(k, int):
+                out.append((node, k, set(layer.experts) <= set(leaves)))
+        return out
+
     def by_role(self, role: str) -> list[Group]:
         return [g for g in self.groups.values() if g.role == role]
 

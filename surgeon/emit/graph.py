@@ -23,12 +23,24 @@ def emit_graph(state: SurgeryState) -> fx.GraphModule:
     nodes = {n.name: n for n in root.graph.nodes}
     for lit in state.analysis.dims.literals:
         _rewrite(state, nodes[lit.node.name], lit)
+    _set_top_k(state, nodes)
     _set_tensors(state, root)
     _move_picks(state, nodes)
     _edit_depth(state, root, nodes)
     child = fx.GraphModule(root, root.graph, type(parent).__name__)
     child.eval()
     return child
+
+
+def _set_top_k(state: SurgeryState, nodes: dict[str, fx.Node]) -> None:
+    """The routers' top-k over all their experts picks the plan's `num_experts_per_tok`."""
+    if state.top_k is None:
+        return
+    for layer in state.analysis.layers:
+        for node, _, whole in state.analysis.top_k(layer):
+            if whole and "topk" in str(node.target):
+                mine = nodes[node.name]
+                mine.args = (mine.args[0], state.top_k, *mine.args[2:])
 
 
 def _edit_depth(state: SurgeryState, root: nn.Module, nodes: dict[str, fx.Node]) -> list[str]:

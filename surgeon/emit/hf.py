@@ -148,7 +148,7 @@ def _changed_scalars(parent: nn.Module, model: nn.Module, state) -> dict[str, di
     child_path = {state.parent_name(f"{p}.w")[:-2]: p for p in modules if p}
     changed: dict[str, dict[float, float]] = {}
     new_sizes = state.child_sizes()
-    full = replace(state, select={}).child_sizes()
+    full = replace(state, select={}, top_k=None).child_sizes()
     cut = {(full[k], v) for k, v in new_sizes.items() if full.get(k, v) != v and full[k] > 4}
     for path, old in parent.named_modules():
         new = modules.get(child_path.get(path, path))

@@ -22,6 +22,7 @@ SIZES = (
     "num_kv_heads",
     "head_dim",
     "num_experts",
+    "num_experts_per_tok",  # the k of the routers' top-k: not a group's size
 )
 
 
@@ -40,6 +41,7 @@ class Slice:
     num_kv_heads: int | None = None
     head_dim: int | None = None
     num_experts: int | None = None
+    num_experts_per_tok: int | None = None  # the routers' top-k
     evenly: bool = False
     stacks: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per stack
     name = "slice"
@@ -65,6 +67,9 @@ class Slice:
         """How many positions each group keeps (`state.keep`); `PlanError` for a target
         that is wider than the parent, does not divide, or cuts what must stay whole."""
         state.keep = resolve_target(state.analysis, self.target, self.stacks)
+        if self.num_experts_per_tok is not None:
+            state.top_k = _routed_to(state.analysis, self.num_experts_per_tok, self.target)
+            state.resized = _picks_axis(state.analysis, state.top_k)
 
     def run(self, state: SurgeryState) -> None:
         atoms = state.analysis.atoms
@@ -154,7 +159,7 @@ def _stream_widths(analysis: Analysis, target: Mapping, stacks: Mapping) -> dict
 
 def _layer_target(analysis, layer, target, ask) -> None:
     if "num_experts" in target:
-        _experts(analysis, layer, target["num_experts"], ask)
+        _experts(analysis, layer, target["num_experts"], ask, target.get("num_experts_per_tok"))
     _ffn(analysis, layer, target, ask)
     if "num_heads" not in target and "num_kv_heads" not in target:
         return
@@ -235,9 +240,10 @@ def _ffn(analysis: Analysis, layer, target: Mapping, ask) -> None:
         ask(groups[0], target[key], key)
 
 
-def _experts(analysis: Analysis, layer, value: int, ask) -> None:
+def _experts(analysis: Analysis, layer, value: int, ask, top_k: int | None = None) -> None:
     """Routed experts are kept or dropped whole: the router's rows and every expert's
-    weights together. A token still goes to `k` experts, so `value` must be at least `k`.
+    weights together. A token still goes to `k` experts (the parent's, or the plan's
+    `num_experts_per_tok`), so `value` must be at least `k`.
     Routing that picks groups of experts first (`n_group`: the experts axis viewed as
     groups x experts) keeps the same count in every group."""
     if not layer.experts:
@@ -254,7 +260,8 @@ def _experts(analysis: Analysis, layer, value: int, ask) -> None:
             f"{sizes[0]} experts, the same count in each group"
         )
     per_group = value // math.prod(sizes[:-1])
-    for k, whole in _top_k(analysis, layer):
+    for _, k, whole in analysis.top_k(layer):
+        k = top_k if whole and top_k is not None else k  # the plan's top-k, where it sets one
         if whole and value < k:
             raise PlanError(
                 f"target.num_experts = {value}: each token is routed to {k} experts in "
@@ -268,21 +275,36 @@ def _experts(analysis: Analysis, layer, value: int, ask) -> None:
     ask(layer.experts[-1], per_group, "num_experts")
 
 
-def _top_k(analysis: Analysis, layer) -> list[tuple[int, bool]]:
-    """The `k` of each top-k over a layer's experts, and whether it is over all of them
-    (True) or over those of one group (group-limited routing scores each group by its
-    best experts)."""
-    atoms, inner = analysis.atoms, layer.experts[-1]
-    out = []
-    for key, atom in analysis.dims.positions.items():
-        node = key[0] if isinstance(key, tuple) else key
-        if "topk" in str(node.target):
-            k = node.args[1] if len(node.args) > 1 else None
-        else:  # the best one: max, argmax
-            k = 1 if node.op == "call_function" and node.all_input_nodes else None
-        leaves = atoms.leaves(atom)
-        if inner in leaves and isinstance(k, int):
-            out.append((k, set(layer.experts) <= set(leaves)))
+def _routed_to(analysis: Analysis, k: int, target: Mapping) -> int:
+    """`k` for the routers' top-k over every layer's experts, checked: routers found,
+    and at most the experts kept."""
+    picks = [
+        (layer, n) for layer in analysis.layers for n, _, whole in analysis.top_k(layer) if whole
+    ]
+    if not any("topk" in str(node.target) for _, node in picks):
+        raise PlanError(
+            "target.num_experts_per_tok: no router's top-k over routed experts found in this "
+            "model; `surgeon inspect` shows its experts"
+        )
+    kept = target.get("num_experts", min(layer.num_experts for layer, _ in picks))
+    if not 1 <= k <= kept:
+        raise PlanError(
+            f"target.num_experts_per_tok = {k}: a token is routed to between 1 and the "
+            f"{kept} experts kept"
+        )
+    return k
+
+
+def _picks_axis(analysis: Analysis, k: int) -> dict[int, int]:
+    """The axis of the routers' top-k picks (values and indices), at `k` positions: the
+    shape literals that follow it (tokens x k) are rewritten with it."""
+    out = {}
+    for layer in analysis.layers:
+        for node, _, whole in analysis.top_k(layer):
+            if whole and "topk" in str(node.target):
+                dim = node.args[2] if len(node.args) > 2 else -1
+                for axes in analysis.dims.out[node]:
+                    out.update({leaf: k for leaf in analysis.atoms.leaves(axes[dim])})
     return out
 
 

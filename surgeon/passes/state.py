@@ -43,6 +43,8 @@ class SurgeryState:
     keep: dict[int, int] = field(default_factory=dict)  # group -> positions the child keeps
     scale: dict[str, float] = field(default_factory=dict)  # tensor name -> factor
     layers: list[int] | None = None  # the parent layer behind each child layer (None: all)
+    top_k: int | None = None  # the experts a token is routed to, where the plan sets it
+    resized: dict[int, int] = field(default_factory=dict)  # leaves sized, not cut (top-k's)
     influence: list[float] | None = None  # per parent layer, when measured
     residual_site_scores: list[torch.Tensor] = field(default_factory=list)  # per stream value
     # where the parent's tensors are read from: the traced module, or files (streaming)
@@ -60,7 +62,7 @@ class SurgeryState:
     def new_size(self, atom: int) -> int:
         """The size of an atom (an axis) in the child."""
         keep = {g: len(chosen) for g, chosen in self.select.items()}
-        return self.analysis.atoms.new_size(atom, keep)
+        return self.analysis.atoms.new_size(atom, {**keep, **self.resized})
 
     def positions(self, atom: int) -> torch.Tensor:
         """For an axis: the parent position each child position takes its values from."""
@@ -95,7 +97,15 @@ class SurgeryState:
         for key, values in per_layer.items():
             if len(values) == 1:
                 sizes[key] = values.pop()
-        return sizes
+        ks = {
+            k
+            for layer in a.layers
+            for node, k, whole in a.top_k(layer)
+            if whole and "topk" in str(node.target)
+        }
+        if ks:  # the routers' top-k
+            sizes["num_experts_per_tok"] = self.top_k or (ks.pop() if len(ks) == 1 else None)
+        return {k: v for k, v in sizes.items() if v is not None}
 
     def kept_by_stack(self) -> dict[str, list[int]]:
         """Per stack of layers (`model.encoder.layers`, ...): the parent layer behind each
