@@ -198,3 +198,28 @@ def test_parallel_blocks_cut_their_ffn_like_a_hand_sliced_parent():
     with torch.no_grad():
         want, got = reference(input_ids=ids).logits, child(input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
+def test_parallel_blocks_are_one_layer_applied_once_so_depth_cuts_them():
+    """The norm both parallel blocks read is read twice per layer; every other weight
+    once: the layer is applied once (not shared like ALBERT's), and depth keeps parent
+    layers 0 and 2 exactly (the reference: the parent's class with those layers' weights
+    by hand)."""
+    import surgeon
+    from tests.zoo import parallel_blocks
+
+    parent = parallel_blocks()
+    assert "applied" not in surgeon.inspect(parent).to_dict()["layers"][0]
+    child = surgeon.apply(parent, {"target": {"num_layers": 2}, "depth": [0, 2]})
+    config = type(parent.config).from_dict({**parent.config.to_dict(), "num_hidden_layers": 2})
+    reference = type(parent)(config).eval()
+    state = {}
+    for name, tensor in parent.state_dict().items():
+        if ".layers.1." in name:
+            continue
+        state[name.replace(".layers.2.", ".layers.1.")] = tensor
+    reference.load_state_dict(state)
+    ids = torch.randint(3, 128, (2, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = reference(input_ids=ids).logits, child(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
