@@ -917,7 +917,8 @@ def _commit() -> str:
     """The code a record ran at: the short commit, `-dirty` with uncommitted changes."""
     git = ["git", "-C", str(ROOT)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "surgeon", "benchmarks"])
+    code = ["surgeon", "benchmarks", ":!benchmarks/results"]  # results are not code
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", *code])
     return head.stdout.strip() + ("-dirty" if dirty.returncode else "")
 
 
