@@ -44,6 +44,13 @@ def _first_failure(r: dict) -> tuple[str, str, str] | None:
     return None
 
 
+def _all_but(r: dict, check: str) -> bool:
+    """Every check but `check` ran and passed (the folder check: the API passes, the CLI
+    on a saved folder does not)."""
+    others = [c for c in CHECKS if c != check]
+    return not r.get("died") and all(_result(r, c) == "ok" for c in others)
+
+
 def counts(records: list[dict]) -> dict[str, dict[str, int]]:
     """Per category: types, buildable, passed every check, shrink ok, and the first
     failure's kind: partial, refused, crash, wrong, caught."""
@@ -54,6 +61,7 @@ def counts(records: list[dict]) -> dict[str, dict[str, int]]:
         out[cat] = {
             "buildable": len(rs),
             "passed": sum(bool(r.get("passed")) for r in rs),
+            "in_process": sum(_all_but(r, "folder") for r in rs),
             "shrink_ok": sum(_result(r, "shrink") == "ok" for r in rs),
             "partial": fails["partial"],
             "refused": fails["refused"],
@@ -145,14 +153,15 @@ def write_support(records: list[dict], path: Path) -> None:
         "",
         "## By category",
         "",
-        "| category | buildable | pass every check | shrink ok | partial | refused | caught "
-        "| crash | wrong |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| category | buildable | pass every check | every check but the folder | shrink ok "
+        "| partial | refused | caught | crash | wrong |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cat, c in counts(records).items():
         pct = f"{100 * c['passed'] / c['buildable']:.1f}%" if c["buildable"] else "-"
         lines.append(
-            f"| {cat} | {c['buildable']} | {c['passed']} ({pct}) | {c['shrink_ok']} | "
+            f"| {cat} | {c['buildable']} | {c['passed']} ({pct}) | {c['in_process']} | "
+            f"{c['shrink_ok']} | "
             f"{c['partial']} | {c['refused']} | {c['caught']} | {c['crash']} | {c['wrong']} |"
         )
     lines += [
