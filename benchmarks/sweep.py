@@ -591,10 +591,10 @@ def _through_the_cli(model, plan: dict) -> str:
             if code:
                 why = err.getvalue().strip().splitlines()[-1:] or [f"exit code {code}"]
                 kind = NoLayers  # a one-line refusal
-                if "please report" in why[0]:  # surgeon's own check stopped it
-                    kind = InvariantError
-                elif "internal error" in why[0]:
+                if "internal error" in why[0]:  # (it asks for a report too)
                     kind = RuntimeError
+                elif "please report" in why[0]:  # surgeon's own check stopped it
+                    kind = InvariantError
                 raise kind(f"surgeon {argv[0]}: {why[0]}")
         child = type(model).from_pretrained(f"{tmp}/c").eval()
         return f"cli child: {sum(p.numel() for p in child.parameters()):,} parameters"
