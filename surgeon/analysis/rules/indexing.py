@@ -224,7 +224,8 @@ def _sig_index(input, indices=None): ...
 
 def _constant(ctx: Context, x: Any) -> torch.Tensor | None:
     """The value of a tensor the graph holds as a constant (a lifted tensor, through copies),
-    or None for anything computed from the inputs."""
+    or None for anything computed from the inputs, or held on the meta device (a parent
+    traced without its weights: the value is unknown, so its reader pins)."""
     while isinstance(x, fx.Node) and x.op == "call_function" and len(x.all_input_nodes) == 1:
         if x in ctx.dynamic:
             return None
@@ -234,7 +235,9 @@ def _constant(ctx: Context, x: Any) -> torch.Tensor | None:
     value: Any = ctx.graph.module
     for part in str(x.target).split("."):
         value = getattr(value, part, None)
-    return value if isinstance(value, torch.Tensor) else None
+    if not isinstance(value, torch.Tensor) or value.device.type == "meta":
+        return None
+    return value
 
 
 def _run(values: list[int], size: int) -> tuple[int, int] | None:
