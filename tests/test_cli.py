@@ -112,3 +112,25 @@ def test_inspect_with_calibration_text(tmp_path, capsys):
     assert report["importance"]
     assert main(["inspect", "--model", "tests.zoo:llama", "--calibration", str(text)]) == 2
     assert "needs the model's tokenizer" in capsys.readouterr().err
+
+
+def test_a_multimodal_folder_goes_through_the_cli_on_text_it_derives(tmp_path):
+    """A vision-language folder: its config's vocabulary is its text model's, so surgeon
+    derives text inputs itself, and the permute-only child it writes computes the
+    parent's logits on text."""
+    import torch
+
+    from tests import zoo
+
+    model, _ = zoo.build("llava")
+    model.save_pretrained(tmp_path / "parent")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("importance: weight\n")
+    args = ["--model", str(tmp_path / "parent")]
+    assert main(["inspect", *args]) == 0
+    assert main(["apply", *args, "--plan", str(plan), "--out", str(tmp_path / "child")]) == 0
+    child = type(model).from_pretrained(tmp_path / "child").eval()
+    ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want, got = model(input_ids=ids).logits, child(input_ids=ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -35,11 +35,15 @@ def synthetic_inputs(model: nn.Module, batch: int = 2, seq_len: int = 16) -> Inp
         return None
     device = next(iter(model.parameters()), torch.empty(0)).device
     params = _forward_params(model)
-    if "input_ids" in params and getattr(config, "vocab_size", None):
-        max_pos = getattr(config, "max_position_embeddings", None) or seq_len
+    # a multimodal model's vocabulary is its text model's (text alone is a valid input)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = getattr(config, "vocab_size", None) or getattr(text, "vocab_size", None)
+    if "input_ids" in params and vocab:
+        max_pos = getattr(config, "max_position_embeddings", None)
+        max_pos = max_pos or getattr(text, "max_position_embeddings", None) or seq_len
         seq = max(2, min(seq_len, max_pos))
         g = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, config.vocab_size, (batch, seq), generator=g).to(device)
+        ids = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
         kwargs = {"input_ids": ids}
         if "attention_mask" in params:
             kwargs["attention_mask"] = torch.ones_like(ids)
