@@ -53,3 +53,18 @@ def train(model, inputs, steps: int) -> list[float]:
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def permuted_through_the_cli(model, folder):
+    """`model` saved to `folder/parent` as users hold it, `surgeon inspect` and a
+    permute-only `surgeon apply` run on it through the CLI (inputs derived by surgeon);
+    the child folder reloaded in the parent's class."""
+    from surgeon.cli import main
+
+    model.save_pretrained(folder / "parent")
+    plan = folder / "plan.yaml"
+    plan.write_text("importance: weight\n")
+    args = ["--model", str(folder / "parent")]
+    assert main(["inspect", *args]) == 0
+    assert main(["apply", *args, "--plan", str(plan), "--out", str(folder / "child")]) == 0
+    return type(model).from_pretrained(folder / "child").eval()

@@ -121,15 +121,10 @@ def test_a_multimodal_folder_goes_through_the_cli_on_text_it_derives(tmp_path):
     import torch
 
     from tests import zoo
+    from tests.helpers import permuted_through_the_cli
 
     model, _ = zoo.build("llava")
-    model.save_pretrained(tmp_path / "parent")
-    plan = tmp_path / "plan.yaml"
-    plan.write_text("importance: weight\n")
-    args = ["--model", str(tmp_path / "parent")]
-    assert main(["inspect", *args]) == 0
-    assert main(["apply", *args, "--plan", str(plan), "--out", str(tmp_path / "child")]) == 0
-    child = type(model).from_pretrained(tmp_path / "child").eval()
+    child = permuted_through_the_cli(model, tmp_path)
     ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         want, got = model(input_ids=ids).logits, child(input_ids=ids).logits

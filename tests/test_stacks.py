@@ -125,17 +125,11 @@ def test_a_t5_folder_as_saved_with_the_cache_on_goes_through_the_cli(tmp_path):
     derives the decoder's inputs itself, traces with the cache off in every config the
     model holds (T5's decoder stack keeps a copy), and the permute-only child it writes
     computes the parent's logits."""
-    from surgeon.cli import main
+    from tests.helpers import permuted_through_the_cli
 
     model, example = zoo.build("t5")
     model.config.use_cache = True
-    model.save_pretrained(tmp_path / "parent")
-    plan = tmp_path / "plan.yaml"
-    plan.write_text("importance: weight\n")
-    args = ["--model", str(tmp_path / "parent")]
-    assert main(["inspect", *args]) == 0
-    assert main(["apply", *args, "--plan", str(plan), "--out", str(tmp_path / "child")]) == 0
-    child = type(model).from_pretrained(tmp_path / "child").eval()
+    child = permuted_through_the_cli(model, tmp_path)
     with torch.no_grad():
         want, got = model(**example).logits, child(**example).logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

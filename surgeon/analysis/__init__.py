@@ -164,10 +164,13 @@ class Analysis:
         out, inner = [], layer.experts[-1]
         for key, atom in self.dims.positions.items():
             node = key[0] if isinstance(key, tuple) else key
-            if node.op != "call_function" or "getitem" in str(node.target):
+            name = str(node.target) if node.op == "call_function" else ""
+            if "topk" in name:
+                k = node.args[1] if len(node.args) > 1 else None
+            elif any(f"aten.{op}." in name for op in ("max", "argmax")):
+                k = 1  # the best one
+            else:  # what positions pass through (getitem, cat, casts): no pick of its own
                 continue
-            topk = "topk" in str(node.target)
-            k = node.args[1] if topk and len(node.args) > 1 else (None if topk else 1)
             leaves = self.atoms.leaves(atom)
             if inner in leaves and isinstance(k, int):
                 out.append((node, k, set(layer.experts) <= set(leaves)))
