@@ -459,6 +459,12 @@ def full_plan_gaps(report: dict, plan: dict, config) -> tuple[dict, dict]:
     bare = [x["name"] for x in report["layers"] if not x.get("num_heads")]
     if found["num_heads"] and bare:  # hybrids: linear attention or SSM layers among them
         absent["heads"] = f"no attention found in {len(bare)} of {len(report['layers'])} layers"
+    other = [x["name"] for x in report["layers"] if "heads_kept" in x]
+    if found["num_heads"] and other:  # their own config fields, not in the plan's keys
+        absent["heads"] = (
+            f"{len(other)} of {len(report['layers'])} layers hold another kind of attention "
+            "than the config's heads (linear attention): kept"
+        )
     for size, fields in HAS.items():
         if found[size]:
             continue
@@ -474,7 +480,9 @@ def full_plan_gaps(report: dict, plan: dict, config) -> tuple[dict, dict]:
 
 def _half_heads(layers: list[dict]) -> dict:
     """Half the heads of a stack, in whole KV groups, where its layers agree on them."""
-    layers = [x for x in layers if x.get("num_heads")] or layers  # a hybrid's attention
+    # a hybrid's attention: not its layers without any, nor those whose heads are of
+    # another kind than the config's (linear attention), which heads targets keep
+    layers = [x for x in layers if x.get("num_heads") and "heads_kept" not in x] or layers
     heads, kv = layers[0].get("num_heads"), layers[0].get("num_kv_heads")
     kinds = {(x.get("num_heads"), x.get("num_kv_heads")) for x in layers}
     if heads and len(kinds) == 1:

@@ -232,6 +232,21 @@ def _per_layer_lists(fields: dict, key: str) -> list[str]:
     ]
 
 
+def stated_heads(model: nn.Module) -> dict[str, int]:
+    """The head counts and head_dim the model's config (its text model's) states, by the
+    plan's names: `num_heads` from `num_attention_heads`, ..."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    out = {}
+    for key in ("num_heads", "num_kv_heads", "head_dim"):
+        value = next((v for f in CONFIG_FIELDS[key] if type(v := config_value(text, f)) is int), 0)
+        if value:
+            out[key] = value
+    return out
+
+
 def config_value(config: Any, field: str) -> Any:
     """The config's field, or None where it has none or reading it raises (a per-layer
     attribute that differs between layers)."""

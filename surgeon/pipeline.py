@@ -28,7 +28,7 @@ from .analysis.registry import overlay
 from .emit.hf import is_hf_model
 from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError, TraceError
 from .execute import Runner, check_device
-from .fit import ChildShape, config_error, fit_config
+from .fit import ChildShape, config_error, fit_config, stated_heads
 from .frontends import Graph, tensor_of, trace
 from .io.shards import Shards
 from .passes import PASSES, Pass, SurgeryState
@@ -167,6 +167,7 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
         # ALBERT: one layer, every weight applied 12 times; a norm that two parallel
         # blocks read (x + attn(norm x) + mlp(norm x)) is read twice, its layer once
         layer.applied = min(seen.values(), default=1)
+    analysis.stated = stated_heads(model)
     for stack in analysis.stacks:
         try:
             modules = model.get_submodule(stack)

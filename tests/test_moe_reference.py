@@ -19,18 +19,14 @@ import torch
 
 from surgeon import PlanError, apply, prepare
 from tests import zoo
+from tests.helpers import random_vectors
 
 
 def _build(name):
     """A zoo parent whose 1-D parameters (biases, norms, score corrections) are distinct
     random values, so a wrong slice of them shows."""
     model, example = zoo.build(name)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for key, p in model.named_parameters():
-            if p.dim() == 1:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g) + (1 if "norm" in key else 0))
-    return model, example
+    return random_vectors(model), example
 
 
 def _fused(w, width, full):

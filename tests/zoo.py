@@ -273,9 +273,8 @@ def _tokens():
 
 
 def _hf(name: str, device: str = "cpu"):
-    cls, config = {**_hf_configs(), **_moe_configs(), **_enc_dec_configs(), **_stream_configs()}[
-        name
-    ]
+    configs = (_hf_configs, _moe_configs, _hybrid_configs, _enc_dec_configs, _stream_configs)
+    cls, config = {k: v for f in configs for k, v in f().items()}[name]
     torch.manual_seed(SEED)
     with torch.device(device):
         model = cls(config).eval()
@@ -356,6 +355,30 @@ def _moe_configs():
         "gpt_oss": (
             tf.GptOssForCausalLM,
             tf.GptOssConfig(**moe, num_local_experts=8, head_dim=16, sliding_window=8),
+        ),
+    }
+
+
+# A hybrid: linear-attention layers (their own head counts, `linear_num_*_heads`) beside
+# softmax attention (`num_attention_heads`), whose gated queries double q_proj's rows.
+HYBRID_NAMES = ("qwen3_5_text",)
+
+
+def _hybrid_configs():
+    import transformers as tf
+
+    return {
+        "qwen3_5_text": (
+            tf.Qwen3_5ForCausalLM,
+            tf.Qwen3_5TextConfig(
+                **{**_CAUSAL, "num_hidden_layers": 4},
+                head_dim=16,
+                layer_types=["linear_attention", "full_attention"] * 2,
+                linear_num_key_heads=2,
+                linear_num_value_heads=4,
+                linear_key_head_dim=8,
+                linear_value_head_dim=8,
+            ),
         ),
     }
 
@@ -497,7 +520,7 @@ def build(name: str, device: str = "cpu"):
     """
     if name == "nanogpt":
         return nanogpt(device)
-    known = NAMES + MOE_NAMES + MOE_SHAPES + ENC_DEC_NAMES + STREAM_NAMES
+    known = NAMES + MOE_NAMES + MOE_SHAPES + HYBRID_NAMES + ENC_DEC_NAMES + STREAM_NAMES
     if name not in known:
         raise KeyError(f"no zoo model {name!r}; known: {', '.join(known)}")
     return _hf(name, device)
@@ -1032,3 +1055,43 @@ def parallel_blocks():
             if p.dim() == 1:  # norm weights: not all ones
                 p.copy_(1 + 0.5 * torch.rand_like(p))
     return model
+
+
+class _ConvMixerLayer(nn.Module):
+    """A token mixer without attention (LFM2's and RecurrentGemma's short convolution):
+    an input projection to 16 channels, a causal depthwise convolution along the
+    sequence, an output projection; then an MLP of width 24."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_proj = nn.Linear(12, 16)
+        self.conv = nn.Conv1d(16, 16, 3, groups=16, padding=2)
+        self.out_proj = nn.Linear(16, 12)
+        self.up = nn.Linear(12, 24)
+        self.down = nn.Linear(24, 12)
+
+    def forward(self, x):  # x (batch, seq, 12)
+        h = self.in_proj(x).transpose(1, 2)
+        h = self.conv(h)[..., : x.shape[1]].transpose(1, 2)
+        x = x + self.out_proj(h)
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class _ConvMixer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(_ConvMixerLayer() for _ in range(2))
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def conv_mixer():
+    """Layers whose token mixer is a convolution: its channels are not the FFN."""
+    torch.manual_seed(SEED)
+    return _ConvMixer().eval(), (
+        torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(SEED)),
+    )

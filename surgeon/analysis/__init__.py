@@ -39,8 +39,14 @@ __all__ = [
 ]
 
 # The roles a group can have (Group.role); "rank": the inner width of a low-rank
-# projection inside attention (multi-head latent attention's q and kv ranks), kept.
-ROLES = ("residual", "ffn", "heads", "kv_groups", "head_dim", "experts", "vocab", "rank", "other")
+# projection inside attention (multi-head latent attention's q and kv ranks), kept;
+# "mixer": another inner width of a token mixer, not its heads (a convolution's channels,
+# a recurrence's width, a value width attention splits its own way), kept unless the
+# config sizes it with the sizes the plan cuts (`pipeline._follow_config`).
+ROLES = (
+    *("residual", "ffn", "heads", "kv_groups", "head_dim", "experts", "vocab", "rank"),
+    *("mixer", "other"),
+)
 # The roles of an FFN group, named as configs name their widths: a dense MLP's, each routed
 # expert's, the shared experts' beside them.
 FFN_ROLES = ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size")
@@ -114,6 +120,14 @@ class LayerInfo:
         return self.name.rpartition(".")[0]
 
 
+def _head_shape(layer: LayerInfo) -> dict[str, int]:
+    return {
+        "num_heads": layer.num_heads,
+        "num_kv_heads": layer.num_kv_heads,
+        "head_dim": layer.head_dim,
+    }
+
+
 @dataclass
 class Analysis:
     """What `analyse` found in one traced graph, and all the passes read of it: the axes
@@ -134,6 +148,26 @@ class Analysis:
     # axes with one position per layer of a stack, each read by its layer alone (per-layer
     # inputs cut from one projection): group -> {position: parent layer}; cut with depth
     per_layer: dict[int, dict[int, int]] = field(default_factory=dict)
+    # the head counts the model's config states (num_heads, num_kv_heads, head_dim: what
+    # its `num_attention_heads`, ... say), where it has one; see `cuts_heads`
+    stated: dict[str, int] = field(default_factory=dict)
+
+    def cuts_heads(self, layer: LayerInfo) -> bool:
+        """Whether a heads target (`num_heads`, `num_kv_heads`) cuts this layer's heads.
+        Where the layers of a stack hold attention of several shapes (a hybrid's linear
+        attention beside softmax attention), it cuts those whose shape the config states
+        (`num_attention_heads`, ...; its other kind has config fields of its own) and the
+        others keep their heads."""
+        if not layer.heads:
+            return False
+        mine = [x for x in self.layers if x.stack == layer.stack and x.heads]
+        if len({tuple(_head_shape(x).values()) for x in mine}) < 2:
+            return True
+        stated = mine
+        for key in ("num_heads", "num_kv_heads", "head_dim"):  # narrowed while some match
+            match = [x for x in stated if _head_shape(x)[key] == self.stated.get(key)]
+            stated = match or stated
+        return stated is mine or layer in stated
 
     @property
     def atoms(self) -> Atoms:
@@ -494,9 +528,15 @@ def _fill_layers(layers, groups, sites, dims, canonical) -> None:
             layer.heads, layer.kv = list(site.heads), list(site.kv)
         mine = [g for g in groups.values() if g.layer is not None and layers[g.layer] is layer]
         ranks = _attention_reads(site, layer.blocks, canonical)
+        mixing = _convolved(nodes, canonical) | {
+            n for leaf in layer.heads for n, _ in groups[leaf].members
+        }
         for g in mine:
-            if g.role == "ffn" and {n for n, _ in g.members} <= ranks:
+            names = {n for n, _ in g.members}
+            if g.role == "ffn" and names <= ranks:
                 g.role = "rank"  # a low-rank projection inside attention (MLA's): kept
+            elif g.role == "ffn" and names & mixing:  # a token mixer's width: not the FFN
+                g.role = "mixer"
         layer.ffn = [g.id for g in mine if g.role == "ffn"]
         layer.intermediate_size = sum(groups[g].size for g in layer.ffn)
         # outermost first: group-limited routing views its experts as (groups x experts)
@@ -512,6 +552,22 @@ def _fill_layers(layers, groups, sites, dims, canonical) -> None:
                 layer.ffn_role[g] = FFN_ROLES[2]
             else:  # a dense MLP
                 layer.ffn_role[g] = FFN_ROLES[0]
+
+
+def _convolved(nodes, canonical) -> set[str]:
+    """The parameters among `nodes` that are a convolution's weight (a token mixer's: a
+    convolution along the sequence)."""
+    out = set()
+    for node in nodes:
+        if node.op == "call_function" and "conv" in str(node.target) and len(node.args) > 1:
+            w = node.args[1]
+            for _ in range(4):  # through a reshape of the weight (unsqueeze, view, ...)
+                if not isinstance(w, fx.Node) or w.op != "call_function" or not w.args:
+                    break
+                w = w.args[0]
+            if isinstance(w, fx.Node) and w.op == "get_attr":
+                out.add(canonical(w.target))
+    return out - {None}
 
 
 def _attention_reads(site, blocks, canonical) -> set[str]:

@@ -167,6 +167,8 @@ def _layer_target(analysis, layer, target, ask) -> None:
         if any(other.heads for other in analysis.layers if other.stack == layer.stack):
             return  # a hybrid's layer without attention (linear attention, state space)
         raise PlanError(f"target.num_heads: no attention found in {layer.name}")
+    if not analysis.cuts_heads(layer):
+        return  # another kind of attention than the config's heads (linear attention): kept
     if layer.kv == layer.heads:  # multi-head attention: one heads group
         heads = target.get("num_heads", target.get("num_kv_heads"))
         if target.get("num_kv_heads", heads) != heads:

@@ -88,7 +88,7 @@ class SurgeryState:
             # each FFN role's width (a layer without a found FFN says nothing about it)
             for role, width in layer.widths({g: self.new_size(g) for g in layer.ffn}).items():
                 per_layer.setdefault(role, set()).add(width)
-            if layer.heads:
+            if a.cuts_heads(layer):  # a hybrid's other kind of attention: not the config's
                 heads = math.prod(self.new_size(g) for g in layer.heads)
                 kv = math.prod(self.new_size(g) for g in layer.kv)
                 per_layer.setdefault("num_heads", set()).add(heads)

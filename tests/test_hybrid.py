@@ -1,0 +1,77 @@
+"""A hybrid decoder: linear-attention layers beside softmax attention in one stack
+(Qwen3.5's gated delta net, whose head counts are config fields of their own,
+`linear_num_key_heads` / `linear_num_value_heads`). A heads target cuts the attention
+whose heads the config states (`num_attention_heads`); the linear attention keeps its
+heads. The reference is the parent's tensors sliced by hand, loaded into a fresh model
+of the parent's class with the child's config."""
+
+import torch
+
+from surgeon import apply, inspect, prepare
+from tests import zoo
+from tests.helpers import random_vectors
+
+
+def _logits(model, example):
+    with torch.no_grad():
+        return model(**example).logits
+
+
+def test_heads_cut_the_configs_attention_and_keep_the_linear_attentions():
+    model, example = zoo.build("qwen3_5_text")
+    random_vectors(model)
+    parent = prepare(model, example)
+    kept = [x["name"] for x in inspect(parent).to_dict()["layers"] if "heads_kept" in x]
+    assert kept == ["model.layers.0", "model.layers.2"]  # the linear-attention layers
+
+    target = {"num_heads": 2, "num_kv_heads": 1}
+    child = apply(parent, {"target": target, "importance": "first", "rescale": "none"})
+    config = child.config
+    assert (config.num_attention_heads, config.num_key_value_heads) == (2, 1)
+    assert (config.linear_num_key_heads, config.linear_num_value_heads) == (2, 4)
+
+    # by hand: KV head 0 and the two query heads of its group (heads 0 and 1); each
+    # query head's rows are [query (16) | gate (16)], so q_proj keeps rows [0, 64)
+    want = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for i in (1, 3):
+        a = f"model.layers.{i}.self_attn."
+        want[a + "q_proj.weight"] = want[a + "q_proj.weight"][:64]
+        want[a + "k_proj.weight"] = want[a + "k_proj.weight"][:16]
+        want[a + "v_proj.weight"] = want[a + "v_proj.weight"][:16]
+        want[a + "o_proj.weight"] = want[a + "o_proj.weight"][:, :32]
+    got = child.state_dict()
+    assert set(got) == set(want)
+    for key, tensor in want.items():
+        torch.testing.assert_close(got[key], tensor, atol=0, rtol=0, msg=key)
+    fresh = type(model)(config).eval()
+    fresh.load_state_dict(want)
+    torch.testing.assert_close(
+        _logits(child, example), _logits(fresh, example), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_a_convolutions_channels_are_not_the_ffn():
+    """The channels of a short convolution (a token mixer) are kept: `intermediate_size`
+    cuts the MLP alone, as a hand slice of its two projections."""
+    model, example = zoo.conv_mixer()
+    random_vectors(model)
+    parent = prepare(model, example)
+    layers = inspect(parent).to_dict()["layers"]
+    assert [x["intermediate_size"] for x in layers] == [24, 24]
+    child = apply(
+        parent, {"target": {"intermediate_size": 8}, "importance": "first", "rescale": "none"}
+    )
+    want = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for i in (0, 1):
+        m = f"layers.{i}."
+        want[m + "up.weight"], want[m + "up.bias"] = (
+            want[m + "up.weight"][:8],
+            want[m + "up.bias"][:8],
+        )
+        want[m + "down.weight"] = want[m + "down.weight"][:, :8]
+    reference = type(model)().eval()
+    for layer in reference.layers:
+        layer.up, layer.down = torch.nn.Linear(12, 8), torch.nn.Linear(8, 12)
+    reference.load_state_dict(want)
+    with torch.no_grad():
+        torch.testing.assert_close(child(*example), reference(*example), atol=1e-6, rtol=1e-6)
