@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from .emit import emit_graph, emit_hf, is_hf_model
 from .emit.decoder import emit_any_onnx, is_causal_lm
-from .errors import NotStreamable, PlanError, SurgeonError
+from .errors import NotStreamable, PlanError, SurgeonError, TraceError
 from .execute import rank, world_size
 from .frontends.load import load_tokenizer
 from .io.calibration import check_batches, resolve_calibration
@@ -258,6 +258,14 @@ def inspect_source(
 
     if calibration is None:
         model, inputs = load_model(source, weights=False)
+        try:
+            return inspect(model, inputs, frontend=frontend)
+        except TraceError as e:  # a forward that branches on its input values
+            if "data-dependent" not in str(e):
+                raise
+            if notice is not None:
+                notice(f"{type(model).__name__} branches on its input values: loading it")
+        model, inputs = load_model(source)
         return inspect(model, inputs, frontend=frontend)
     tokenizer = load_tokenizer(source)
     if is_folder(source) and frontend == "auto":

@@ -205,17 +205,39 @@ def prepare_folder(
     shards = Shards(folder)
     stored = load_names(model, shards.index)
     with overlay(rules):
-        graph = trace(model, example_inputs)
+        graph = _traced_on_meta(model, example_inputs)
         buffers = _computed_buffers(model, graph, stored)
         analysis = _checked(model, analyse(graph))
     return Parent(model, graph, analysis, shards, stored, folder, buffers)
 
 
+def _traced_on_meta(model: nn.Module, example_inputs: Any) -> Graph:
+    """The graph of a model whose weights are on the meta device; `NotStreamable` for a
+    forward that branches on its input values (LED's `if is_global_attn:`): which branch
+    the example takes shows only with real weights."""
+    try:
+        return trace(model, example_inputs)
+    except TraceError as e:
+        if "data-dependent" not in str(e):
+            raise
+        raise NotStreamable(
+            f"{type(model).__name__} branches on its input values, which tracing it without "
+            "its weights cannot follow"
+        ) from e
+
+
 def _computed_buffers(model: nn.Module, graph: Graph, stored: dict) -> dict[str, torch.Tensor]:
     """The buffers the files lack, from the model built again with its parameters on the
-    meta device and its buffers on the CPU (accelerate's `init_empty_weights`)."""
-    missing = [n for e in graph.params if e.kind != "parameter" for n in e.names]
-    missing = [n for n in missing if n not in stored]
+    meta device and its buffers on the CPU (accelerate's `init_empty_weights`); and the
+    parameters its class does not save (`_keys_to_ignore_on_save`: Marian's sinusoidal
+    positions), initialised as `from_pretrained` does, by the class's `_init_weights`."""
+    unsaved = getattr(model, "_keys_to_ignore_on_save", None) or []
+    missing = [
+        n
+        for e in graph.params
+        for n in e.names
+        if n not in stored and (e.kind != "parameter" or n in unsaved)
+    ]
     if not missing:
         return {}
     from accelerate import init_empty_weights
@@ -225,9 +247,15 @@ def _computed_buffers(model: nn.Module, graph: Graph, stored: dict) -> dict[str,
     out = {}
     for name in missing:
         try:
-            out[name] = tensor_of(skeleton, name)
+            tensor = tensor_of(skeleton, name)
         except AttributeError:
             continue
+        if tensor.device.type == "meta":  # a parameter: its owner built and initialised
+            owner = skeleton.get_submodule(name.rpartition(".")[0]).to_empty(device="cpu")
+            with torch.no_grad():
+                skeleton._init_weights(owner)
+            tensor = tensor_of(skeleton, name).detach()
+        out[name] = tensor
     return out
 
 

@@ -186,3 +186,21 @@ def test_in_place_ops_on_computed_values_become_out_of_place():
         layer = model.layers[i]
         want = (want + layer.lin(want)) * layer.scale
     torch.testing.assert_close(child(x), model.head(want))
+
+
+def test_inputs_are_derived_from_the_sub_configs_that_state_them():
+    """An image classifier of a two-tower model sizes its images in its vision config;
+    a model built of an encoder and a decoder config reads tokens both know; no derived
+    token is a special one (a pad among them changes what FSMT's forward computes)."""
+    import transformers as tf
+
+    clip, _ = zoo.build("clip")
+    classifier = tf.CLIPForImageClassification(clip.config)
+    assert synthetic_inputs(classifier).kwargs["pixel_values"].shape == (2, 3, 16, 16)
+    sizes = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, pad_token_id=0)
+    encoder = tf.BertConfig(vocab_size=40, intermediate_size=48, **sizes)
+    decoder = tf.BertConfig(vocab_size=30, is_decoder=True, add_cross_attention=True, **sizes)
+    config = tf.EncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    kwargs = synthetic_inputs(tf.EncoderDecoderModel(config)).kwargs
+    assert {"input_ids", "decoder_input_ids"} <= set(kwargs)
+    assert kwargs["input_ids"].max() < 30 and kwargs["input_ids"].min() > 0

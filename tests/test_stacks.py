@@ -120,14 +120,18 @@ def test_a_plan_for_stacks_that_cannot_be_is_refused_in_one_line(prepared, plan,
     assert "\n" not in str(e.value)
 
 
-def test_a_t5_folder_as_saved_with_the_cache_on_goes_through_the_cli(tmp_path):
-    """As every pretrained T5 checkpoint is: `use_cache` on, no inputs handed in. The CLI
+@pytest.mark.parametrize("name", ["t5", *zoo.ENC_DEC_FOLDERS])
+def test_an_encoder_decoder_folder_as_saved_with_the_cache_on_goes_through_the_cli(name, tmp_path):
+    """As every pretrained checkpoint is: `use_cache` on, no inputs handed in. The CLI
     derives the decoder's inputs itself, traces with the cache off in every config the
-    model holds (T5's decoder stack keeps a copy), and the permute-only child it writes
-    computes the parent's logits."""
+    model holds (T5's decoder stack keeps a copy), reads what the files lack as the class
+    computes it (Marian's sinusoidal positions, a parameter it does not save), loads a
+    parent whose forward branches on its input values (LED's), gives a decoder mask
+    (FSMT's forward would branch on pad tokens without one), and the permute-only child
+    it writes computes the parent's logits."""
     from tests.helpers import permuted_through_the_cli
 
-    model, example = zoo.build("t5")
+    model, example = zoo.build(name)
     model.config.use_cache = True
     child = permuted_through_the_cli(model, tmp_path)
     with torch.no_grad():

@@ -285,7 +285,9 @@ def _hf(name: str, device: str = "cpu"):
         return model, {"pixel_values": torch.randn(BATCH, 3, 16, 16, generator=g)}
     ids = _tokens()
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if name in ENC_DEC_NAMES:  # the decoder reads the same tokens, one step behind
+    if (
+        name in ENC_DEC_NAMES + ENC_DEC_FOLDERS
+    ):  # the decoder reads the same tokens, one step behind
         inputs["decoder_input_ids"] = torch.cat([torch.ones_like(ids[:, :1]), ids[:, :-1]], 1)
     return model, inputs
 
@@ -387,6 +389,7 @@ def _hybrid_configs():
 # token embedding is shared); T5's first layer of each stack computes the position bias
 # every later layer reads. Not in NAMES either: tests/test_stacks.py uses them.
 ENC_DEC_NAMES = ("t5", "bart")
+ENC_DEC_FOLDERS = ("marian", "led", "fsmt")  # through the CLI only (tests/test_stacks.py)
 
 
 def _enc_dec_configs():
@@ -415,6 +418,61 @@ def _enc_dec_configs():
                 d_model=64,
                 encoder_layers=3,
                 decoder_layers=3,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=96,
+                decoder_ffn_dim=96,
+                max_position_embeddings=64,
+                use_cache=False,
+                **special,
+            ),
+        ),
+        # sinusoidal positions stored as a parameter its class does not save
+        "marian": (
+            tf.MarianMTModel,
+            tf.MarianConfig(
+                vocab_size=VOCAB,
+                d_model=64,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=96,
+                decoder_ffn_dim=96,
+                max_position_embeddings=64,
+                use_cache=False,
+                **special,
+            ),
+        ),
+        # its forward branches on its input values (`if is_global_attn:`)
+        "led": (
+            tf.LEDForConditionalGeneration,
+            tf.LEDConfig(
+                vocab_size=VOCAB,
+                d_model=64,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=96,
+                decoder_ffn_dim=96,
+                max_encoder_position_embeddings=64,
+                max_decoder_position_embeddings=64,
+                attention_window=4,
+                use_cache=False,
+                **special,
+            ),
+        ),
+        # derives a decoder mask from pad tokens unless given one
+        "fsmt": (
+            tf.FSMTForConditionalGeneration,
+            tf.FSMTConfig(
+                langs=["en", "de"],
+                src_vocab_size=VOCAB,
+                tgt_vocab_size=VOCAB,
+                d_model=64,
+                encoder_layers=2,
+                decoder_layers=2,
                 encoder_attention_heads=4,
                 decoder_attention_heads=4,
                 encoder_ffn_dim=96,
@@ -520,7 +578,8 @@ def build(name: str, device: str = "cpu"):
     """
     if name == "nanogpt":
         return nanogpt(device)
-    known = NAMES + MOE_NAMES + MOE_SHAPES + HYBRID_NAMES + ENC_DEC_NAMES + STREAM_NAMES
+    known = NAMES + MOE_NAMES + MOE_SHAPES + HYBRID_NAMES + ENC_DEC_NAMES + ENC_DEC_FOLDERS
+    known += STREAM_NAMES
     if name not in known:
         raise KeyError(f"no zoo model {name!r}; known: {', '.join(known)}")
     return _hf(name, device)

@@ -22,6 +22,10 @@ def _forward_params(model: nn.Module) -> set[str]:
     return set(_inspect.signature(model.forward).parameters)
 
 
+_SPECIAL = ("pad", "bos", "eos", "decoder_start", "unk", "sep", "cls", "mask")
+_PARTS = ("encoder", "decoder")  # the sub-configs of a model built of two
+
+
 def synthetic_inputs(model: nn.Module, batch: int = 2, seq_len: int = 16) -> Inputs | None:
     """A small batch the model accepts, derived from its config; None if none can be derived.
 
@@ -37,13 +41,18 @@ def synthetic_inputs(model: nn.Module, batch: int = 2, seq_len: int = 16) -> Inp
     params = _forward_params(model)
     # a multimodal model's vocabulary is its text model's (text alone is a valid input)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    vocab = getattr(config, "vocab_size", None) or getattr(text, "vocab_size", None)
+    # an encoder-decoder built of two configs (EncoderDecoderModel): tokens both read
+    parts = [c for c in (config, text, *(getattr(config, k, None) for k in _PARTS)) if c]
+    vocab = min((v for c in parts if type(v := getattr(c, "vocab_size", None)) is int), default=0)
     if "input_ids" in params and vocab:
-        max_pos = getattr(config, "max_position_embeddings", None)
-        max_pos = max_pos or getattr(text, "max_position_embeddings", None) or seq_len
-        seq = max(2, min(seq_len, max_pos))
+        max_pos = [getattr(c, "max_position_embeddings", None) for c in parts]
+        seq = max(2, min([seq_len, *(p for p in max_pos if type(p) is int)]))
         g = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, vocab, (batch, seq), generator=g).to(device)
+        # ordinary tokens: a pad or end-of-sequence token among them changes the forward
+        # (masks derived from pads, checks on where sequences end)
+        special = {getattr(x, f"{k}_token_id", None) for x in (config, text) for k in _SPECIAL}
+        ordinary = torch.tensor([i for i in range(vocab) if i not in special] or [0])
+        ids = ordinary[torch.randint(0, len(ordinary), (batch, seq), generator=g)].to(device)
         kwargs = {"input_ids": ids}
         if "attention_mask" in params:
             kwargs["attention_mask"] = torch.ones_like(ids)
@@ -51,15 +60,20 @@ def synthetic_inputs(model: nn.Module, batch: int = 2, seq_len: int = 16) -> Inp
             # the decoder reads the same tokens one step behind, after its start token
             # (T5's forward needs them; BART's would shift input_ids itself)
             start = getattr(config, "decoder_start_token_id", None)
-            start = start if isinstance(start, int) else (config.pad_token_id or 0)
+            start = start if isinstance(start, int) else (getattr(config, "pad_token_id", 0) or 0)
             kwargs["decoder_input_ids"] = torch.cat(
                 [torch.full_like(ids[:, :1], start), ids[:, :-1]], 1
             )
+            if "decoder_attention_mask" in params:  # else FSMT derives it from pad tokens
+                kwargs["decoder_attention_mask"] = torch.ones_like(ids)
         return Inputs((), kwargs)
-    if "pixel_values" in params and getattr(config, "image_size", None):
-        size = config.image_size
+    # an image classifier of a two-tower model (CLIP's) sizes its images in its vision config
+    vision = next((c for c in (config, getattr(config, "vision_config", None))
+                   if getattr(c, "image_size", None)), None)  # fmt: skip
+    if "pixel_values" in params and vision is not None:
+        size = vision.image_size
         size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        channels = getattr(config, "num_channels", 3)
+        channels = getattr(vision, "num_channels", 3)
         g = torch.Generator().manual_seed(0)
         pixels = torch.randn(batch, channels, *size, generator=g).to(device)
         return Inputs((), {"pixel_values": pixels})
