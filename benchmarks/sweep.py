@@ -8,7 +8,9 @@ images), and put through six checks, in order:
     inspect   the analysis finds the config's number of layers and hidden size
     permute   importance-only plan: the child computes the parent's output (atol 1e-4)
     shrink    half the layers, hidden size, FFN and heads: the child runs, a copy of it
-              trains one step, and the parent is unchanged
+              trains one step, the parent is unchanged, and the child analysed afresh
+              has the plan's sizes (layers per stack, widths, FFN by role, heads,
+              experts), which its config states
     hf        the child's save_pretrained + from_pretrained computes the same output (the
               child as surgeon made it: a trained PixioBackbone loses the difference
               between its two layer norms on save, a transformers matter)
@@ -552,6 +554,35 @@ def size_gaps(report: dict, config) -> list[str]:
     return out
 
 
+def plan_gaps(report: dict, plan: dict) -> list[str]:
+    """Where a child's analysis (`report`) differs from the plan it was made with: layers
+    per stack, each stack's residual width, and per layer each FFN role's width, heads,
+    KV heads and experts (a size the layer has and the plan names; heads a hybrid keeps
+    aside)."""
+    from surgeon.analysis import FFN_ROLES
+
+    target, stacks = plan["target"], plan.get("stacks", {})
+    out = []
+    for stack, sizes in report["stack_sizes"].items():
+        want = {**target, **stacks.get(stack, {})}
+        if "num_layers" in want and sizes["num_layers"] != want["num_layers"]:
+            out.append(f"{stack}: {sizes['num_layers']} layers, planned {want['num_layers']}")
+        if "hidden_size" in want and sizes["hidden_size"] != want["hidden_size"]:
+            out.append(f"{stack}: hidden {sizes['hidden_size']}, planned {want['hidden_size']}")
+    dense = any(x.get(FFN_ROLES[0]) for x in report["layers"])
+    for x in report["layers"]:
+        want = {**target, **stacks.get(x["stack"], {})}
+        if not dense and FFN_ROLES[0] in want:  # every role the plan gives no width
+            want = {**{r: want[FFN_ROLES[0]] for r in FFN_ROLES}, **want}
+        keys = [*FFN_ROLES, "num_experts"]
+        if "heads_kept" not in x:
+            keys += ["num_heads", "num_kv_heads"]
+        for key in keys:
+            if x.get(key) and key in want and x[key] != want[key]:
+                out.append(f"{x['name']}: {key} {x[key]}, planned {want[key]}")
+    return out[:3]
+
+
 def _sizes(plan: dict) -> list[str]:
     """The sizes a plan cuts, `stack/size` for a stack's own."""
     own = [f"{st}/{k}" for st, sizes in plan.get("stacks", {}).items() for k in sizes]
@@ -702,6 +733,13 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
         _train_step(copy.deepcopy(child), inputs)  # the checks below see the child as made
         if fingerprint(model) != state["print"]:
             raise Wrong("the parent changed")
+        # the child as analysed afresh: its sizes are the plan's, its config states them
+        seen = surgeon.inspect(surgeon.prepare(child, inputs)).to_dict()
+        gaps = plan_gaps(seen, plan)
+        if not size_gaps(state["report"], model.config):  # the parent's config agrees
+            gaps += [f"its config: {g}" for g in size_gaps(seen, child.config)]
+        if gaps:
+            raise Wrong(f"the child is not the plan's: {'; '.join(gaps)}")
         state["plan"] = plan
         return json.dumps({**plan["target"], **plan.get("stacks", {})})
 
