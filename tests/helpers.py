@@ -10,7 +10,7 @@ import torch
 
 from surgeon.frontends import output_tensors
 
-__all__ = ["GQA", "fingerprint", "out", "random_vectors", "shrink_plan", "train"]
+__all__ = ["GQA", "fingerprint", "out", "shrink_plan", "train"]
 
 GQA = {"llama", "qwen2", "qwen3", "mistral", "phi3", "phi", "gemma", "gemma2"}
 
@@ -22,18 +22,6 @@ def fingerprint(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def random_vectors(model: torch.nn.Module, seed: int = 3) -> torch.nn.Module:
-    """Give every 1-D parameter (biases, norm weights, score corrections) distinct random
-    values (around 1 for norms), so a wrong slice or permutation of them shows: an init of
-    zeros and ones hides it."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, p in model.named_parameters():
-            if p.dim() == 1:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g) + (1 if "norm" in key else 0))
-    return model
 
 
 def shrink_plan(name: str) -> dict:

@@ -92,8 +92,11 @@ def test_every_group_is_verified_by_permutation(analysed):
         assert new, group
         out = _run(graph, _with_aliases(graph, new))
         torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5, msg=str(group))
+        noise = (out - reference).abs().max().item()
         # The same permutation on one member alone (the largest tensor axis that the group
-        # indexes once: q|k fused in one axis is both sides of a coupling) breaks the model.
+        # indexes once: q|k fused in one axis is both sides of a coupling) breaks the model:
+        # ten times beyond the whole permutation's rounding (and 1e-6)
+        # (a tiny random model's attention is near uniform, so q or k alone moves little).
         once = [
             m
             for m in group.members
@@ -104,7 +107,7 @@ def test_every_group_is_verified_by_permutation(analysed):
         member = max(once, key=lambda m: graph.params[m[0]].numel)
         one = permuted_tensors(analysis, {group.id: perm}, only={member})
         broken = _run(graph, _with_aliases(graph, one))
-        assert (broken - reference).abs().max() > 1e-4, (name, group.id, member)
+        assert (broken - reference).abs().max() > max(1e-6, 10 * noise), (name, group.id, member)
         broken_by_one += 1
     assert broken_by_one >= 0.6 * len(free)
 

@@ -129,3 +129,27 @@ def test_a_multimodal_folder_goes_through_the_cli_on_text_it_derives(tmp_path):
     with torch.no_grad():
         want, got = model(input_ids=ids).logits, child(input_ids=ids).logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_the_same_parent_and_plan_write_byte_identical_folders(tmp_path):
+    """Two `surgeon apply` runs on one folder and plan: every file the same, byte for byte
+    (weights, config, ONNX), except surgeon.json, whose timing differs."""
+    import hashlib
+
+    from tests import zoo
+
+    model, _ = zoo.build("llama")
+    model.save_pretrained(tmp_path / "parent")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("target: {num_layers: 2, hidden_size: 32, intermediate_size: 48}\n")
+    digests = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        argv = ["apply", "--model", str(tmp_path / "parent"), "--plan", str(plan)]
+        assert main([*argv, "--out", str(out), "--onnx"]) == 0
+        files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "surgeon.json")
+        digests.append(
+            {p.relative_to(out): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+        )
+    assert any(str(name).endswith(".onnx") for name in digests[0])
+    assert digests[0] == digests[1]

@@ -24,10 +24,6 @@ class _Chars:
         return {"input_ids": [ord(c) % zoo.VOCAB for c in text]}
 
 
-def test_there_are_at_least_four_examples():
-    assert len(EXAMPLES) >= 4
-
-
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_plan_builds_a_child_that_runs(path):
     model, example = zoo.build("llama")

@@ -92,7 +92,8 @@ OTHERS = [e for e in range(EXPERTS) if e not in IMPORTANT]
 
 def _rigged_mixtral(rig: str):
     """A Mixtral whose experts IMPORTANT matter by construction. `routed`: the router sends
-    tokens only to them (its rows for the others are zero, theirs large) while the others
+    tokens only to them (its rows for the others are zero; theirs large, in opposite
+    pairs, so two of them score above zero for any token) while the others
     have the larger weights, so routing and weight magnitude disagree. `output`: every
     expert is routed as the random router likes, but the others' outputs are 100x
     smaller (their down projections scaled down)."""
@@ -100,9 +101,11 @@ def _rigged_mixtral(rig: str):
     with torch.no_grad():
         for layer in model.model.layers:
             experts = layer.mlp.experts
-            if rig == "routed":
-                layer.mlp.gate.weight[OTHERS] = 0
-                layer.mlp.gate.weight[IMPORTANT] *= 50
+            if rig == "routed":  # rows +u, -u, +v, -v: every token has two positive
+                gate = layer.mlp.gate.weight  # logits among them, the others' are 0
+                u, v = gate[IMPORTANT[0]].clone(), gate[IMPORTANT[1]].clone()
+                gate[OTHERS] = 0
+                gate[IMPORTANT] = 50 * torch.stack([u, -u, v, -v])
                 experts.gate_up_proj[OTHERS] *= 10
                 experts.down_proj[OTHERS] *= 10
             else:

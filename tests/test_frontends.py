@@ -23,25 +23,6 @@ EXPECTED_TIES = {
 FRONTEND = {"nanogpt": "fx"}
 
 
-def test_zoo_has_the_issue_models():
-    assert len(zoo.NAMES) >= 13
-    assert {
-        "nanogpt",
-        "gpt2",
-        "llama",
-        "qwen2",
-        "mistral",
-        "phi3",
-        "phi",
-        "gemma",
-        "gemma2",
-        "gpt_neox",
-        "opt",
-        "bert",
-        "vit",
-    } <= set(zoo.NAMES)
-
-
 @pytest.mark.parametrize("name", zoo.NAMES)
 def test_trace_reproduces_eager(prepared, name):
     p = prepared(name)

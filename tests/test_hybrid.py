@@ -9,7 +9,6 @@ import torch
 
 from surgeon import apply, inspect, prepare
 from tests import zoo
-from tests.helpers import random_vectors
 
 
 def _logits(model, example):
@@ -18,8 +17,7 @@ def _logits(model, example):
 
 
 def test_heads_cut_the_configs_attention_and_keep_the_linear_attentions():
-    model, example = zoo.build("qwen3_5_text")
-    random_vectors(model)
+    model, example = zoo.build("qwen3_5_text")  # its biases and norms random
     parent = prepare(model, example)
     kept = [x["name"] for x in inspect(parent).to_dict()["layers"] if "heads_kept" in x]
     assert kept == ["model.layers.0", "model.layers.2"]  # the linear-attention layers
@@ -54,7 +52,6 @@ def test_a_convolutions_channels_are_not_the_ffn():
     """The channels of a short convolution (a token mixer) are kept: `intermediate_size`
     cuts the MLP alone, as a hand slice of its two projections."""
     model, example = zoo.conv_mixer()
-    random_vectors(model)
     parent = prepare(model, example)
     layers = inspect(parent).to_dict()["layers"]
     assert [x["intermediate_size"] for x in layers] == [24, 24]

@@ -12,9 +12,8 @@ import surgeon.pipeline
 from surgeon import PlanError
 from surgeon.api import subclone
 from surgeon.emit import emit_graph, emit_hf
-from surgeon.passes import ORDER, PASSES, Depth, Permute, Rescale, Score, Slice
+from surgeon.passes import PASSES, Depth, Permute, Rescale, Score, Slice
 from surgeon.pipeline import decide, resolve
-from surgeon.plan import PASS_ORDER
 from tests import zoo
 from tests.helpers import fingerprint, shrink_plan
 
@@ -46,11 +45,6 @@ def test_a_prepared_parent_serves_many_plans_with_one_trace(monkeypatch):
 def test_inspect_reads_a_prepared_parent(prepared):
     p = prepared("llama")
     assert surgeon.inspect(p.parent).to_dict() == surgeon.inspect(p.model, p.example).to_dict()
-
-
-def test_the_registry_lists_every_pass_in_the_plans_order():
-    assert ORDER == PASS_ORDER == ("score", "depth", "permute", "slice", "rescale")
-    assert [PASSES[n].name for n in ORDER] == list(ORDER)
 
 
 def test_short_and_long_forms_resolve_to_the_same_passes():

@@ -576,13 +576,28 @@ def build(name: str, device: str = "cpu"):
     `device="meta"` builds the same architecture with no weights in memory (the inputs
     stay on the CPU: tracing moves them where the model is).
     """
-    if name == "nanogpt":
-        return nanogpt(device)
     known = NAMES + MOE_NAMES + MOE_SHAPES + HYBRID_NAMES + ENC_DEC_NAMES + ENC_DEC_FOLDERS
     known += STREAM_NAMES
     if name not in known:
         raise KeyError(f"no zoo model {name!r}; known: {', '.join(known)}")
-    return _hf(name, device)
+    model, inputs = nanogpt(device) if name == "nanogpt" else _hf(name, device)
+    return like_trained(model), inputs
+
+
+def like_trained(model: nn.Module, seed: int = SEED + 2) -> nn.Module:
+    """Give every 1-D parameter (biases, norm weights and biases, scales, score
+    corrections) distinct random values, around 1 for a norm's weights, as a trained
+    model has them: an init of zeros and ones hides a wrong permutation or slice of them
+    (a child that never permutes its biases still computes the parent's output)."""
+    if any(p.device.type == "meta" for p in model.parameters()):
+        return model
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if p.dim() == 1:
+                ones = bool((p == 1).all()) and "norm" in key.lower()
+                p.copy_(0.1 * torch.randn(p.shape, generator=g) + (1 if ones else 0))
+    return model
 
 
 def save_letter_tokenizer(folder) -> None:
