@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .analysis import FFN_ROLES
-from .errors import PlanError
+from .errors import PlanError, first_line
 from .passes.state import SurgeryState
 
 __all__ = [
@@ -442,8 +442,17 @@ def config_error(parent: nn.Module, wrong: dict, shape: ChildShape | None = None
 def fit_config(parent: nn.Module, shape: ChildShape):
     """The child config, and the tensors whose shape it still gets wrong: name -> (shape
     the config gives, shape the child needs)."""
-    config = child_config(parent, shape)
-    wrong = _mismatches(parent, config, shape)
+    try:
+        config = child_config(parent, shape)
+        wrong = _mismatches(parent, config, shape)
+    except PlanError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the config or the class refuses these sizes
+        raise PlanError(
+            f"{type(parent).__name__} cannot be built with this child's sizes "
+            f"({first_line(e, 160)}): choose sizes its config accepts (hidden_size a "
+            "multiple of num_heads, widths of at least a few units)"
+        ) from e
     if wrong:
         config, wrong = _fit_sub_configs(parent, config, wrong, shape)
     if wrong:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..errors import InvariantError, first_line
+from ..errors import InvariantError, PlanError, first_line
 from ..fit import config_value
 from ..frontends import output_tensors
 from ..passes.state import SurgeryState
@@ -234,7 +234,15 @@ def _check_same(
             f"the child graph fails on the traced inputs ({first_line(e, 160)}): please "
             "report this model"
         ) from e
-    want, got = _same_fields(raw, inputs.call(model))
+    try:
+        rebuilt = inputs.call(model)
+    except Exception as e:  # noqa: BLE001 - the class's own kernels refuse these sizes
+        raise PlanError(
+            f"{type(model).__name__} cannot run this child in its own forward "
+            f"({first_line(e, 160)}): choose other sizes (a multiple of 8 for each width "
+            "runs on every kernel)"
+        ) from e
+    want, got = _same_fields(raw, rebuilt)
     _compare(model, want, got, "the traced inputs", other_kernels=False)
     want = output_tensors(raw)
     ids = inputs.kwargs.get("input_ids")
