@@ -232,19 +232,37 @@ def _per_layer_lists(fields: dict, key: str) -> list[str]:
     ]
 
 
-def stated_heads(model: nn.Module) -> dict[str, int]:
-    """The head counts and head_dim the model's config (its text model's) states, by the
-    plan's names: `num_heads` from `num_attention_heads`, ..."""
+def config_heads(model: nn.Module, layers: list) -> set[int] | None:
+    """The layers (indices into `layers`, the analysis's) whose attention tensors the
+    config sizes by its head count: the model's class built on the meta device with that
+    count (`num_attention_heads`, or its alias, of its text config) doubled, or halved,
+    and each layer's tensors compared with the parent's. None where there is no such
+    count or no class built with another."""
     config = getattr(model, "config", None)
-    if config is None:
-        return {}
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    out = {}
-    for key in ("num_heads", "num_kv_heads", "head_dim"):
-        value = next((v for f in CONFIG_FIELDS[key] if type(v := config_value(text, f)) is int), 0)
-        if value:
-            out[key] = value
-    return out
+    field = next((f for f in CONFIG_FIELDS["num_heads"] if type(config_value(text, f)) is int), 0)
+    if not field or not layers:
+        return None
+    n = config_value(text, field)
+    for count in (2 * n, n // 2):
+        trial = copy.deepcopy(config)
+        t = trial.get_text_config() if hasattr(trial, "get_text_config") else trial
+        try:
+            setattr(t, field, count)
+            with torch.device("meta"):
+                built = type(model)(reloaded(trial)).state_dict()
+        except Exception:  # noqa: BLE001 - the class refuses this count: try another
+            continue
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        changed = {k for k, v in built.items() if k in shapes and tuple(v.shape) != shapes[k]}
+        return {
+            i
+            for i, layer in enumerate(layers)
+            if any(
+                k.startswith(f"{part}.") for k in changed for part in layer.parts or [layer.name]
+            )
+        }
+    return None
 
 
 def config_value(config: Any, field: str) -> Any:

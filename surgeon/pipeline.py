@@ -28,7 +28,7 @@ from .analysis.registry import overlay
 from .emit.hf import is_hf_model
 from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError, TraceError
 from .execute import Runner, check_device
-from .fit import ChildShape, config_error, fit_config, stated_heads
+from .fit import ChildShape, config_error, config_heads, fit_config
 from .frontends import Graph, tensor_of, trace
 from .io.shards import Shards
 from .passes import PASSES, Pass, SurgeryState
@@ -167,7 +167,10 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
         # ALBERT: one layer, every weight applied 12 times; a norm that two parallel
         # blocks read (x + attn(norm x) + mlp(norm x)) is read twice, its layer once
         layer.applied = min(seen.values(), default=1)
-    analysis.stated = stated_heads(model)
+    stacks = {x.stack for x in analysis.layers if x.heads}
+    shapes = {(x.stack, x.num_heads, x.head_dim) for x in analysis.layers if x.heads}
+    if len(shapes) > len(stacks) and is_hf_model(model):  # attention of several shapes
+        analysis.config_heads = config_heads(model, analysis.layers)
     for stack in analysis.stacks:
         try:
             modules = model.get_submodule(stack)

@@ -120,14 +120,6 @@ class LayerInfo:
         return self.name.rpartition(".")[0]
 
 
-def _head_shape(layer: LayerInfo) -> dict[str, int]:
-    return {
-        "num_heads": layer.num_heads,
-        "num_kv_heads": layer.num_kv_heads,
-        "head_dim": layer.head_dim,
-    }
-
-
 @dataclass
 class Analysis:
     """What `analyse` found in one traced graph, and all the passes read of it: the axes
@@ -148,26 +140,26 @@ class Analysis:
     # axes with one position per layer of a stack, each read by its layer alone (per-layer
     # inputs cut from one projection): group -> {position: parent layer}; cut with depth
     per_layer: dict[int, dict[int, int]] = field(default_factory=dict)
-    # the head counts the model's config states (num_heads, num_kv_heads, head_dim: what
-    # its `num_attention_heads`, ... say), where it has one; see `cuts_heads`
-    stated: dict[str, int] = field(default_factory=dict)
+    # the layers whose heads the model's config sizes by its head count
+    # (`num_attention_heads`, ...), found by building its class with another count; None:
+    # no config to ask (see `cuts_heads`)
+    config_heads: set[int] | None = None
 
     def cuts_heads(self, layer: LayerInfo) -> bool:
         """Whether a heads target (`num_heads`, `num_kv_heads`) cuts this layer's heads.
         Where the layers of a stack hold attention of several shapes (a hybrid's linear
-        attention beside softmax attention), it cuts those whose shape the config states
-        (`num_attention_heads`, ...; its other kind has config fields of its own) and the
-        others keep their heads."""
+        attention beside softmax attention), it cuts those whose heads the config sizes
+        by its head count; the others (linear attention, sized by config fields of its
+        own) keep their heads. Where none of them follows it, or there is no config to
+        ask, it cuts them all."""
         if not layer.heads:
             return False
-        mine = [x for x in self.layers if x.stack == layer.stack and x.heads]
-        if len({tuple(_head_shape(x).values()) for x in mine}) < 2:
+        mine = [i for i, x in enumerate(self.layers) if x.stack == layer.stack and x.heads]
+        shapes = {(self.layers[i].num_heads, self.layers[i].head_dim) for i in mine}
+        follow = [i for i in mine if i in (self.config_heads or ())]
+        if len(shapes) < 2 or not follow:
             return True
-        stated = mine
-        for key in ("num_heads", "num_kv_heads", "head_dim"):  # narrowed while some match
-            match = [x for x in stated if _head_shape(x)[key] == self.stated.get(key)]
-            stated = match or stated
-        return stated is mine or layer in stated
+        return self.layers.index(layer) in follow
 
     @property
     def atoms(self) -> Atoms:
