@@ -584,14 +584,19 @@ def config_gaps(parent_config, child_config, report: dict, plan: dict) -> list[s
     return out
 
 
-def plan_gaps(report: dict, plan: dict) -> list[str]:
+def plan_gaps(report: dict, plan: dict, parent: dict | None = None) -> list[str]:
     """Where a child's analysis (`report`) differs from the plan it was made with: layers
     per stack, each stack's residual width, and per layer each FFN role's width, heads,
     KV heads and experts (a size the layer has and the plan names; heads a hybrid keeps
-    aside)."""
+    aside: where the `parent` report has such, the heads of child layers whose head_dim
+    is not one of the cut attention's, which a child without that attention no longer
+    tells apart)."""
     from surgeon.analysis import FFN_ROLES
 
     target, stacks = plan["target"], plan.get("stacks", {})
+    cut = [x for x in (parent or {}).get("layers", []) if x.get("num_heads")]
+    dims = {x["head_dim"] for x in cut if "heads_kept" not in x}
+    hybrid = any("heads_kept" in x for x in cut)
     out = []
     for stack, sizes in report["stack_sizes"].items():
         want = {**target, **stacks.get(stack, {})}
@@ -605,7 +610,7 @@ def plan_gaps(report: dict, plan: dict) -> list[str]:
         if not dense and FFN_ROLES[0] in want:  # every role the plan gives no width
             want = {**{r: want[FFN_ROLES[0]] for r in FFN_ROLES}, **want}
         keys = [*FFN_ROLES, "num_experts"]
-        if "heads_kept" not in x:
+        if "heads_kept" not in x and (not hybrid or x.get("head_dim") in dims):
             keys += ["num_heads", "num_kv_heads"]
         for key in keys:
             if x.get(key) and key in want and x[key] != want[key]:
@@ -769,7 +774,7 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
         gaps = config_gaps(model.config, child.config, state["report"], plan)
         if not size_gaps(state["report"], model.config):
             seen = surgeon.inspect(surgeon.prepare(child, inputs)).to_dict()
-            gaps += plan_gaps(seen, plan)
+            gaps += plan_gaps(seen, plan, state["report"])
         if gaps:
             raise Wrong(f"the child is not the plan's: {'; '.join(gaps)}")
         state["plan"] = plan
