@@ -559,8 +559,8 @@ def size_gaps(report: dict, config) -> list[str]:
 
 def config_gaps(parent_config, child_config, report: dict, plan: dict) -> list[str]:
     """Where the child's config does not state a size the plan cut: for each size of the
-    target, the config field that states the parent's size (as the analysis finds it)
-    must hold the planned one in the child's config."""
+    target, one of the config fields that state the parent's size (as the analysis finds
+    it) must hold the planned one in the child's config."""
     from surgeon.analysis import FFN_ROLES
     from surgeon.fit import CONFIG_FIELDS, config_value
 
@@ -576,11 +576,14 @@ def config_gaps(parent_config, child_config, report: dict, plan: dict) -> list[s
         if len(values) == 1:
             had[key] = values.pop()
     out = []
+    parent, child = text(parent_config), text(child_config)
     for key, want in plan["target"].items():
-        fields = [f for f in CONFIG_FIELDS.get(key, ()) if key in had]
-        field = next((f for f in fields if config_value(text(parent_config), f) == had[key]), 0)
-        if field and config_value(text(child_config), field) != want:
-            out.append(f"config {field} {config_value(text(child_config), field)}, planned {want}")
+        fields = list(CONFIG_FIELDS.get(key, ())) if key in had else []
+        if key == "num_layers":  # a stack's own count (WhisperForCausalLM's decoder_layers)
+            fields += [f for f in parent.to_dict() if f.endswith("_layers")]
+        stating = [f for f in fields if config_value(parent, f) == had.get(key)]
+        if stating and all(config_value(child, f) != want for f in stating):
+            out.append(f"config {stating[0]} {config_value(child, stating[0])}, planned {want}")
     return out
 
 
