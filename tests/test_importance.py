@@ -175,3 +175,22 @@ def test_mean_abs_profile_reads_every_axis_in_one_pass():
             want = t.double().abs().mean(dim=others) if others else t.double().abs()
             want = want.nan_to_num(0.0)  # an empty tensor: zeros
             torch.testing.assert_close(profile[axis], want, rtol=1e-5, atol=1e-7)
+
+
+def test_the_slice_keeps_the_positions_its_scores_rank_highest(prepared):
+    """Every cut group that was scored keeps exactly its k highest-scored positions (the
+    scores as the score pass wrote them; the slice's rule, not the scores, is tested)."""
+    from surgeon.pipeline import decide, resolve
+
+    p = prepared("llama")
+    plan = {"target": {"intermediate_size": 40, "num_heads": 2, "num_kv_heads": 1}}
+    state = decide(p.parent, resolve({**plan, "importance": "weight"})).state
+    checked = 0
+    for group, k in state.keep.items():
+        scores = state.scores.get(group)
+        if scores is None or len(set(scores.tolist())) < len(scores):
+            continue  # unscored, or ties: any of the tied may be kept
+        best = set(torch.topk(scores, k).indices.tolist())
+        assert set(state.select[group].tolist()) == best, group
+        checked += 1
+    assert checked >= 3  # each layer's FFN at least
