@@ -66,7 +66,7 @@ def test_a_convolutions_channels_are_not_the_ffn():
             want[m + "up.bias"][:8],
         )
         want[m + "down.weight"] = want[m + "down.weight"][:, :8]
-    reference = type(model)().eval()
+    reference, _ = zoo.conv_mixer()
     for layer in reference.layers:
         layer.up, layer.down = torch.nn.Linear(12, 8), torch.nn.Linear(8, 12)
     reference.load_state_dict(want)

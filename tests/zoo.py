@@ -836,13 +836,13 @@ class _ScaledLayer(nn.Module):
         return x
 
 
-class _ScaledLayers(nn.Module):
-    """Residual layers that end in an in-place scale of their output
-    (`hidden_states *= self.layer_scalar`, EmbeddingGemma's)."""
+class _Layers(nn.Module):
+    """Residual layers of width 12 in a numbered list, then a head of 5 outputs: the toys
+    below differ only in their layers."""
 
-    def __init__(self):
+    def __init__(self, layers):
         super().__init__()
-        self.layers = nn.ModuleList(_ScaledLayer(2.0 + i) for i in range(3))
+        self.layers = nn.ModuleList(layers)
         self.head = nn.Linear(12, 5)
 
     def forward(self, x):
@@ -851,11 +851,18 @@ class _ScaledLayers(nn.Module):
         return self.head(x)
 
 
-def scaled_layers():
+def _toy(make_layers, seq: int = 3):
+    """A `_Layers` toy (its layers made after seeding) and an input of (2, seq, 12)."""
     torch.manual_seed(SEED)
-    return _ScaledLayers().eval(), (
-        torch.randn(2, 3, 12, generator=torch.Generator().manual_seed(SEED)),
+    return _Layers(make_layers()).eval(), (
+        torch.randn(2, seq, 12, generator=torch.Generator().manual_seed(SEED)),
     )
+
+
+def scaled_layers():
+    """Residual layers that end in an in-place scale of their output
+    (`hidden_states *= self.layer_scalar`, EmbeddingGemma's)."""
+    return _toy(lambda: [_ScaledLayer(2.0 + i) for i in range(3)])
 
 
 class _ElementwiseNorm(nn.Module):
@@ -910,23 +917,8 @@ class _GatedSkipLayer(nn.Module):
         return torch.sigmoid(self.gate) * x + self.lin(x).relu()
 
 
-class _GatedSkips(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layers = nn.ModuleList(_GatedSkipLayer() for _ in range(3))
-        self.head = nn.Linear(12, 5)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return self.head(x)
-
-
 def gated_skips():
-    torch.manual_seed(SEED)
-    return _GatedSkips().eval(), (
-        torch.randn(2, 3, 12, generator=torch.Generator().manual_seed(SEED)),
-    )
+    return _toy(lambda: [_GatedSkipLayer() for _ in range(3)])
 
 
 class _Branches(nn.Module):
@@ -1151,21 +1143,6 @@ class _ConvMixerLayer(nn.Module):
         return x + self.down(torch.relu(self.up(x)))
 
 
-class _ConvMixer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layers = nn.ModuleList(_ConvMixerLayer() for _ in range(2))
-        self.head = nn.Linear(12, 5)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return self.head(x)
-
-
 def conv_mixer():
     """Layers whose token mixer is a convolution: its channels are not the FFN."""
-    torch.manual_seed(SEED)
-    return _ConvMixer().eval(), (
-        torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(SEED)),
-    )
+    return _toy(lambda: [_ConvMixerLayer() for _ in range(2)], seq=5)
