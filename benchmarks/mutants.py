@@ -72,6 +72,23 @@ MUTANTS = {
         "            state.layers = [min(i + 1, n_ - 1) for i in state.layers]",
         "depth keeps the layer after the chosen one",
     ),
+    "kv-groups-split": (
+        "surgeon/analysis/atoms.py",
+        "            index = index.unsqueeze(-1) * self.size[self.find(p)] + m",
+        "            index = index.unsqueeze(-1) * len(m) + m",
+        "a product axis strides by the kept count, not the parent's: the query heads kept "
+        "straddle the key/value groups",
+    ),
+    "tied-cut-twice": (
+        "surgeon/emit/graph.py",
+        "        _assign(root, name, done[canonical])",
+        "        if name != canonical and canonical in done:  # the tied name: cut once more\n"
+        "            done[canonical] = _child_tensor(\n"
+        "                state, root, canonical, dims.tensors.get(canonical), None\n"
+        "            )\n"
+        "        _assign(root, name, done[canonical])",
+        "a tensor tied to another name is cut again, from the child's copy",
+    ),
     "config-field-left": (
         "surgeon/fit.py",
         "        for field in exact:  # the fields that state the parent's size\n"

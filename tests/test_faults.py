@@ -8,9 +8,12 @@ tests may run as root): the unwritable case is an `--out` under a path that is a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
+import os
+import random
 import re
 import resource
 import shutil
@@ -574,6 +577,123 @@ def test_sigterm_and_sigkill_mid_write(parent, tmp_path, capsys):
     assert main(argv) == 0  # the next run cleans it
     assert "left by a run that was killed" in capsys.readouterr().err
     assert _left(tmp_path, "killed") == ["killed"] and _hashes(parent) == before
+
+
+KILLER = """
+import os, pathlib, signal, sys
+import surgeon.io.output as output
+step, at = 0, sys.argv[1]  # `write:N` (the N-th write into the staged folder), or a rename
+def kill(here):
+    if here == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+real_open, real_exchange = pathlib.Path.open, output._exchange
+def counted_open(path, mode="r", *args, **kwargs):
+    f = real_open(path, mode, *args, **kwargs)
+    if "w" in mode and ".partial-" in str(path):
+        write = f.write
+        def counted(data):
+            global step
+            step += 1
+            kill(f"write:{step}")
+            return write(data)
+        f.write = counted
+    return f
+def exchange(a, b):
+    kill("before the swap")
+    swapped = real_exchange(a, b)
+    kill("after the swap")
+    return swapped
+pathlib.Path.open, output._exchange = counted_open, exchange
+from surgeon.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigkill_at_random_points_over_an_existing_child(parent, tmp_path):
+    """`--force` runs killed outright at seeded-random points (a write into the staged
+    folder, before or after the swap into place): every one leaves the parent as it was
+    and its output folder whole (the old child or the new one, nothing in between), and
+    the next run cleans up and finishes."""
+    before = _hashes(parent)
+    assert (
+        main(
+            _apply(parent, tmp_path, "target: {hidden_size: 48}\n", "--out", str(tmp_path / "old"))
+        )
+        == 0
+    )
+    assert main(_apply(parent, tmp_path, PLAN, "--out", str(tmp_path / "new"))) == 0
+    whole = {"old": _model(tmp_path / "old"), "new": _model(tmp_path / "new")}
+    rng = random.Random(0)
+    points = [f"write:{rng.randint(1, 12)}", f"write:{rng.randint(1, 12)}"]
+    points += ["before the swap", "after the swap"]
+    runs = []
+    for i, point in enumerate(points):
+        shutil.copytree(tmp_path / "old", tmp_path / f"out{i}")
+        argv = _apply(parent, tmp_path, PLAN, "--out", str(tmp_path / f"out{i}"), "--force")
+        command = [sys.executable, "-c", KILLER, point, *argv]
+        runs.append(subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True))
+    for i, (point, proc) in enumerate(zip(points, runs, strict=True)):
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, (point, err)
+        expect = "new" if point == "after the swap" else "old"
+        assert _model(tmp_path / f"out{i}") == whole[expect], point
+        assert (
+            main(_apply(parent, tmp_path, PLAN, "--out", str(tmp_path / f"out{i}"), "--force")) == 0
+        )
+        assert _left(tmp_path, f"out{i}") == [f"out{i}"]
+        assert _model(tmp_path / f"out{i}") == whole["new"]
+    assert _hashes(parent) == before
+
+
+def _model(folder: Path) -> dict[str, str]:
+    """The hashes of a child's files but its record (`surgeon.json` names its paths)."""
+    return {k: v for k, v in _hashes(folder).items() if k != "surgeon.json"}
+
+
+def _full_disk(folder: Path, free: int):
+    """`Path.open` for files written in `folder`: their writes fail with ENOSPC once
+    `free` bytes are written in all (a disk that fills up mid-write)."""
+    real, left = Path.open, [free]
+
+    def open_(path, mode="r", *args, **kwargs):
+        f = real(path, mode, *args, **kwargs)
+        if "w" not in mode or not str(Path(path).resolve()).startswith(str(folder)):
+            return f
+        write = f.write
+
+        def write_until_full(data):
+            n = len(data.encode()) if isinstance(data, str) else memoryview(data).nbytes
+            if n > left[0]:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            left[0] -= n
+            return write(data)
+
+        f.write = write_until_full
+        return f
+
+    return open_
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_full_disk_mid_write(parent, tmp_path, capsys, monkeypatch, force):
+    """ENOSPC while the weights are written: one line, no partial folder, the parent
+    and an existing child (`--force`) as they were."""
+    out = tmp_path / "out"
+    extra = ("--out", str(out), *(("--force",) if force else ()))
+    if force:
+        assert main(_apply(parent, tmp_path, "target: {hidden_size: 48}\n", "--out", str(out))) == 0
+        old = _hashes(out)
+    monkeypatch.setattr(Path, "open", _full_disk(tmp_path.resolve(), free=20_000))
+    argv = _apply(parent, tmp_path, PLAN, *extra)
+    before = _hashes(parent)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in re.split(r"[\r\n]", err) if ln.startswith("surgeon:")]
+    assert len(lines) == 1 and "No space left on device" in lines[0], err
+    assert "Traceback" not in err and _hashes(parent) == before
+    assert _left(tmp_path) == (["out"] if force else [])
+    if force:
+        assert _hashes(out) == old
 
 
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="no file size limits")

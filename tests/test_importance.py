@@ -194,3 +194,19 @@ def test_the_slice_keeps_the_positions_its_scores_rank_highest(prepared):
         assert set(state.select[group].tolist()) == best, group
         checked += 1
     assert checked >= 3  # each layer's FFN at least
+
+
+@pytest.mark.parametrize("method", ["weight", "activation"])
+def test_an_ordered_group_keeps_its_most_important_positions_in_their_order(method):
+    """The residual stream of a model without a head is its output: cut, never
+    reordered. The child keeps exactly the positions built to matter most
+    (`zoo.HEADLESS_KNOWN`), in the parent's order: its embedding is the parent's, those
+    rows taken by hand."""
+    model, example = zoo.headless()
+    plan = {"importance": method, "target": {"hidden_size": len(zoo.HEADLESS_KNOWN)}}
+    child = subclone(model, plan, example, calibration=[example, example])
+    (stream,) = [g for g in child.state.analysis.groups.values() if g.ordered]
+    kept = sorted(zoo.HEADLESS_KNOWN)
+    assert child.state.select[stream.id].tolist() == kept
+    weight = dict(child.model.named_parameters())["embed.weight"]
+    torch.testing.assert_close(weight, model.embed.weight[kept], rtol=0, atol=0)

@@ -2,20 +2,27 @@
 child that runs and computes finite logits of the parent's shape, or a one-line
 `SurgeonError` (a malformed plan, an impossible target), never another exception.
 
-`make test` runs a few dozen examples per parent; `SURGEON_PROPERTY_EXAMPLES=10000`
-runs the long version."""
+Random tiny decoders of several families (head counts, KV-group ratios, head_dim, tied
+or not, odd widths) are cut by random plans too: the child runs and trains, or the plan
+is refused in one line.
+
+`make test` runs 80 plans per parent and 12 decoders; `SURGEON_PROPERTY_EXAMPLES` and
+`SURGEON_DECODER_EXAMPLES` set the counts of the long run (`benchmarks/properties.py`)."""
 
 import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+import surgeon
 from surgeon import SurgeonError, apply
 from surgeon.plan import DEPTH, IMPORTANCE, RESCALE, TARGETS
+from tests import zoo
 
-EXAMPLES = int(os.environ.get("SURGEON_PROPERTY_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("SURGEON_PROPERTY_EXAMPLES", "80"))
+DECODERS = int(os.environ.get("SURGEON_DECODER_EXAMPLES", "12"))
 
 # sizes around the zoo's (hidden 64, FFN 96, 4 heads over 2 KV groups, 3 layers, 8
 # experts), zero, negative, too wide, and values of the wrong type
@@ -37,33 +44,33 @@ plans = st.fixed_dictionaries({"target": target}, optional=choice)
 
 
 def _check(parent, example, plan):
+    """The child of `plan`, or None where it is refused in one line."""
     try:
         child = apply(parent, plan)
     except SurgeonError as e:
         assert "\n" not in str(e).strip(), str(e)
         assert "internal error" not in str(e)
-        return
+        event("refused in one line")
+        return None
     with torch.no_grad():
         got = child(**example).logits
     assert got.shape[:-1] == example["input_ids"].shape and torch.isfinite(got).all()
+    event("a child that runs")
+    return child
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "qwen2_moe"])
-def test_any_plan_gives_a_child_or_one_line(name, prepared):
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=EXAMPLES <= 100,  # the same examples on every `make test`
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(plan=plans)
+def test_any_plan_gives_a_child_or_one_line(name, prepared, plan):
     p = prepared(name)
-
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,
-        derandomize=EXAMPLES <= 100,  # the same examples on every `make test`
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-    @given(plan=plans)
-    def run(plan):
-        _check(p.parent, p.example, plan)
-
-    run()
+    _check(p.parent, p.example, plan)
 
 
 @pytest.mark.parametrize(
@@ -78,3 +85,59 @@ def test_sizes_the_class_cannot_build_or_run_are_one_line(name, target, message,
     with pytest.raises(SurgeonError, match=message) as e:
         apply(prepared(name).parent, {"target": target})
     assert "\n" not in str(e.value)
+
+
+@st.composite
+def decoders(draw):
+    """A family and sizes for `zoo.tiny_decoder`, and a plan at most as wide."""
+    family = draw(st.sampled_from(zoo.TINY_FAMILIES))
+    kv = draw(st.integers(1, 3))
+    heads = kv * draw(st.integers(1, 3))
+    head_dim = draw(st.sampled_from([2, 4, 6, 8]))
+    own = family in zoo._OWN_HEAD_DIM and draw(st.booleans())
+    hidden = draw(st.integers(4, 40)) if own else None
+    sizes = dict(heads=heads, kv=kv, head_dim=head_dim, hidden=hidden)
+    sizes |= dict(ffn=draw(st.integers(3, 41)), layers=draw(st.integers(1, 3)))
+    sizes["tied"] = draw(st.booleans())
+    wide = hidden or heads * head_dim
+    target = {
+        "hidden_size": draw(st.integers(1, wide)),
+        "intermediate_size": draw(st.integers(1, sizes["ffn"])),
+        "num_heads": draw(st.integers(1, heads)),
+        "num_kv_heads": draw(st.integers(1, kv)),
+        "num_layers": draw(st.integers(1, sizes["layers"])),
+    }
+    keys = draw(st.lists(st.sampled_from(sorted(target)), min_size=1, unique=True))
+    return family, sizes, {"target": {k: target[k] for k in keys}}
+
+
+@settings(
+    max_examples=DECODERS,
+    deadline=None,
+    database=None,
+    derandomize=DECODERS <= 100,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(case=decoders())
+def test_random_tiny_decoders_cut_and_train_or_refuse_in_one_line(case):
+    family, sizes, plan = case
+    try:
+        model, example = zoo.tiny_decoder(family, **sizes)
+    except ValueError:
+        event("the family's config refuses the sizes")
+        assume(False)  # the family's own config refuses these sizes: not surgeon's to judge
+    child = _check(surgeon.prepare(model, example), example, plan)
+    if child is None:
+        return
+    child.train()
+    optimizer = torch.optim.AdamW(child.parameters(), lr=1e-2)
+    ids = example["input_ids"]
+    losses = []
+    for _ in range(3):
+        loss = child(**example, labels=ids).loss
+        losses.append(loss.item())
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in child.parameters() if p.grad is not None)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert losses[-1] < losses[0], (family, sizes, plan, losses)

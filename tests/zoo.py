@@ -570,6 +570,39 @@ def stream_inputs(name: str, batch: int = BATCH, seed: int = SEED + 1) -> dict:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
 
 
+# families whose config names head_dim apart from hidden_size / num_attention_heads
+TINY_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma", "phi3", "gpt2", "gpt_neox")
+_OWN_HEAD_DIM = ("qwen3", "gemma", "llama")
+_MHA = ("gpt2", "gpt_neox")  # one key/value head per query head
+
+
+def tiny_decoder(family, heads, kv, head_dim, ffn, layers, tied, hidden=None):
+    """A zoo decoder of `family` (one of `TINY_FAMILIES`) with other sizes: `hidden`
+    defaults to heads x head_dim (a family in `_OWN_HEAD_DIM` may take another); `kv` is
+    ignored where the family has one key/value head per query head. Returns `(model,
+    inputs)` as `build` does, or raises `ValueError` where the family's config refuses
+    the sizes."""
+    cls, base = _hf_configs()[family]
+    hidden = heads * head_dim if hidden is None else hidden
+    if family == "gpt2":
+        sizes = dict(n_embd=hidden, n_head=heads, n_inner=ffn, n_layer=layers)
+    else:
+        sizes = dict(hidden_size=hidden, num_attention_heads=heads, intermediate_size=ffn)
+        sizes["num_hidden_layers"] = layers
+        if family not in _MHA:
+            sizes["num_key_value_heads"] = kv
+        if family in _OWN_HEAD_DIM:
+            sizes["head_dim"] = head_dim
+    kwargs = {k: v for k, v in base.to_diff_dict().items() if k != "layer_types"}
+    torch.manual_seed(SEED)
+    try:
+        model = cls(type(base)(**{**kwargs, **sizes, "tie_word_embeddings": tied})).eval()
+    except Exception as e:  # noqa: BLE001 (the config class's own validation, any kind)
+        raise ValueError(f"{family} refuses these sizes: {e}") from e
+    ids = _tokens()
+    return like_trained(model), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
 def build(name: str, device: str = "cpu"):
     """Build zoo model `name`: returns `(model in eval mode, example_inputs)`.
 
@@ -979,6 +1012,41 @@ class _ParamMatmulHead(nn.Module):
 def param_matmul_head():
     torch.manual_seed(SEED)
     return _ParamMatmulHead().eval(), (torch.randn(2, 3, 8),)
+
+
+class _Headless(nn.Module):
+    """An embedding and residual MLP layers of width 12, no head: the output is the
+    residual stream, so its axis is cut but never reordered (an ordered group). The
+    stream's positions `HEADLESS_KNOWN` are x 20, so every importance ranks them first."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 12)
+        self.ups = nn.ModuleList(nn.Linear(12, 20) for _ in range(2))
+        self.downs = nn.ModuleList(nn.Linear(20, 12) for _ in range(2))
+        known = list(HEADLESS_KNOWN)
+        with torch.no_grad():  # x 20 in every tensor along the stream
+            for lin in (self.embed, *self.downs):
+                lin.weight[known] *= 20
+                lin.bias[known] *= 20
+            for lin in self.ups:
+                lin.weight[:, known] *= 20
+
+    def forward(self, x):
+        h = self.embed(x)
+        for up, down in zip(self.ups, self.downs, strict=True):
+            h = h + down(up(h).relu())
+        return h
+
+
+HEADLESS_KNOWN = (9, 2, 6)  # listed out of order: the child keeps them in the parent's
+
+
+def headless():
+    torch.manual_seed(SEED)
+    return _Headless().eval(), (
+        torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(SEED)),
+    )
 
 
 # Important by construction, for the importance methods (tests/test_importance.py).
