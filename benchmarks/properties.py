@@ -2,9 +2,10 @@
 shared zoo parents, and random tiny decoders cut by random plans. Every example must
 give a child that runs (and trains, for the decoders) or a one-line error.
 
-    python benchmarks/properties.py --plans 10000 --decoders 500
+    python benchmarks/properties.py --plans 10000 --decoders 500 --validated 200
 
-`--plans` is split evenly over the test's parents. Writes
+`--plans` is split evenly over the test's parents; `--validated` is per zoo causal LM
+(plans `surgeon validate --model` accepts must apply). Writes
 benchmarks/results/properties.json: commit, date, per test its examples, outcomes (the
 hypothesis events) and failures, and seconds."""
 
@@ -52,11 +53,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plans", type=int, default=10_000, help="examples over all parents")
     ap.add_argument("--decoders", type=int, default=500, help="random tiny decoders")
+    ap.add_argument("--validated", type=int, default=200, help="plans per zoo causal LM")
     args = ap.parse_args(argv)
     env = {
         **os.environ,
         "SURGEON_PROPERTY_EXAMPLES": str(-(-args.plans // PARENTS)),
         "SURGEON_DECODER_EXAMPLES": str(args.decoders),
+        "SURGEON_VALIDATE_EXAMPLES": str(args.validated),
     }
     start = time.perf_counter()
     done = subprocess.run(
@@ -83,8 +86,10 @@ def main(argv=None) -> int:
         "date": datetime.date.today().isoformat(),
         "plans_per_parent": int(env["SURGEON_PROPERTY_EXAMPLES"]),
         "decoders": args.decoders,
+        "validated_per_causal_lm": args.validated,
         "passed": done.returncode == 0,
         "failures": re.findall(r"^FAILED (\S+)", done.stdout, re.M),
+        "errors": re.findall(r"^E +(.+)$", done.stdout, re.M)[:40],
         "tests": _statistics(done.stdout),
         "seconds": round(time.perf_counter() - start, 1),
     }

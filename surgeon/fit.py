@@ -475,7 +475,57 @@ def fit_config(parent: nn.Module, shape: ChildShape):
         config, wrong = _fit_sub_configs(parent, config, wrong, shape)
     if wrong:
         config, wrong = _fit_fields(parent, config, wrong, shape)
+    if not wrong:
+        _own_validation(parent, config, shape)
     return reloaded(config), wrong
+
+
+def _refusal(config: Any) -> Exception | None:
+    """What the config class's own validation says of `config` (None: it accepts it)."""
+    try:
+        validate = getattr(config, "validate", None)
+        if callable(validate):
+            validate()
+    except Exception as e:  # noqa: BLE001 - the class's validators raise their own kinds
+        return e.__cause__ or e
+    return None
+
+
+def _own_validation(parent: nn.Module, config: Any, shape: ChildShape) -> None:
+    """`PlanError` where the config class refuses the child's sizes (`save_pretrained`
+    and `from_pretrained` would), naming the nearest sizes it accepts for each cut size
+    (the others as planned)."""
+    refusal = _refusal(config)
+    if refusal is None:
+        return
+    sizes, full = shape.sizes[None]
+    near = []
+    for key in ("hidden_size", "num_heads", "num_kv_heads", "head_dim", *FFN_ROLES):
+        if key not in sizes or sizes[key] == full.get(key):
+            continue
+        value, found = sizes[key], []
+        for d in range(1, 65):
+            for v in (value - d, value + d):
+                if 1 <= v <= full[key] and len(found) < 2 and _whole_groups({**sizes, key: v}):
+                    trial = replace(shape, sizes={**shape.sizes, None: ({**sizes, key: v}, full)})
+                    try:
+                        ok = _refusal(child_config(parent, trial)) is None
+                    except Exception:  # noqa: BLE001 - a size the class refuses another way
+                        ok = False
+                    found += [v] if ok else []
+        if found:
+            near.append(f"{key} {' or '.join(map(str, sorted(found)))}")
+    hint = f"; sizes it accepts nearby: {', '.join(near)}" if near else ""
+    raise PlanError(
+        f"{type(parent).__name__}'s config refuses this child's sizes: "
+        f"{first_line(refusal, 200).rstrip('.')}{hint}"
+    )
+
+
+def _whole_groups(sizes: dict) -> bool:
+    """Whether the query heads fill whole key/value groups."""
+    heads, kv = sizes.get("num_heads"), sizes.get("num_kv_heads")
+    return heads is None or not kv or heads % kv == 0
 
 
 def reloaded(config: Any) -> Any:

@@ -413,15 +413,17 @@ def _follow_axis(state: SurgeryState, axis: int, size: int) -> bool:
     that of the values); whether one could. Where several cuts give that size (a pooling
     head's heads or its head_dim), the one to a size the plan gave another group of its
     role (the layers' head count) wins; with none such, only a single possible cut is
-    made."""
+    made. A head_dim that rotary embeddings read is never cut (the rotary width the
+    child's class derives from it would not be the graph's)."""
     a = state.analysis
+    kept = {"residual", *(["head_dim"] if a.couplings.get("rotary") else [])}
     free = [
         leaf
         for leaf in dict.fromkeys(a.atoms.leaves(axis))
         if leaf in a.groups
         and a.groups[leaf].movable
         and leaf not in state.keep
-        and a.groups[leaf].role != "residual"
+        and a.groups[leaf].role not in kept
     ]
     alike: dict[tuple, list[int]] = {}
     for leaf in free:

@@ -28,6 +28,7 @@ and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,6 +64,15 @@ RECIPES = {
     "paper": {"importance": "activation", "depth": "middle", "rescale": "paper"},
     "weight-selection": {"importance": "uniform", "depth": "last", "rescale": "none"},
     "data-free": {"importance": "weight", "depth": "middle", "rescale": "paper"},
+}
+
+# Hugging Face config names a plan may use for its sizes (read as the plan's own names).
+ALIASES = {
+    "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads",
+    "num_key_value_heads": "num_kv_heads",
+    "num_local_experts": "num_experts",
+    "n_routed_experts": "num_experts",
 }
 
 _SIZE = {"type": "integer", "minimum": 1}
@@ -249,9 +259,11 @@ def load_plan(plan: Any) -> Plan:
         raise PlanError(
             f"a plan is a mapping of keys ({', '.join(SCHEMA['properties'])}), not {_kind(plan)}"
         )
+    plan = _aliased(plan)
     errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(plan), key=_depth_first)
     if errors:
         raise PlanError(_message(errors[0]))
+    _check_heads(plan)
     settings = {
         "calibration": {**CALIBRATION, **(plan.get("calibration") or {})},
         "emit": plan.get("emit", "auto"),
@@ -269,6 +281,54 @@ def load_plan(plan: Any) -> Plan:
         recipe=plan.get("recipe", "auto"),
         **settings,
     )
+
+
+def _aliased(plan: Mapping) -> Mapping:
+    """The plan with the Hugging Face config names of sizes (`ALIASES`) in `target` and
+    `stacks` read as the plan's own; `PlanError` where both names are given."""
+
+    def renamed(sizes: Any, where: str) -> Any:
+        if not isinstance(sizes, Mapping):
+            return sizes
+        out = dict(sizes)
+        for alias, name in ALIASES.items():
+            if alias in out:
+                if name in out:
+                    raise PlanError(
+                        f"{where}: {alias} and {name} are one size (the config's name and "
+                        f"the plan's): give it once"
+                    )
+                out[name] = out.pop(alias)
+        return out
+
+    plan = dict(plan)
+    if "target" in plan:
+        plan["target"] = renamed(plan["target"], "target")
+    if isinstance(plan.get("stacks"), Mapping):
+        plan["stacks"] = {k: renamed(v, f"stacks.{k}") for k, v in plan["stacks"].items()}
+    return plan
+
+
+def _check_heads(plan: Mapping) -> None:
+    """`PlanError` where a plan's own sizes break the head rule: query heads in whole
+    key/value groups (num_heads a multiple of num_kv_heads), naming the sizes nearby that
+    keep it."""
+    sizes = [("target", plan.get("target") or {})]
+    sizes += [(f"stacks.{k}", v or {}) for k, v in (plan.get("stacks") or {}).items()]
+    for where, s in sizes:
+        heads, kv = s.get("num_heads"), s.get("num_kv_heads")
+        if heads is None or kv is None or heads % kv == 0:
+            continue
+        near = sorted({max(kv, heads - heads % kv), heads - heads % kv + kv} - {0})
+        groups = [g for g in range(1, heads + 1) if heads % g == 0]
+        fewer = max((g for g in groups if g < kv), default=1)
+        more = min((g for g in groups if g > kv), default=heads)
+        kvs = " or ".join(map(str, sorted({fewer, more})))
+        raise PlanError(
+            f"{where}.num_heads = {heads} does not divide into num_kv_heads = {kv} groups "
+            f"(query heads share key/value heads in whole groups): num_heads "
+            f"{' or '.join(map(str, near))}, or num_kv_heads {kvs}"
+        )
 
 
 def _depth(depth: Any) -> Any:
@@ -341,10 +401,14 @@ def _message(e: jsonschema.ValidationError) -> str:
                 f"unknown pass {unknown!r} in passes[{path[-1]}]; valid passes: "
                 f"{', '.join(PASS_ORDER)}"
             )
-        if path == ["target"]:
-            return f"unknown target {unknown!r}; allowed: {', '.join(allowed)}"
+        guess = difflib.get_close_matches(unknown, [*allowed, *ALIASES], n=1, cutoff=0.6)
+        guess = f" (did you mean {ALIASES.get(guess[0], guess[0])}?)" if guess else ""
+        if path == ["target"] or (len(path) == 2 and path[0] == "stacks"):
+            return f"unknown target {unknown!r}{guess}; allowed: {', '.join(allowed)}"
         inside = "the plan" if not path else where
-        return f"unknown key {unknown!r} in {inside}; allowed: {', '.join(allowed) or 'none'}"
+        return (
+            f"unknown key {unknown!r} in {inside}{guess}; allowed: {', '.join(allowed) or 'none'}"
+        )
     if e.validator in ("type", "minimum") and e.schema.get("type") == "integer":
         return f"{where} must be a positive integer, got {value!r}"
     if e.validator == "enum":

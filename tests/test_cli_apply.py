@@ -132,6 +132,15 @@ def test_validate(parent, tmp_path, capsys):
     assert "valid for LlamaForCausalLM: child num_layers 3, hidden_size 32" in out
 
 
+def test_hugging_face_config_names_are_read_as_the_plans(parent, tmp_path, capsys):
+    hf = _plan(tmp_path, "target: {num_hidden_layers: 2, num_attention_heads: 2}\n", "hf.yaml")
+    own = _plan(tmp_path, "target: {num_layers: 2, num_heads: 2}\n", "own.yaml")
+    for plan in (hf, own):
+        assert main(["validate", plan, "--model", str(parent)]) == 0
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.split(": ", 1)[1] == second.split(": ", 1)[1]
+
+
 BAD_PLANS = [
     ("targets: {}\n", "unknown key 'targets' in the plan"),
     ("target: [1]\n", "target must be a mapping"),
@@ -141,7 +150,13 @@ BAD_PLANS = [
     ("target: {hidden_size: true}\n", "got True"),
     ("target: {layers: 2}\n", "unknown target 'layers'"),
     ("target: {hidden_size: 65}\n", "wider than the parent (64)"),
-    ("target: {num_heads: 3, num_kv_heads: 2}\n", "does not divide"),
+    ("target: {num_heads: 3, num_kv_heads: 2}\n", "num_heads 2 or 4, or num_kv_heads 1 or 3"),
+    ("target: {num_heads: 3}\n", "with 2 key/value heads, num_heads 2 or 4 (or set num_kv_heads)"),
+    ("target: {hiden_size: 32}\n", "unknown target 'hiden_size' (did you mean hidden_size?)"),
+    ("target: {num_attention_heads: 2, num_heads: 2}\n", "num_attention_heads and num_heads are"),
+    ("importanc: weight\n", "unknown key 'importanc' in the plan (did you mean importance?)"),
+    ("target: {hidden_size: 62}\n", "hidden size (62) is not a multiple of the number of"),
+    ("target: {hidden_size: 62}\n", "sizes it accepts nearby: hidden_size 60 or 64"),
     ("target: {num_heads: 6, num_kv_heads: 1}\n", "needs 6 query heads per KV group"),
     ("target: {num_kv_heads: 3, num_heads: 3}\n", "wider than the parent (2)"),
     ("target: {head_dim: 8}\n", "rotary embeddings couple it"),

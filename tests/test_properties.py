@@ -6,8 +6,12 @@ Random tiny decoders of several families (head counts, KV-group ratios, head_dim
 or not, odd widths) are cut by random plans too: the child runs and trains, or the plan
 is refused in one line.
 
-`make test` runs 80 plans per parent and 12 decoders; `SURGEON_PROPERTY_EXAMPLES` and
-`SURGEON_DECODER_EXAMPLES` set the counts of the long run (`benchmarks/properties.py`)."""
+A plan `surgeon validate --model` accepts (`dry_run`) is applied without error, on
+every causal LM of the zoo.
+
+`make test` runs 80 plans per parent, 12 decoders and 6 validated plans per causal LM;
+`SURGEON_PROPERTY_EXAMPLES`, `SURGEON_DECODER_EXAMPLES` and `SURGEON_VALIDATE_EXAMPLES`
+set the counts of the long run (`benchmarks/properties.py`)."""
 
 import os
 
@@ -23,6 +27,7 @@ from tests import zoo
 
 EXAMPLES = int(os.environ.get("SURGEON_PROPERTY_EXAMPLES", "80"))
 DECODERS = int(os.environ.get("SURGEON_DECODER_EXAMPLES", "12"))
+VALIDATED = int(os.environ.get("SURGEON_VALIDATE_EXAMPLES", "6"))
 
 # sizes around the zoo's (hidden 64, FFN 96, 4 heads over 2 KV groups, 3 layers, 8
 # experts), zero, negative, too wide, and values of the wrong type
@@ -129,15 +134,55 @@ def test_random_tiny_decoders_cut_and_train_or_refuse_in_one_line(case):
     child = _check(surgeon.prepare(model, example), example, plan)
     if child is None:
         return
-    child.train()
+    child.train()  # trains: finite loss and gradients, and a step moves the weights
     optimizer = torch.optim.AdamW(child.parameters(), lr=1e-2)
-    ids = example["input_ids"]
-    losses = []
-    for _ in range(3):
-        loss = child(**example, labels=ids).loss
-        losses.append(loss.item())
-        loss.backward()
-        assert all(torch.isfinite(p.grad).all() for p in child.parameters() if p.grad is not None)
-        optimizer.step()
-        optimizer.zero_grad()
-    assert losses[-1] < losses[0], (family, sizes, plan, losses)
+    before = [p.detach().clone() for p in child.parameters()]
+    loss = child(**example, labels=example["input_ids"]).loss
+    loss.backward()
+    grads = [p.grad for p in child.parameters() if p.grad is not None]
+    assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads), (family, sizes, plan)
+    optimizer.step()
+    moved = [not torch.equal(b, p) for b, p in zip(before, child.parameters(), strict=True)]
+    assert any(moved) and all(torch.isfinite(p).all() for p in child.parameters())
+
+
+# a zoo causal LM's sizes: hidden 64, FFN 96, 4 heads over 2 KV groups, head_dim 16
+sizes = st.fixed_dictionaries(
+    {},
+    optional={
+        "num_layers": st.integers(1, 3),
+        "hidden_size": st.integers(1, 64),
+        "intermediate_size": st.integers(1, 96),
+        "num_heads": st.integers(1, 4),
+        "num_kv_heads": st.integers(1, 2),
+    },
+)
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.HF_NAMES if n not in ("bert", "vit")])
+@settings(
+    max_examples=VALIDATED,
+    deadline=None,
+    database=None,
+    derandomize=VALIDATED <= 100,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(target=sizes)
+def test_a_plan_that_validates_applies(name, prepared, target):
+    """What `surgeon validate --model` runs (`dry_run`: the plan's rules, the slice's,
+    the child's config built and checked by its own class, before any weight is read)
+    either refuses in one line, or the plan applies."""
+    from surgeon.api import dry_run
+
+    p = prepared(name)
+    plan = {"target": target, "importance": "weight"}
+    try:
+        described = dry_run(p.parent, plan)
+    except SurgeonError as e:
+        assert "\n" not in str(e).strip() and "internal error" not in str(e), str(e)
+        event("refused by validate")
+        return
+    event("valid")
+    child = _check(p.parent, p.example, plan)
+    assert child is not None, (plan, described)

@@ -195,12 +195,16 @@ def _layer_target(analysis, layer, target, ask) -> None:
     kv, rep = kv_groups[0], per_group[0]
     num_kv = target.get("num_kv_heads", layer.num_kv_heads)
     num_heads = target.get("num_heads", layer.num_heads)
+    size = analysis.atoms.size[rep]
     if num_heads % num_kv:
+        fits = [str(num_kv * i) for i in range(1, size + 1)]
+        fits = ", ".join(fits[:-1]) + " or " + fits[-1] if len(fits) > 1 else fits[0]
         raise PlanError(
-            f"target.num_heads = {num_heads} does not divide into num_kv_heads = {num_kv} groups"
+            f"target.num_heads = {num_heads} does not divide into num_kv_heads = {num_kv} "
+            f"groups: with {num_kv} key/value heads, num_heads {fits}"
+            + ("" if "num_kv_heads" in target else " (or set num_kv_heads)")
         )
     per = num_heads // num_kv
-    size = analysis.atoms.size[rep]
     if per > size:
         raise PlanError(
             f"target.num_heads = {num_heads} needs {per} query heads per KV group; the parent "
