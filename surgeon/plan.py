@@ -403,7 +403,7 @@ def _message(e: jsonschema.ValidationError) -> str:
             )
         guess = difflib.get_close_matches(unknown, [*allowed, *ALIASES], n=1, cutoff=0.6)
         guess = f" (did you mean {ALIASES.get(guess[0], guess[0])}?)" if guess else ""
-        if path == ["target"] or (len(path) == 2 and path[0] == "stacks"):
+        if path == ["target"]:
             return f"unknown target {unknown!r}{guess}; allowed: {', '.join(allowed)}"
         inside = "the plan" if not path else where
         return (
