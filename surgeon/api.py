@@ -296,7 +296,9 @@ def _summary(cut: Cut, parent: Any, plan: Any, model: str, onnx: dict | None, st
         "parent": str(parent),
         "plan": str(plan) if named else cut.surgery.plan.describe(),
         "child": cut.sizes,
-        "layers_kept": cut.state.layers,
+        "parent_sizes": cut.parent_sizes,
+        "layers_kept": cut.state.kept_layers(),
+        "kept": cut.kept,
         "influence": cut.state.influence,
         "calibration_batches": len(cut.state.calibration or []),
         "ranks": world_size(),
@@ -334,9 +336,24 @@ def dry_run(
     surgery = resolve(plan, data)
     parent = model if isinstance(model, Parent) else prepare(model, example_inputs)
     _check_emit(parent.model, surgery.plan)
-    sizes = check(parent, surgery).sizes
-    sizes = {"num_layers": sizes.pop("num_layers"), **sizes}
-    return ", ".join(f"{k} {v}" for k, v in sizes.items())
+    cut = check(parent, surgery)
+    text = ", ".join(f"{k} {v}" for k, v in from_to(cut.parent_sizes, cut.sizes).items())
+    if cut.config is None:
+        return text
+    with torch.device("meta"):  # the class built from the child's config, as it will be
+        child = type(parent.model)(cut.config)
+    old, new = (sum(p.numel() for p in m.parameters()) for m in (parent.model, child))
+    return f"{text}; parameters {old:,} -> {new:,} ({new / old:.1%})"
+
+
+def from_to(parent: dict, child: dict) -> dict[str, str]:
+    """Each size as `parent -> child` (one number where the plan keeps it), layers first."""
+    keys = ["num_layers", *(k for k in child if k not in ("num_layers", "stacks"))]
+    return {
+        k: f"{parent.get(k)} -> {child[k]}" if parent.get(k) != child[k] else str(child[k])
+        for k in keys
+        if k in child
+    }
 
 
 def _check_parent(model: nn.Module, plan: Plan) -> None:

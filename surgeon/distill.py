@@ -12,6 +12,7 @@ DDP and FSDP: the same call runs under `torchrun` or `accelerate launch`
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ def distill(
     lr: float = 1e-3,
     weight_decay: float = 0.1,
     force: bool = False,
+    record: dict | None = None,
     **training_args: Any,
 ) -> dict[str, float]:
     """Train `child` for `steps` optimizer steps on `data` (a text, packed into blocks of
@@ -135,7 +137,11 @@ def distill(
     (0.9, 0.95), 10% warm-up and cosine decay, and write it, with `tokenizer` if given, to
     the new folder `out` (replaced only with `force`). With `teacher`, the loss is
     `distillation_loss` against its logits. Returns the Trainer's training metrics
-    (`train_loss`, ...) and how many `processes` trained. Other keyword arguments go to
+    (`train_loss`, ...) and how many `processes` trained. With 10 blocks or more, the last
+    tenth is held out: never trained on, its next-token loss measured before and after
+    (`held_out_loss_before`, `held_out_loss_after`, `held_out_blocks`). `record` (the
+    child's `surgeon.json`, say) is written beside the model as `surgeon.json`, with the
+    training added under `distilled`. Other keyword arguments go to
     `transformers.TrainingArguments` (e.g. `bf16=True`, `gradient_accumulation_steps=4`)."""
     out = Path(out)
     check_output(out, force)
@@ -143,6 +149,9 @@ def distill(
         check_vocab(child, teacher)
     check_mix(alpha, temperature)
     blocks = pack(tokenizer, data, block_size) if isinstance(data, str) else data
+    held = blocks[len(blocks) - len(blocks) // 10 :] if len(blocks) >= 10 else blocks[:0]
+    blocks = blocks[: len(blocks) - len(held)]
+    before = held_out_loss(child, held, batch_size)
     settings = {
         "max_steps": steps,
         "per_device_train_batch_size": batch_size,
@@ -171,11 +180,34 @@ def distill(
             temperature=temperature,
         )
         metrics = {**trainer.train().metrics, "processes": trainer.args.world_size}
-    _save(trainer, tokenizer, out, force)
+    if len(held):
+        metrics["held_out_blocks"] = len(held)
+        metrics["held_out_loss_before"] = before
+        metrics["held_out_loss_after"] = held_out_loss(trainer.model, held, batch_size)
+    if record is not None:
+        training = {"teacher": teacher is not None, "steps": steps, "lr": lr}
+        training |= {"weight_decay": weight_decay, "alpha": alpha, "temperature": temperature}
+        record = {**record, "distilled": {**training, **metrics}}
+    _save(trainer, tokenizer, out, force, record)
     return metrics
 
 
-def _save(trainer: Trainer, tokenizer: Any, out: Path, force: bool) -> None:
+@torch.no_grad()
+def held_out_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int) -> float | None:
+    """The mean next-token loss of `model` over `blocks` (None for none)."""
+    if not len(blocks):
+        return None
+    training, device = model.training, next(model.parameters()).device
+    model.eval()
+    losses = [
+        model(input_ids=b.to(device), labels=b.to(device)).loss.item() * len(b)
+        for b in blocks.split(batch_size)
+    ]
+    model.train(training)
+    return sum(losses) / len(blocks)
+
+
+def _save(trainer: Trainer, tokenizer: Any, out: Path, force: bool, record=None) -> None:
     """Write the trained model once, from the main process, all at once (under FSDP every
     process takes part in gathering the full state dict)."""
     state = trainer.accelerator.get_state_dict(trainer.model)
@@ -185,4 +217,6 @@ def _save(trainer: Trainer, tokenizer: Any, out: Path, force: bool) -> None:
             model.save_pretrained(tmp, state_dict=state)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+            if record is not None:
+                (tmp / "surgeon.json").write_text(json.dumps(record, indent=2) + "\n")
     trainer.accelerator.wait_for_everyone()

@@ -9,15 +9,15 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["HINTS", "training_hint"]
+__all__ = ["FALLBACK", "HINTS", "recommended", "training_hint"]
+
+FALLBACK = {"lr": 1e-3, "wd": 0.1}  # `distill`'s settings where nothing is measured
 
 HINTS = Path(__file__).with_name("training_hints.json")  # written by convergence.py --report
 
 
-def training_hint(
-    child_parameters: int, parent_parameters: int, out: str, parent: str, path: Path | None = None
-) -> str | None:
-    """The hint's text, or None when nothing measured backs one."""
+def _nearest(child_parameters: int, parent_parameters: int, path: Path | None = None):
+    """The measured size nearest this child's share of its parent (None: none)."""
     try:
         sizes = json.loads((path or HINTS).read_text())["sizes"]
     except (OSError, ValueError, KeyError):
@@ -25,7 +25,32 @@ def training_hint(
     if not sizes or parent_parameters <= 0 or child_parameters <= 0:
         return None
     share = child_parameters / parent_parameters
-    near = min(sizes, key=lambda s: abs(math.log(s["share"] / share)))
+    return min(sizes, key=lambda s: abs(math.log(s["share"] / share)))
+
+
+def recommended(
+    child_parameters: int, parent_parameters: int, distilled: bool, path: Path | None = None
+) -> tuple[dict, str]:
+    """`distill`'s lr and weight decay (`{"lr", "wd"}`) and where they come from: the
+    hint's measurement at the nearest size, or `FALLBACK` where none is measured."""
+    near = _nearest(child_parameters, parent_parameters, path)
+    if near is None:
+        return FALLBACK, "no measured recommendation for this size yet (docs/results.md)"
+    chosen = near["surgeon + distillation" if distilled else "surgeon"]
+    return chosen, (
+        f"chosen on validation in benchmarks/convergence.py for {near['parameters'] / 1e6:.1f} M "
+        f"parameters, {near['share']:.0%} of {near['parent']}"
+    )
+
+
+def training_hint(
+    child_parameters: int, parent_parameters: int, out: str, parent: str, path: Path | None = None
+) -> str | None:
+    """The hint's text, or None when nothing measured backs one."""
+    near = _nearest(child_parameters, parent_parameters, path)
+    if near is None:
+        return None
+    share = child_parameters / parent_parameters
     plain, distilled = near["surgeon"], near["surgeon + distillation"]
     return (
         f"hint: train it with AdamW at lr {plain['lr']:g}, weight decay {plain['wd']:g}; "

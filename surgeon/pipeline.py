@@ -297,6 +297,25 @@ class Cut:
     config: Any = None
 
     @cached_property
+    def parent_sizes(self) -> dict[str, int]:
+        """The parent's sizes, as `sizes` states the child's."""
+        whole = replace(self.state, keep={}, select={}, top_k=None, layers=None)
+        return Cut(self.parent, self.surgery, whole).sizes
+
+    @property
+    def kept(self) -> dict[str, Any]:
+        """Which parent positions the child keeps, in the child's order (after the passes
+        ran): `layers` (the parent layer behind each child layer), `hidden_size` (the
+        residual positions), and per child layer its FFN neurons by role, query heads and
+        key/value heads (head numbers as the parent counts them)."""
+        state, a = self.state, self.state.analysis
+        out: dict[str, Any] = {"layers": state.kept_layers()}
+        if a.residual is not None:
+            out["hidden_size"] = state.positions(a.residual).tolist()
+        out["per_layer"] = [_kept_in(state, a.layers[i]) for i in state.kept_layers()]
+        return out
+
+    @cached_property
     def sizes(self) -> dict[str, int]:
         """The child's sizes: layers, residual width, and the per-layer sizes that are
         the same in every layer."""
@@ -309,6 +328,23 @@ class Cut:
                 for name, kept in stacks.items()
             }
         return sizes
+
+
+def _kept_in(state: SurgeryState, layer) -> dict[str, list[int]]:
+    """A layer's kept FFN neurons (per role), query heads and key/value heads."""
+    out: dict[str, list[int]] = {}
+    for g in layer.ffn:
+        out[layer.ffn_role[g]] = state.positions(g).tolist()
+    if layer.heads and state.analysis.cuts_heads(layer):
+        pick = [state.positions(g).tolist() for g in layer.heads]
+        sizes = [state.analysis.atoms.size[g] for g in layer.heads]
+        heads = [0]
+        for kept, size in zip(pick, sizes, strict=True):  # flat: outer group first
+            heads = [h * size + k for h in heads for k in kept]
+        out["num_heads"] = heads
+        if layer.kv and layer.kv != layer.heads:
+            out["num_kv_heads"] = state.positions(layer.kv[0]).tolist()
+    return out
 
 
 def check(

@@ -57,8 +57,8 @@ def test_inspect_and_validate_read_a_folder_on_the_meta_device(tmp_path, capsys)
     plan.write_text("target: {intermediate_size: 48, num_layers: 2}\n")
     assert main(["validate", str(plan), "--model", str(tmp_path / "qwen2")]) == 0
     printed = capsys.readouterr().out
-    assert "valid for Qwen2ForCausalLM: child num_layers 2" in printed
-    assert "intermediate_size 48" in printed
+    assert "valid for Qwen2ForCausalLM: child num_layers 3 -> 2" in printed
+    assert "intermediate_size 96 -> 48" in printed
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import surgeon
 from surgeon.cli import main
 from tests import zoo
 
@@ -129,7 +130,12 @@ def test_validate(parent, tmp_path, capsys):
     assert main(["validate", plan]) == 0
     assert main(["validate", plan, "--model", str(parent)]) == 0
     out = capsys.readouterr().out
-    assert "valid for LlamaForCausalLM: child num_layers 3, hidden_size 32" in out
+    sizes = "num_layers 3, hidden_size 64 -> 32, intermediate_size 96 -> 48, num_heads 4 -> 2"
+    assert f"valid for LlamaForCausalLM: child {sizes}, num_kv_heads 2 -> 1" in out
+    model, _ = zoo.build("llama")  # the counts: the parent's, and the child's as built
+    child = surgeon.apply(model, GOOD, example_inputs=zoo.build("llama")[1])
+    old, new = (sum(p.numel() for p in m.parameters()) for m in (model, child))
+    assert f"parameters {old:,} -> {new:,} ({new / old:.1%})" in out
 
 
 def test_hugging_face_config_names_are_read_as_the_plans(parent, tmp_path, capsys):
@@ -286,3 +292,45 @@ def test_bad_arguments(parent, tmp_path, capsys):
     for argv, message in cases:
         _fails_cleanly(["apply", *argv], message, capsys, tmp_path)
     assert (existing / "keep.txt").read_text() == "mine"
+
+
+def test_the_summary_and_record_say_what_was_kept(parent, tmp_path, capsys):
+    """`apply` prints each size parent -> child and the kept layers; surgeon.json holds
+    the kept positions, and they are the ones the child's weights were taken from: the
+    child's tensors equal the parent's sliced by hand with those lists."""
+    import json
+
+    from safetensors.torch import load_file
+
+    plan = GOOD + "num_layers: 2\nimportance: weight\nrescale: none\n"
+    plan = plan.replace("target: {", "target: {num_layers: 2, ").replace("num_layers: 2\n", "")
+    out = tmp_path / "out"
+    assert (
+        main(["apply", "--model", str(parent), "--plan", _plan(tmp_path, plan), "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "num_layers         3 -> 2" in printed and "hidden_size        64 -> 32" in printed
+    record = json.loads((out / "surgeon.json").read_text())
+    kept = record["kept"]
+    assert f"layers kept       {kept['layers'][0]}" in printed
+    old, new = load_file(parent / "model.safetensors"), load_file(out / "model.safetensors")
+    hidden = torch.tensor(kept["hidden_size"])
+    torch.testing.assert_close(
+        new["model.embed_tokens.weight"], old["model.embed_tokens.weight"][:, hidden]
+    )
+    for j, i in enumerate(kept["layers"]):
+        ffn = torch.tensor(kept["per_layer"][j]["intermediate_size"])
+        heads = torch.tensor(kept["per_layer"][j]["num_heads"])
+        rows = (heads[:, None] * 16 + torch.arange(16)).flatten()  # head_dim 16
+        down = old[f"model.layers.{i}.mlp.down_proj.weight"][hidden][:, ffn]
+        q = old[f"model.layers.{i}.self_attn.q_proj.weight"][rows][:, hidden]
+        torch.testing.assert_close(new[f"model.layers.{j}.mlp.down_proj.weight"], down)
+        torch.testing.assert_close(new[f"model.layers.{j}.self_attn.q_proj.weight"], q)
+    assert len(kept["per_layer"][0]["num_kv_heads"]) == 1
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("surgeon 0.")

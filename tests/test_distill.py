@@ -163,3 +163,32 @@ def test_the_fsdp_config_in_examples_is_one_accelerate_reads():
     assert config.distributed_type.value == "FSDP"
     assert config.fsdp_config["fsdp_version"] == 2
     assert set(config.fsdp_config) <= options, set(config.fsdp_config) - options
+
+
+def test_the_cli_reports_held_out_loss_and_carries_the_record(folders, tmp_path, capsys):
+    """The last tenth of --data is held out: its loss before training is the child's
+    own next-token loss on those blocks, computed here by hand; the child's
+    surgeon.json is carried into --out with the training added."""
+    import json
+    import shutil
+
+    child = tmp_path / "child"
+    shutil.copytree(folders / "child", child)
+    (child / "surgeon.json").write_text(json.dumps({"plan": "p.yaml", "parent_parameters": 10**6}))
+    out = tmp_path / "out"
+    argv = ["distill", "--child", str(child), "--data", str(folders / "text.txt")]
+    argv += ["--out", str(out), "--steps", "2", "--block-size", "16", "--batch-size", "4"]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    record = json.loads((out / "surgeon.json").read_text())
+    assert record["plan"] == "p.yaml" and record["distilled"]["steps"] == 2
+    model, tokenizer = _load(child)
+    blocks = pack(tokenizer, TEXT * 40, 16)
+    held = blocks[len(blocks) - len(blocks) // 10 :]
+    with torch.no_grad():
+        logits = model(input_ids=held).logits[:, :-1]
+        by_hand = F.cross_entropy(logits.flatten(0, 1), held[:, 1:].flatten()).item()
+    before = record["distilled"]["held_out_loss_before"]
+    assert before == pytest.approx(by_hand, rel=1e-4)
+    assert f"held-out loss ({len(held)} blocks" in printed.out
+    assert "lr and weight decay: no measured recommendation" in printed.err

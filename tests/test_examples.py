@@ -71,7 +71,8 @@ def test_demo_plan_fits_smollm2():
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     described = dry_run(model, ROOT / "examples" / "smollm2" / "plan.yaml")
-    assert described.startswith(
-        "num_layers 15, hidden_size 384, intermediate_size 1024, "
-        "num_heads 6, num_kv_heads 2, head_dim 64"
+    assert described == (  # SmolLM2-135M's published count: 134.5 M, embeddings tied
+        "num_layers 30 -> 15, hidden_size 576 -> 384, intermediate_size 1536 -> 1024, "
+        "num_heads 9 -> 6, num_kv_heads 3 -> 2, head_dim 64; "
+        "parameters 134,515,008 -> 42,479,232 (31.6%)"
     )

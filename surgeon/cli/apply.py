@@ -58,6 +58,17 @@ def _check_readable(path: Path) -> None:
         raise PlanError(f"cannot read calibration file {path}: {e}") from e
 
 
+def _ranges(values: list[int]) -> str:
+    """`0-3, 7, 9-10`: a list of layer numbers, runs joined."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][-1] + 1:
+            runs[-1].append(v)
+        else:
+            runs.append([v])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
 def _print(summary: dict, out: Path) -> None:
     s = summary
     print(f"wrote {out}/  ({s['model']})")
@@ -65,8 +76,12 @@ def _print(summary: dict, out: Path) -> None:
         f"  parameters  {s['parent_parameters']:,} -> {s['child_parameters']:,} "
         f"({s['child_parameters'] / s['parent_parameters']:.1%})"
     )
-    for key, value in s["child"].items():
+    from ..api import from_to
+
+    for key, value in from_to(s["parent_sizes"], s["child"]).items():
         print(f"  {key:<18} {value}")
+    print(f"  layers kept       {_ranges(s['layers_kept'])} (of the parent's)")
+    print("  kept positions    surgeon.json 'kept' (residual, FFN neurons, heads per layer)")
     onnx = s.get("onnx")
     if onnx and onnx.get("kv_cache"):
         print(

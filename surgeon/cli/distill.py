@@ -4,7 +4,9 @@ with the Hugging Face Trainer (runs under torchrun / accelerate launch as it is)
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 from pathlib import Path
 
 from ..errors import ModelLoadError, PlanError
@@ -27,8 +29,14 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=100, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=8, help="blocks per step and process")
     p.add_argument("--block-size", type=int, default=256, help="tokens per block")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument(
+        "--lr", type=float, help="AdamW's peak learning rate (default: the one measured for the "
+        "nearest child size in benchmarks/convergence.py, else 1e-3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--weight-decay", type=float,
+        help="AdamW's weight decay (default: as --lr, else 0.1)",
+    )  # fmt: skip
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the KL to the teacher")
     p.add_argument("--temperature", type=float, default=1.0, help="of the KL's softmaxes")
     p.add_argument("--seed", type=int, default=0)
@@ -50,6 +58,29 @@ def _text(path: str) -> str:
         raise PlanError(f"--data {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PlanError(f"--data {path}: cannot read it as UTF-8 text: {e}") from e
+
+
+def _record(child_dir: Path) -> dict | None:
+    """The child's `surgeon.json` (what `surgeon apply` recorded), if it has one."""
+    try:
+        return json.loads((child_dir / "surgeon.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _settings(args, record: dict | None, child, distilled: bool) -> tuple[float, float]:
+    """--lr and --weight-decay, or the recommendation for this child's size."""
+    from ..hints import FALLBACK, recommended
+
+    chosen, source = FALLBACK, "no surgeon.json beside the child: the defaults"
+    if record and record.get("parent_parameters"):
+        child_parameters = sum(p.numel() for p in child.parameters())
+        chosen, source = recommended(child_parameters, record["parent_parameters"], distilled)
+    if args.lr is None or args.weight_decay is None:
+        print(f"surgeon: lr and weight decay: {source}", file=sys.stderr)
+    lr = args.lr if args.lr is not None else chosen["lr"]
+    wd = args.weight_decay if args.weight_decay is not None else chosen["wd"]
+    return lr, wd
 
 
 def run_distill(args: argparse.Namespace) -> int:
@@ -75,6 +106,8 @@ def run_distill(args: argparse.Namespace) -> int:
         check_vocab(load_model(str(child_dir), False)[0], load_model(str(teacher_dir), False)[0])
     child, _ = load_model(str(child_dir))
     teacher = load_model(str(teacher_dir))[0] if teacher_dir else None
+    record = _record(child_dir)
+    lr, weight_decay = _settings(args, record, child, teacher is not None)
     metrics = distill(
         child,
         tokenizer,
@@ -85,16 +118,23 @@ def run_distill(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         batch_size=args.batch_size,
         steps=args.steps,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
+        lr=lr,
+        weight_decay=weight_decay,
         force=args.force,
         seed=args.seed,
+        record=record,
     )
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
         how = f"distilled from {teacher_dir}" if teacher_dir else "trained"
         print(
-            f"{how}: {args.steps} steps on {metrics['processes']} process(es), "
-            f"mean training loss {metrics['train_loss']:.3f}"
+            f"{how}: {args.steps} steps on {metrics['processes']} process(es) at lr {lr:g}, "
+            f"weight decay {weight_decay:g}; mean training loss {metrics['train_loss']:.3f}"
         )
+        if "held_out_loss_after" in metrics:
+            print(
+                f"held-out loss ({metrics['held_out_blocks']} blocks, the last tenth of "
+                f"--data, not trained on): {metrics['held_out_loss_before']:.3f} -> "
+                f"{metrics['held_out_loss_after']:.3f}"
+            )
         print(f"wrote {out}")
     return 0

@@ -55,11 +55,24 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return run_apply(args)
 
 
+class _WithDefaults(argparse.HelpFormatter):
+    """Help that ends each option's line with its default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="surgeon",
         description="Initialize a small transformer from a larger pretrained one.",
     )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"surgeon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "inspect", help="trace a model and print its layers, widths, heads and groups"
@@ -106,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schema of plans")
     p.set_defaults(run=_cmd_schema)
+    for command in sub.choices.values():  # `--help` shows each option's default
+        command.formatter_class = _WithDefaults
     return parser
 
 
