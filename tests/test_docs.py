@@ -36,3 +36,38 @@ def test_yaml_plans_in_docs_are_valid_plans():
     for block in blocks:
         plan = load_plan(block)
         assert plan.sizes  # each documented plan states a destination
+
+
+def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's "Your own model" commands, each through the CLI, on a zoo Llama
+    folder with a tokenizer: its variables set to that folder, a plan of its size and a
+    text file; `--steps 2000` runs as 2. Every command succeeds."""
+    import shlex
+
+    from surgeon.cli import main
+    from tests import zoo
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Your own model.*?```sh\n(.*?)```", readme, flags=re.S).group(1)
+    model, _ = zoo.build("llama")
+    model.save_pretrained(tmp_path / "parent")
+    zoo.save_letter_tokenizer(tmp_path / "parent")
+    (tmp_path / "plan.yaml").write_text("target: {num_layers: 2, hidden_size: 32, num_heads: 2}\n")
+    (tmp_path / "text.txt").write_text("the quick brown fox jumps over the lazy dog " * 200)
+    values = {"MODEL": "parent", "PLAN": "plan.yaml", "TEXT": "text.txt"}
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    for line in block.splitlines():
+        line = line.split(" #")[0].strip()
+        name, _, value = line.partition("=")
+        if name in values:
+            assert value, line  # an assignment the test replaces
+            continue
+        assert line.startswith("surgeon "), line
+        for key, value in values.items():
+            line = line.replace(f"${key}", value)
+        argv = shlex.split(line.replace("--steps 2000", "--steps 2"))[1:]
+        assert main(argv) == 0, (line, capsys.readouterr().err)
+        ran.append(argv[0])
+    assert ran == ["inspect", "validate", "apply", "distill", "export", "generate"]
+    assert (tmp_path / "trained" / "model.onnx").is_file()
