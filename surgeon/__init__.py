@@ -1,5 +1,7 @@
 """surgeon: initialize a small transformer from a larger pretrained one (weight subcloning)."""
 
+import warnings
+
 from .analysis import register_rule, unregister_rule
 from .api import apply
 from .errors import InvariantError, PlanError, SurgeonError, TraceError, UnsupportedOpError
@@ -24,3 +26,9 @@ __all__ = [
     "TraceError",
 ]
 __version__ = "0.1.0"
+
+# torch's notice of its own deprecated API, raised inside copy.deepcopy of an exported
+# graph's tree specs: nothing the user wrote, nothing they can change
+warnings.filterwarnings(
+    "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
+)

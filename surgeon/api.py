@@ -7,7 +7,9 @@ benchmarks reach the pipeline only through these."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -125,8 +127,22 @@ def stream_subclone(
         settings = surgery.plan.calibration
         batches = resolve_calibration(model, calibration, tokenizer, settings, True)
         check_batches(batches[0], batches)
-    parent = prepare_folder(folder, batches[0] if batches else None)
+    with step(progress, f"tracing and analysing {folder} on the meta device"):
+        parent = prepare_folder(folder, batches[0] if batches else None)
     return decide(parent, surgery, batches, progress)
+
+
+@contextlib.contextmanager
+def step(progress: bool, what: str):
+    """A line on stderr when a step with no bar of its own starts, and its time when it
+    ends (with `progress`, on rank 0)."""
+    if not progress or rank() != 0:
+        yield
+        return
+    started = time.perf_counter()
+    print(f"{what} ...", file=sys.stderr, flush=True)  # not `surgeon:`, a notice's prefix
+    yield
+    print(f"{what}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
 
 def stream_apply(
@@ -171,9 +187,11 @@ def stream_apply(
 
             from .frontends import synthetic_inputs
 
-            child = getattr(transformers, architecture).from_pretrained(tmp).eval()
-            example = synthetic_inputs(child)  # the parent's are on meta
-            result = emit_any_onnx(child, example, tmp, load_tokenizer(str(tmp)), onnx == "int8")
+            with step(progress, "exporting the child to ONNX and checking it"):
+                child = getattr(transformers, architecture).from_pretrained(tmp).eval()
+                example = synthetic_inputs(child)  # the parent's are on meta
+                tokenizer = load_tokenizer(str(tmp))
+                result = emit_any_onnx(child, example, tmp, tokenizer, onnx == "int8")
         summary = {
             **_summary(cut, folder, plan, architecture, result, started),
             "streamed": True,
@@ -230,8 +248,9 @@ def save_child(
         _write_model(child, tokenizer, tmp)
         result = None
         if onnx:
-            example = child.state.graph.inputs
-            result = emit_any_onnx(child.model, example, tmp, tokenizer, onnx == "int8")
+            with step(progress, "exporting the child to ONNX and checking it"):
+                example = child.state.graph.inputs
+                result = emit_any_onnx(child.model, example, tmp, tokenizer, onnx == "int8")
         summary = {
             **_summary(child.cut, name, plan, type(child.model).__name__, result, started),
             "parent_parameters": parent_parameters,

@@ -87,7 +87,7 @@ class Runner:
         envs = [self._placeholders(b, needed) for b in batches]
         segments = [[n for n in s if n in needed] for s in self.segments]
         segments = [s for s in segments if s]
-        bar = _bar(progress, len(segments) * len(envs))
+        bar = _bar(progress and f"{progress} ({len(envs)} batches)", len(segments))
         with _Spill(self.graph.graph, self.spill_bytes) as spill:
             for nodes in segments:
                 tensors = self._tensors(nodes)  # read once for all batches, dropped after
@@ -103,8 +103,8 @@ class Runner:
                     for i in tensors:  # a tensor read again later is read then
                         env.pop(i, None)
                     spill.keep(envs, k)
-                    if bar is not None:
-                        bar.update(1)
+                if bar is not None:
+                    bar.update(1)
                 del tensors
         if bar is not None:
             bar.close()
@@ -250,7 +250,7 @@ def _bar(desc: str, total: int):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch")
+    return tqdm(total=total, desc=desc, unit="segment")  # a layer, or what is between
 
 
 @contextlib.contextmanager

@@ -99,8 +99,8 @@ class Report:
             out["residual_importance_per_site"] = self.stream_scores
         return out
 
-    def render(self) -> str:
-        return render(self.to_dict())
+    def render(self, groups: bool = False) -> str:
+        return render(self.to_dict(), groups)
 
 
 def inspect(
@@ -139,8 +139,98 @@ def inspect(
     return Report(type(model.model).__name__, analysis, ratios, scores, sites)
 
 
-def render(d: dict[str, Any]) -> str:
-    """The report as a readable table."""
+# what each role's group is, in the sizes a plan states
+ROLE_MEANING = {
+    "residual": "the residual stream: hidden_size",
+    "ffn": "FFN neurons: intermediate_size",
+    "heads": "query heads per key/value head (num_heads = num_kv_heads x this)",
+    "kv_groups": "key/value heads: num_kv_heads",
+    "head_dim": "positions in a head: head_dim (kept)",
+    "vocab": "the vocabulary (kept)",
+    "experts": "routed experts: num_experts",
+    "mixer": "a token mixer's channels (kept, or as the config sizes them)",
+    "rank": "a low-rank projection's rank (kept)",
+}
+
+
+def _layer_rows(d: dict[str, Any], experts: bool) -> list[tuple[str, str]]:
+    """(layer name, its row of sizes) per layer; without residual ratios, runs of
+    consecutive layers of one stack and the same sizes are one row (`model.layers.0-29`)."""
+    rows: list[tuple[str, str]] = []
+    for layer in d["layers"]:
+        row = (
+            f"{layer['intermediate_size']:>6} {layer['num_heads']:>6} "
+            f"{layer['num_kv_heads']:>4} {layer['head_dim']:>9}"
+        )
+        if experts:
+            row += f" {layer.get('num_experts', 0):>8}"
+            row += f" {layer.get('moe_intermediate_size', 0):>10}"
+            row += f" {layer.get('shared_expert_intermediate_size', 0):>10}"
+        if layer.get("heads_kept"):
+            row += "  heads kept"
+        if "residual_ratio" in layer:
+            row += "  " + " ".join(f"{r:.3f}" for r in layer["residual_ratio"])
+        rows.append((layer["name"], row))
+    if "residual_ratio" in (d["layers"] or [{}])[0]:
+        return rows
+    runs: list[list] = []
+    for name, row in rows:
+        stack, _, index = name.rpartition(".")
+        last = runs[-1] if runs else None
+        if last and last[0] == stack and last[3] == row and index.isdigit():
+            if int(index) == last[2] + 1:
+                last[2] = int(index)
+                continue
+        runs.append(
+            [
+                stack,
+                int(index) if index.isdigit() else index,
+                int(index) if index.isdigit() else index,
+                row,
+            ]
+        )
+    out = []
+    for stack, first, end, row in runs:
+        label = f"{stack}.{first}" if first == end else f"{stack}.{first}-{end}"
+        out.append((label, row))
+    return out
+
+
+def _group_rows(d: dict[str, Any]) -> list[str]:
+    """The groups by role: one row per role, size and note, with the layers that have
+    such a group and their parameters in all."""
+    merged: dict[tuple, dict] = {}
+    rotary = {r["group"] for r in d["rotary"]}
+    for g in d["groups"]:
+        pinned = g["pinned"] or ("rotary" if g["id"] in rotary else "")
+        key = (g["layer"] is None, g["role"], g["size"], pinned)
+        m = merged.setdefault(key, {"layers": [], "parameters": 0, "count": 0})
+        m["count"] += 1
+        m["parameters"] += g["parameters"]
+        if g["layer"] is not None:
+            m["layers"].append(g["layer"])
+    lines = [f"{'role':<10} {'size':>6} {'where':<14} {'params':>12}  what it is"]
+    for (shared, role, size, pinned), m in sorted(
+        merged.items(), key=lambda kv: (not kv[0][0], kv[0][1])
+    ):
+        layers = sorted(set(m["layers"]))
+        where = (
+            "shared"
+            if shared
+            else (f"layer {layers[0]}" if len(layers) == 1 else f"{len(layers)} layers")
+        )
+        meaning = ROLE_MEANING.get(role, role)
+        if pinned == "rotary":
+            meaning = "the rotary embedding's frequencies, half a head (kept)"
+        elif pinned:
+            meaning += f"; pinned: {pinned}"
+        lines.append(f"{role:<10} {size:>6} {where:<14} {m['parameters']:>12,}  {meaning}")
+    return lines
+
+
+def render(d: dict[str, Any], groups: bool = False) -> str:
+    """The report as a readable table: identical consecutive layers in one row, the
+    groups by role (`groups`: every group, by its id)."""
     experts = any(layer.get("num_experts") for layer in d["layers"])
     lines = [
         f"model        {d['model']}  (traced with {d['frontend']})",
@@ -161,18 +251,8 @@ def render(d: dict[str, Any]) -> str:
         + (f" {'experts':>8} {'expert ffn':>10} {'shared ffn':>10}" if experts else "")
         + ("  residual ratio" if "residual_ratio" in d else ""),
     ]
-    for layer in d["layers"]:
-        row = (
-            f"{layer['name']:<28} {layer['intermediate_size']:>6} {layer['num_heads']:>6} "
-            f"{layer['num_kv_heads']:>4} {layer['head_dim']:>9}"
-        )
-        if experts:
-            row += f" {layer.get('num_experts', 0):>8}"
-            row += f" {layer.get('moe_intermediate_size', 0):>10}"
-            row += f" {layer.get('shared_expert_intermediate_size', 0):>10}"
-        if "residual_ratio" in layer:
-            row += "  " + " ".join(f"{r:.3f}" for r in layer["residual_ratio"])
-        lines.append(row)
+    lines += [f"{name:<28} {row}" for name, row in _layer_rows(d, experts)]
+    lines.append("(ffn: intermediate_size, heads: num_heads, kv: num_kv_heads, as plans name them)")
     lines.append("")
     for names in d["tied"]:
         lines.append("tied         " + " = ".join(names))
@@ -187,6 +267,9 @@ def render(d: dict[str, Any]) -> str:
         lines.append(f"per-head     {name}")
     for name in d["other_stacks"]:
         lines.append(f"other stack  {name}: no residual blocks found in it, kept whole")
+    if not groups:
+        lines += ["", "groups of axes cut together, by role (--groups: each group)"]
+        return "\n".join(lines + _group_rows(d))
     lines += ["", "parameters per group (shared groups first, then per layer)"]
     lines.append(f"{'group':>6} {'role':<10} {'size':>6} {'layer':>5} {'params':>10}  note")
     for g in d["groups"]:

@@ -17,7 +17,13 @@ def test_inspect_prints_table_and_json(capsys):
     out = capsys.readouterr().out
     assert "tied         transformer.wte.weight = lm_head.weight" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("transformer.h.")]
-    assert rows == [[f"transformer.h.{i}", "256", "4", "4", "16"] for i in range(3)]
+    assert rows == [["transformer.h.0-2", "256", "4", "4", "16"]]  # three alike: one row
+    assert "ffn           256 3 layers" in out  # the groups by role
+    assert main(["inspect", "--model", "tests/zoo.py:nanogpt", "--groups"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [r[1:4] for r in rows if r[1:2] == ["ffn"] and r[0].isdigit()] == [
+        ["ffn", "256", str(i)] for i in range(3)
+    ]
     assert main(["inspect", "--model", "tests.zoo:llama", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["model"] == "LlamaForCausalLM"

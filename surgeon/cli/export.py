@@ -17,6 +17,7 @@ __all__ = ["add_parsers", "run_export", "run_generate"]
 def run_export(args: argparse.Namespace) -> int:
     """Write model.onnx (and model.int8.onnx) into an existing Hugging Face folder, beside
     its config and tokenizer: the layout Optimum's ONNX models load from."""
+    from ..api import step
     from ..frontends import synthetic_inputs
     from ..frontends.load import load_model, load_tokenizer
 
@@ -33,7 +34,8 @@ def run_export(args: argparse.Namespace) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        result = emit_any_onnx(model, synthetic_inputs(model), staging, tokenizer, args.int8)
+        with step(True, f"exporting {type(model).__name__} to ONNX and checking it"):
+            result = emit_any_onnx(model, synthetic_inputs(model), staging, tokenizer, args.int8)
         for file in staging.iterdir():  # only after the check passed
             file.replace(folder / file.name)
     finally:

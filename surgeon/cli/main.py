@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 
 from ..errors import SurgeonError, first_line
 
@@ -22,7 +21,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         args.model, calibration=args.calibration, frontend=args.frontend, device=args.device,
         notice=lambda line: print(f"surgeon: {line}", file=sys.stderr),
     )  # fmt: skip
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render())
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.render(args.groups))
     return 0
 
 
@@ -81,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--frontend", default="auto", choices=["auto", "export", "fx"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--groups", action="store_true", help="list every group of axes by its id")
     p.add_argument(
         "--calibration",
         help="a text file: also measure residual ratios and "
@@ -133,8 +133,6 @@ def _close_bars() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # torch's pytree deprecation notice fires inside deepcopy; it is not the user's concern
-    warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
     try:
         return args.run(args)
     except SurgeonError as e:
