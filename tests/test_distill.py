@@ -178,7 +178,7 @@ def test_the_cli_reports_held_out_loss_and_carries_the_record(folders, tmp_path,
     out = tmp_path / "out"
     argv = ["distill", "--child", str(child), "--data", str(folders / "text.txt")]
     argv += ["--out", str(out), "--steps", "2", "--block-size", "16", "--batch-size", "4"]
-    assert main(argv) == 0
+    assert main([*argv, "--onnx"]) == 0
     printed = capsys.readouterr()
     record = json.loads((out / "surgeon.json").read_text())
     assert record["plan"] == "p.yaml" and record["distilled"]["steps"] == 2
@@ -192,3 +192,4 @@ def test_the_cli_reports_held_out_loss_and_carries_the_record(folders, tmp_path,
     assert before == pytest.approx(by_hand, rel=1e-4)
     assert f"held-out loss ({len(held)} blocks" in printed.out
     assert "lr and weight decay: no measured recommendation" in printed.err
+    assert (out / "model.onnx").is_file() and "greedy generation token-identical" in printed.out

@@ -41,6 +41,10 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="of the KL's softmaxes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--onnx", action="store_true",
+        help="also write --out/model.onnx, checked as `surgeon export` checks it",
+    )  # fmt: skip
     p.set_defaults(run=run_distill)
 
 
@@ -137,4 +141,8 @@ def run_distill(args: argparse.Namespace) -> int:
                 f"{metrics['held_out_loss_after']:.3f}"
             )
         print(f"wrote {out}")
+        if args.onnx:
+            from .export import run_export
+
+            return run_export(argparse.Namespace(model=str(out), int8=False, force=False))
     return 0
