@@ -3,7 +3,7 @@
 import warnings
 
 from .analysis import register_rule, unregister_rule
-from .api import apply
+from .api import apply, subclone
 from .errors import InvariantError, PlanError, SurgeonError, TraceError, UnsupportedOpError
 from .pipeline import Parent, prepare
 from .plan import Plan, load_plan
@@ -11,6 +11,7 @@ from .report import Report, inspect
 
 __all__ = [
     "apply",
+    "subclone",
     "prepare",
     "Parent",
     "inspect",

@@ -57,6 +57,12 @@ class Child:
     def state(self) -> SurgeryState:
         return self.cut.state
 
+    @property
+    def kept(self) -> dict[str, Any]:
+        """Which parent layers, residual positions, FFN neurons and heads the child keeps
+        (`Cut.kept`; what `surgeon apply` writes to surgeon.json)."""
+        return self.cut.kept
+
 
 def subclone(
     model: nn.Module | Parent,
