@@ -68,3 +68,18 @@ def permuted_through_the_cli(model, folder):
     assert main(["inspect", *args]) == 0
     assert main(["apply", *args, "--plan", str(plan), "--out", str(folder / "child")]) == 0
     return type(model).from_pretrained(folder / "child").eval()
+
+
+def assert_embedding_is_a_hand_slice(parent, child, kept_hidden: list[int]) -> None:
+    """The child's input embedding (its first matrix) is the parent's with the residual
+    axis taken by hand at the positions `kept_hidden` (as surgeon.json records them):
+    embeddings are cut, never rescaled."""
+
+    def matrix(model):
+        return next(p for p in model.get_input_embeddings().parameters() if p.dim() >= 2)
+
+    old, new = matrix(parent).detach(), matrix(child).detach()
+    hidden = parent.config.get_text_config().hidden_size
+    (axis,) = [i for i, size in enumerate(old.shape) if size == hidden]
+    reference = old.index_select(axis, torch.tensor(kept_hidden))
+    assert torch.equal(new, reference.to(new.dtype)), "the embedding is not the hand slice"

@@ -7,7 +7,7 @@ from surgeon import PlanError
 from surgeon.api import stream_apply, subclone
 from surgeon.io.shards import Shards, save_safetensors
 from tests import zoo
-from tests.helpers import shrink_plan
+from tests.helpers import assert_embedding_is_a_hand_slice, shrink_plan
 
 PLAN = {
     "target": {
@@ -51,6 +51,7 @@ def test_streamed_child_is_bit_identical(prepared, tmp_path, monkeypatch, name, 
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    assert_embedding_is_a_hand_slice(model, streamed, summary["kept"]["hidden_size"])
     assert summary["child_parameters"] <= sum(p.numel() for p in in_memory.parameters())
     in_memory.save_pretrained(tmp_path / "in_memory")  # stored under the same names
     assert Shards(tmp_path / "child").index.keys() == Shards(tmp_path / "in_memory").index.keys()

@@ -12,7 +12,7 @@ from surgeon import PlanError
 from surgeon.api import subclone
 from surgeon.frontends import as_inputs
 from tests import zoo
-from tests.helpers import fingerprint, out, shrink_plan, train
+from tests.helpers import assert_embedding_is_a_hand_slice, fingerprint, out, shrink_plan, train
 
 
 @pytest.fixture(params=zoo.NAMES)
@@ -168,6 +168,7 @@ def test_a_bfloat16_parent_gives_a_bfloat16_child(name):
     child = subclone(model, {**shrink_plan(name), "importance": "weight"}, example)
     assert {p.dtype for p in child.model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in child.graph.parameters()} == {torch.bfloat16}
+    assert_embedding_is_a_hand_slice(model, child.model, child.kept["hidden_size"])
     inputs = as_inputs(example)
     torch.testing.assert_close(out(child.model, inputs), out(child.graph, inputs), atol=0, rtol=0)
     assert fingerprint(model) == before
