@@ -263,6 +263,7 @@ def load_plan(plan: Any) -> Plan:
     errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(plan), key=_depth_first)
     if errors:
         raise PlanError(_message(errors[0]))
+    plan = _integers(plan)
     _check_heads(plan)
     settings = {
         "calibration": {**CALIBRATION, **(plan.get("calibration") or {})},
@@ -281,6 +282,18 @@ def load_plan(plan: Any) -> Plan:
         recipe=plan.get("recipe", "auto"),
         **settings,
     )
+
+
+def _integers(value: Any) -> Any:
+    """`value` with the whole numbers YAML or JSON wrote as floats (`384.0`, which the
+    schema's `integer` accepts) made ints: every number a plan holds is a count."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: _integers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integers(v) for v in value]
+    return value
 
 
 def _aliased(plan: Mapping) -> Mapping:

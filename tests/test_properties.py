@@ -186,3 +186,20 @@ def test_a_plan_that_validates_applies(name, prepared, target):
     event("valid")
     child = _check(p.parent, p.example, plan)
     assert child is not None, (plan, described)
+
+
+def test_found_by_the_long_run(prepared):
+    """Each was a failure of `benchmarks/properties.py` before: a whole number written as
+    a float (`48.0`, an integer to JSON Schema) crashed the slice; a depth cut beside a
+    width cut sized the child's heads from the dropped layers too, so Qwen2's config kept
+    4 heads (of head_dim 8, derived) where the child has 2 of 16: the shapes agreed, the
+    computation did not."""
+    llama = prepared("llama")
+    floats = apply(llama.parent, {"target": {"intermediate_size": 48.0}, "importance": "weight"})
+    ints = apply(llama.parent, {"target": {"intermediate_size": 48}, "importance": "weight"})
+    for a, b in zip(floats.state_dict().values(), ints.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    qwen2 = prepared("qwen2")
+    plan = {"target": {"num_layers": 2, "hidden_size": 32}, "importance": "weight"}
+    child = apply(qwen2.parent, plan)
+    assert (child.config.num_attention_heads, child.config.num_key_value_heads) == (2, 1)

@@ -79,7 +79,10 @@ class SurgeryState:
         a = self.analysis
         sizes = {"hidden_size": self.new_size(a.stream_of(stack))}
         per_layer: dict[str, set[int]] = {}
-        for layer in a.layers:
+        kept = set(self.kept_layers())  # a layer the child drops says nothing of its sizes
+        for i, layer in enumerate(a.layers):
+            if i not in kept:
+                continue
             if layer.stack != stack if stack is not None else layer.stream != a.residual:
                 continue
             if layer.experts:
