@@ -157,3 +157,32 @@ def test_a_model_without_a_kv_cache_is_refused_in_one_line(tmp_path):
     with pytest.raises(SurgeonError, match="BertForMaskedLM.forward takes no KV cache"):
         export_decoder(model, tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_onnxruntime_genai_runs_the_folder_as_written(exported):
+    """The export writes genai_config.json: onnxruntime-genai loads the folder as it is,
+    and its greedy tokens are transformers' own for three prompts, computed here."""
+    import json
+
+    import onnxruntime_genai as og
+
+    folder, child, printed = exported
+    config = json.loads((folder / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["num_key_value_heads"] == child.config.num_key_value_heads
+    assert "onnxruntime-genai" in printed
+    from transformers import AutoTokenizer
+
+    runtime = og.Model(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for text in ("the quick brown", "zz", "hello world"):  # no "a": the pad token's id
+        prompt = tokenizer(text)["input_ids"]
+        params = og.GeneratorParams(runtime)
+        params.set_search_options(max_length=len(prompt) + 16, do_sample=False)
+        generator = og.Generator(runtime, params)
+        generator.append_tokens(prompt)
+        got = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            got.append(int(generator.get_next_tokens()[0]))
+        want = greedy_reference(child, [prompt], 16)[0]
+        assert got == want[: len(got)] and (len(got) == 16 or got[-1] == child.config.eos_token_id)

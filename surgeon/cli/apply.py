@@ -95,6 +95,10 @@ def _print(summary: dict, out: Path) -> None:
             f"  onnx: model.onnx matches PyTorch within "
             f"{onnx['max_relative_difference']:.1e} of the output scale (2 fresh shapes)"
         )
+    if onnx:
+        from .export import print_genai
+
+        print_genai(onnx)
     if onnx and "int8_bytes" in onnx:
         print(f"  onnx: model.int8.onnx (dynamic int8), {onnx['int8_bytes'] / 2**20:.1f} MiB")
     print(f"  took {s['seconds']:.1f} s")

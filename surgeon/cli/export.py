@@ -55,6 +55,23 @@ def _print_onnx(result: dict, folder: Path) -> None:
         )
     if "int8_bytes" in result:
         print(f"  int8: model.int8.onnx, {result['int8_bytes'] / 2**20:.1f} MiB")
+    print_genai(result)
+
+
+def print_genai(result: dict) -> None:
+    """The line on onnxruntime-genai's config and check, where the export is a decoder."""
+    skipped = result.get("genai_prompts_skipped_for_pad")
+    skipped = f"; {skipped} prompt(s) holding the pad token id not compared" if skipped else ""
+    if result.get("genai_config") and result.get("genai_tokens_compared") is not None:
+        print(
+            f"  onnxruntime-genai: genai_config.json, greedy generation token-identical to "
+            f"transformers ({result['genai_tokens_compared']} tokens{skipped})"
+        )
+    elif result.get("genai_config"):
+        print("  onnxruntime-genai: genai_config.json (not checked: onnxruntime-genai is "
+              "not installed)")  # fmt: skip
+    elif result.get("genai_skipped"):
+        print(f"  onnxruntime-genai: {result['genai_skipped']}")
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import InvariantError, SurgeonError, first_line
+from .genai import write_genai
 from .onnx import emit_onnx, torch_onnx_export
 
 __all__ = [
@@ -218,11 +219,7 @@ def check_decoder(
             f"the ONNX decoder's logits differ from PyTorch by {worst:.2e} of the output "
             f"scale (> {tol}) in a prefill or cached step"
         )
-    if prompts is None:
-        g = torch.Generator().manual_seed(1)
-        lengths = [5, 9, 3, 12][:PROMPTS]
-        vocab = model.config.vocab_size
-        prompts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+    prompts = prompts or _random_prompts(model)
     compared = 0
     wanted = greedy_reference(model, prompts, NEW_TOKENS)  # one batch: 32 steps, not 128
     for i, (got, want) in enumerate(
@@ -237,6 +234,13 @@ def check_decoder(
             )
         compared += len(want)
     return {"max_relative_difference": worst, "greedy_tokens_compared": compared}
+
+
+def _random_prompts(model: nn.Module) -> list[list[int]]:
+    """`PROMPTS` prompts of random tokens (the check's, where no tokenizer is at hand)."""
+    g = torch.Generator().manual_seed(1)
+    vocab = model.config.vocab_size
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in [5, 9, 3, 12][:PROMPTS]]
 
 
 def greedy_reference(
@@ -306,6 +310,8 @@ def emit_decoder(
     layout = export_decoder(model, path)
     result = {"kv_cache": True, "cache_layers": [list(s) for s in layout.layers]}
     result.update(check_decoder(model, path, prompts))
+    prompts = prompts or _random_prompts(model)
+    result.update(write_genai(model, layout, Path(folder), prompts[:PROMPTS], NEW_TOKENS))
     if int8:
         quantized = quantize_int8(path, Path(folder) / "model.int8.onnx")
         result["int8_bytes"] = quantized.stat().st_size

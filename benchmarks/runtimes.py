@@ -1,0 +1,98 @@
+"""The runtimes people ship small models with, token for token against transformers:
+SmolLM2-135M and the demo's child (`examples/smollm2/plan.yaml`, untrained), each
+exported by `surgeon export` (model.onnx and genai_config.json), then greedy generation
+of 128 new tokens after 3 prompts in onnxruntime-genai, compared with transformers'
+`generate` (never stopping at the end-of-sequence token in either).
+
+    python benchmarks/runtimes.py            # needs `make demo`'s SmolLM2 cache
+
+Writes benchmarks/results/runtimes.json (commit, date, per model: tokens compared, tokens
+that agree, the first difference)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "runtimes.json"
+PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, there was a")
+NEW_TOKENS = 128
+
+
+def _genai(folder: Path, prompt: list[int]) -> list[int]:
+    import onnxruntime_genai as og
+
+    config_path = folder / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["eos_token_id"] = -1  # never stop early, as the reference does not
+    config_path.write_text(json.dumps(config))
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + NEW_TOKENS, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    out = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+    return out
+
+
+def check(folder: Path) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from surgeon.cli import main
+    from surgeon.emit.decoder import greedy_reference
+
+    started = time.perf_counter()
+    assert main(["export", "--model", str(folder), "--force"]) == 0
+    exported = time.perf_counter() - started
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = []
+    for text in PROMPTS:
+        prompt = tokenizer(text)["input_ids"]
+        with torch.no_grad():
+            want = greedy_reference(model, [prompt], NEW_TOKENS)[0]
+        got = _genai(folder, prompt)
+        same = sum(a == b for a, b in zip(got, want, strict=False))
+        first = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
+        rows.append({"prompt": text, "tokens": len(want), "agree": same, "first_difference": first})
+    return {"export_seconds": round(exported, 1), "onnxruntime_genai": rows}
+
+
+def main() -> int:
+    from surgeon.demo.smollm2 import DEFAULT_CACHE, smollm2
+
+    smollm2()  # converts the offline package once
+    parent = ROOT / DEFAULT_CACHE
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        child = Path(tmp) / "child"
+        plan = ROOT / "examples" / "smollm2" / "plan.yaml"
+        from surgeon.cli import main as cli
+
+        assert cli(["apply", "--model", str(parent), "--plan", str(plan), "--out", str(child)]) == 0
+        parent_copy = Path(tmp) / "parent"
+        subprocess.run(["cp", "-r", str(parent), str(parent_copy)], check=True)
+        for name, folder in (("SmolLM2-135M", parent_copy), ("demo child", child)):
+            results[name] = check(folder)
+            print(name, json.dumps(results[name]), flush=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    out = {"commit": commit, "date": datetime.date.today().isoformat(), "models": results}
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
