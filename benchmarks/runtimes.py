@@ -32,7 +32,9 @@ def _genai(folder: Path, prompt: list[int]) -> list[int]:
 
     config_path = folder / "genai_config.json"
     config = json.loads(config_path.read_text())
-    config["model"]["eos_token_id"] = -1  # never stop early, as the reference does not
+    # the reference never stops early: genai's end-of-sequence id is set to the last id
+    # of the vocabulary (genai takes none outside it); a run that stops shows as shorter
+    config["model"]["eos_token_id"] = config["model"]["vocab_size"] - 1
     config_path.write_text(json.dumps(config))
     model = og.Model(str(folder))
     params = og.GeneratorParams(model)
