@@ -71,6 +71,7 @@ def test_inspect_and_validate_read_a_folder_on_the_meta_device(tmp_path, capsys)
     "model, message",
     [
         ("does-not-exist", "neither a folder nor 'module:factory'"),
+        ("HuggingFaceTB/SmolLM2-135M", "surgeon does not download: `huggingface-cli download"),
         ("missing.py:build", "no such file: missing.py"),
         ("tests.zoo:no_such_factory", "has no callable 'no_such_factory'"),
         ("no_such_module_xyz:build", "cannot import 'no_such_module_xyz'"),

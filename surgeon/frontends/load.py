@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,12 @@ def load_model(spec: str, weights: bool = True) -> tuple[nn.Module, Inputs | Non
     path = Path(spec)
     if path.is_dir():
         return _load_hf_folder(path, weights), None
+    if ":" not in spec and re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not path.exists():
+        raise ModelLoadError(
+            f"model {spec!r} is not a folder here; if it is a Hugging Face Hub id, surgeon "
+            f"does not download: `huggingface-cli download {spec} --local-dir DIR` (or "
+            "save_pretrained), then pass DIR"
+        )
     if ":" not in spec:
         raise ModelLoadError(
             f"model {spec!r} is neither a folder nor 'module:factory': pass a Hugging Face "
