@@ -25,7 +25,7 @@ from .errors import NotStreamable, PlanError, SurgeonError, TraceError
 from .execute import rank, world_size
 from .frontends.load import load_tokenizer
 from .io.calibration import check_batches, resolve_calibration
-from .io.output import check_output, staged_folder
+from .io.output import check_output, record_json, staged_folder
 from .passes import SurgeryState
 from .pipeline import Cut, Parent, check, decide, prepare, prepare_folder, resolve
 from .plan import Plan
@@ -205,7 +205,7 @@ def stream_apply(
             "parent_parameters": parent.graph.params.num_parameters(),
             "child_parameters": written,
         }
-        (tmp / "surgeon.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "surgeon.json").write_text(record_json(summary))
     return summary
 
 
@@ -262,7 +262,7 @@ def save_child(
             "parent_parameters": parent_parameters,
             "child_parameters": sum(p.numel() for p in child.model.parameters()),
         }
-        (tmp / "surgeon.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "surgeon.json").write_text(record_json(summary))
     return summary
 
 
@@ -372,13 +372,21 @@ def dry_run(
 
 
 def from_to(parent: dict, child: dict) -> dict[str, str]:
-    """Each size as `parent -> child` (one number where the plan keeps it), layers first."""
+    """Each size as `parent -> child` (one number where the plan keeps it; `varies` where
+    the parent's layers differ in it), layers first; then each stack's change, under its
+    path (`model.decoder.layers num_layers`), where the model has several stacks."""
     keys = ["num_layers", *(k for k in child if k not in ("num_layers", "stacks"))]
-    return {
-        k: f"{parent.get(k)} -> {child[k]}" if parent.get(k) != child[k] else str(child[k])
-        for k in keys
-        if k in child
-    }
+    out = {}
+    for k in keys:
+        if k in child:
+            old = parent.get(k, "varies")
+            out[k] = f"{old} -> {child[k]}" if old != child[k] else str(child[k])
+    for stack, sizes in child.get("stacks", {}).items():
+        whole = parent.get("stacks", {}).get(stack, {})
+        for k, v in from_to(whole, sizes).items():
+            if " -> " in v:  # what the plan changes in this stack
+                out[f"{stack} {k}"] = v
+    return out
 
 
 def _check_parent(model: nn.Module, plan: Plan) -> None:

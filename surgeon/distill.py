@@ -12,7 +12,6 @@ DDP and FSDP: the same call runs under `torchrun` or `accelerate launch`
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from .errors import PlanError
-from .io.output import check_output, staged_folder
+from .io.output import check_output, record_json, staged_folder
 
 __all__ = ["distill", "distillation_loss", "DistillTrainer", "pack", "check_vocab", "check_mix"]
 
@@ -114,6 +113,9 @@ def check_mix(alpha: float, temperature: float) -> None:
         )
 
 
+HELD_OUT = 64  # blocks at most: the loss before and after is measured on the CPU too
+
+
 def distill(
     child: nn.Module,
     tokenizer: Any,
@@ -138,18 +140,23 @@ def distill(
     the new folder `out` (replaced only with `force`). With `teacher`, the loss is
     `distillation_loss` against its logits. Returns the Trainer's training metrics
     (`train_loss`, ...) and how many `processes` trained. With 10 blocks or more, the last
-    tenth is held out: never trained on, its next-token loss measured before and after
-    (`held_out_loss_before`, `held_out_loss_after`, `held_out_blocks`). `record` (the
-    child's `surgeon.json`, say) is written beside the model as `surgeon.json`, with the
-    training added under `distilled`. Other keyword arguments go to
-    `transformers.TrainingArguments` (e.g. `bf16=True`, `gradient_accumulation_steps=4`)."""
+    tenth (at most `HELD_OUT` blocks) is held out: never trained on, its next-token loss
+    measured before and after (`held_out_loss_before`, `held_out_loss_after`,
+    `held_out_blocks`). `record` (the child's `surgeon.json`, say) is written beside the
+    model as `surgeon.json`, with the training added under `distilled`. Other keyword
+    arguments go to `transformers.TrainingArguments` (e.g. `bf16=True`,
+    `gradient_accumulation_steps=4`)."""
     out = Path(out)
     check_output(out, force)
     if teacher is not None:
         check_vocab(child, teacher)
     check_mix(alpha, temperature)
     blocks = pack(tokenizer, data, block_size) if isinstance(data, str) else data
-    held = blocks[len(blocks) - len(blocks) // 10 :] if len(blocks) >= 10 else blocks[:0]
+    held = (
+        blocks[len(blocks) - min(len(blocks) // 10, HELD_OUT) :]
+        if len(blocks) >= 10
+        else blocks[:0]
+    )
     blocks = blocks[: len(blocks) - len(held)]
     before = held_out_loss(child, held, batch_size)
     settings = {
@@ -218,5 +225,5 @@ def _save(trainer: Trainer, tokenizer: Any, out: Path, force: bool, record=None)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
             if record is not None:
-                (tmp / "surgeon.json").write_text(json.dumps(record, indent=2) + "\n")
+                (tmp / "surgeon.json").write_text(record_json(record))
     trainer.accelerator.wait_for_everyone()

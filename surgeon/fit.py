@@ -501,8 +501,8 @@ def _own_validation(parent: nn.Module, config: Any, shape: ChildShape) -> None:
     sizes, full = shape.sizes[None]
     near = []
     for key in ("hidden_size", "num_heads", "num_kv_heads", "head_dim", *FFN_ROLES):
-        if key not in sizes or sizes[key] == full.get(key):
-            continue
+        if key not in sizes or key not in full or sizes[key] == full[key]:
+            continue  # kept, or the parent's layers differ in it
         value, found = sizes[key], []
         for d in range(1, 65):
             for v in (value - d, value + d):

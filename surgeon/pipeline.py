@@ -333,8 +333,13 @@ class Cut:
 def _kept_in(state: SurgeryState, layer) -> dict[str, list[int]]:
     """A layer's kept FFN neurons (per role), query heads and key/value heads."""
     out: dict[str, list[int]] = {}
-    for g in layer.ffn:
-        out[layer.ffn_role[g]] = state.positions(g).tolist()
+    offsets: dict[str, int] = {}
+    for g in layer.ffn:  # groups of one role side by side, numbered as the parent's
+        role, offset = layer.ffn_role[g], offsets.get(layer.ffn_role[g], 0)
+        out.setdefault(role, []).extend((state.positions(g) + offset).tolist())
+        offsets[role] = offset + state.analysis.atoms.size[g]
+    if layer.experts:
+        out["num_experts"] = [p for g in layer.experts for p in state.positions(g).tolist()]
     if layer.heads and state.analysis.cuts_heads(layer):
         pick = [state.positions(g).tolist() for g in layer.heads]
         sizes = [state.analysis.atoms.size[g] for g in layer.heads]
@@ -449,13 +454,15 @@ def _follow_axis(state: SurgeryState, axis: int, size: int) -> bool:
     that of the values); whether one could. Where several cuts give that size (a pooling
     head's heads or its head_dim), the one to a size the plan gave another group of its
     role (the layers' head count) wins; with none such, only a single possible cut is
-    made. A head_dim that rotary embeddings read is never cut (the rotary width the
-    child's class derives from it would not be the graph's)."""
+    made. On an axis that rotary embeddings read, head_dim is never cut (the rotary width
+    the child's class derives from it would not be the graph's)."""
     a = state.analysis
-    kept = {"residual", *(["head_dim"] if a.couplings.get("rotary") else [])}
+    leaves = list(dict.fromkeys(a.atoms.leaves(axis)))
+    rotary = {r["group"] for r in a.couplings.get("rotary") or []}
+    kept = {"residual", *(["head_dim"] if rotary & set(leaves) else [])}
     free = [
         leaf
-        for leaf in dict.fromkeys(a.atoms.leaves(axis))
+        for leaf in leaves
         if leaf in a.groups
         and a.groups[leaf].movable
         and leaf not in state.keep

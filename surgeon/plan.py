@@ -414,7 +414,8 @@ def _message(e: jsonschema.ValidationError) -> str:
                 f"unknown pass {unknown!r} in passes[{path[-1]}]; valid passes: "
                 f"{', '.join(PASS_ORDER)}"
             )
-        guess = difflib.get_close_matches(unknown, [*allowed, *ALIASES], n=1, cutoff=0.6)
+        names = [*allowed, *(k for k, v in ALIASES.items() if v in allowed)]
+        guess = difflib.get_close_matches(unknown, names, n=1, cutoff=0.6)
         guess = f" (did you mean {ALIASES.get(guess[0], guess[0])}?)" if guess else ""
         if path == ["target"]:
             return f"unknown target {unknown!r}{guess}; allowed: {', '.join(allowed)}"

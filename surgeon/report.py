@@ -220,6 +220,8 @@ def _group_rows(d: dict[str, Any]) -> list[str]:
             else (f"layer {layers[0]}" if len(layers) == 1 else f"{len(layers)} layers")
         )
         meaning = ROLE_MEANING.get(role, role)
+        if role == "heads" and not any(r == "kv_groups" for _, r, _, _ in merged):
+            meaning = "attention heads: num_heads (one key/value head each)"
         if pinned == "rotary":
             meaning = "the rotary embedding's frequencies, half a head (kept)"
         elif pinned:

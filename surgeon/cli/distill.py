@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the KL to the teacher")
     p.add_argument("--temperature", type=float, default=1.0, help="of the KL's softmaxes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the random seed of the data order and init")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument(
         "--onnx", action="store_true",
@@ -80,8 +80,9 @@ def _settings(args, record: dict | None, child, distilled: bool) -> tuple[float,
     if record and record.get("parent_parameters"):
         child_parameters = sum(p.numel() for p in child.parameters())
         chosen, source = recommended(child_parameters, record["parent_parameters"], distilled)
-    if args.lr is None or args.weight_decay is None:
-        print(f"surgeon: lr and weight decay: {source}", file=sys.stderr)
+    defaulted = [n for n, v in (("lr", args.lr), ("weight decay", args.weight_decay)) if v is None]
+    if defaulted and int(os.environ.get("RANK", "0")) == 0:
+        print(f"surgeon: {' and '.join(defaulted)}: {source}", file=sys.stderr)
     lr = args.lr if args.lr is not None else chosen["lr"]
     wd = args.weight_decay if args.weight_decay is not None else chosen["wd"]
     return lr, wd
@@ -136,7 +137,7 @@ def run_distill(args: argparse.Namespace) -> int:
         )
         if "held_out_loss_after" in metrics:
             print(
-                f"held-out loss ({metrics['held_out_blocks']} blocks, the last tenth of "
+                f"held-out loss ({metrics['held_out_blocks']} blocks at the end of "
                 f"--data, not trained on): {metrics['held_out_loss_before']:.3f} -> "
                 f"{metrics['held_out_loss_after']:.3f}"
             )

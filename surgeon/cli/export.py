@@ -67,6 +67,8 @@ def print_genai(result: dict) -> None:
             f"  onnxruntime-genai: genai_config.json, greedy generation token-identical to "
             f"transformers ({result['genai_tokens_compared']} tokens{skipped})"
         )
+    elif result.get("genai_error"):
+        print(f"  onnxruntime-genai: genai_config.json, not checked: {result['genai_error']}")
     elif result.get("genai_config"):
         print("  onnxruntime-genai: genai_config.json (not checked: onnxruntime-genai is "
               "not installed)")  # fmt: skip
@@ -112,5 +114,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seed of --sample")
     p.set_defaults(run=run_generate)

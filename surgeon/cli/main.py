@@ -59,7 +59,10 @@ class _WithDefaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+        default = action.default
+        if action.option_strings and not (
+            default is None or default is False or default == argparse.SUPPRESS
+        ):
             text += " (default: %(default)s)"
         return text
 

@@ -15,12 +15,12 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import InvariantError
+from ..errors import InvariantError, SurgeonError, first_line
 
 __all__ = ["genai_config", "write_genai"]
 
 
-def genai_config(model: nn.Module, layout: Any, max_length: int = 64) -> dict | str:
+def genai_config(model: nn.Module, layout: Any) -> dict | str:
     """The config for `model`'s decoder with the cache `layout`, or why there is none."""
     sizes = set(layout.layers)
     if len(sizes) != 1:
@@ -30,6 +30,7 @@ def genai_config(model: nn.Module, layout: Any, max_length: int = 64) -> dict | 
         return "its keys and values have different head sizes"
     config = model.config.get_text_config()
     eos = config.eos_token_id if config.eos_token_id is not None else 0
+    first = eos[0] if isinstance(eos, list) else eos
     inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
     if layout.position_ids:
         inputs["position_ids"] = "position_ids"
@@ -48,22 +49,23 @@ def genai_config(model: nn.Module, layout: Any, max_length: int = 64) -> dict | 
         "inputs": inputs,
         "outputs": outputs,
     }
-    pad = config.pad_token_id if config.pad_token_id is not None else eos
+    pad = config.pad_token_id if config.pad_token_id is not None else first
+    context = getattr(config, "max_position_embeddings", None) or 2048
     return {
         "model": {
             "type": "decoder",
-            "bos_token_id": config.bos_token_id if config.bos_token_id is not None else eos,
+            "bos_token_id": config.bos_token_id if config.bos_token_id is not None else first,
             "eos_token_id": eos,
             "pad_token_id": pad if not isinstance(pad, list) else pad[0],
             "vocab_size": config.vocab_size,
-            "context_length": getattr(config, "max_position_embeddings", None) or 2048,
+            "context_length": context,
             "decoder": decoder,
         },
         "search": {
             "do_sample": False,
             "num_beams": 1,
             "num_return_sequences": 1,
-            "max_length": max_length,
+            "max_length": context,
             "min_length": 0,
             "past_present_share_buffer": False,
             "repetition_penalty": 1.0,
@@ -81,8 +83,6 @@ def write_genai(
     greedy generation of `new_tokens` after each prompt and compare it with transformers'
     `generate` (a run that stops at the end-of-sequence token is compared up to it).
     `InvariantError` naming the first difference."""
-    from .decoder import greedy_reference
-
     config = genai_config(model, layout)
     if isinstance(config, str):
         return {"genai_config": None, "genai_skipped": f"no genai_config.json: {config}"}
@@ -91,8 +91,25 @@ def write_genai(
         import onnxruntime_genai as og
     except ImportError:
         return {"genai_config": "genai_config.json", "genai_tokens_compared": None}
+    try:
+        return _check_genai(og, model, folder, config, prompts, new_tokens)
+    except SurgeonError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime-genai's own errors (an op, a field)
+        error = f"onnxruntime-genai cannot run it: {first_line(e, 200)}"
+        return {
+            "genai_config": "genai_config.json",
+            "genai_tokens_compared": None,
+            "genai_error": error,
+        }
+
+
+def _check_genai(og, model, folder, config, prompts, new_tokens) -> dict:
+    from .decoder import greedy_reference
+
     runtime = og.Model(str(folder))
     eos, pad = config["model"]["eos_token_id"], config["model"]["pad_token_id"]
+    eos = set(eos) if isinstance(eos, list) else {eos}
     # onnxruntime-genai masks every input token equal to the pad token id (a real
     # tokenizer's is a special token no prompt holds): such a prompt is not compared
     usable = [p for p in prompts if pad not in p]
@@ -108,7 +125,7 @@ def write_genai(
         while not generator.is_done():
             generator.generate_next_token()
             got.append(int(generator.get_next_tokens()[0]))
-        stopped = len(got) < new_tokens and got and got[-1] == eos
+        stopped = len(got) < new_tokens and got and got[-1] in eos
         if got != (want[: len(got)] if stopped else want):
             at = next((j for j, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
             raise InvariantError(

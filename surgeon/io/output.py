@@ -33,7 +33,24 @@ from pathlib import Path
 
 from ..errors import SurgeonError
 
-__all__ = ["check_output", "clean_stale", "staged_folder"]
+__all__ = ["check_output", "clean_stale", "record_json", "staged_folder"]
+
+
+def record_json(record: dict) -> str:
+    """`surgeon.json`'s text: indented, but each list of numbers on one line (the kept
+    positions of a large child are millions of them)."""
+    import json
+
+    text = json.dumps(record, indent=2)
+    return (
+        re.sub(
+            r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]",
+            lambda m: "[" + ", ".join(m[1].replace(",", " ").split()) + "]",
+            text,
+        )
+        + "\n"
+    )
+
 
 SIGNALS = tuple(getattr(signal, s) for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s))
 
