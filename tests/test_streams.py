@@ -122,3 +122,14 @@ def test_the_example_plan_cuts_each_stream_by_name(prepared):
     assert child.config.vision_config.hidden_size == 24
     assert child.config.text_config.intermediate_size == 48
     assert child.model.multi_modal_projector.linear_1.weight.shape == (64, 24)
+
+
+def test_validate_states_each_stacks_change(prepared):
+    """`surgeon validate --model` (`dry_run`) names a stack's size change under its path,
+    beside the main stack's sizes (the vision tower's hidden size is 48 in the zoo)."""
+    from surgeon.api import dry_run
+
+    plan = {"stacks": {"model.vision_tower.encoder.layers": {"hidden_size": 16}}}
+    described = dry_run(prepared("llava").parent, {**plan, "importance": "weight"})
+    assert "model.vision_tower.encoder.layers hidden_size 48 -> 16" in described
+    assert described.startswith("num_layers 4, hidden_size 64, ")
