@@ -1,6 +1,12 @@
-"""Shared by the SmolLM2 benchmarks: the destination the issues measure, and its loss."""
+"""Shared by the benchmarks: the destination the SmolLM2 issues measure, its loss, and the
+commit a result was measured at."""
+
+import subprocess
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # SmolLM2-135M (30 layers, 576, 9 heads / 3 KV, FFN 1536) -> 34.6 M parameters
 TARGET = {
@@ -17,3 +23,12 @@ def loss(model, batches) -> float:
     model.eval()
     with torch.no_grad():
         return sum(model(**b, labels=b["input_ids"]).loss.item() for b in batches) / len(batches)
+
+
+def commit() -> str:
+    """The code a result ran at: the short commit, `-dirty` with uncommitted changes."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    code = ["surgeon", "benchmarks", "tests", ":!benchmarks/results"]  # results are not code
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", *code])
+    return head.stdout.strip() + ("-dirty" if dirty.returncode else "")

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import commit  # benchmarks/common.py: a script's folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mutants.json"
 
@@ -157,13 +159,10 @@ def main(argv=None) -> int:
         row = run(name, args.tests, args.jobs)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     RESULTS.write_text(
         json.dumps(
             {
-                "commit": commit,
+                "commit": commit(),
                 "date": datetime.date.today().isoformat(),
                 "tests": args.tests,
                 "mutants": rows,

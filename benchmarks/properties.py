@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import commit  # benchmarks/common.py: a script's folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "properties.json"
 PARENTS = 3  # test_any_plan_gives_a_child_or_one_line's parametrisation
@@ -78,11 +80,8 @@ def main(argv=None) -> int:
         capture_output=True,
         text=True,
     )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     result = {
-        "commit": commit,
+        "commit": commit(),
         "date": datetime.date.today().isoformat(),
         "plans_per_parent": int(env["SURGEON_PROPERTY_EXAMPLES"]),
         "decoders": args.decoders,

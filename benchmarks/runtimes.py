@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import commit  # benchmarks/common.py: a script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "runtimes.json"
@@ -88,10 +89,7 @@ def main() -> int:
         for name, folder in (("SmolLM2-135M", parent_copy), ("demo child", child)):
             results[name] = check(folder)
             print(name, json.dumps(results[name]), flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    out = {"commit": commit, "date": datetime.date.today().isoformat(), "models": results}
+    out = {"commit": commit(), "date": datetime.date.today().isoformat(), "models": results}
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 

@@ -45,6 +45,20 @@ choice = {
     "depth": st.one_of(st.sampled_from([*DEPTH, "random"]), st.lists(st.integers(-1, 4))),
     "rescale": st.sampled_from([*RESCALE, 2]),
 }
+
+
+def _examples(n: int):
+    """Hypothesis settings for `n` examples: the same ones on every `make test` (up to 100),
+    fresh ones in the long run."""
+    return settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=n <= 100,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+
+
 plans = st.fixed_dictionaries({"target": target}, optional=choice)
 
 
@@ -65,13 +79,7 @@ def _check(parent, example, plan):
 
 
 @pytest.mark.parametrize("name", ["llama", "gpt2", "qwen2_moe"])
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    derandomize=EXAMPLES <= 100,  # the same examples on every `make test`
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@_examples(EXAMPLES)
 @given(plan=plans)
 def test_any_plan_gives_a_child_or_one_line(name, prepared, plan):
     p = prepared(name)
@@ -116,13 +124,7 @@ def decoders(draw):
     return family, sizes, {"target": {k: target[k] for k in keys}}
 
 
-@settings(
-    max_examples=DECODERS,
-    deadline=None,
-    database=None,
-    derandomize=DECODERS <= 100,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@_examples(DECODERS)
 @given(case=decoders())
 def test_random_tiny_decoders_cut_and_train_or_refuse_in_one_line(case):
     family, sizes, plan = case
@@ -161,13 +163,7 @@ sizes = st.fixed_dictionaries(
 
 
 @pytest.mark.parametrize("name", [n for n in zoo.HF_NAMES if n not in ("bert", "vit")])
-@settings(
-    max_examples=VALIDATED,
-    deadline=None,
-    database=None,
-    derandomize=VALIDATED <= 100,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@_examples(VALIDATED)
 @given(target=sizes)
 def test_a_plan_that_validates_applies(name, prepared, target):
     """What `surgeon validate --model` runs (`dry_run`: the plan's rules, the slice's,
