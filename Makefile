@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # torch is pinned here (not in pyproject): a loose `torch` pulls a multi-GB CUDA build.
+# llama-cpp-python (the gguf extra) compiles llama.cpp; the multimodal library is not needed.
 TORCH := torch==2.13.0
 
 .PHONY: test demo lint format clean
@@ -11,7 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[all,dev]'
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -e '.[all,dev]'
+	$(PY) -m surgeon.emit.gguf
 	touch $@
 
 test: $(VENV)/.installed

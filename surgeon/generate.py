@@ -1,5 +1,6 @@
 """Generate text with onnxruntime from a decoder that `surgeon apply --onnx` or
-`surgeon export` wrote (see `surgeon.emit.decoder` for its inputs and outputs).
+`surgeon export` wrote (see `surgeon.emit.decoder` for its inputs and outputs), or with
+llama.cpp from the GGUF that `surgeon export --gguf` wrote (`generate_gguf`).
 
 `generate(folder, prompt)` reads the tokenizer and the end-of-sequence token from the
 folder; `OnnxDecoder` is the loop on token ids, batched with left padding, greedy or
@@ -14,7 +15,7 @@ import numpy as np
 
 from .errors import ModelLoadError, SurgeonError, first_line
 
-__all__ = ["OnnxDecoder", "generate"]
+__all__ = ["OnnxDecoder", "generate", "generate_gguf"]
 
 
 class OnnxDecoder:
@@ -186,3 +187,47 @@ def _special_tokens(folder: Path, tokenizer) -> tuple[list[int] | int | None, in
         eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id
     return eos, pad if pad is not None else 0
+
+
+def generate_gguf(
+    path: str | Path,
+    prompt: str,
+    max_new_tokens: int = 32,
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> str:
+    """The text that llama.cpp writes after `prompt` from the GGUF at `path` (a file, or a
+    folder with `model.gguf`), tokenized by llama.cpp with the tokenizer the file carries;
+    stops at its end-of-sequence token."""
+    from .emit.gguf import _load
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.gguf"
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{path} does not exist: write it with `surgeon export --model FOLDER --gguf`"
+        )
+    runtime = _load(path, 0)  # the context the file was trained for
+    runtime.set_seed(seed)
+    ids = runtime.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+    if not ids:
+        raise SurgeonError("the prompt is empty after tokenization")
+    if len(ids) + max_new_tokens > runtime.n_ctx():
+        raise SurgeonError(
+            f"the prompt ({len(ids)} tokens) and {max_new_tokens} new tokens exceed the "
+            f"model's context of {runtime.n_ctx()} tokens"
+        )
+    sampling = (
+        dict(temp=temperature, top_k=top_k, top_p=top_p) if do_sample else dict(temp=0.0, top_k=1)
+    )
+    new: list[int] = []
+    for token in runtime.generate(ids, repeat_penalty=1.0, reset=True, **sampling):
+        if token == runtime.token_eos() or len(new) == max_new_tokens:
+            break
+        new.append(int(token))
+    return runtime.detokenize(new).decode("utf-8", errors="replace")

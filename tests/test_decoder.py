@@ -186,3 +186,83 @@ def test_onnxruntime_genai_runs_the_folder_as_written(exported):
             got.append(int(generator.get_next_tokens()[0]))
         want = greedy_reference(child, [prompt], 16)[0]
         assert got == want[: len(got)] and (len(got) == 16 or got[-1] == child.config.eos_token_id)
+
+
+def _llama_greedy(runtime, prompt: list[int], new_tokens: int) -> list[int]:
+    """llama.cpp's own greedy sampler, `new_tokens` tokens after `prompt`."""
+    got = []
+    for token in runtime.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+        got.append(int(token))
+        if len(got) == new_tokens:
+            return got
+    return got
+
+
+def test_llama_cpp_runs_the_gguf_as_transformers_does(exported, capsys):
+    """`surgeon export --gguf` converts the folder with llama.cpp's own converter: llama.cpp
+    loads the file, and its greedy tokens are transformers' own, computed here, for three
+    prompts (f32: no near-tie can excuse a difference)."""
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    folder, child, _ = exported
+    assert main(["export", "--model", str(folder), "--gguf", "--gguf-type", "f32"]) == 0
+    assert "llama.cpp: greedy generation token-identical" in capsys.readouterr().out
+    assert not (folder / ".surgeon-gguf.partial").exists()
+    runtime = Llama(model_path=str(folder / "model.f32.gguf"), n_ctx=64, verbose=False)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for text in ("the quick brown", "zz", "hello world"):
+        prompt = tokenizer(text)["input_ids"]
+        assert _llama_greedy(runtime, prompt, 16) == greedy_reference(child, [prompt], 16)[0]
+
+
+def test_a_gguf_without_a_tokenizer_is_refused_in_one_line(exported, tmp_path, capsys):
+    folder, child, _ = exported
+    child.save_pretrained(tmp_path)  # no tokenizer
+    assert main(["export", "--model", str(tmp_path), "--gguf"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if line.startswith("surgeon:")] == [
+        f"surgeon: error: {tmp_path} has no tokenizer: llama.cpp's GGUF carries one"
+    ]
+    assert not list(tmp_path.glob("*.gguf")) and not (tmp_path / ".surgeon-gguf.partial").exists()
+
+
+def test_apply_gguf_writes_a_checked_gguf_beside_the_child(exported, tmp_path, capsys):
+    """`surgeon apply --gguf` on a folder: the child folder gets the GGUF, which llama.cpp
+    runs as transformers runs the child folder (greedy tokens computed here)."""
+    from llama_cpp import Llama
+
+    parent, _, _ = exported
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("target: {hidden_size: 16, intermediate_size: 24}\n")
+    out = tmp_path / "child"
+    args = ["apply", "--model", str(parent), "--plan", str(plan), "--out", str(out)]
+    assert main([*args, "--gguf", "--gguf-type", "f32"]) == 0
+    assert "llama.cpp: greedy generation token-identical" in capsys.readouterr().out
+    from transformers import AutoModelForCausalLM
+
+    child = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert child.config.hidden_size == 16
+    runtime = Llama(model_path=str(out / "model.f32.gguf"), n_ctx=32, verbose=False)
+    prompt = [7, 4, 11, 11, 14]  # "hello"
+    assert _llama_greedy(runtime, prompt, 8) == greedy_reference(child, [prompt], 8)[0]
+
+
+def test_generate_runs_a_gguf_greedily_as_transformers_does(exported, capsys):
+    """`surgeon generate --gguf` tokenizes with the file's own tokenizer (llama.cpp's), and
+    writes the text of transformers' greedy tokens for those ids."""
+    from llama_cpp import Llama
+
+    folder, child, _ = exported
+    if not (folder / "model.f32.gguf").exists():
+        assert main(["export", "--model", str(folder), "--gguf", "--gguf-type", "f32"]) == 0
+    capsys.readouterr()
+    path = str(folder / "model.f32.gguf")
+    assert main(["generate", "--gguf", path, "--prompt", "hello", "--max-new-tokens", "8"]) == 0
+    runtime = Llama(model_path=path, n_ctx=32, verbose=False)
+    ids = runtime.tokenize(b"hello", add_bos=True, special=False)
+    want = greedy_reference(child, [ids], 8)[0]
+    eos = child.config.eos_token_id
+    want = want[: want.index(eos)] if eos in want else want
+    text = runtime.detokenize(want).decode("utf-8", errors="replace")
+    assert capsys.readouterr().out == text + "\n"

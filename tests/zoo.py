@@ -635,14 +635,25 @@ def like_trained(model: nn.Module, seed: int = SEED + 2) -> nn.Module:
 
 def save_letter_tokenizer(folder) -> None:
     """Save a tiny tokenizer (one token per letter, vocabulary 27) into `folder`, next to
-    a zoo model whose vocabulary is at least that large."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    a zoo model whose vocabulary is at least that large, padded with unused tokens to the
+    vocabulary of the config.json in `folder`. A byte-fallback BPE without merges: the kind
+    llama.cpp's converter takes as a Llama tokenizer (llama.cpp wants one token per row), with
+    no space prefix (llama.cpp's own tokenizer would look for a '▁' this vocabulary lacks)."""
+    import json
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {chr(97 + i): i for i in range(26)} | {"[UNK]": 26}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    config = Path(folder) / "config.json"
+    size = json.loads(config.read_text()).get("vocab_size", 27) if config.is_file() else 27
+    vocab |= {f"[unused{i}]": i for i in range(27, size)}
+    tok = Tokenizer(models.BPE(vocab, [], unk_token="[UNK]", byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(folder)
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", add_prefix_space=False)
+    fast.save_pretrained(folder)
 
 
 def _factory(name):

@@ -1,4 +1,4 @@
-"""`surgeon apply`: plan -> child model folder (+ ONNX), atomically, with a summary."""
+"""`surgeon apply`: plan -> child model folder (+ ONNX, GGUF), atomically, with a summary."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def _apply(args: argparse.Namespace, plan) -> int:
     check_output(out, args.force, args.model)  # also: not in, at or around the parent
     if args.calibration is not None:
         _check_readable(Path(args.calibration))
+    if getattr(args, "gguf", False):
+        _check_gguf(args.model)
     onnx = "int8" if getattr(args, "onnx_int8", False) else "fp32" if args.onnx else None
     summary = save_child(
         args.model, args.plan if not args.device else plan, out,
@@ -45,7 +47,21 @@ def _apply(args: argparse.Namespace, plan) -> int:
     )  # fmt: skip
     if summary is not None:  # rank 0 writes and reports
         _print(summary, out)
+        if getattr(args, "gguf", False):
+            from .export import run_export_gguf
+
+            run_export_gguf(out, args.gguf_type, force=True)
     return 0
+
+
+def _check_gguf(model: str) -> None:
+    """Before any surgery: the converter is there and the parent has a tokenizer."""
+    from ..emit.gguf import converter
+    from ..frontends.load import has_tokenizer
+
+    converter()
+    if not has_tokenizer(model):
+        raise PlanError(f"{model} has no tokenizer: llama.cpp's GGUF (--gguf) carries one")
 
 
 def _check_readable(path: Path) -> None:

@@ -145,5 +145,7 @@ def run_distill(args: argparse.Namespace) -> int:
         if args.onnx:
             from .export import run_export
 
-            return run_export(argparse.Namespace(model=str(out), int8=False, force=False))
+            return run_export(
+                argparse.Namespace(model=str(out), int8=False, force=False, gguf=False)
+            )
     return 0

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from functools import partial
 from pathlib import Path
 
 from ..emit.decoder import emit_any_onnx
+from ..emit.gguf import TYPES
 from ..errors import ModelLoadError, SurgeonError
 
 __all__ = ["add_parsers", "run_export", "run_generate"]
@@ -24,6 +26,8 @@ def run_export(args: argparse.Namespace) -> int:
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{folder} is not a Hugging Face folder (no config.json)")
+    if args.gguf:
+        return run_export_gguf(folder, args.gguf_type, args.force)
     names = ["model.onnx", "model.onnx.data"] + (["model.int8.onnx"] if args.int8 else [])
     present = [n for n in names if (folder / n).exists()]
     if present and not args.force:
@@ -42,6 +46,41 @@ def run_export(args: argparse.Namespace) -> int:
         shutil.rmtree(staging, ignore_errors=True)
     _print_onnx(result, folder)
     return 0
+
+
+def run_export_gguf(folder: Path, outtype: str, force: bool) -> int:
+    """Write and check the folder's GGUF for llama.cpp (`surgeon.emit.gguf`)."""
+    from ..api import step
+    from ..emit.gguf import converter, emit_gguf, gguf_name
+    from ..frontends.load import load_model, load_tokenizer
+
+    converter()  # before loading anything: says how to install it
+    if (folder / gguf_name(outtype)).exists() and not force:
+        raise SurgeonError(f"{folder / gguf_name(outtype)} exists: pass --force to replace it")
+    model, _ = load_model(str(folder))
+    with step(True, f"converting {type(model).__name__} to GGUF ({outtype}) and checking it"):
+        result = emit_gguf(model.eval(), folder, load_tokenizer(str(folder)), outtype)
+    print_gguf(result, folder)
+    return 0
+
+
+def print_gguf(result: dict, folder: Path) -> None:
+    """The lines on a GGUF and its check in llama.cpp."""
+    size = (folder / result["gguf"]).stat().st_size / 2**20
+    print(f"wrote {folder / result['gguf']} ({result['gguf_type']}, {size:.1f} MiB)")
+    if "gguf_next_token_agreement" in result:
+        print(
+            f"  llama.cpp: next token as transformers' on "
+            f"{result['gguf_next_token_agreement']:.1%} of greedy positions (quantized)"
+        )
+        return
+    ties = result["gguf_near_ties"]
+    print(
+        f"  llama.cpp: greedy generation token-identical to transformers' generate "
+        f"({result['gguf_tokens_compared']} tokens"
+        + (f"; {ties} prompt(s) compared up to a near-tie" if ties else "")
+        + ")"
+    )
 
 
 def _print_onnx(result: dict, folder: Path) -> None:
@@ -77,13 +116,18 @@ def print_genai(result: dict) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ..generate import generate
+    from ..generate import generate, generate_gguf
 
-    text = generate(
-        args.onnx,
-        args.prompt,
-        args.max_new_tokens,
-        int8=args.int8,
+    if args.gguf and args.int8:
+        raise SurgeonError("--int8 picks model.int8.onnx: a GGUF's type is in the file")
+    run = (
+        partial(generate_gguf, args.gguf)
+        if args.gguf
+        else partial(generate, args.onnx, int8=args.int8)
+    )
+    text = run(
+        prompt=args.prompt,
+        max_new_tokens=args.max_new_tokens,
         do_sample=args.sample,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -98,15 +142,23 @@ def add_parsers(sub) -> None:
     """The `export` and `generate` subcommands."""
     p = sub.add_parser(
         "export",
-        help="write model.onnx into a Hugging Face folder (a causal LM: with a KV cache)",
+        help="write model.onnx (a causal LM's with a KV cache) or model.gguf into a HF folder",
     )
     p.add_argument("--model", required=True, help="a Hugging Face folder (config.json, weights)")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx")
-    p.add_argument("--force", action="store_true", help="replace an existing model.onnx")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument(
+        "--gguf", action="store_true", help="write model.gguf for llama.cpp instead of ONNX"
+    )
+    p.add_argument("--gguf-type", default="f16", choices=TYPES, help="the GGUF's weights")
     p.set_defaults(run=run_export)
 
-    p = sub.add_parser("generate", help="generate text with onnxruntime from an exported folder")
-    p.add_argument("--onnx", required=True, help="a folder with model.onnx and a tokenizer")
+    p = sub.add_parser(
+        "generate", help="generate text from an exported folder (onnxruntime or llama.cpp)"
+    )
+    runtime = p.add_mutually_exclusive_group(required=True)
+    runtime.add_argument("--onnx", help="a folder with model.onnx and a tokenizer")
+    runtime.add_argument("--gguf", help="a .gguf file, or a folder with model.gguf (llama.cpp)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--int8", action="store_true", help="use model.int8.onnx")

@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--onnx-int8", action="store_true", help="--onnx, and a dynamic int8 model.int8.onnx"
     )
+    p.add_argument(
+        "--gguf", action="store_true", help="also write model.gguf for llama.cpp, checked"
+    )
+    from ..emit.gguf import TYPES
+
+    p.add_argument("--gguf-type", default="f16", choices=TYPES, help="the GGUF's weights")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=_cmd_apply)
 
