@@ -31,6 +31,7 @@ writes JSON (`--json`). Exports are kept under `--out` and reused by later runs.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -38,6 +39,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import commit  # benchmarks/common.py: a script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIMES = (
@@ -77,6 +80,8 @@ def main() -> None:
             rows.append(row)
             print(f"  measured {model} / {runtime}", file=sys.stderr)
     result = {
+        "commit": commit(),
+        "date": datetime.date.today().isoformat(),
         "model": "SmolLM2-135M-Instruct (de-quantized from Q4_1 GGUF) and its demo child",
         "threads": args.threads,
         "load_average_before": os.getloadavg()[0],
@@ -89,10 +94,11 @@ def main() -> None:
         "sizes_mib": _sizes(models),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    _print(result, args)
-    if args.json:
+    if args.json:  # before the table: a measurement is never lost to its printing
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    _print(result, args)
+    if args.json:
         print(f"wrote {args.json}")
 
 
@@ -372,6 +378,7 @@ def _print(result: dict, args) -> None:
         cells = [r[f"prefill_ms_b{b}"] for b in args.batches]
         cells += [r[f"decode_tok_s_b{b}"] for b in args.batches]
         cells += [r["load_rss_mib"], r["peak_rss_mib"], r["held_out_loss"]]
+        cells = ["n/a" if c is None else c for c in cells]  # batch 1 only, or no loss
         print(f"{r['model']:<7} {r['runtime']:<17} " + " ".join(f"{c:>17}" for c in cells))
     print("\nratios (decode tokens/s):")
     for k, v in result["ratios"].items():
