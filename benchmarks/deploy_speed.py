@@ -66,7 +66,11 @@ def main() -> None:
     p.add_argument("--held-out", type=int, default=4, help="held-out windows of 256 tokens")
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/deploy_speed.json"))
     p.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # FOLDER RUNTIME (internal)
+    p.add_argument("--plot", action="store_true", help="only redraw the PNG from --json")
     args = p.parse_args()
+    if args.plot:
+        plot(json.loads(Path(args.json).read_text()), Path(args.json).with_suffix(".png"))
+        return
     if args.measure:
         print(json.dumps(measure(Path(args.measure[0]), args.measure[1], args)))
         return
@@ -99,7 +103,8 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     _print(result, args)
     if args.json:
-        print(f"wrote {args.json}")
+        plot(result, Path(args.json).with_suffix(".png"))
+        print(f"wrote {args.json} and its .png")
 
 
 def prepare(out: Path) -> tuple[dict[str, dict[str, Path]], dict]:
@@ -362,6 +367,35 @@ def _sizes(models: dict[str, dict[str, Path]]) -> dict:
         }
         for model, where in models.items()
     }
+
+
+def plot(result: dict, path: Path) -> None:
+    """Decode tokens/s at batch 1 and weights on disk, per runtime, parent beside child."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {"pytorch": "safetensors", "onnxruntime fp32": "onnx_fp32"}
+    files |= {"onnxruntime int8": "onnx_int8", "onnxruntime-genai": "onnx_fp32"}
+    files |= {"llama.cpp f16": "gguf_f16", "llama.cpp q8_0": "gguf_q8_0"}
+    by = {(r["model"], r["runtime"]): r for r in result["rows"]}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for offset, model in ((-0.2, "parent"), (0.2, "child")):
+        speeds = [by[model, r]["decode_tok_s_b1"] for r in RUNTIMES]
+        sizes = [result["sizes_mib"][model][files[r]] for r in RUNTIMES]
+        x = [i + offset for i in range(len(RUNTIMES))]
+        axes[0].bar(x, speeds, width=0.4, label=model)
+        axes[1].bar(x, sizes, width=0.4, label=model)
+    titles = ("decode, batch 1 (tokens/s, 1 thread)", "weights on disk (MiB)")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xticks(range(len(RUNTIMES)), RUNTIMES, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle(f"SmolLM2-135M and its demo child, at {result.get('commit', '?')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _print(result: dict, args) -> None:
