@@ -270,3 +270,26 @@ def test_generate_runs_a_gguf_greedily_as_transformers_does(exported, capsys):
     want = want[: want.index(eos)] if eos in want else want
     text = runtime.detokenize(want).decode("utf-8", errors="replace")
     assert capsys.readouterr().out == text + "\n"
+
+
+def test_the_converter_reads_the_config_fields_it_knows_by_their_old_names(tmp_path):
+    """transformers 5 writes GPT-2's context length as `n_positions` only; llama.cpp's
+    converter reads `n_ctx`: it is given a folder of links whose config has both, and the
+    user's folder is left as it was."""
+    import json
+
+    from surgeon.emit.gguf import _with_legacy_fields
+
+    folder, staging = tmp_path / "child", tmp_path / "staging"
+    folder.mkdir(), staging.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 64}))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    seen = _with_legacy_fields(folder, staging)
+    assert json.loads((seen / "config.json").read_text())["n_ctx"] == 64
+    assert (seen / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((folder / "config.json").read_text()) == {
+        "model_type": "gpt2",
+        "n_positions": 64,
+    }
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert _with_legacy_fields(folder, staging) == folder  # nothing to add: the folder itself

@@ -633,7 +633,7 @@ def like_trained(model: nn.Module, seed: int = SEED + 2) -> nn.Module:
     return model
 
 
-def save_letter_tokenizer(folder) -> None:
+def save_letter_tokenizer(folder, sentencepiece: bool = False) -> None:
     """Save a tiny tokenizer (one token per letter, vocabulary 27) into `folder`, next to
     a zoo model whose vocabulary is at least that large, padded with unused tokens to the
     vocabulary of the config.json in `folder`. A byte-fallback BPE without merges: the kind
@@ -660,6 +660,26 @@ def save_letter_tokenizer(folder) -> None:
     tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", add_prefix_space=False)
     fast.save_pretrained(folder)
+    if sentencepiece:  # the same vocabulary as tokenizer.model, which some converters want
+        _save_sentencepiece(Path(folder) / "tokenizer.model", sorted(vocab, key=vocab.get))
+
+
+def _save_sentencepiece(path, pieces: list[str]) -> None:
+    """A SentencePiece model of `pieces` (in id order, no merges, no byte fallback)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    model = pb.ModelProto()
+    model.trainer_spec.model_type = pb.TrainerSpec.BPE
+    model.trainer_spec.vocab_size = len(pieces)
+    model.trainer_spec.unk_id = pieces.index("[UNK]")
+    model.trainer_spec.bos_id = model.trainer_spec.eos_id = model.trainer_spec.pad_id = -1
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = False
+    kinds = pb.ModelProto.SentencePiece
+    for text in pieces:
+        piece = model.pieces.add(piece=text, score=0.0)
+        piece.type = kinds.UNKNOWN if text == "[UNK]" else kinds.NORMAL
+    path.write_bytes(model.SerializeToString())
 
 
 def _factory(name):

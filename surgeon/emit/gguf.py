@@ -16,6 +16,7 @@ llama.cpp's next token is transformers' own, fed transformers' tokens, is report
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -103,20 +104,53 @@ def install_converter() -> Path:
     return home / "convert_hf_to_gguf.py"
 
 
+# Config fields transformers 5 no longer writes and llama.cpp's converter (made for
+# transformers 4, it reads the config through transformers' AutoConfig) still reads:
+# old name -> where the value is now. (GPT-NeoX's `rotary_pct` cannot be given back this
+# way: transformers 5's config class takes it in and drops the name.)
+LEGACY_FIELDS = {"n_ctx": ("n_positions",)}
+
+
 def write_gguf(folder: Path, out: Path, outtype: str = "f16") -> None:
     """Convert the Hugging Face folder into `out` with llama.cpp's converter; a refusal
-    (an architecture or tokenizer it does not know) is one line."""
+    (an architecture or tokenizer it does not know) is one line. Where the config lacks
+    a field the converter reads under its transformers-4 name (`LEGACY_FIELDS`), the
+    converter reads a copy of the folder (links to its files) whose config has it too."""
     if outtype not in TYPES:
         raise SurgeonError(f"GGUF type {outtype!r} is not one of {', '.join(TYPES)}")
     script = converter()
-    run = subprocess.run(
-        [sys.executable, str(script), str(folder), "--outfile", str(out), "--outtype", outtype],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        source = _with_legacy_fields(folder, Path(tmp))
+        run = subprocess.run(
+            [sys.executable, str(script), str(source), "--outfile", str(out)]
+            + ["--outtype", outtype],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
     if run.returncode or not out.is_file():
-        raise SurgeonError(f"llama.cpp's converter refused {folder}: {_reason(run.stderr)}")
+        reason = _reason(run.stderr).replace(str(source), str(folder))
+        raise SurgeonError(f"llama.cpp's converter refused {folder}: {reason}")
+
+
+def _with_legacy_fields(folder: Path, tmp: Path) -> Path:
+    """`folder`, or a folder in `tmp` of links to its files whose config.json also holds
+    the `LEGACY_FIELDS` it lacks."""
+    config = json.loads((folder / "config.json").read_text())
+    added = {}
+    for old, path in LEGACY_FIELDS.items():
+        value = config
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if old not in config and value is not None:
+            added[old] = value
+    if not added:
+        return folder
+    for file in folder.iterdir():
+        if file.is_file() and file.name != "config.json":
+            (tmp / file.name).symlink_to(file.resolve())
+    (tmp / "config.json").write_text(json.dumps({**config, **added}, indent=2))
+    return tmp
 
 
 def emit_gguf(model: nn.Module, folder: Path, tokenizer, outtype: str = "f16") -> dict:
