@@ -18,12 +18,16 @@ run is in the JSON). Peak anonymous memory is `RssAnon` of `/proc/PID/status`, p
 every 10 ms (pages of memory-mapped files are file-backed and do not count).
 
     .venv/bin/python benchmarks/surgery_speed.py [--skip-1b] [--repeat 3] [--json FILE]
+
+Writes benchmarks/results/surgery_speed.json (commit, date, load average before, rows
+and every run); measure on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import statistics
@@ -32,6 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import commit  # benchmarks/common.py: a script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = dict(
@@ -168,7 +174,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--skip-1b", action="store_true")
     p.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
-    p.add_argument("--json")
+    p.add_argument("--json", default=str(ROOT / "benchmarks/results/surgery_speed.json"))
     p.add_argument("--baseline", nargs=3, help=argparse.SUPPRESS)  # parent out child-json
     args = p.parse_args()
     if args.baseline:
@@ -178,6 +184,7 @@ def main() -> None:
     from surgeon.demo.smollm2 import DEFAULT_CACHE, smollm2
 
     smollm2()  # converts once
+    load = os.getloadavg()[0]
     parents = {"smollm2-135m": ROOT / DEFAULT_CACHE}
     if not args.skip_1b:
         parents["llama-1.2b"] = make_big(ROOT / ".cache" / "llama-1.2b-random")
@@ -190,9 +197,13 @@ def main() -> None:
                 with busy(method.endswith(LOADED)):
                     runs[-1].update(run_once(method.removesuffix(LOADED), folder, CHILDREN[name]))
     rows = summarise(runs, parents)
+    out = {
+        "commit": commit(),
+        "date": datetime.date.today().isoformat(),
+        "load_average_before": load,
+    }
+    Path(args.json).write_text(json.dumps({**out, "rows": rows, "runs": runs}, indent=2) + "\n")
     print_table(rows, parents)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "runs": runs}, indent=2))
 
 
 def run_once(method: str, folder: Path, child: dict) -> dict:
