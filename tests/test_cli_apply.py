@@ -123,6 +123,14 @@ def test_apply_on_a_factory_writes_a_graph(tmp_path):
     )
     graph = torch.load(out / "model.pt", weights_only=False)
     assert graph(torch.randint(0, zoo.VOCAB, (3, 5))).shape == (3, 5, zoo.VOCAB)
+    full = _plan(tmp_path, "target: {}\n")  # every width kept, reordered by importance
+    argv = ["apply", "--model", "tests/zoo.py:nanogpt", "--plan", full, "--out", str(out)]
+    assert main([*argv, "--force"]) == 0
+    graph = torch.load(out / "model.pt", weights_only=False)
+    parent, _ = zoo.nanogpt()
+    ids = torch.randint(0, zoo.VOCAB, (3, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(graph(ids), parent(ids), atol=1e-5, rtol=1e-5)
 
 
 def test_validate(parent, tmp_path, capsys):

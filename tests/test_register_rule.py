@@ -89,6 +89,30 @@ def test_with_the_rule_a_shrunk_child_runs(registered):
     assert out.shape == (2, 8, 32) and torch.isfinite(out).all()
 
 
+def test_with_the_rule_the_child_is_the_hand_sliced_model(registered):
+    """With `importance: first` and no rescale the child keeps the leading positions: it
+    computes what the example's own class, built at the child's sizes with every weight
+    sliced by hand from the parent, computes."""
+    model, inputs = registered.build()
+    target = {"hidden_size": 8, "intermediate_size": 24}
+    child = surgeon.apply(
+        model, {"target": target, "importance": "first", "rescale": "none"}, example_inputs=inputs
+    )
+    hand = registered.TinyModel(hidden=8, ffn=24).eval()
+    parent = dict(model.named_parameters())
+    h, f = slice(0, 8), slice(0, 24)
+    cuts = {"embed.weight": (slice(None), h), "head.weight": (slice(None), h)}
+    cuts |= {"norm.weight": (h,), "norm.bias": (h,), "head.bias": (slice(None),)}
+    for i in range(2):
+        b = f"blocks.{i}."
+        cuts |= {b + "norm.weight": (h,), b + "norm.bias": (h,), b + "up": (f, h)}
+        cuts |= {b + "up_bias": (f,), b + "down.weight": (h, f), b + "down.bias": (h,)}
+    with torch.no_grad():
+        for name, p in hand.named_parameters():
+            p.copy_(parent[name][cuts[name]])
+    torch.testing.assert_close(_out(child, inputs), _out(hand, inputs), atol=1e-5, rtol=1e-5)
+
+
 def test_with_the_rule_permuting_keeps_the_function(registered):
     model, inputs = registered.build()
     child = surgeon.apply(model, {"importance": "weight"}, example_inputs=inputs)
