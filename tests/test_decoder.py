@@ -4,6 +4,8 @@ One export (the zoo Llama's shrunk child, one layer: export time grows with dept
 shared by every test here; every zoo decoder and SmolLM2 are checked by
 benchmarks/onnx_decoders.py."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -293,3 +295,27 @@ def test_the_converter_reads_the_config_fields_it_knows_by_their_old_names(tmp_p
     }
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     assert _with_legacy_fields(folder, staging) == folder  # nothing to add: the folder itself
+
+
+def test_a_gguf_check_lets_a_near_tie_pass_and_stops_at_anything_else(exported, monkeypatch):
+    """The check's tolerance, against transformers' own logits computed here: a token
+    llama.cpp picks that transformers scores within NEAR_TIE of its top (relative to the
+    largest logit) ends the comparison of that prompt; one further away is an error."""
+    import surgeon.emit.gguf as gguf
+
+    _, child, _ = exported
+    prompt, at = [7, 4, 11, 11, 14], 3
+    want = greedy_reference(child, [prompt], 8)[0]
+    with torch.no_grad():
+        logits = child(torch.tensor([prompt + want[:at]])).logits[0, -1]
+    other = int(logits.argsort(descending=True)[1])  # transformers' runner-up
+    gap = float(logits.max() - logits[other]) / float(logits.abs().max())
+    got = [*want[:at], other, *want[at + 1 :]]
+    monkeypatch.setattr(gguf, "_load", lambda *args, **kwargs: None)
+    monkeypatch.setattr(gguf, "llama_greedy", lambda *args: got)
+    monkeypatch.setattr(gguf, "NEAR_TIE", 2 * gap)
+    result = gguf.check_gguf(child, Path("x.gguf"), "f16", [prompt], 8)
+    assert result == {"gguf_tokens_compared": at, "gguf_near_ties": 1}
+    monkeypatch.setattr(gguf, "NEAR_TIE", gap / 2)
+    with pytest.raises(InvariantError, match=f"at new token {at} of prompt 0 \\(no near-tie"):
+        gguf.check_gguf(child, Path("x.gguf"), "f16", [prompt], 8)
