@@ -165,7 +165,9 @@ def test_the_fsdp_config_in_examples_is_one_accelerate_reads():
     assert set(config.fsdp_config) <= options, set(config.fsdp_config) - options
 
 
-def test_the_cli_reports_held_out_loss_and_carries_the_record(folders, tmp_path, capsys):
+def test_the_cli_reports_held_out_loss_and_carries_the_record(
+    folders, tmp_path, capsys, monkeypatch
+):
     """The last tenth of --data is held out: its loss before training is the child's
     own next-token loss on those blocks, computed here by hand; the child's
     surgeon.json is carried into --out with the training added."""
@@ -176,6 +178,11 @@ def test_the_cli_reports_held_out_loss_and_carries_the_record(folders, tmp_path,
     shutil.copytree(folders / "child", child)
     (child / "surgeon.json").write_text(json.dumps({"plan": "p.yaml", "parent_parameters": 10**6}))
     out = tmp_path / "out"
+    from surgeon import hints
+
+    nothing = tmp_path / "hints.json"  # no size measured: distill says so, uses its fallback
+    nothing.write_text('{"sizes": []}')
+    monkeypatch.setattr(hints, "HINTS", nothing)
     argv = ["distill", "--child", str(child), "--data", str(folders / "text.txt")]
     argv += ["--out", str(out), "--steps", "2", "--block-size", "16", "--batch-size", "4"]
     assert main([*argv, "--onnx"]) == 0

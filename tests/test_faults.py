@@ -396,6 +396,12 @@ def test_force_replaces_in_one_step_and_leaves_nothing(parent, tmp_path, capsys,
     # without renameat2: two renames, still nothing left over
     (out / "old.txt").write_text("old")
     monkeypatch.setattr(output, "_exchange", lambda a, b: False)
+    from surgeon import hints
+
+    nothing = tmp_path / "hints.json"  # no size measured: no hint
+    nothing.write_text('{"sizes": []}')
+    monkeypatch.setattr(hints, "HINTS", nothing)
+    capsys.readouterr()
     assert main(argv) == 0
     assert not (out / "old.txt").exists() and _left(tmp_path) == ["out"]
     assert "hint: train" not in capsys.readouterr().out  # nothing measured backs a hint
