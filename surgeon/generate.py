@@ -203,7 +203,7 @@ def generate_gguf(
     """The text that llama.cpp writes after `prompt` from the GGUF at `path` (a file, or a
     folder with `model.gguf`), tokenized by llama.cpp with the tokenizer the file carries;
     stops at its end-of-sequence token."""
-    from .emit.gguf import _load
+    from .emit.gguf import load_llama
 
     path = Path(path)
     if path.is_dir():
@@ -212,16 +212,13 @@ def generate_gguf(
         raise ModelLoadError(
             f"{path} does not exist: write it with `surgeon export --model FOLDER --gguf`"
         )
-    runtime = _load(path, 0)  # the context the file was trained for
-    runtime.set_seed(seed)
+    runtime = load_llama(path, 512)  # a small cache, not the trained context's (128k)
     ids = runtime.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
     if not ids:
         raise SurgeonError("the prompt is empty after tokenization")
     if len(ids) + max_new_tokens > runtime.n_ctx():
-        raise SurgeonError(
-            f"the prompt ({len(ids)} tokens) and {max_new_tokens} new tokens exceed the "
-            f"model's context of {runtime.n_ctx()} tokens"
-        )
+        runtime = load_llama(path, len(ids) + max_new_tokens)
+    runtime.set_seed(seed)
     sampling = (
         dict(temp=temperature, top_k=top_k, top_p=top_p) if do_sample else dict(temp=0.0, top_k=1)
     )

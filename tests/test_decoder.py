@@ -311,7 +311,7 @@ def test_a_gguf_check_lets_a_near_tie_pass_and_stops_at_anything_else(exported, 
     other = int(logits.argsort(descending=True)[1])  # transformers' runner-up
     gap = float(logits.max() - logits[other]) / float(logits.abs().max())
     got = [*want[:at], other, *want[at + 1 :]]
-    monkeypatch.setattr(gguf, "_load", lambda *args, **kwargs: None)
+    monkeypatch.setattr(gguf, "load_llama", lambda *args, **kwargs: None)
     monkeypatch.setattr(gguf, "llama_greedy", lambda *args: got)
     monkeypatch.setattr(gguf, "NEAR_TIE", 2 * gap)
     result = gguf.check_gguf(child, Path("x.gguf"), "f16", [prompt], 8)

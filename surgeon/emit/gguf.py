@@ -39,6 +39,7 @@ __all__ = [
     "gguf_name",
     "install_converter",
     "llama_greedy",
+    "load_llama",
     "next_token_agreement",
     "write_gguf",
 ]
@@ -186,7 +187,7 @@ def _reason(stderr: str) -> str:
     return lines[-1][:300] if lines else "it stopped without saying why"
 
 
-def _load(path: Path, context: int, logits_all: bool = False):
+def load_llama(path: Path, context: int, logits_all: bool = False):
     """llama.cpp's model; where it refuses the file, its own reason (from its log, which
     goes to the process's standard error and is caught in a file here)."""
     try:
@@ -221,7 +222,7 @@ def _load(path: Path, context: int, logits_all: bool = False):
 def llama_greedy(path: Path, prompt: list[int], new_tokens: int, runtime=None) -> list[int]:
     """`new_tokens` greedy tokens of llama.cpp after `prompt` (token ids), never stopping
     at an end-of-sequence token."""
-    runtime = runtime or _load(path, len(prompt) + new_tokens)
+    runtime = runtime or load_llama(path, len(prompt) + new_tokens)
     got: list[int] = []
     for token in runtime.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
         got.append(int(token))
@@ -241,7 +242,7 @@ def check_gguf(
     context = max(len(p) for p in prompts) + new_tokens
     if outtype not in EXACT:
         return {"gguf_next_token_agreement": next_token_agreement(path, prompts, wants, context)}
-    runtime = _load(path, context)
+    runtime = load_llama(path, context)
     compared, ties = 0, 0
     for i, (prompt, want) in enumerate(zip(prompts, wants, strict=True)):
         got = llama_greedy(path, prompt, new_tokens, runtime)
@@ -271,7 +272,7 @@ def next_token_agreement(path: Path, prompts, wants, context: int) -> float:
     transformers' next token."""
     import numpy as np
 
-    runtime = _load(path, context, logits_all=True)
+    runtime = load_llama(path, context, logits_all=True)
     agree = total = 0
     for prompt, want in zip(prompts, wants, strict=True):
         runtime.reset()
