@@ -19,8 +19,9 @@ every 10 ms (pages of memory-mapped files are file-backed and do not count).
 
     .venv/bin/python benchmarks/surgery_speed.py [--skip-1b] [--repeat 3] [--json FILE]
 
-Writes benchmarks/results/surgery_speed.json (commit, date, load average before, rows
-and every run); measure on a quiet machine.
+Writes benchmarks/results/surgery_speed.json (commit, date, load average before, a write
+probe of the disk (1 GiB of zeros, written as the methods write), rows and every run);
+measure on a quiet machine.
 """
 
 from __future__ import annotations
@@ -201,9 +202,32 @@ def main() -> None:
         "commit": commit(),
         "date": datetime.date.today().isoformat(),
         "load_average_before": load,
+        "write_probe": write_probe(ROOT / ".cache"),
     }
     Path(args.json).write_text(json.dumps({**out, "rows": rows, "runs": runs}, indent=2) + "\n")
     print_table(rows, parents)
+
+
+def write_probe(where: Path, size: int = 2**30) -> dict:
+    """How fast this disk takes a plain write, as every method writes (no fsync): the
+    seconds to write `size` bytes of zeros to a new file in 16 MiB blocks, 3 times, right
+    after the runs. Both surgeon and the baseline mostly write, and the kernel throttles
+    writes while earlier ones are flushed, so their times move with it."""
+    block = bytes(16 * 2**20)
+    times = []
+    for _ in range(3):
+        with tempfile.NamedTemporaryFile(dir=where) as f:
+            started = time.perf_counter()
+            for _ in range(size // len(block)):
+                f.write(block)
+            f.flush()
+            times.append(time.perf_counter() - started)
+    middle = statistics.median(times)
+    return {
+        "bytes": size,
+        "seconds": [round(t, 2) for t in times],
+        "mb_per_s": round(size / middle / 1e6),
+    }
 
 
 def run_once(method: str, folder: Path, child: dict) -> dict:
