@@ -322,6 +322,7 @@ def _summary(cut: Cut, parent: Any, plan: Any, model: str, onnx: dict | None, st
         "plan": str(plan) if named else cut.surgery.plan.describe(),
         "child": cut.sizes,
         "parent_sizes": cut.parent_sizes,
+        "budget": dict(cut.surgery.budget) or None,
         "layers_kept": cut.state.kept_layers(),
         "kept": cut.kept,
         "influence": cut.state.influence,
@@ -368,7 +369,15 @@ def dry_run(
     with torch.device("meta"):  # the class built from the child's config, as it will be
         child = type(parent.model)(cut.config)
     old, new = (sum(p.numel() for p in m.parameters()) for m in (parent.model, child))
-    return f"{text}; parameters {old:,} -> {new:,} ({new / old:.1%})"
+    text = f"{text}; parameters {old:,} -> {new:,} ({new / old:.1%})"
+    return text + budget_line(cut.surgery.budget, "; ")
+
+
+def budget_line(budget: dict, sep: str) -> str:
+    """What a solved budget used (empty without one)."""
+    if not budget:
+        return ""
+    return f"{sep}budget {budget['parameters']:,} parameters, {budget['share']:.1%} of it used"
 
 
 def from_to(parent: dict, child: dict) -> dict[str, str]:

@@ -268,10 +268,15 @@ class Surgery:
 
     plan: Plan
     passes: tuple[Pass, ...]
+    # a solved budget: what the plan asked (`parameters`) and the child's count
+    budget: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def needs_data(self) -> bool:
-        """Whether a pass runs the parent on calibration data."""
+        """Whether a pass runs the parent on calibration data (with an unsolved budget:
+        whether one would if the budget cuts layers)."""
+        if self.plan.budget and self.plan.depth == "influence":
+            return True
         return any(p.needs_data for p in self.passes)
 
 
@@ -357,7 +362,13 @@ def check(
 ) -> Cut:
     """Every check that can be made before any pass runs: each pass's own (`PlanError`
     for an impossible target or depth), then whether the parent's class can hold the
-    child. Returns the unrun decisions."""
+    child. Returns the unrun decisions. A plan with a budget (`target: {parameters: N}`)
+    is first solved into sizes (`surgeon.budget.solve`); the `Cut` holds the solved
+    surgery."""
+    if surgery.plan.budget:
+        from .budget import solve
+
+        surgery = solve(parent, surgery)
     source = parent.tensor if parent.streamed else None
     state = SurgeryState(parent.graph, parent.analysis, source=source, calibration=calibration)
     if surgery.needs_data:
@@ -382,7 +393,7 @@ def decide(
         )
     cut = check(parent, surgery, calibration, progress)
     planned = cut.state.layers
-    for p in surgery.passes:
+    for p in cut.surgery.passes:
         p.run(cut.state)
     if cut.config is not None and cut.state.layers != planned:  # measured depth
         cut.config = _child_config(parent, cut.state)

@@ -47,6 +47,7 @@ from .passes.slice import SIZES
 
 __all__ = ["Plan", "load_plan", "SCHEMA", "PASS_ORDER", "RECIPES"]
 
+BUDGETS = ("parameters",)  # target keys that state what must fit (surgeon/budget.py)
 # The vocabulary is the passes' own: each pass names what it accepts.
 WIDTH = SIZES
 TARGETS = ("num_layers", *WIDTH)
@@ -89,7 +90,17 @@ SCHEMA = {
     "title": "surgeon plan",
     **_object(
         {
-            "target": _object({k: _SIZE for k in TARGETS}, "sizes of the child"),
+            "target": _object(
+                {
+                    **{k: _SIZE for k in TARGETS},
+                    "parameters": {
+                        **_SIZE,
+                        "description": "a budget: the child's parameter count at most (each "
+                        "tied tensor once); the sizes not stated are chosen to fit",
+                    },
+                },
+                "sizes of the child",
+            ),
             "stacks": {
                 "type": "object",
                 "additionalProperties": _object({k: _SIZE for k in TARGETS}),
@@ -152,6 +163,7 @@ class Plan:
     device: str = "cpu"  # where calibration runs the parent's layers
     recipe: str = "auto"
     passes: tuple[tuple[str, Mapping[str, Any]], ...] = ()  # the long form, as written
+    budget: Mapping[str, int] = field(default_factory=dict)  # target.parameters, unsolved
 
     def resolved(self, data: bool) -> Plan:
         """The plan with its recipe's defaults; `data`: whether calibration data can be
@@ -232,7 +244,9 @@ class Plan:
                 for name, s in stacks.items()
             ]
         )
-        target = target or "parent's sizes"
+        if self.budget:
+            target = ", ".join([f"parameters at most {self.budget['parameters']:,}", target])
+        target = target.strip(", ") or "parent's sizes"
         if self.passes:
             return f"{target}; passes " + " -> ".join(name for name, _ in self.passes)
         chosen = [
@@ -272,8 +286,16 @@ def load_plan(plan: Any) -> Plan:
     }
     if "passes" in plan:
         return Plan(passes=_passes(plan), **settings)
+    target = dict(plan.get("target") or {})
+    budget = {k: target.pop(k) for k in BUDGETS if k in target}
+    if budget and plan.get("stacks"):
+        raise PlanError(
+            "target.parameters: budgets are solved for one stack of layers; give each "
+            "stack's sizes under stacks instead"
+        )
     return Plan(
-        target=dict(plan.get("target") or {}),
+        target=target,
+        budget=budget,
         stacks={k: dict(v or {}) for k, v in (plan.get("stacks") or {}).items()},
         depth=_depth(plan.get("depth")),
         importance=plan.get("importance"),

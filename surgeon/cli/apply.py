@@ -92,8 +92,10 @@ def _print(summary: dict, out: Path) -> None:
         f"  parameters  {s['parent_parameters']:,} -> {s['child_parameters']:,} "
         f"({s['child_parameters'] / s['parent_parameters']:.1%})"
     )
-    from ..api import from_to
+    from ..api import budget_line, from_to
 
+    if s.get("budget"):
+        print(f"  {budget_line(s['budget'], '')} (sizes chosen to fit it)")
     for key, value in from_to(s["parent_sizes"], s["child"]).items():
         print(f"  {key:<18} {value}")
     print(f"  layers kept       {_ranges(s['layers_kept'])} (of the parent's)")

@@ -1,0 +1,95 @@
+"""Children of SmolLM2-135M cut to a parameter budget: the sizes the solver chose, the
+count reached, and the held-out loss before training, against children of the same
+budget whose shape the plan fixes in part (the solver choosing the rest).
+
+Parent, text splits and calibration windows are those of `benchmarks/convergence.py`
+(its protocol: calibration read only to build the children, validation and test held
+out). Every child is built by `surgeon.subclone` with the `surgeon` recipe (activation
+importance, influence depth) on the calibration windows; its parameter count is
+`sum(p.numel())` of the child as built, compared with the budget.
+
+    .venv/bin/python benchmarks/budgets.py [--budget 60000000] [--threads 1]
+
+Writes benchmarks/results/budgets.json (commit, date, rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+
+import torch
+from common import commit  # benchmarks/common.py: a script's folder is on sys.path
+from convergence import held_out_loss, splits
+
+OUT = Path(__file__).resolve().parent / "results" / "budgets.json"
+SHAPES = {  # the plan's fixed sizes beside the budget (the solver chooses the others)
+    "solver's choice": {},
+    "hidden 480 fixed": {"hidden_size": 480},
+    "hidden 384 fixed": {"hidden_size": 384},
+    "all 30 layers fixed": {"num_layers": 30},
+    "10 layers fixed": {"num_layers": 10},
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", type=int, default=60_000_000)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from surgeon.api import subclone
+    from surgeon.demo.smollm2 import smollm2
+
+    parent, tokenizer = smollm2()
+    split = splits(tokenizer)
+    cal = split["calibration"]
+    batches = [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in cal.split(4)]
+    rows = [
+        {
+            "shape": "parent",
+            "parameters": sum(t.numel() for t in parent.parameters()),
+            "validation": held_out_loss(parent, split["validation"], "cpu"),
+            "test": held_out_loss(parent, split["test"], "cpu"),
+        }
+    ]
+    for name, fixed in SHAPES.items():
+        plan = {"target": {"parameters": args.budget, **fixed}, "recipe": "surgeon"}
+        t0 = time.perf_counter()
+        child = subclone(parent, plan, calibration=batches)
+        seconds = time.perf_counter() - t0
+        count = sum(t.numel() for t in child.model.parameters())
+        row = {
+            "shape": name,
+            "plan": plan,
+            "sizes": child.cut.sizes,
+            "layers_kept": child.cut.state.kept_layers(),
+            "parameters": count,
+            "share_of_budget": count / args.budget,
+            "solver_count": child.cut.surgery.budget["child_parameters"],
+            "validation": held_out_loss(child.model, split["validation"], "cpu"),
+            "test": held_out_loss(child.model, split["test"], "cpu"),
+            "seconds": round(seconds, 1),
+        }
+        rows.append(row)
+        print(
+            f"{name}: {count:,} ({row['share_of_budget']:.1%}) {row['sizes']} validation "
+            f"{row['validation']:.3f} test {row['test']:.3f}",
+            flush=True,
+        )
+    result = {
+        "commit": commit(),
+        "date": datetime.date.today().isoformat(),
+        "budget": args.budget,
+        "threads": args.threads,
+        "rows": rows,
+    }
+    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

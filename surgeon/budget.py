@@ -1,0 +1,328 @@
+"""Budgets: `target: {parameters: N}` turned into the sizes of a child that fits.
+
+The plan states what must fit (the child's parameter count, embeddings included, each
+tied tensor once) and, optionally, some sizes it fixes; `solve` chooses the others on the
+parent's analysis. Every candidate keeps the parent's layer structure (one width per
+size in every layer): a number of layers, a residual width, an FFN width (every FFN role
+cut by one share), and query heads in whole key/value groups (each group keeps the
+parent's number of query heads). Widths move in steps of 64 where the parent's are
+multiples of 64 (else 32, 16, 8 or 1); the hidden size is a multiple of the head count
+(configs check it), and where the config derives head_dim from the hidden size and the
+head count, the head count times head_dim.
+
+A candidate's parameter count is exact, computed from the analysis (each tensor's axes
+and the sizes their groups keep, tensors of dropped layers left out), never by building
+the child. Among the candidates within [0.97 N, N] the solver keeps the one that cuts the
+sizes most evenly: the largest product of the kept shares (layers kept / parent's, times
+hidden, FFN and heads likewise), the larger count on a tie; the chosen sizes are then
+checked as any plan is (the config must hold them), the next candidate taken where it
+cannot. With no candidate in that window, the largest count under N. The shares are of
+sizes, not of measured importance: which positions are kept is still the plan's
+importance method's choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .analysis import FFN_ROLES
+from .errors import PlanError
+from .fit import config_value
+from .passes.depth import choose_layers
+from .passes.slice import resolve_target
+from .passes.state import SurgeryState
+
+if TYPE_CHECKING:
+    from .pipeline import Parent, Surgery
+
+__all__ = ["LOWEST", "child_parameters", "solve"]
+
+LOWEST = 0.97  # a child under LOWEST x the budget is reported as such
+TRIES = 40  # candidates checked against the config before giving up
+
+
+def solve(parent: Parent, surgery: Surgery) -> Surgery:
+    """The surgery with its budget turned into sizes (`Surgery.budget` records the budget
+    and the count reached); `PlanError` for a budget no child of this parent fits."""
+    from .pipeline import check, resolve
+
+    plan = surgery.plan
+    budget = plan.budget["parameters"]
+    _check_supported(parent, plan)
+    total = parent.graph.params.num_parameters()
+    if budget >= total:
+        raise PlanError(
+            f"target.parameters = {budget:,} is not below the parent's {total:,}: "
+            "nothing to cut (ask for fewer parameters)"
+        )
+    candidates = _candidates(parent, plan, budget)
+    if not candidates:
+        smallest = _smallest(parent, plan)
+        raise PlanError(
+            f"target.parameters = {budget:,} is below the smallest child this plan allows "
+            f"({smallest:,} parameters): ask for more, or fix fewer sizes in target"
+        )
+    errors = []
+    for count, sizes in candidates[:TRIES]:
+        solved = replace(plan, target={**plan.target, **sizes}, budget={})
+        try:
+            trial = resolve(solved)
+            check(parent, trial)
+        except PlanError as e:
+            errors.append(str(e))
+            continue
+        record = {"parameters": budget, "child_parameters": count, "share": count / budget}
+        return replace(trial, budget=record)
+    raise PlanError(
+        f"target.parameters = {budget:,}: none of the {min(TRIES, len(candidates))} "
+        f"closest children fits {type(parent.model).__name__}'s config (the first: "
+        f"{errors[0]}); fix some sizes in target"
+    )
+
+
+def _check_supported(parent: Parent, plan) -> None:
+    a = parent.analysis
+    if plan.stacks or len(a.stacks) > 1:
+        raise PlanError(
+            "target.parameters: budgets are solved for models with one stack of layers; "
+            "this one has several (give each stack's sizes under stacks instead)"
+        )
+    if not a.layers:
+        raise PlanError(
+            "target.parameters: no layers were found in this model (a numbered list of "
+            "residual blocks), so there are no sizes to choose; `surgeon inspect` shows "
+            "what was found"
+        )
+
+
+def _step(size: int) -> int:
+    return next(q for q in (32, 16, 8, 1) if size % q == 0)
+
+
+def _options(parent: Parent, plan, sizes: dict) -> dict[str, list]:
+    """Each free size's candidate values (the plan's own where it states one)."""
+    fixed = plan.target
+    out: dict[str, list] = {}
+    layers = len(parent.analysis.layers)
+    if isinstance(plan.depth, tuple):
+        out["num_layers"] = [len(plan.depth)]
+    else:
+        out["num_layers"] = (
+            [fixed.get("num_layers")] if "num_layers" in fixed else range(1, layers + 1)
+        )
+    heads, kv = sizes.get("num_heads"), sizes.get("num_kv_heads")
+    if heads:
+        per = heads // kv if kv else 1
+        groups = range(1, (kv or heads) + 1)
+        pairs = [(g * per, g if kv else None) for g in groups]
+        if "num_heads" in fixed:
+            pairs = [p for p in pairs if p[0] == fixed["num_heads"]]
+        if "num_kv_heads" in fixed:
+            pairs = [p for p in pairs if p[1] == fixed["num_kv_heads"]]
+        out["heads"] = pairs or [(fixed.get("num_heads"), fixed.get("num_kv_heads"))]
+    hidden = sizes["hidden_size"]
+    if "hidden_size" in fixed:
+        out["hidden_size"] = [fixed["hidden_size"]]
+    elif _tied_hidden(parent, sizes):
+        out["hidden_size"] = [h * sizes["head_dim"] for h, _ in out.get("heads", [])]
+    else:
+        q = _step(hidden)
+        out["hidden_size"] = list(range(q, hidden + 1, q))
+    roles = [r for r in FFN_ROLES if r in sizes and r not in fixed]
+    out["ffn"] = roles
+    return out
+
+
+def _tied_hidden(parent: Parent, sizes: dict) -> bool:
+    """Whether the config derives head_dim from the hidden size and the head count (no
+    head_dim field of its own), so the hidden size is the head count times head_dim."""
+    heads, head_dim = sizes.get("num_heads"), sizes.get("head_dim")
+    if not heads or not head_dim or heads * head_dim != sizes["hidden_size"]:
+        return False
+    config = getattr(parent.model, "config", None)
+    if config is None:
+        return False
+    return config_value(config, "head_dim") is None or _derived_field(config, "head_dim")
+
+
+def _derived_field(config: Any, field: str) -> bool:
+    attr = getattr(type(config), field, None)
+    return isinstance(attr, property) and attr.fset is None
+
+
+def _candidates(parent: Parent, plan, budget: int) -> list[tuple[int, dict]]:
+    """Every candidate's (count, sizes), best first."""
+    sizes = _parent_sizes(parent)
+    options = _options(parent, plan, sizes)
+    tied = _tied_hidden(parent, sizes) and "hidden_size" not in plan.target
+    layers = len(parent.analysis.layers)
+    scored = []
+    for hidden, heads, kv in _widths(options, sizes, tied):
+        width = {"hidden_size": hidden}
+        if heads is not None:
+            width.update(num_heads=heads)
+        if kv is not None:
+            width.update(num_kv_heads=kv)
+        width.update({k: v for k, v in plan.target.items() if k not in width})
+        width.pop("num_layers", None)
+        lines = _lines(parent, width, options["ffn"], sizes)
+        if lines is None:
+            continue
+        for n in options["num_layers"]:
+            best = _widest_ffn(lines, _kept(parent, plan, n), budget, options["ffn"], sizes)
+            if best is None:
+                continue
+            count, ffn = best
+            chosen = {"num_layers": n, **width, **ffn}
+            share = _share(chosen, sizes, layers, options)
+            scored.append((count >= LOWEST * budget, share, count, chosen))
+    scored.sort(key=lambda s: (s[0], s[1], s[2]), reverse=True)
+    return [(count, _plan_sizes(chosen, sizes)) for _, _, count, chosen in scored]
+
+
+def _widths(options: dict, sizes: dict, tied: bool) -> list[tuple]:
+    """(hidden, heads, KV heads) candidates: each hidden size with the head count whose
+    share of the parent's is nearest the hidden size's (more heads on a tie), among those
+    that divide it (the head count times head_dim, where the config derives head_dim)."""
+    out = []
+    for hidden in options["hidden_size"]:
+        pairs = options.get("heads", [(None, None)])
+        if pairs[0][0] is not None:
+            fits = [
+                p
+                for p in pairs
+                if (hidden == p[0] * sizes["head_dim"] if tied else hidden % p[0] == 0)
+            ]
+            share = hidden / sizes["hidden_size"]
+            pairs = sorted(fits, key=lambda p: (abs(p[0] / sizes["num_heads"] - share), -p[0]))
+        if pairs:
+            out.append((hidden, *pairs[0]))
+    return out
+
+
+def _plan_sizes(chosen: dict, sizes: dict) -> dict:
+    """The sizes to write into the plan: those that differ from the parent's."""
+    out = {}
+    for k, v in chosen.items():
+        parent = sizes.get(k) if k != "num_layers" else sizes.get("num_layers")
+        if v is not None and v != parent:
+            out[k] = v
+    return out
+
+
+def _parent_sizes(parent: Parent) -> dict:
+    state = SurgeryState(parent.graph, parent.analysis)
+    return {**state.child_sizes(), "num_layers": len(parent.analysis.layers)}
+
+
+def _kept(parent: Parent, plan, n: int) -> list[int]:
+    """The layers a depth of `n` keeps, as far as they are known before measuring."""
+    if isinstance(plan.depth, tuple):
+        return list(plan.depth)
+    strategy = plan.depth if plan.depth != "influence" else "middle"
+    return choose_layers(len(parent.analysis.layers), strategy, n, None)
+
+
+def _lines(parent: Parent, width: dict, roles: list[str], sizes: dict):
+    """Per layer and outside the layers, the count as a line in each FFN role's width:
+    (outside, [per layer: (count at the smallest widths, {role: parameters per unit})]).
+    None where the widths are impossible for this parent."""
+    low = {r: _step(sizes[r]) for r in roles}
+    try:
+        base = _counts(parent, {**width, **low})
+        slopes = {}
+        for r in roles:
+            wider = _counts(parent, {**width, **low, r: 2 * low[r]})
+            slopes[r] = [(w - b) / low[r] for w, b in zip(wider[1], base[1], strict=True)]
+    except PlanError:
+        return None
+    per_layer = [
+        (count - sum(slopes[r][i] * low[r] for r in roles), {r: slopes[r][i] for r in roles})
+        for i, count in enumerate(base[1])
+    ]
+    return base[0], per_layer
+
+
+def _widest_ffn(lines, kept, budget, roles: list[str], sizes: dict, narrowest=False):
+    """The widest FFN (every role cut by one share, in its steps) whose child fits:
+    (count, {role: width}); None where even the narrowest does not fit. `narrowest`:
+    the narrowest instead."""
+    outside, per_layer = lines
+    fixed = outside + sum(per_layer[i][0] for i in kept)
+    if not roles:
+        return (round(fixed), {}) if fixed <= budget else None
+    lead = max(roles, key=lambda r: sizes[r] // _step(sizes[r]))
+    steps = sizes[lead] // _step(sizes[lead])
+    best = None
+    lo, hi = 1, 1 if narrowest else steps
+    while lo <= hi:  # the count grows with the share
+        mid = (lo + hi) // 2
+        ffn = {
+            r: max(_step(sizes[r]), _round(sizes[r] * mid / steps, _step(sizes[r]))) for r in roles
+        }
+        count = fixed + sum(per_layer[i][1][r] * ffn[r] for i in kept for r in roles)
+        if count <= budget:
+            best, lo = (round(count), ffn), mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _round(value: float, step: int) -> int:
+    return int(value // step) * step
+
+
+def _share(chosen: dict, sizes: dict, layers: int, options: dict) -> float:
+    """The product of the kept shares of the sizes the solver chose."""
+    shares = [chosen["num_layers"] / layers, chosen["hidden_size"] / sizes["hidden_size"]]
+    shares += [chosen[r] / sizes[r] for r in options["ffn"]][:1]
+    return math.prod(shares)
+
+
+def _counts(parent: Parent, width: Mapping[str, int]) -> tuple[float, list[float]]:
+    """The child's parameters outside the layers and in each parent layer, at `width`."""
+    a = parent.analysis
+    keep = resolve_target(a, width)
+    owner = {}
+    for i, layer in enumerate(a.layers):
+        for part in layer.parts or [layer.name]:
+            owner[part + "."] = i
+    outside, per_layer = 0.0, [0.0] * len(a.layers)
+    for entry in parent.graph.params:
+        if entry.kind != "parameter":
+            continue
+        axes = a.dims.tensors.get(entry.name)
+        n = math.prod(a.atoms.new_size(x, keep) for x in axes) if axes else entry.numel
+        layer = next((i for p, i in owner.items() if entry.name.startswith(p)), None)
+        if layer is None:
+            outside += n
+        else:
+            per_layer[layer] += n
+    return outside, per_layer
+
+
+def _smallest(parent: Parent, plan) -> int:
+    """The count of the smallest child the plan allows (for the error)."""
+    sizes = _parent_sizes(parent)
+    options = _options(parent, plan, sizes)
+    tied = _tied_hidden(parent, sizes) and "hidden_size" not in plan.target
+    counts = []
+    for hidden, heads, kv in _widths(options, sizes, tied)[:1]:
+        width = {"hidden_size": hidden, "num_heads": heads, "num_kv_heads": kv}
+        width = {k: v for k, v in {**width, **plan.target}.items() if v is not None}
+        width.pop("num_layers", None)
+        lines = _lines(parent, width, options["ffn"], sizes)
+        kept = _kept(parent, plan, options["num_layers"][0])
+        found = lines and _widest_ffn(lines, kept, math.inf, options["ffn"], sizes, narrowest=True)
+        counts += [found[0]] if found else []
+    return min(counts, default=0)
+
+
+def child_parameters(parent: Parent, sizes: Mapping[str, int], kept: list[int]) -> int:
+    """The parameter count of the child with `sizes` (widths) and the parent layers
+    `kept`, from the analysis."""
+    outside, per_layer = _counts(parent, {k: v for k, v in sizes.items() if k != "num_layers"})
+    return round(outside + sum(per_layer[i] for i in kept))

@@ -1,0 +1,74 @@
+"""Budgets (`target: {parameters: N}`): the solver's sizes give a child that fits, counted
+by the child as built (`sum(p.numel())`), not by the solver's own arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from surgeon.api import dry_run, subclone
+from surgeon.errors import PlanError
+from surgeon.plan import load_plan
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_a_reachable_budget_is_met_within_three_percent(prepared, name):
+    """The budget of a child a hand plan makes (its built count) is met: the solver's
+    child counts at most that and at least 0.97 of it, and the count it records is the
+    built child's."""
+    p = prepared(name)
+    kv = {"num_kv_heads": 1} if name == "llama" else {}  # query heads per KV group kept
+    target = {"num_layers": 2, "hidden_size": 32, "num_heads": 2, **kv}
+    hand = subclone(p.parent, {"target": target})
+    budget = _count(hand.model)
+    child = subclone(p.parent, {"target": {"parameters": budget}, "recipe": "data-free"})
+    built = _count(child.model)
+    assert 0.97 * budget <= built <= budget
+    assert child.cut.surgery.budget["child_parameters"] == built
+    assert child.cut.surgery.budget["parameters"] == budget
+
+
+def test_every_budget_gives_a_child_that_fits_and_keeps_what_the_plan_fixes(prepared):
+    p = prepared("llama")
+    total = _count(p.model)
+    for share in (0.35, 0.5, 0.7, 0.9):
+        budget = int(share * total)
+        plan = {"target": {"parameters": budget, "num_layers": 2}, "recipe": "data-free"}
+        child = subclone(p.parent, plan)
+        assert _count(child.model) <= budget
+        assert child.model.config.num_hidden_layers == 2
+        assert child.cut.sizes["num_layers"] == 2
+
+
+def test_validate_states_the_chosen_sizes_and_the_budget_used(prepared):
+    p = prepared("llama")
+    budget = int(0.6 * _count(p.model))
+    line = dry_run(p.parent, {"target": {"parameters": budget}})
+    assert f"budget {budget:,} parameters" in line and "of it used" in line
+    assert "->" in line  # the sizes the solver chose, parent -> child
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        ({"target": {"parameters": 10}}, "below the smallest child"),
+        ({"target": {"parameters": 10**12}}, "not below the parent's"),
+    ],
+)
+def test_impossible_budgets_are_one_line_errors(prepared, plan, message):
+    with pytest.raises(PlanError, match=message) as e:
+        dry_run(prepared("llama").parent, plan)
+    assert "\n" not in str(e.value)
+
+
+def test_budget_keys_are_checked_by_the_schema():
+    with pytest.raises(PlanError, match="parameters"):
+        load_plan({"target": {"parameters": 0}})
+    with pytest.raises(PlanError, match="stacks"):
+        load_plan({"target": {"parameters": 1000}, "stacks": {"model.layers": {"num_layers": 1}}})
+    plan = load_plan({"target": {"parameters": 60_000_000}})
+    assert plan.budget == {"parameters": 60_000_000} and "parameters" not in plan.target
+    assert "parameters at most 60,000,000" in plan.describe()
