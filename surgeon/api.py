@@ -377,7 +377,11 @@ def budget_line(budget: dict, sep: str) -> str:
     """What a solved budget used (empty without one)."""
     if not budget:
         return ""
-    return f"{sep}budget {budget['parameters']:,} parameters, {budget['share']:.1%} of it used"
+    if "memory" in budget:
+        limit = f"{budget['memory']['bytes']:,} bytes of weights and KV cache"
+    else:
+        limit = f"{budget['parameters']:,} parameters"
+    return f"{sep}budget {limit}, {budget['share']:.1%} of it used"
 
 
 def from_to(parent: dict, child: dict) -> dict[str, str]:

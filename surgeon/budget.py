@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .analysis import FFN_ROLES
@@ -38,35 +38,72 @@ from .passes.state import SurgeryState
 if TYPE_CHECKING:
     from .pipeline import Parent, Surgery
 
-__all__ = ["LOWEST", "child_parameters", "solve"]
+__all__ = ["LOWEST", "Limit", "child_parameters", "solve"]
 
 LOWEST = 0.97  # a child under LOWEST x the budget is reported as such
 TRIES = 40  # candidates checked against the config before giving up
 
 
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """What must fit, in one unit: parameters, or bytes of weights (`per_weight` bytes
+    each) plus a KV cache (`per_kv` bytes per layer and KV head: keys and values of
+    head_dim each, for every token of the context and every sequence of the batch)."""
+
+    key: str  # "parameters" | "memory"
+    value: int
+    per_weight: int = 1
+    per_kv: int = 0
+
+    @classmethod
+    def of(cls, budget: Mapping[str, Any], head_dim: int) -> Limit:
+        if "parameters" in budget:
+            return cls("parameters", budget["parameters"])
+        m = budget["memory"]
+        size = DTYPE_BYTES[m.get("dtype", "bfloat16")]
+        per_kv = 2 * head_dim * m["context"] * m.get("batch", 1) * size
+        return cls("memory", m["bytes"], size, per_kv)
+
+    def weights(self, cache: int) -> float:
+        """The parameters that fit beside a cache of `cache` (layers x KV heads)."""
+        return (self.value - cache * self.per_kv) / self.per_weight
+
+    def used(self, count: int, cache: int) -> int:
+        return count * self.per_weight + cache * self.per_kv
+
+    def text(self, value: int) -> str:
+        return f"{value:,} parameters" if self.key == "parameters" else f"{value:,} bytes"
+
+
 def solve(parent: Parent, surgery: Surgery) -> Surgery:
     """The surgery with its budget turned into sizes (`Surgery.budget` records the budget
-    and the count reached); `PlanError` for a budget no child of this parent fits."""
+    and what the child uses of it); `PlanError` for a budget no child of this parent
+    fits."""
     from .pipeline import check, resolve
 
     plan = surgery.plan
-    budget = plan.budget["parameters"]
     _check_supported(parent, plan)
-    total = parent.graph.params.num_parameters()
-    if budget >= total:
+    sizes = _parent_sizes(parent)
+    limit = Limit.of(plan.budget, sizes.get("head_dim") or 0)
+    whole = _parent_use(parent, sizes, limit)
+    if limit.value >= whole:
         raise PlanError(
-            f"target.parameters = {budget:,} is not below the parent's {total:,}: "
-            "nothing to cut (ask for fewer parameters)"
+            f"target.{limit.key} = {limit.text(limit.value)} is not below the parent's "
+            f"{limit.text(whole)}: nothing to cut (ask for less)"
         )
-    candidates = _candidates(parent, plan, budget)
+    candidates = _candidates(parent, plan, limit)
     if not candidates:
-        smallest = _smallest(parent, plan)
+        smallest = _smallest(parent, plan, limit)
         raise PlanError(
-            f"target.parameters = {budget:,} is below the smallest child this plan allows "
-            f"({smallest:,} parameters): ask for more, or fix fewer sizes in target"
+            f"target.{limit.key} = {limit.text(limit.value)} is below the smallest child "
+            f"this plan allows ({limit.text(smallest)}): ask for more, or fix fewer sizes "
+            "in target"
         )
     errors = []
-    for count, sizes in candidates[:TRIES]:
+    for used, count, sizes in candidates[:TRIES]:
         solved = replace(plan, target={**plan.target, **sizes}, budget={})
         try:
             trial = resolve(solved)
@@ -74,13 +111,31 @@ def solve(parent: Parent, surgery: Surgery) -> Surgery:
         except PlanError as e:
             errors.append(str(e))
             continue
-        record = {"parameters": budget, "child_parameters": count, "share": count / budget}
+        record = {
+            **plan.budget,
+            "child_parameters": count,
+            **({"child_bytes": used} if limit.key == "memory" else {}),
+            "share": used / limit.value,
+        }
         return replace(trial, budget=record)
     raise PlanError(
-        f"target.parameters = {budget:,}: none of the {min(TRIES, len(candidates))} "
-        f"closest children fits {type(parent.model).__name__}'s config (the first: "
-        f"{errors[0]}); fix some sizes in target"
+        f"target.{limit.key} = {limit.text(limit.value)}: none of the "
+        f"{min(TRIES, len(candidates))} closest children fits "
+        f"{type(parent.model).__name__}'s config (the first: {errors[0]}); fix some sizes "
+        "in target"
     )
+
+
+def _parent_use(parent: Parent, sizes: dict, limit: Limit) -> int:
+    count = parent.graph.params.num_parameters()
+    return limit.used(count, _cache(parent, list(range(sizes["num_layers"])), sizes))
+
+
+def _cache(parent: Parent, kept: list[int], width: dict) -> int:
+    """Layers x KV heads of the child's cache: every kept layer with attention heads,
+    each with the child's KV heads (its query heads under multi-head attention)."""
+    kv = width.get("num_kv_heads") or width.get("num_heads") or 0
+    return sum(kv for i in kept if parent.analysis.layers[i].heads)
 
 
 def _check_supported(parent: Parent, plan) -> None:
@@ -153,8 +208,8 @@ def _derived_field(config: Any, field: str) -> bool:
     return isinstance(attr, property) and attr.fset is None
 
 
-def _candidates(parent: Parent, plan, budget: int) -> list[tuple[int, dict]]:
-    """Every candidate's (count, sizes), best first."""
+def _candidates(parent: Parent, plan, limit: Limit) -> list[tuple[int, int, dict]]:
+    """Every candidate's (use of the budget, parameter count, sizes), best first."""
     sizes = _parent_sizes(parent)
     options = _options(parent, plan, sizes)
     tied = _tied_hidden(parent, sizes) and "hidden_size" not in plan.target
@@ -172,15 +227,18 @@ def _candidates(parent: Parent, plan, budget: int) -> list[tuple[int, dict]]:
         if lines is None:
             continue
         for n in options["num_layers"]:
-            best = _widest_ffn(lines, _kept(parent, plan, n), budget, options["ffn"], sizes)
+            kept = _kept(parent, plan, n)
+            cache = _cache(parent, kept, {**sizes, **width})
+            best = _widest_ffn(lines, kept, limit.weights(cache), options["ffn"], sizes)
             if best is None:
                 continue
             count, ffn = best
+            used = limit.used(count, cache)
             chosen = {"num_layers": n, **width, **ffn}
             share = _share(chosen, sizes, layers, options)
-            scored.append((count >= LOWEST * budget, share, count, chosen))
-    scored.sort(key=lambda s: (s[0], s[1], s[2]), reverse=True)
-    return [(count, _plan_sizes(chosen, sizes)) for _, _, count, chosen in scored]
+            scored.append((used >= LOWEST * limit.value, share, used, count, chosen))
+    scored.sort(key=lambda s: s[:3], reverse=True)
+    return [(used, count, _plan_sizes(chosen, sizes)) for _, _, used, count, chosen in scored]
 
 
 def _widths(options: dict, sizes: dict, tied: bool) -> list[tuple]:
@@ -304,12 +362,12 @@ def _counts(parent: Parent, width: Mapping[str, int]) -> tuple[float, list[float
     return outside, per_layer
 
 
-def _smallest(parent: Parent, plan) -> int:
-    """The count of the smallest child the plan allows (for the error)."""
+def _smallest(parent: Parent, plan, limit: Limit) -> int:
+    """What the smallest child the plan allows uses of the budget (for the error)."""
     sizes = _parent_sizes(parent)
     options = _options(parent, plan, sizes)
     tied = _tied_hidden(parent, sizes) and "hidden_size" not in plan.target
-    counts = []
+    used = []
     for hidden, heads, kv in _widths(options, sizes, tied)[:1]:
         width = {"hidden_size": hidden, "num_heads": heads, "num_kv_heads": kv}
         width = {k: v for k, v in {**width, **plan.target}.items() if v is not None}
@@ -317,8 +375,9 @@ def _smallest(parent: Parent, plan) -> int:
         lines = _lines(parent, width, options["ffn"], sizes)
         kept = _kept(parent, plan, options["num_layers"][0])
         found = lines and _widest_ffn(lines, kept, math.inf, options["ffn"], sizes, narrowest=True)
-        counts += [found[0]] if found else []
-    return min(counts, default=0)
+        if found:
+            used.append(limit.used(found[0], _cache(parent, kept, {**sizes, **width})))
+    return min(used, default=0)
 
 
 def child_parameters(parent: Parent, sizes: Mapping[str, int], kept: list[int]) -> int:

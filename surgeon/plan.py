@@ -47,7 +47,7 @@ from .passes.slice import SIZES
 
 __all__ = ["Plan", "load_plan", "SCHEMA", "PASS_ORDER", "RECIPES"]
 
-BUDGETS = ("parameters",)  # target keys that state what must fit (surgeon/budget.py)
+BUDGETS = ("parameters", "memory")  # target keys that state what must fit (surgeon/budget.py)
 # The vocabulary is the passes' own: each pass names what it accepts.
 WIDTH = SIZES
 TARGETS = ("num_layers", *WIDTH)
@@ -97,6 +97,20 @@ SCHEMA = {
                         **_SIZE,
                         "description": "a budget: the child's parameter count at most (each "
                         "tied tensor once); the sizes not stated are chosen to fit",
+                    },
+                    "memory": {
+                        **_object(
+                            {
+                                "bytes": _SIZE,
+                                "context": _SIZE,
+                                "batch": _SIZE,
+                                "dtype": {"enum": ["bfloat16", "float16", "float32"]},
+                            },
+                            "a budget: bytes of the weights plus a KV cache of `context` "
+                            "tokens for `batch` sequences, all in `dtype` (bfloat16 unless "
+                            "stated); the sizes not stated are chosen to fit",
+                        ),
+                        "required": ["bytes", "context"],
                     },
                 },
                 "sizes of the child",
@@ -245,7 +259,7 @@ class Plan:
             ]
         )
         if self.budget:
-            target = ", ".join([f"parameters at most {self.budget['parameters']:,}", target])
+            target = ", ".join([_budget_text(self.budget), target])
         target = target.strip(", ") or "parent's sizes"
         if self.passes:
             return f"{target}; passes " + " -> ".join(name for name, _ in self.passes)
@@ -255,6 +269,16 @@ class Plan:
             if (v := getattr(self, k)) is not None
         ]
         return "; ".join([target, f"recipe {self.recipe}", *chosen])
+
+
+def _budget_text(budget: Mapping) -> str:
+    if "parameters" in budget:
+        return f"parameters at most {budget['parameters']:,}"
+    m = budget["memory"]
+    return (
+        f"memory at most {m['bytes']:,} bytes (weights and a KV cache of {m['context']:,} "
+        f"tokens x {m.get('batch', 1)}, {m.get('dtype', 'bfloat16')})"
+    )
 
 
 def load_plan(plan: Any) -> Plan:
@@ -288,6 +312,8 @@ def load_plan(plan: Any) -> Plan:
         return Plan(passes=_passes(plan), **settings)
     target = dict(plan.get("target") or {})
     budget = {k: target.pop(k) for k in BUDGETS if k in target}
+    if len(budget) > 1:
+        raise PlanError("target: one budget at a time (parameters or memory), not both")
     if budget and plan.get("stacks"):
         raise PlanError(
             "target.parameters: budgets are solved for one stack of layers; give each "

@@ -72,3 +72,27 @@ def test_budget_keys_are_checked_by_the_schema():
     plan = load_plan({"target": {"parameters": 60_000_000}})
     assert plan.budget == {"parameters": 60_000_000} and "parameters" not in plan.target
     assert "parameters at most 60,000,000" in plan.describe()
+
+
+def test_a_memory_budget_counts_weights_and_the_kv_cache(prepared):
+    """Weights in float32 plus a KV cache of 32 tokens x 2 sequences: the child's bytes,
+    computed here from the built child and its config, fit and use at least 0.97."""
+    p = prepared("llama")
+    config = p.model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+
+    def used(model):
+        c = model.config
+        cache = c.num_hidden_layers * c.num_key_value_heads * 2 * head_dim * 32 * 2 * 4
+        return _count(model) * 4 + cache
+
+    hand = subclone(p.parent, {"target": {"num_layers": 2, "intermediate_size": 64}})
+    limit = used(hand.model)
+    memory = {"bytes": limit, "context": 32, "batch": 2, "dtype": "float32"}
+    child = subclone(p.parent, {"target": {"memory": memory}, "recipe": "data-free"})
+    assert 0.97 * limit <= used(child.model) <= limit
+    assert child.cut.surgery.budget["child_bytes"] == used(child.model)
+    with pytest.raises(PlanError, match="one budget at a time"):
+        load_plan({"target": {"parameters": 10, "memory": memory}})
+    with pytest.raises(PlanError, match="context"):
+        load_plan({"target": {"memory": {"bytes": 10}}})
