@@ -23,16 +23,37 @@ from pathlib import Path
 
 import torch
 from common import commit  # benchmarks/common.py: a script's folder is on sys.path
-from convergence import held_out_loss, splits
+from convergence import BATCH, splits
 
 OUT = Path(__file__).resolve().parent / "results" / "budgets.json"
-SHAPES = {  # the plan's fixed sizes beside the budget (the solver chooses the others)
+SHAPES = {  # the plan's keys beside the budget (the solver chooses the sizes not fixed)
     "solver's choice": {},
     "hidden 480 fixed": {"hidden_size": 480},
     "hidden 384 fixed": {"hidden_size": 384},
     "all 30 layers fixed": {"num_layers": 30},
     "10 layers fixed": {"num_layers": 10},
+    # the same budgets, the dense FFN neurons dealt to the layers by importance (where
+    # the uniform child cuts the FFN: the solver's choice keeps it whole)
+    "hidden 480 fixed, per_layer": {"hidden_size": 480, "layout": "per_layer"},
+    "all 30 layers fixed, per_layer": {"num_layers": 30, "layout": "per_layer"},
+    "10 layers fixed, per_layer": {"num_layers": 10, "layout": "per_layer"},
 }
+
+
+def held_out_loss(model, windows) -> float:
+    """Mean next-token cross-entropy over `windows`, from the logits (a graph child takes
+    no labels)."""
+    losses = []
+    with torch.no_grad():
+        for x in windows.split(BATCH):  # a graph child is traced at the calibration batch
+            out = model(input_ids=x, attention_mask=torch.ones_like(x))
+            logits = out["logits"] if isinstance(out, dict) or hasattr(out, "keys") else out[0]
+            losses.append(
+                torch.nn.functional.cross_entropy(
+                    logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten()
+                ).item()
+            )
+    return sum(losses) / len(losses)
 
 
 def main() -> None:
@@ -52,12 +73,14 @@ def main() -> None:
         {
             "shape": "parent",
             "parameters": sum(t.numel() for t in parent.parameters()),
-            "validation": held_out_loss(parent, split["validation"], "cpu"),
-            "test": held_out_loss(parent, split["test"], "cpu"),
+            "validation": held_out_loss(parent, split["validation"]),
+            "test": held_out_loss(parent, split["test"]),
         }
     ]
     for name, fixed in SHAPES.items():
-        plan = {"target": {"parameters": args.budget, **fixed}, "recipe": "surgeon"}
+        sizes = {k: v for k, v in fixed.items() if k != "layout"}
+        plan = {"target": {"parameters": args.budget, **sizes}, "recipe": "surgeon"}
+        plan.update({k: v for k, v in fixed.items() if k == "layout"})
         t0 = time.perf_counter()
         child = subclone(parent, plan, calibration=batches)
         seconds = time.perf_counter() - t0
@@ -70,8 +93,9 @@ def main() -> None:
             "parameters": count,
             "share_of_budget": count / args.budget,
             "solver_count": child.cut.surgery.budget["child_parameters"],
-            "validation": held_out_loss(child.model, split["validation"], "cpu"),
-            "test": held_out_loss(child.model, split["test"], "cpu"),
+            "ffn_per_layer": [len(x["intermediate_size"]) for x in child.kept["per_layer"]],
+            "validation": held_out_loss(child.model, split["validation"]),
+            "test": held_out_loss(child.model, split["test"]),
             "seconds": round(seconds, 1),
         }
         rows.append(row)

@@ -395,7 +395,9 @@ def decide(
     planned = cut.state.layers
     for p in cut.surgery.passes:
         p.run(cut.state)
-    if cut.config is not None and cut.state.layers != planned:  # measured depth
+    if cut.surgery.plan.layout == "per_layer":  # widths no config states: a graph child
+        cut.config = None
+    elif cut.config is not None and cut.state.layers != planned:  # measured depth
         cut.config = _child_config(parent, cut.state)
     return cut
 

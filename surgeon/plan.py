@@ -56,6 +56,7 @@ IMPORTANCE = SCORE_METHODS
 EXPERT_CRITERIA = EXPERTS
 RESCALE = RESCALE_METHODS
 EMIT = ("auto", "hf", "graph")
+LAYOUT = ("uniform", "per_layer")
 CALIBRATION = {"samples": 32, "seq_len": 256, "batch_size": 4}
 PASS_ORDER = ("score", "depth", "permute", "slice", "rescale")
 # Named defaults for importance, depth and rescale; keys the plan states win. What each
@@ -134,6 +135,11 @@ SCHEMA = {
             "rescale": {"enum": list(RESCALE)},
             "calibration": _object({k: _SIZE for k in CALIBRATION}, "text read for calibration"),
             "emit": {"enum": list(EMIT)},
+            "layout": {
+                "enum": list(LAYOUT),
+                "description": "uniform: every layer one FFN width; per_layer: the dense FFN "
+                "neurons dealt to the layers by importance (a graph child)",
+            },
             "device": {
                 "type": "string",
                 "description": "where calibration runs the parent's layers: cpu, cuda, ...",
@@ -178,6 +184,7 @@ class Plan:
     recipe: str = "auto"
     passes: tuple[tuple[str, Mapping[str, Any]], ...] = ()  # the long form, as written
     budget: Mapping[str, int] = field(default_factory=dict)  # target.parameters, unsolved
+    layout: str = "uniform"  # per_layer: dense FFN widths dealt by importance
 
     def resolved(self, data: bool) -> Plan:
         """The plan with its recipe's defaults; `data`: whether calibration data can be
@@ -227,6 +234,8 @@ class Plan:
                 ("slice", width),
                 ("rescale", {"method": self.rescale}),
             ]
+        if self.layout == "per_layer":
+            steps = [(n, {**p, "per_layer": True} if n == "slice" else p) for n, p in steps]
         if dict(steps).get("score", {}).get("method") == "uniform":
             steps = [(n, {**p, "evenly": True} if n == "slice" else p) for n, p in steps]
         return steps
@@ -268,7 +277,8 @@ class Plan:
             for k in ("depth", "importance", "rescale")
             if (v := getattr(self, k)) is not None
         ]
-        return "; ".join([target, f"recipe {self.recipe}", *chosen])
+        layout = ["layout per_layer"] if self.layout == "per_layer" else []
+        return "; ".join([target, f"recipe {self.recipe}", *chosen, *layout])
 
 
 def _budget_text(budget: Mapping) -> str:
@@ -319,9 +329,18 @@ def load_plan(plan: Any) -> Plan:
             "target.parameters: budgets are solved for one stack of layers; give each "
             "stack's sizes under stacks instead"
         )
+    layout = plan.get("layout", "uniform")
+    if layout == "per_layer":
+        if settings["emit"] == "hf":
+            raise PlanError(
+                "layout: per_layer gives layers of different widths, which a Hugging Face "
+                "config cannot state: use emit: graph or auto (a graph child)"
+            )
+        settings["emit"] = "graph"
     return Plan(
         target=target,
         budget=budget,
+        layout=layout,
         stacks={k: dict(v or {}) for k, v in (plan.get("stacks") or {}).items()},
         depth=_depth(plan.get("depth")),
         importance=plan.get("importance"),
@@ -409,7 +428,9 @@ def _passes(plan: Mapping) -> tuple[tuple[str, Mapping[str, Any]], ...]:
     permutation between scoring and slicing (slice keeps the leading positions of the
     permuted order). A pass left out does nothing (no score: the order is kept; no
     rescale: weights are copied as they are)."""
-    mixed = [k for k in ("target", "stacks", "depth", "importance", "rescale") if k in plan]
+    mixed = [
+        k for k in ("target", "stacks", "depth", "importance", "rescale", "layout") if k in plan
+    ]
     if mixed:
         raise PlanError(
             f"the plan has both passes and {', '.join(mixed)}: use the short form or the long "

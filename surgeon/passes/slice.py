@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class Slice:
     num_experts: int | None = None
     num_experts_per_tok: int | None = None  # the routers' top-k
     evenly: bool = False
+    per_layer: bool = False  # `layout: per_layer`: dense FFN widths dealt by importance
     stacks: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per stack
     name = "slice"
     schema: ClassVar[dict] = {  # `evenly` is set by the recipes, not written in plans
@@ -73,6 +75,8 @@ class Slice:
 
     def run(self, state: SurgeryState) -> None:
         atoms = state.analysis.atoms
+        if self.per_layer:
+            state.keep.update(per_layer_widths(state))
         for group, k in state.keep.items():
             order = state.select.get(group, torch.arange(atoms.size[group]))
             if state.analysis.groups[group].ordered:  # the most important, in their order
@@ -87,6 +91,57 @@ class Slice:
                 state.select[group] = order[torch.tensor(picks)]
             else:
                 state.select[group] = order[:k]
+
+
+def per_layer_widths(state: SurgeryState) -> dict[int, int]:
+    """`layout: per_layer`: the dense FFN neurons the target keeps in all kept layers
+    together, dealt to the layers by importance. Each layer's scores are divided by their
+    mean (so a layer's share depends on how its importance is spread, not on its
+    activations' scale); every layer starts with one step of neurons, and each further
+    step goes to the layer whose next step (its best neurons not yet kept) has the largest
+    scaled score. Steps are 256 neurons where the parent's widths are multiples of 256
+    (the Nemotron-NAS format's FFN widths), else 32 (or 16, 8, 1)."""
+    a = state.analysis
+    kept = state.kept_layers()
+    if len(set(kept)) != len(kept):
+        raise PlanError("layout: per_layer cannot duplicate layers (depth lists one twice)")
+    groups = [
+        g
+        for i in kept
+        for g in a.layers[i].ffn
+        if g in state.keep and a.layers[i].ffn_role[g] == FFN_ROLES[0]
+    ]
+    if not groups:
+        return {}
+    if any(g not in state.scores for g in groups):
+        raise PlanError(
+            "layout: per_layer deals FFN neurons by importance: use importance activation "
+            "or weight (uniform and first give no scores)"
+        )
+    sizes = {g: a.atoms.size[g] for g in groups}
+    step = next(q for q in (256, 32, 16, 8, 1) if all(n % q == 0 for n in sizes.values()))
+    units = sum(state.keep[g] for g in groups) // step - len(groups)
+    if units < 0:
+        raise PlanError(
+            f"layout: per_layer: the FFN width asked for leaves less than one step of {step} "
+            "neurons per layer; ask for a wider FFN"
+        )
+    ranked = {}
+    for g in groups:
+        scores = state.scores[g].float()
+        ranked[g] = torch.sort(scores / scores.mean().clamp_min(1e-30), descending=True).values
+    width = dict.fromkeys(groups, step)
+    heap = [(-float(ranked[g][step : 2 * step].sum()), i, g) for i, g in enumerate(groups)]
+    heap = [h for h in heap if sizes[h[2]] >= 2 * step]
+    heapq.heapify(heap)
+    while units > 0 and heap:
+        _, i, g = heapq.heappop(heap)
+        width[g] += step
+        units -= 1
+        if width[g] + step <= sizes[g]:
+            gain = float(ranked[g][width[g] : width[g] + step].sum())
+            heapq.heappush(heap, (-gain, i, g))
+    return {g: k for g, k in width.items() if k < sizes[g] or g in state.keep}
 
 
 def resolve_target(

@@ -1,0 +1,170 @@
+"""A per-layer child (`layout: per_layer`) as a Nemotron-NAS folder: the DeciLM format
+(`DeciLMForCausalLM`, a `block_configs` entry per layer stating its FFN width as
+`ffn_mult` and its key/value heads as `n_heads_in_group`), which stock runtimes load:
+llama.cpp through its own converter (`conversion/deci.py`), vLLM.
+
+The format is Llama's layer with per-layer widths, so it holds children of Llama-shaped
+parents only (the tensors named as Llama's, RMSNorm, SiLU-gated MLP without biases,
+plain RoPE, head_dim = hidden_size / num_attention_heads); anything else is refused in
+one line. The FFN width the format derives from `ffn_mult` is rounded up to a multiple
+of 256, so every layer's width must be one (per_layer deals FFN neurons in steps of 256
+where the parent's width is a multiple of 256).
+
+`check_nas` converts the folder to an f32 GGUF with llama.cpp's converter and compares
+llama.cpp's logits, position by position, with the graph child's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import SurgeonError
+
+__all__ = ["NAS_FFN_STEP", "check_nas", "nas_config", "write_nas"]
+
+NAS_FFN_STEP = 256
+LAYER = (
+    "input_layernorm.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+)
+OUTSIDE = ("model.embed_tokens.weight", "model.norm.weight")
+
+
+def nas_config(config: Any, tensors: dict[str, torch.Tensor]) -> dict:
+    """The DeciLM config of the child whose tensors (Llama's names) are `tensors`, its
+    other fields from the parent's `config`; `SurgeonError` where the format cannot
+    state the child."""
+    _refuse_unless_llama_shaped(config)
+    layers = sum(1 for k in tensors if k.endswith(".mlp.down_proj.weight"))
+    hidden = tensors["model.embed_tokens.weight"].shape[1]
+    head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
+    heads = tensors["model.layers.0.self_attn.q_proj.weight"].shape[0] // head_dim
+    if heads * head_dim != hidden:
+        raise SurgeonError(
+            f"the Nemotron-NAS format derives head_dim from hidden_size / "
+            f"num_attention_heads: this child has {heads} heads of {head_dim} in a hidden "
+            f"size of {hidden}; cut the hidden size to heads x head_dim"
+        )
+    blocks = []
+    for i in range(layers):
+        q = tensors[f"model.layers.{i}.self_attn.q_proj.weight"].shape[0] // head_dim
+        kv = tensors[f"model.layers.{i}.self_attn.k_proj.weight"].shape[0] // head_dim
+        ffn = tensors[f"model.layers.{i}.mlp.down_proj.weight"].shape[1]
+        if q != heads or heads % kv:
+            raise SurgeonError(
+                f"layer {i} has {q} query heads and {kv} key/value heads: the Nemotron-NAS "
+                f"format holds {heads} query heads in every layer, in whole groups"
+            )
+        if ffn % NAS_FFN_STEP:
+            raise SurgeonError(
+                f"layer {i}'s FFN width is {ffn}: the Nemotron-NAS format rounds FFN widths "
+                f"up to a multiple of {NAS_FFN_STEP}; cut to such widths"
+            )
+        no_op = {"no_op": False, "replace_with_linear": False}
+        blocks.append(
+            {
+                "attention": {"n_heads_in_group": heads // kv, **no_op},
+                "ffn": {"ffn_mult": 1.5 * ffn / hidden, **no_op},
+            }
+        )
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    return {
+        "architectures": ["DeciLMForCausalLM"],
+        "model_type": "nemotron-nas",
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "vocab_size": tensors["model.embed_tokens.weight"].shape[0],
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)),
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "torch_dtype": "float32",
+        "block_configs": blocks,
+    }
+
+
+def _refuse_unless_llama_shaped(config: Any) -> None:
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    checks = [
+        (getattr(config, "hidden_act", None) == "silu", "an MLP activation other than SiLU"),
+        (not getattr(config, "attention_bias", False), "attention biases"),
+        (not getattr(config, "mlp_bias", False), "MLP biases"),
+        (rope.get("rope_type", "default") == "default", "RoPE scaling"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise SurgeonError(
+                f"the Nemotron-NAS format (Llama's layer) cannot state {what} "
+                f"({type(config).__name__}): write the child as a graph (model.pt) instead"
+            )
+
+
+def write_nas(child, folder: Path, tokenizer: Any = None) -> dict:
+    """Write the per-layer graph child `child` (`surgeon.subclone`'s result) into `folder`
+    as a Nemotron-NAS folder (config.json, model.safetensors, the tokenizer); returns the
+    config written."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().float().contiguous() for k, v in child.model.state_dict().items()}
+    tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
+    head, embedding = "lm_head.weight", "model.embed_tokens.weight"
+    for a, b in ((head, embedding), (embedding, head)):  # tied: the format writes both
+        if a not in tensors and b in tensors:
+            tensors[a] = tensors[b].clone()
+    layers = sum(1 for k in tensors if k.endswith(".mlp.down_proj.weight"))
+    expected = {*OUTSIDE, "lm_head.weight"} | {
+        f"model.layers.{i}.{name}" for i in range(layers) for name in LAYER
+    }
+    if set(tensors) != expected:
+        odd = sorted(set(tensors) ^ expected)[:3]
+        raise SurgeonError(
+            f"the Nemotron-NAS format holds Llama-shaped decoders; this child's tensors do "
+            f"not match Llama's names ({', '.join(odd)}): write it as a graph (model.pt)"
+        )
+    config = nas_config(child.cut.parent.model.config, tensors)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return config
+
+
+def check_nas(child, folder: Path, inputs: dict) -> dict:
+    """llama.cpp's logits for each row of `inputs["input_ids"]`, from the folder converted
+    to an f32 GGUF by llama.cpp's own converter, against the graph child's on the same
+    inputs: the largest difference relative to the largest logit magnitude."""
+    import numpy as np
+
+    from .gguf import load_llama, write_gguf
+
+    path = folder / "model.f32.gguf"
+    write_gguf(folder, path, "f32")
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        out = child.model(**inputs)
+    want = (out["logits"] if hasattr(out, "keys") else out[0]).float().numpy()
+    runtime = load_llama(path, ids.shape[1], logits_all=True)
+    worst = 0.0
+    for row, tokens in enumerate(ids.tolist()):
+        runtime.reset()
+        runtime.eval(tokens)
+        got = np.asarray(runtime.scores[: len(tokens)], dtype=np.float32)
+        scale = max(float(np.abs(want[row]).max()), 1.0)
+        worst = max(worst, float(np.abs(got - want[row]).max()) / scale)
+    return {"gguf": path.name, "max_relative_difference": worst, "rows": len(ids)}

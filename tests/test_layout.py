@@ -1,0 +1,103 @@
+"""`layout: per_layer`: the dense FFN neurons a target keeps, dealt to the layers by
+importance; the graph child is compared with the parent sliced by hand."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from surgeon.api import subclone
+from surgeon.errors import PlanError
+from surgeon.plan import load_plan
+from tests import zoo
+
+
+def _decoder():
+    """A Llama of 3 layers with FFN 768 (steps of 256): in layer 1 a few neurons carry
+    most of the weight, so its importance is concentrated and it gives up neurons."""
+    model, inputs = zoo.tiny_decoder("llama", 4, 2, 16, 768, 3, tied=True)
+    with torch.no_grad():
+        mlp = model.model.layers[1].mlp
+        for w in (mlp.gate_proj.weight, mlp.up_proj.weight):
+            w[:8] *= 50
+    return model, inputs
+
+
+def _by_hand(parent, kept: list[dict]):
+    """The parent with each layer's MLP cut to its kept neurons (gate and up rows, down
+    columns), nothing else changed."""
+    model = copy.deepcopy(parent)
+    for layer, k in zip(model.model.layers, kept, strict=True):
+        idx = torch.tensor(k["intermediate_size"])
+        mlp = layer.mlp
+        for name in ("gate_proj", "up_proj"):
+            lin = getattr(mlp, name)
+            new = torch.nn.Linear(lin.in_features, len(idx), bias=False)
+            new.weight.data = lin.weight.data[idx].clone()
+            setattr(mlp, name, new)
+        new = torch.nn.Linear(len(idx), mlp.down_proj.out_features, bias=False)
+        new.weight.data = mlp.down_proj.weight.data[:, idx].clone()
+        mlp.down_proj = new
+    return model
+
+
+def test_per_layer_widths_differ_add_up_and_match_the_parent_sliced_by_hand():
+    parent, inputs = _decoder()
+    plan = {
+        "target": {"intermediate_size": 512},
+        "importance": "weight",
+        "rescale": "none",
+        "layout": "per_layer",
+    }
+    child = subclone(parent, plan, inputs)
+    widths = [len(k["intermediate_size"]) for k in child.kept["per_layer"]]
+    assert sum(widths) == 3 * 512 and all(w % 256 == 0 for w in widths)
+    assert widths[1] == min(widths) < max(widths)  # the concentrated layer gives up neurons
+    reference = _by_hand(parent, child.kept["per_layer"])
+    with torch.no_grad():
+        want = reference(**inputs).logits
+        got = child.model(**inputs)["logits"]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_uniform_layout_is_the_default_and_per_layer_needs_scores():
+    assert load_plan({"target": {"intermediate_size": 8}}).layout == "uniform"
+    with pytest.raises(PlanError, match="per_layer gives layers of different widths"):
+        load_plan({"target": {"intermediate_size": 8}, "layout": "per_layer", "emit": "hf"})
+    parent, inputs = _decoder()
+    plan = {"target": {"intermediate_size": 512}, "importance": "uniform", "layout": "per_layer"}
+    with pytest.raises(PlanError, match="deals FFN neurons by importance"):
+        subclone(parent, plan, inputs)
+
+
+def test_a_per_layer_child_loads_in_llama_cpp_as_nemotron_nas_and_matches(tmp_path):
+    """The per-layer child written in the Nemotron-NAS (DeciLM) format, converted by
+    llama.cpp's own converter and run by llama.cpp: its logits at every position are the
+    graph child's within 2e-3 of the largest logit (llama.cpp keeps its KV cache in f16)."""
+    from surgeon.emit.nas import check_nas, write_nas
+
+    parent, inputs = _decoder()
+    plan = {"target": {"intermediate_size": 512}, "importance": "weight", "layout": "per_layer"}
+    child = subclone(parent, plan, inputs)
+    config = write_nas(child, tmp_path)
+    zoo.save_letter_tokenizer(tmp_path)  # llama.cpp's GGUF carries a vocabulary
+    mults = [b["ffn"]["ffn_mult"] for b in config["block_configs"]]
+    widths = [len(k["intermediate_size"]) for k in child.kept["per_layer"]]
+    assert [round(m * 64 / 1.5) for m in mults] == widths  # hidden 64
+    assert len(set(widths)) > 1
+    result = check_nas(child, tmp_path, inputs)
+    assert result["max_relative_difference"] < 2e-3
+
+
+def test_what_the_nemotron_nas_format_cannot_state_is_refused_in_one_line(tmp_path):
+    from surgeon.emit.nas import write_nas
+    from surgeon.errors import SurgeonError
+
+    parent, inputs = zoo.tiny_decoder("llama", 4, 2, 16, 96, 3, tied=True)
+    plan = {"target": {"intermediate_size": 64}, "importance": "weight", "layout": "per_layer"}
+    child = subclone(parent, plan, inputs)  # FFN steps of 32: not the format's 256
+    with pytest.raises(SurgeonError, match="multiple of 256") as e:
+        write_nas(child, tmp_path)
+    assert "\n" not in str(e.value)
