@@ -120,10 +120,12 @@ def stream_subclone(
     calibration: Iterable[Any] | str | None = None,
     tokenizer: Any = None,
     progress: bool = False,
+    cache: bool = True,
 ) -> Cut:
     """The decisions for the child of the Hugging Face folder `folder`, its parent never
     loaded (a plan that measures runs it one layer at a time, each layer read from the
-    files): what `stream_apply` writes, for tools that compare them."""
+    files): what `stream_apply` writes, for tools that compare them. `cache`: reuse and
+    keep what earlier plans measured on this folder (`surgeon.io.measures`)."""
     from .frontends.load import load_model
 
     surgery = resolve(plan, calibration is not None or tokenizer is not None)
@@ -134,7 +136,7 @@ def stream_subclone(
         batches = resolve_calibration(model, calibration, tokenizer, settings, True)
         check_batches(batches[0], batches)
     with step(progress, f"tracing and analysing {folder} on the meta device"):
-        parent = prepare_folder(folder, batches[0] if batches else None)
+        parent = prepare_folder(folder, batches[0] if batches else None, cache=cache)
     return decide(parent, surgery, batches, progress)
 
 
@@ -163,6 +165,7 @@ def stream_apply(
     progress: bool = False,
     check: bool = True,
     onnx: str | None = None,
+    cache: bool = True,
 ) -> dict | None:
     """Write the child of the Hugging Face folder `folder` to `out` without loading the
     parent (atomically: a failure leaves no `out`); returns the summary it also writes to
@@ -173,14 +176,16 @@ def stream_apply(
     the written tensors with the same tensors cut in memory
     (`surgeon.emit.shards.check_written`; on by default, a few percent of the time).
     `onnx`: "fp32" or "int8" also writes the child's `model.onnx` (and `model.int8.onnx`),
-    checked as `surgeon export` checks it. `NotStreamable` for a checkpoint that cannot be
-    read as stored (`save_child` then loads it)."""
+    checked as `surgeon export` checks it. `cache`: as for `stream_subclone`.
+    `NotStreamable` for a checkpoint that cannot be read as stored (`save_child` then
+    loads it)."""
     from .emit.shards import emit_shards
 
     started = time.perf_counter()
     surgery = resolve(plan, calibration is not None or tokenizer is not None)
     check_output(Path(out), force, folder)  # before any work
-    cut = stream_subclone(folder, surgery, calibration, tokenizer, progress and rank() == 0)
+    shown = progress and rank() == 0
+    cut = stream_subclone(folder, surgery, calibration, tokenizer, shown, cache)
     if rank() != 0:
         return None
     parent = cut.parent
@@ -219,13 +224,14 @@ def save_child(
     onnx: str | None = None,
     progress: bool = False,
     notice: Any = None,
+    cache: bool = True,
 ) -> dict | None:
     """The one path from a parent to a child folder, as `surgeon apply` takes it: `source`
     a Hugging Face folder (streamed, `stream_apply`; loaded whole when it cannot be read as
     stored, with a line to `notice`), a 'module:factory' string or a module (in memory:
     `subclone`, then `save_pretrained`, or `model.pt` for a graph child). The tokenizer
     and example inputs come from the source; `onnx`, the summary and the ranks as in
-    `stream_apply`."""
+    `stream_apply`; `cache` as there (a folder's measures)."""
     from .frontends.load import has_tokenizer, load_model
 
     name = source if isinstance(source, str) else type(source).__name__
@@ -237,7 +243,7 @@ def save_child(
         try:
             return stream_apply(
                 source, plan, out, calibration=calibration, tokenizer=tokenizer,
-                force=force, progress=progress, onnx=onnx,
+                force=force, progress=progress, onnx=onnx, cache=cache,
             )  # fmt: skip
         except NotStreamable as e:
             size = sum(f.stat().st_size for f in Path(source).glob("*.safetensors"))

@@ -63,6 +63,10 @@ class Parent:
     stored: dict[str, str] = field(default_factory=dict)  # the model's name -> the files'
     folder: Path | None = None
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # computed, not stored
+    # what the measuring passes found (scores, influence), for later plans; a folder's
+    # are kept on disk too (`surgeon.io.measures`) unless `cache` is off
+    measures: dict = field(default_factory=dict)
+    cache: bool = False
 
     @property
     def is_hf(self) -> bool:
@@ -187,7 +191,11 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
 
 
 def prepare_folder(
-    folder: str | Path, example_inputs: Any = None, *, rules: Mapping[Any, Any] | None = None
+    folder: str | Path,
+    example_inputs: Any = None,
+    *,
+    rules: Mapping[Any, Any] | None = None,
+    cache: bool = True,
 ) -> Parent:
     """A Hugging Face folder of safetensors files, never loaded: the model is built from
     its config on the meta device, traced (on `example_inputs`, e.g. the first calibration
@@ -195,7 +203,8 @@ def prepare_folder(
     read from the files as views (file pages, not process memory); the buffers the model
     computes rather than stores (rotary frequencies) are computed on the CPU.
     `NotStreamable` for checkpoints whose tensors transformers converts on load, or that
-    are quantized. `rules`: as for `prepare`."""
+    are quantized. `rules`: as for `prepare`. `cache`: read and keep the measures of
+    earlier plans on this folder (scores, influence) on disk (`surgeon.io.measures`)."""
     from .frontends.load import load_model
     from .io.names import load_names
 
@@ -211,7 +220,20 @@ def prepare_folder(
         graph = _traced_on_meta(model, example_inputs)
         buffers = _computed_buffers(model, graph, stored)
         analysis = _checked(model, analyse(graph))
-    return Parent(model, graph, analysis, shards, stored, folder, buffers)
+    parent = Parent(model, graph, analysis, shards, stored, folder, buffers, cache=cache)
+    if cache:
+        from .io.measures import load_measures
+
+        parent.measures = load_measures(folder).get(_signature(analysis), {})
+    return parent
+
+
+def _signature(analysis: Analysis) -> str:
+    """The groups' ids, sizes and roles: measures kept under it index these groups."""
+    import hashlib
+
+    groups = sorted((g.id, g.size, g.role) for g in analysis.groups.values())
+    return hashlib.sha256(repr((len(analysis.layers), groups)).encode()).hexdigest()[:16]
 
 
 def _traced_on_meta(model: nn.Module, example_inputs: Any) -> Graph:
@@ -374,6 +396,7 @@ def check(
     if surgery.needs_data:
         state.runner = runner(parent, surgery.plan.device)
     state.progress = progress
+    state.measures = parent.measures
     for p in surgery.passes:
         p.check(state)
     return Cut(parent, surgery, state, _child_config(parent, state))
@@ -393,8 +416,15 @@ def decide(
         )
     cut = check(parent, surgery, calibration, progress)
     planned = cut.state.layers
+    known = len(parent.measures)
     for p in cut.surgery.passes:
         p.run(cut.state)
+    if parent.cache and parent.folder is not None and len(parent.measures) > known:
+        from .io.measures import load_measures, save_measures
+
+        kept = load_measures(parent.folder)
+        kept[_signature(parent.analysis)] = parent.measures
+        save_measures(parent.folder, kept)
     if cut.surgery.plan.layout == "per_layer":  # widths no config states: a graph child
         cut.config = None
     elif cut.config is not None and cut.state.layers != planned:  # measured depth

@@ -27,6 +27,12 @@ from tests.helpers import fingerprint  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+# what `surgeon apply` keeps of a folder's measures goes to a folder of the session's,
+# never to the user's cache
+if "SURGEON_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["SURGEON_CACHE"] = tempfile.mkdtemp(prefix="surgeon-test-cache-")
 
 
 @dataclass

@@ -44,6 +44,7 @@ def _apply(args: argparse.Namespace, plan) -> int:
         args.model, args.plan if not args.device else plan, out,
         calibration=args.calibration, force=args.force, onnx=onnx, progress=True,
         notice=lambda line: print(f"surgeon: {line}", file=sys.stderr),
+        cache=not getattr(args, "no_cache", False),
     )  # fmt: skip
     if summary is not None:  # rank 0 writes and reports
         _print(summary, out)

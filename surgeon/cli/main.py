@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p.add_argument("--gguf-type", default="f16", choices=TYPES, help="the GGUF's weights")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither reuse nor keep what earlier plans measured on this folder (scores, "
+        "influence; kept under $SURGEON_CACHE or ~/.cache/surgeon)",
+    )
     p.set_defaults(run=_cmd_apply)
 
     from .distill import add_parser as add_distill

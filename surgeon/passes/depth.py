@@ -65,9 +65,12 @@ class Depth:
         n = len(state.analysis.layers)
         influence = None
         if self.strategy == "influence" and self._choose(state, [0.0] * n) != list(range(n)):
-            influence = layer_influence(
-                state.runner or state.graph, state.analysis.layers, state.calibration
-            )
+            influence = state.recall("influence", True)  # measured for an earlier plan
+            if influence is None:
+                influence = layer_influence(
+                    state.runner or state.graph, state.analysis.layers, state.calibration
+                )
+                state.remember("influence", True, list(influence))
             state.influence = influence
         state.layers = self._choose(state, influence)
         _select_per_layer(state)

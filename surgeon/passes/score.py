@@ -63,6 +63,18 @@ class Score:
     def run(self, state: SurgeryState) -> None:
         if self.method in ("first", "uniform"):
             return
+        key, data = f"score:{self.method}:{self.experts}", self.method == "activation"
+        kept = state.recall(key, data)
+        if kept is not None:  # measured for an earlier plan on this parent
+            state.scores.update(kept["scores"])
+            state.residual_site_scores = list(kept["sites"])
+            return
+        self._measure(state)
+        scores = {g: t.clone() for g, t in state.scores.items()}
+        sites = [t.clone() for t in state.residual_site_scores]
+        state.remember(key, data, {"scores": scores, "sites": sites})
+
+    def _measure(self, state: SurgeryState) -> None:
         groups = movable_groups(state)
         if self.method == "activation":
             done = _activation_scores(

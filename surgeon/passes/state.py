@@ -52,6 +52,27 @@ class SurgeryState:
     calibration: list[Any] | None = None  # input batches for the passes that measure
     runner: Any = None  # how they run the parent (a surgeon.execute.Runner; None: whole)
     progress: bool = False  # show progress bars
+    # measures kept across plans on one parent (`Parent.measures`; on disk for a folder):
+    # (name, what it depends on) -> value
+    measures: dict | None = None
+
+    def recall(self, name: str, data: bool) -> Any:
+        """A measure kept from an earlier plan (`data`: it read the calibration batches,
+        which are then part of its key); None where there is none."""
+        return None if self.measures is None else self.measures.get(self._key(name, data))
+
+    def remember(self, name: str, data: bool, value: Any) -> None:
+        if self.measures is not None:
+            self.measures[self._key(name, data)] = value
+
+    def _key(self, name: str, data: bool) -> str:
+        if not data:
+            return name
+        if not hasattr(self, "_batches"):
+            from ..io.measures import batches_key
+
+            self._batches = batches_key(self.calibration)
+        return f"{name}@{self._batches}"
 
     def tensor(self, name: str) -> torch.Tensor:
         """The parent's tensor called `name` (a canonical name)."""
