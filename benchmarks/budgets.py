@@ -9,8 +9,13 @@ importance, influence depth) on the calibration windows; its parameter count is
 `sum(p.numel())` of the child as built, compared with the budget.
 
     .venv/bin/python benchmarks/budgets.py [--budget 60000000] [--threads 1]
+    .venv/bin/python benchmarks/budgets.py --train "all 30 layers fixed" --lr 0.01 --wd 1
 
-Writes benchmarks/results/budgets.json (commit, date, rows).
+Writes benchmarks/results/budgets.json (commit, date, rows). `--train SHAPE` builds only
+that shape and trains it as `benchmarks/convergence.py` trains a run (its steps, batch,
+schedule and test checks; seed 0) at the stated lr and weight decay, not searched:
+one point of the grid, the same for every shape it is run for; the row goes to
+benchmarks/results/budgets_trained.jsonl.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from pathlib import Path
 
 import torch
 from common import commit  # benchmarks/common.py: a script's folder is on sys.path
-from convergence import BATCH, splits
+from convergence import BATCH, splits, train
 
 OUT = Path(__file__).resolve().parent / "results" / "budgets.json"
+TRAINED = OUT.with_name("budgets_trained.jsonl")
 SHAPES = {  # the plan's keys beside the budget (the solver chooses the sizes not fixed)
     "solver's choice": {},
     "hidden 480 fixed": {"hidden_size": 480},
@@ -56,10 +62,35 @@ def held_out_loss(model, windows) -> float:
     return sum(losses) / len(losses)
 
 
+class WithLoss(torch.nn.Module):
+    """A child called as the convergence protocol calls a model (`input_ids`, `labels`;
+    `.loss`, `.logits`), in chunks of the batch a graph child was traced at."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, labels=None):
+        logits = []
+        for x in input_ids.split(BATCH):
+            out = self.model(input_ids=x, attention_mask=torch.ones_like(x))
+            logits.append(out["logits"] if hasattr(out, "keys") else out[0])
+        logits = torch.cat(logits)
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten()
+            )
+        return type("Out", (), {"loss": loss, "logits": logits})()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=int, default=60_000_000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--train", choices=list(SHAPES), help="build and train this shape only")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--wd", type=float, default=1.0)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from surgeon.api import subclone
@@ -78,6 +109,8 @@ def main() -> None:
         }
     ]
     for name, fixed in SHAPES.items():
+        if args.train and name != args.train:
+            continue
         sizes = {k: v for k, v in fixed.items() if k != "layout"}
         plan = {"target": {"parameters": args.budget, **sizes}, "recipe": "surgeon"}
         plan.update({k: v for k, v in fixed.items() if k == "layout"})
@@ -98,6 +131,15 @@ def main() -> None:
             "test": held_out_loss(child.model, split["test"]),
             "seconds": round(seconds, 1),
         }
+        if args.train:
+            t0 = time.perf_counter()
+            row["trained"] = train(WithLoss(child.model), split, 0, args.lr, args.wd, "cpu")
+            row.update(lr=args.lr, wd=args.wd, train_seconds=round(time.perf_counter() - t0))
+            row.update(commit=commit(), date=datetime.date.today().isoformat())
+            with TRAINED.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{name}: trained, test {row['trained']['test'][-1][1]:.3f}", flush=True)
+            return
         rows.append(row)
         print(
             f"{name}: {count:,} ({row['share_of_budget']:.1%}) {row['sizes']} validation "
