@@ -38,7 +38,7 @@ from .passes.state import SurgeryState
 if TYPE_CHECKING:
     from .pipeline import Parent, Surgery
 
-__all__ = ["LOWEST", "Limit", "child_parameters", "solve"]
+__all__ = ["LOWEST", "Limit", "child_parameters", "recount", "solve"]
 
 LOWEST = 0.97  # a child under LOWEST x the budget is reported as such
 TRIES = 40  # candidates checked against the config before giving up
@@ -142,7 +142,7 @@ def _check_supported(parent: Parent, plan) -> None:
     a = parent.analysis
     if plan.stacks or len(a.stacks) > 1:
         raise PlanError(
-            "target.parameters: budgets are solved for models with one stack of layers; "
+            "target: budgets are solved for models with one stack of layers; "
             "this one has several (give each stack's sizes under stacks instead)"
         )
     if not a.layers:
@@ -342,8 +342,12 @@ def _share(chosen: dict, sizes: dict, layers: int, options: dict) -> float:
 
 def _counts(parent: Parent, width: Mapping[str, int]) -> tuple[float, list[float]]:
     """The child's parameters outside the layers and in each parent layer, at `width`."""
+    return _counted(parent, resolve_target(parent.analysis, width))
+
+
+def _counted(parent: Parent, keep: Mapping[int, int]) -> tuple[float, list[float]]:
+    """The same, where each group keeps `keep[group]` positions (the others all)."""
     a = parent.analysis
-    keep = resolve_target(a, width)
     owner = {}
     for i, layer in enumerate(a.layers):
         for part in layer.parts or [layer.name]:
@@ -360,6 +364,24 @@ def _counts(parent: Parent, width: Mapping[str, int]) -> tuple[float, list[float
         else:
             per_layer[layer] += n
     return outside, per_layer
+
+
+def recount(parent: Parent, surgery: Surgery, state: SurgeryState) -> Surgery:
+    """The surgery's budget record counted again from what the passes decided (the
+    layers a measured depth kept, the widths `per_layer` dealt): what the child uses."""
+    budget = dict(surgery.budget)
+    asked = {k: v for k, v in budget.items() if k in ("parameters", "memory")}
+    limit = Limit.of(asked, _parent_sizes(parent).get("head_dim") or 0)
+    keep = {g: len(chosen) for g, chosen in state.select.items()}
+    outside, per_layer = _counted(parent, {**keep, **state.resized})
+    kept = state.kept_layers()
+    count = round(outside + sum(per_layer[i] for i in kept))
+    sizes = {**_parent_sizes(parent), **{k: v for k, v in surgery.plan.target.items()}}
+    used = limit.used(count, _cache(parent, kept, sizes))
+    budget.update(child_parameters=count, share=used / limit.value)
+    if limit.key == "memory":
+        budget["child_bytes"] = used
+    return replace(surgery, budget=budget)
 
 
 def _smallest(parent: Parent, plan, limit: Limit) -> int:

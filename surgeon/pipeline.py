@@ -419,6 +419,10 @@ def decide(
     known = len(parent.measures)
     for p in cut.surgery.passes:
         p.run(cut.state)
+    if cut.surgery.budget:  # what the passes decided: measured depth, per-layer widths
+        from .budget import recount
+
+        cut.surgery = recount(parent, cut.surgery, cut.state)
     if parent.cache and parent.folder is not None and len(parent.measures) > known:
         from .io.measures import load_measures, save_measures
 

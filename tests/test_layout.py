@@ -101,3 +101,13 @@ def test_what_the_nemotron_nas_format_cannot_state_is_refused_in_one_line(tmp_pa
     with pytest.raises(SurgeonError, match="multiple of 256") as e:
         write_nas(child, tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_a_budget_with_per_layer_widths_counts_the_child_as_built():
+    parent, inputs = _decoder()
+    budget = int(0.8 * sum(p.numel() for p in parent.parameters()))
+    plan = {"target": {"parameters": budget, "num_layers": 3}, "importance": "weight"}
+    child = subclone(parent, {**plan, "layout": "per_layer"}, inputs)
+    built = sum(p.numel() for p in child.model.parameters())
+    assert built <= budget
+    assert child.cut.surgery.budget["child_parameters"] == built
