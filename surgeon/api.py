@@ -21,7 +21,7 @@ from torch import fx, nn
 
 from .emit import emit_graph, emit_hf, is_hf_model
 from .emit.decoder import emit_any_onnx, is_causal_lm
-from .errors import NotStreamable, PlanError, SurgeonError, TraceError
+from .errors import InvariantError, NotStreamable, PlanError, SurgeonError, TraceError
 from .execute import rank, world_size
 from .frontends.load import load_tokenizer
 from .io.calibration import check_batches, resolve_calibration
@@ -225,6 +225,7 @@ def save_child(
     progress: bool = False,
     notice: Any = None,
     cache: bool = True,
+    nas: bool = False,
 ) -> dict | None:
     """The one path from a parent to a child folder, as `surgeon apply` takes it: `source`
     a Hugging Face folder (streamed, `stream_apply`; loaded whole when it cannot be read as
@@ -238,7 +239,8 @@ def save_child(
     data = calibration is not None or (isinstance(source, str) and has_tokenizer(source))
     surgery = resolve(plan, data)  # everything that can be checked cheaply, first
     check_output(Path(out), force, source if isinstance(source, str) else None)
-    if isinstance(source, str) and is_folder(source) and surgery.plan.emit != "graph":
+    streams = surgery.plan.emit != "graph" and not nas
+    if isinstance(source, str) and is_folder(source) and streams:
         tokenizer = load_tokenizer(source) if surgery.needs_data else None
         try:
             return stream_apply(
@@ -257,7 +259,9 @@ def save_child(
     if rank() != 0:
         return None
     with staged_folder(Path(out), force, source if isinstance(source, str) else None) as tmp:
-        _write_model(child, tokenizer, tmp)
+        checked = _write_nas(child, tokenizer, tmp, progress) if nas else None
+        if not nas:
+            _write_model(child, tokenizer, tmp)
         result = None
         if onnx:
             with step(progress, "exporting the child to ONNX and checking it"):
@@ -267,9 +271,33 @@ def save_child(
             **_summary(child.cut, name, plan, type(child.model).__name__, result, started),
             "parent_parameters": parent_parameters,
             "child_parameters": sum(p.numel() for p in child.model.parameters()),
+            **({"nas": checked} if nas else {}),
         }
         (tmp / "surgeon.json").write_text(record_json(summary))
     return summary
+
+
+def _write_nas(child: Child, tokenizer: Any, folder: Path, progress: bool) -> dict:
+    """The child as a Nemotron-NAS folder, run in llama.cpp and compared with the child
+    (`surgeon.emit.nas`): the check's figures; `SurgeonError` beyond 2e-3 of the largest
+    logit (llama.cpp keeps its KV cache in f16)."""
+    from .emit.nas import check_nas, write_nas
+
+    if tokenizer is None:
+        raise PlanError("--nas needs the parent's tokenizer: llama.cpp's GGUF carries one")
+    write_nas(child, folder, tokenizer)
+    with step(progress, "converting the Nemotron-NAS folder for llama.cpp and checking it"):
+        result = check_nas(child, folder, dict(child.state.graph.inputs.kwargs))
+    if not result["max_relative_difference"] < NAS_TOLERANCE:
+        raise InvariantError(
+            f"llama.cpp's logits of the Nemotron-NAS child differ from the child's by "
+            f"{result['max_relative_difference']:.2e} of the largest logit (more than "
+            f"{NAS_TOLERANCE:g}): report it"
+        )
+    return result
+
+
+NAS_TOLERANCE = 2e-3
 
 
 def inspect_source(

@@ -111,3 +111,25 @@ def test_a_budget_with_per_layer_widths_counts_the_child_as_built():
     built = sum(p.numel() for p in child.model.parameters())
     assert built <= budget
     assert child.cut.surgery.budget["child_parameters"] == built
+
+
+def test_apply_nas_writes_a_folder_llama_cpp_runs_as_the_child(tmp_path, capsys):
+    """`surgeon apply --nas` from a folder: a Nemotron-NAS folder, checked in llama.cpp
+    before it is moved into place; the summary gives the check's figure."""
+    import json
+
+    from surgeon.cli import main
+
+    parent, _ = _decoder()
+    parent.save_pretrained(tmp_path / "parent")
+    zoo.save_letter_tokenizer(tmp_path / "parent")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("target: {intermediate_size: 512}\nlayout: per_layer\nimportance: weight\n")
+    out = tmp_path / "child"
+    argv = ["apply", "--model", str(tmp_path / "parent"), "--plan", str(plan), "--out", str(out)]
+    assert main([*argv, "--nas"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["DeciLMForCausalLM"] and len(config["block_configs"]) == 3
+    record = json.loads((out / "surgeon.json").read_text())
+    assert record["nas"]["max_relative_difference"] < 2e-3
+    assert "intermediate_size  per layer" in capsys.readouterr().out

@@ -44,7 +44,7 @@ def _apply(args: argparse.Namespace, plan) -> int:
         args.model, args.plan if not args.device else plan, out,
         calibration=args.calibration, force=args.force, onnx=onnx, progress=True,
         notice=lambda line: print(f"surgeon: {line}", file=sys.stderr),
-        cache=not getattr(args, "no_cache", False),
+        cache=not getattr(args, "no_cache", False), nas=getattr(args, "nas", False),
     )  # fmt: skip
     if summary is not None:  # rank 0 writes and reports
         _print(summary, out)
@@ -99,6 +99,9 @@ def _print(summary: dict, out: Path) -> None:
         print(f"  {budget_line(s['budget'], '')} (sizes chosen to fit it)")
     for key, value in from_to(s["parent_sizes"], s["child"]).items():
         print(f"  {key:<18} {value}")
+    widths = [len(k.get("intermediate_size", [])) for k in s["kept"]["per_layer"]]
+    if len(set(widths)) > 1:  # layout: per_layer
+        print(f"  intermediate_size  per layer {', '.join(map(str, widths))}")
     print(f"  layers kept       {_ranges(s['layers_kept'])} (of the parent's)")
     print("  kept positions    surgeon.json 'kept' (residual, FFN neurons, heads per layer)")
     onnx = s.get("onnx")
@@ -120,6 +123,13 @@ def _print(summary: dict, out: Path) -> None:
         print_genai(onnx)
     if onnx and "int8_bytes" in onnx:
         print(f"  onnx: model.int8.onnx (dynamic int8), {onnx['int8_bytes'] / 2**20:.1f} MiB")
+    nas = s.get("nas")
+    if nas:
+        print(
+            f"  nemotron-nas: config.json (DeciLMForCausalLM, block_configs) and "
+            f"model.safetensors; llama.cpp ({nas['gguf']}, its own converter) gives the "
+            f"child's logits within {nas['max_relative_difference']:.1e} of the largest"
+        )
     print(f"  took {s['seconds']:.1f} s")
     hint = s.get("causal_lm") and training_hint(
         s["child_parameters"], s["parent_parameters"], str(out), s["parent"]

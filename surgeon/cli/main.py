@@ -114,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gguf-type", default="f16", choices=TYPES, help="the GGUF's weights")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument(
+        "--nas",
+        action="store_true",
+        help="write the child as a Nemotron-NAS folder (DeciLM block_configs; layout: "
+        "per_layer's widths), run in llama.cpp and compared with the child",
+    )
+    p.add_argument(
         "--no-cache",
         action="store_true",
         help="neither reuse nor keep what earlier plans measured on this folder (scores, "
