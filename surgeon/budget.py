@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .analysis import FFN_ROLES
 from .errors import PlanError
-from .fit import config_value
+from .fit import _derived, config_value
 from .passes.depth import choose_layers
 from .passes.slice import resolve_target
 from .passes.state import SurgeryState
@@ -147,7 +147,7 @@ def _check_supported(parent: Parent, plan) -> None:
         )
     if not a.layers:
         raise PlanError(
-            "target.parameters: no layers were found in this model (a numbered list of "
+            "target: a budget needs layers, and none were found in this model (a numbered list of "
             "residual blocks), so there are no sizes to choose; `surgeon inspect` shows "
             "what was found"
         )
@@ -200,12 +200,7 @@ def _tied_hidden(parent: Parent, sizes: dict) -> bool:
     config = getattr(parent.model, "config", None)
     if config is None:
         return False
-    return config_value(config, "head_dim") is None or _derived_field(config, "head_dim")
-
-
-def _derived_field(config: Any, field: str) -> bool:
-    attr = getattr(type(config), field, None)
-    return isinstance(attr, property) and attr.fset is None
+    return config_value(config, "head_dim") is None or _derived(config, "head_dim")
 
 
 def _candidates(parent: Parent, plan, limit: Limit) -> list[tuple[int, int, dict]]:
