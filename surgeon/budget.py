@@ -147,9 +147,8 @@ def _check_supported(parent: Parent, plan) -> None:
         )
     if not a.layers:
         raise PlanError(
-            "target: a budget needs layers, and none were found in this model (a numbered list of "
-            "residual blocks), so there are no sizes to choose; `surgeon inspect` shows "
-            "what was found"
+            "target: a budget needs layers, and none were found in this model (a "
+            "numbered list of residual blocks); `surgeon inspect` shows what was found"
         )
 
 
