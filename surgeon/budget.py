@@ -287,8 +287,10 @@ def _lines(parent: Parent, width: dict, roles: list[str], sizes: dict):
         base = _counts(parent, {**width, **low})
         slopes = {}
         for r in roles:
-            wider = _counts(parent, {**width, **low, r: 2 * low[r]})
-            slopes[r] = [(w - b) / low[r] for w, b in zip(wider[1], base[1], strict=True)]
+            probe = min(2 * low[r], sizes[r])  # a role one step wide has no other width
+            wider = _counts(parent, {**width, **low, r: probe}) if probe > low[r] else base
+            run = max(probe - low[r], 1)
+            slopes[r] = [(w - b) / run for w, b in zip(wider[1], base[1], strict=True)]
     except PlanError:
         return None
     per_layer = [

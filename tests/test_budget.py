@@ -96,3 +96,16 @@ def test_a_memory_budget_counts_weights_and_the_kv_cache(prepared):
         load_plan({"target": {"parameters": 10, "memory": memory}})
     with pytest.raises(PlanError, match="context"):
         load_plan({"target": {"memory": {"bytes": 10}}})
+
+
+@pytest.mark.parametrize("name", ["gpt_neox", "bert", "vit", "mixtral", "qwen2_moe"])
+def test_budgets_fit_encoders_vision_and_experts(prepared, name):
+    """Half the parent's parameters on other kinds of model (an encoder, a vision
+    transformer, routed experts with and without a shared expert): the built child fits
+    and its count is the one recorded."""
+    p = prepared(name)
+    budget = _count(p.model) // 2
+    child = subclone(p.parent, {"target": {"parameters": budget}, "recipe": "data-free"})
+    built = _count(child.model)
+    assert 0.8 * budget <= built <= budget  # the toy widths move in steps of a third
+    assert child.cut.surgery.budget["child_parameters"] == built
