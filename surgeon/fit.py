@@ -570,9 +570,11 @@ def _module_lists(model: nn.Module) -> dict[str, nn.ModuleList]:
 
 def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, tries=24):
     """Integer fields of the config whose value is a size the config gives wrongly are
-    tried, one at a time, at the size the child needs; a change is kept when it leaves
-    fewer mismatched tensors and no new one. Returns (config, what is still wrong)."""
-    fields = _int_fields(config)
+    tried, one at a time, at the size the child needs; a ratio that sizes a width from
+    another (a field named as one, `RATIOS`: Dinov2's `mlp_ratio`) is tried scaled by the
+    factor that size must change by. A change is kept when it leaves fewer mismatched
+    tensors and no new one. Returns (config, what is still wrong)."""
+    fields = _int_fields(config) + _float_fields(config)
     for _ in range(tries):
         name, (got, want) = next(iter(wrong.items()))
         moves = {(g, w) for g, w in zip(got, want, strict=False) if g != w}
@@ -581,10 +583,16 @@ def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, 
         better = None
         for *owners, field in fields:
             for g, w in moves:
-                if config_value(_at(config, owners), field) != g:
+                value = config_value(_at(config, owners), field)
+                if value == g and type(value) is int:
+                    new = w
+                elif _ratio(field) and type(value) in (int, float) and value > 0:
+                    new = value * w / g  # a ratio: scaled with the size it gives
+                    new = int(new) if type(value) is int and new == int(new) else new
+                else:
                     continue
                 trial = copy.deepcopy(config)
-                setattr(_at(trial, owners), field, w)
+                setattr(_at(trial, owners), field, new)
                 if stack is not None:  # that config's lists per layer follow its stack
                     _per_layer_cut(_at(trial, owners), g, shape, stack)
                 for candidate in [trial, *_lists_cut(trial, g, w, shape)]:
@@ -668,6 +676,24 @@ def _int_fields(config: Any) -> list[tuple[str, ...]]:
         fields = _at(config, owners).to_dict().items()
         out += [(*owners, k) for k, v in fields if type(v) is int and not k.endswith("_id")]
     return out
+
+
+def _float_fields(config: Any) -> list[tuple[str, ...]]:
+    """Paths of the float fields named as ratios (`RATIOS`) of a config and its nested
+    configs."""
+    out = []
+    for owners in [(), *_config_paths(config)]:
+        fields = _at(config, owners).to_dict().items()
+        out += [(*owners, k) for k, v in fields if type(v) is float and _ratio(k)]
+    return out
+
+
+def _ratio(field: str) -> bool:
+    return any(word in field for word in RATIOS)
+
+
+# words of config fields that size one width as a multiple of another (`mlp_ratio`)
+RATIOS = ("ratio", "mult")
 
 
 def _at(config: Any, owners) -> Any:

@@ -226,3 +226,19 @@ def test_each_pass_owns_the_schema_of_its_parameters():
         fields = {f.name for f in dataclasses.fields(cls)}
         assert set(cls.schema) <= fields, name
         assert items[name]["properties"] == cls.schema
+
+
+def test_a_config_ratio_follows_the_width_it_sizes(tmp_path):
+    """Dinov2 sizes its MLP as hidden_size x mlp_ratio: cutting hidden and FFN to other
+    shares writes the ratio that gives the child's FFN, and the saved child reloads with
+    transformers to the same output."""
+    import surgeon
+
+    model, inputs = zoo.ratio_sized()
+    plan = {"target": {"hidden_size": 16, "num_heads": 2, "intermediate_size": 32}}
+    child = surgeon.apply(model, {**plan, "importance": "weight"}, example_inputs=inputs)
+    assert child.config.hidden_size * child.config.mlp_ratio == 32
+    child.save_pretrained(tmp_path)
+    again = type(child).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(**inputs)[0], child.eval()(**inputs)[0])

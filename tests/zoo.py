@@ -717,6 +717,19 @@ class _PerItem(nn.Module):
         return torch.stack([self.proj(item) for item in x])
 
 
+def ratio_sized():
+    """A vision backbone whose config sizes its MLP by a ratio of the hidden size
+    (Dinov2's `mlp_ratio`), with a mask token its forward does not read."""
+    import transformers as tf
+
+    config = tf.Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+    )
+    torch.manual_seed(SEED)
+    model = like_trained(tf.Dinov2Model(config).eval())
+    return model, {"pixel_values": torch.randn(2, 3, 32, 32)}
+
+
 def per_item():
     torch.manual_seed(SEED)
     return _PerItem().eval(), (torch.randn(2, 8),)
