@@ -141,7 +141,7 @@ def per_layer_widths(state: SurgeryState) -> dict[int, int]:
         if width[g] + step <= sizes[g]:
             gain = float(ranked[g][width[g] : width[g] + step].sum())
             heapq.heappush(heap, (-gain, i, g))
-    return {g: k for g, k in width.items() if k < sizes[g] or g in state.keep}
+    return width
 
 
 def resolve_target(
