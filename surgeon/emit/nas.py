@@ -1,7 +1,8 @@
 """A per-layer child (`layout: per_layer`) as a Nemotron-NAS folder: the DeciLM format
 (`DeciLMForCausalLM`, a `block_configs` entry per layer stating its FFN width as
 `ffn_mult` and its key/value heads as `n_heads_in_group`), which stock runtimes load:
-llama.cpp through its own converter (`conversion/deci.py`), vLLM.
+llama.cpp through its own converter (`conversion/deci.py`, checked here); vLLM reads the
+format too (not tried here).
 
 The format is Llama's layer with per-layer widths, so it holds children of Llama-shaped
 parents only (the tensors named as Llama's, RMSNorm, SiLU-gated MLP without biases,
@@ -47,7 +48,7 @@ def nas_config(config: Any, tensors: dict[str, torch.Tensor]) -> dict:
     _refuse_unless_llama_shaped(config)
     layers = sum(1 for k in tensors if k.endswith(".mlp.down_proj.weight"))
     hidden = tensors["model.embed_tokens.weight"].shape[1]
-    head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     heads = tensors["model.layers.0.self_attn.q_proj.weight"].shape[0] // head_dim
     if heads * head_dim != hidden:
         raise SurgeonError(
@@ -85,14 +86,14 @@ def nas_config(config: Any, tensors: dict[str, torch.Tensor]) -> dict:
         "num_attention_heads": heads,
         "num_hidden_layers": layers,
         "vocab_size": tensors["model.embed_tokens.weight"].shape[0],
-        "max_position_embeddings": config.max_position_embeddings,
-        "rms_norm_eps": config.rms_norm_eps,
+        "max_position_embeddings": getattr(config, "max_position_embeddings", 2048),
+        "rms_norm_eps": getattr(config, "rms_norm_eps", 1e-6),
         "rope_theta": rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)),
         "hidden_act": "silu",
         "tie_word_embeddings": False,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
-        "pad_token_id": config.pad_token_id,
+        "bos_token_id": getattr(config, "bos_token_id", None),
+        "eos_token_id": getattr(config, "eos_token_id", None),
+        "pad_token_id": getattr(config, "pad_token_id", None),
         "torch_dtype": "float32",
         "block_configs": blocks,
     }
