@@ -43,6 +43,8 @@ SHAPES = {  # the plan's keys beside the budget (the solver chooses the sizes no
     "hidden 480 fixed, per_layer": {"hidden_size": 480, "layout": "per_layer"},
     "all 30 layers fixed, per_layer": {"num_layers": 30, "layout": "per_layer"},
     "10 layers fixed, per_layer": {"num_layers": 10, "layout": "per_layer"},
+    # the uniform child as a graph, as per_layer children are (a control for training)
+    "all 30 layers fixed, graph": {"num_layers": 30, "emit": "graph"},
 }
 
 
@@ -111,9 +113,9 @@ def main() -> None:
     for name, fixed in SHAPES.items():
         if args.train and name != args.train:
             continue
-        sizes = {k: v for k, v in fixed.items() if k != "layout"}
+        sizes = {k: v for k, v in fixed.items() if k not in ("layout", "emit")}
         plan = {"target": {"parameters": args.budget, **sizes}, "recipe": "surgeon"}
-        plan.update({k: v for k, v in fixed.items() if k == "layout"})
+        plan.update({k: v for k, v in fixed.items() if k in ("layout", "emit")})
         t0 = time.perf_counter()
         child = subclone(parent, plan, calibration=batches)
         seconds = time.perf_counter() - t0
