@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from common import commit  # benchmarks/common.py: a script's folder is on sys.path
-from convergence import BATCH, splits, train
+from convergence import BATCH, calibration_batches, splits, train
 
 OUT = Path(__file__).resolve().parent / "results" / "budgets.json"
 TRAINED = OUT.with_name("budgets_trained.jsonl")
@@ -100,8 +100,7 @@ def main() -> None:
 
     parent, tokenizer = smollm2()
     split = splits(tokenizer)
-    cal = split["calibration"]
-    batches = [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in cal.split(4)]
+    batches = calibration_batches(split)
     rows = [
         {
             "shape": "parent",

@@ -266,12 +266,17 @@ class Bench:
         return row
 
 
+def calibration_batches(split) -> list[dict]:
+    """The calibration windows as the batches `surgeon.subclone` reads (4 windows each)."""
+    cal = split["calibration"]
+    return [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in cal.split(4)]
+
+
 def build(parent, size: str, plan: dict, split):
     from surgeon.api import subclone
 
     target = dict(zip(TARGET_KEYS, SIZES[size], strict=True))
-    cal = split["calibration"]
-    batches = [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in cal.split(4)]
+    batches = calibration_batches(split)
     t0 = time.perf_counter()
     model = subclone(parent, {"target": target, **plan}, calibration=batches).model
     print(f"built {size} {plan} in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from common import commit  # benchmarks/common.py: a script's folder is on sys.path
-from convergence import BATCH, SIZES, TARGET_KEYS, splits
+from convergence import BATCH, SIZES, TARGET_KEYS, calibration_batches, splits
 
 OUT = Path(__file__).resolve().parent / "results" / "scales.json"
 INITS = {
@@ -69,8 +69,7 @@ def main() -> None:
 
     parent, tokenizer = smollm2()
     split = splits(tokenizer)
-    cal = split["calibration"]
-    batches = [{"input_ids": w, "attention_mask": torch.ones_like(w)} for w in cal.split(4)]
+    batches = calibration_batches(split)
     windows = split["validation"]
     whole = measure(parent, windows)
     rows = [{"model": "parent", **whole}]

@@ -9,6 +9,7 @@ import hashlib
 import torch
 
 from surgeon.frontends import output_tensors
+from tests.zoo import VOCAB
 
 __all__ = ["GQA", "fingerprint", "out", "shrink_plan", "train"]
 
@@ -83,3 +84,17 @@ def assert_embedding_is_a_hand_slice(parent, child, kept_hidden: list[int]) -> N
     (axis,) = [i for i, size in enumerate(old.shape) if size == hidden]
     reference = old.index_select(axis, torch.tensor(kept_hidden))
     assert torch.equal(new, reference.to(new.dtype)), "the embedding is not the hand slice"
+
+
+def batches(example: dict, count: int = 3) -> list[dict]:
+    """Calibration batches of the example's form, with fresh values."""
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for _ in range(count):
+        batch = dict(example)
+        if "input_ids" in batch:
+            batch["input_ids"] = torch.randint(3, VOCAB, example["input_ids"].shape, generator=g)
+        else:
+            batch["pixel_values"] = torch.randn(example["pixel_values"].shape, generator=g)
+        out.append(batch)
+    return out

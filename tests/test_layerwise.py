@@ -19,26 +19,10 @@ from surgeon.execute import Runner, check_device
 from surgeon.io.shards import Shards
 from surgeon.pipeline import decide, prepare_folder, resolve
 from tests import zoo
-from tests.helpers import shrink_plan
+from tests.helpers import batches, shrink_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SLICE = ("llama", "gpt2")  # GQA + rotary + tied; fused qkv (the rest: the --zoo benchmark)
-
-
-def batches(example: dict, count: int = 3) -> list[dict]:
-    """Calibration batches of the example's form, with fresh values."""
-    g = torch.Generator().manual_seed(7)
-    out = []
-    for _ in range(count):
-        batch = dict(example)
-        if "input_ids" in batch:
-            batch["input_ids"] = torch.randint(
-                3, zoo.VOCAB, example["input_ids"].shape, generator=g
-            )
-        else:
-            batch["pixel_values"] = torch.randn(example["pixel_values"].shape, generator=g)
-        out.append(batch)
-    return out
 
 
 def keyed(state) -> dict:

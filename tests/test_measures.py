@@ -12,7 +12,7 @@ import torch
 from surgeon.api import stream_subclone
 from surgeon.io.measures import cache_folder
 from tests import zoo
-from tests.test_layerwise import batches
+from tests.helpers import batches
 
 PLAN = {"recipe": "surgeon", "target": {"num_layers": 2, "intermediate_size": 64}}
 OTHER = {"recipe": "surgeon", "target": {"num_layers": 1, "hidden_size": 32}}
