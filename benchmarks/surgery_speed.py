@@ -1,14 +1,20 @@
 """Speed and memory of streaming surgery against a plain hand-written baseline.
 
-For each parent (SmolLM2-135M from its cached folder, and a 1.2 B Llama-shaped checkpoint
-with random weights that this script writes once as sharded safetensors), a child of about
-a quarter of the parent's size is built by each method, each run in a fresh process:
+Parents: SmolLM2-135M from its cached folder; a 1.2 B Llama-3.2-1B-shaped checkpoint with
+random float32 weights, written once as 1 GB shards; and an 8 B Llama-3.1-8B-shaped one
+in bfloat16 (16 GB), generated one shard at a time (never a whole model in memory). A
+child of about a quarter of the parent's size is built by each method, each run in a
+fresh process:
 
 - `surgeon apply` with `weight` importance (the data-free default: reads every byte
   once to score it) and with `first` (reads only the kept slices); both stream:
   analyse on the meta device, read tensors from the files;
-- the baseline a person would write: load the whole state dict, keep the leading
-  indices of every cut axis and the kept layers, save with safetensors' `save_file`;
+- `surgeon (weight), second plan`: the same, after an untimed `surgeon apply` of the
+  parent to another size (half its layers and widths) has kept its measures
+  (`SURGEON_CACHE` fresh for each round): a re-cut;
+- the baseline a person would write: read only the kept slices of each kept tensor
+  (safetensors' `get_slice`: the leading indices of every cut axis, the kept layers),
+  save them with safetensors' `save_file`, and a config with the new sizes;
 - `under load`: `surgeon (weight)` and the baseline again while a background process
   per core spins (`while True: pass`); their slowdown is wall under load / wall without.
 
@@ -17,7 +23,7 @@ the page cache. Methods take turns for `--repeat` rounds; the table shows median
 run is in the JSON). Peak anonymous memory is `RssAnon` of `/proc/PID/status`, polled
 every 10 ms (pages of memory-mapped files are file-backed and do not count).
 
-    .venv/bin/python benchmarks/surgery_speed.py [--skip-1b] [--repeat 3] [--json FILE]
+    .venv/bin/python benchmarks/surgery_speed.py [--parents NAME ...] [--repeat 3] [--json FILE]
 
 Writes benchmarks/results/surgery_speed.json (commit, date, load average before, a write
 probe of the disk (1 GiB of zeros, written as the methods write), rows and every run);
@@ -38,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import commit  # benchmarks/common.py: a script's folder is on sys.path
+from common import commit, smollm2_folder  # benchmarks/common.py: a script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIG = dict(
@@ -52,6 +58,18 @@ BIG = dict(
     tie_word_embeddings=True,
     max_position_embeddings=4096,
 )
+EIGHT_B = dict(  # Llama-3.1-8B's sizes
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    tie_word_embeddings=False,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+)
 CHILDREN = {  # about a quarter of each parent
     "smollm2-135m": dict(
         num_layers=15, hidden_size=384, intermediate_size=768, num_heads=6, num_kv_heads=2
@@ -59,13 +77,18 @@ CHILDREN = {  # about a quarter of each parent
     "llama-1.2b": dict(
         num_layers=12, hidden_size=1024, intermediate_size=4096, num_heads=16, num_kv_heads=4
     ),
+    "llama-8b": dict(
+        num_layers=24, hidden_size=2048, intermediate_size=7168, num_heads=16, num_kv_heads=4
+    ),
 }
 
 
 LOADED = ", under load"
+SECOND = ", second plan"
 METHODS = (
     "surgeon (weight)",
     "surgeon (first)",
+    "surgeon (weight)" + SECOND,
     "hand-written baseline",
     "surgeon (weight)" + LOADED,
     "hand-written baseline" + LOADED,
@@ -95,6 +118,67 @@ def make_big(folder: Path) -> Path:
     model = LlamaForCausalLM(LlamaConfig(**BIG))
     tmp = folder.with_name(folder.name + ".partial")
     model.save_pretrained(tmp, max_shard_size="1GB")
+    tmp.rename(folder)
+    return folder
+
+
+def make_8b(folder: Path, shard_bytes: int = 2 * 10**9) -> Path:
+    """Llama-3.1-8B's shapes in bfloat16, random normal weights (std 0.02, norms 1),
+    written one shard at a time with an index, as `save_pretrained` names them."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(**EIGHT_B, dtype="bfloat16")
+    h, f, v, d = config.hidden_size, config.intermediate_size, config.vocab_size, config.head_dim
+    q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
+    layer = {
+        "input_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (q, h),
+        "self_attn.k_proj.weight": (kv, h),
+        "self_attn.v_proj.weight": (kv, h),
+        "self_attn.o_proj.weight": (h, q),
+        "post_attention_layernorm.weight": (h,),
+        "mlp.gate_proj.weight": (f, h),
+        "mlp.up_proj.weight": (f, h),
+        "mlp.down_proj.weight": (h, f),
+    }
+    shapes = {"model.embed_tokens.weight": (v, h)}
+    for i in range(config.num_hidden_layers):
+        shapes |= {f"model.layers.{i}.{k}": s for k, s in layer.items()}
+    shapes |= {"model.norm.weight": (h,), "lm_head.weight": (v, h)}
+    tmp = folder.with_name(folder.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, shape in shapes.items():
+        nbytes = 2 * torch.Size(shape).numel()
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    weight_map, total = {}, 0
+    for k, names in enumerate(shards):
+        file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {}
+        for name in names:
+            shape = shapes[name]
+            if len(shape) == 1:
+                tensors[name] = torch.ones(shape, dtype=torch.bfloat16)
+            else:
+                tensors[name] = (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)
+            weight_map[name] = file
+            total += tensors[name].nbytes
+        save_file(tensors, str(tmp / file), metadata={"format": "pt"})
+        del tensors
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config.architectures = ["LlamaForCausalLM"]
+    config.save_pretrained(tmp)
     tmp.rename(folder)
     return folder
 
@@ -130,8 +214,10 @@ def measure(cmd: list[str]) -> dict:
 
 
 def baseline(parent: Path, out: Path, child: dict) -> None:
-    """The hand-written way: everything in memory, leading indices, Llama names."""
-    from safetensors.torch import load_file, save_file
+    """The hand-written way: read only the kept slices (leading indices of every cut
+    axis, the kept layers) with safetensors' `get_slice`, save them, Llama names."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(parent)
@@ -146,22 +232,27 @@ def baseline(parent: Path, out: Path, child: dict) -> None:
         config.num_attention_heads * hd: child["num_heads"] * hd,
         config.num_key_value_heads * hd: child["num_kv_heads"] * hd,
     }
-    state = {}
-    for file in sorted(parent.glob("*.safetensors")):
-        state.update(load_file(file))
-    out.mkdir(parents=True)
     new = {}
-    for name, t in state.items():
-        if ".layers." in name:
-            prefix, rest = name.split(".layers.", 1)
-            index, rest = rest.split(".", 1)
-            if int(index) not in layers:
-                continue
-            name = f"{prefix}.layers.{layers.index(int(index))}.{rest}"
-        for axis, size in enumerate(t.shape):
-            if size in sizes and not (axis == 0 and size == config.vocab_size):
-                t = t.narrow(axis, 0, sizes[size])
-        new[name] = t.contiguous()
+    for file in sorted(parent.glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                new_name = name
+                if ".layers." in name:
+                    prefix, rest = name.split(".layers.", 1)
+                    index, rest = rest.split(".", 1)
+                    if int(index) not in layers:
+                        continue
+                    new_name = f"{prefix}.layers.{layers.index(int(index))}.{rest}"
+                part = f.get_slice(name)
+                shape = part.get_shape()
+                keep_axes = tuple(
+                    slice(
+                        0, sizes[n] if n in sizes and not (a == 0 and n == config.vocab_size) else n
+                    )
+                    for a, n in enumerate(shape)
+                )
+                new[new_name] = part[keep_axes].contiguous()
+    out.mkdir(parents=True)
     save_file(new, str(out / "model.safetensors"), metadata={"format": "pt"})
     config.num_hidden_layers = keep
     config.hidden_size = child["hidden_size"]
@@ -173,7 +264,7 @@ def baseline(parent: Path, out: Path, child: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--skip-1b", action="store_true")
+    p.add_argument("--parents", nargs="+", choices=list(CHILDREN), default=list(CHILDREN))
     p.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/surgery_speed.json"))
     p.add_argument("--baseline", nargs=3, help=argparse.SUPPRESS)  # parent out child-json
@@ -182,13 +273,13 @@ def main() -> None:
         parent, out, child = args.baseline
         baseline(Path(parent), Path(out), json.loads(child))
         return
-    from surgeon.demo.smollm2 import DEFAULT_CACHE, smollm2
-
-    smollm2()  # converts once
     load = os.getloadavg()[0]
-    parents = {"smollm2-135m": ROOT / DEFAULT_CACHE}
-    if not args.skip_1b:
-        parents["llama-1.2b"] = make_big(ROOT / ".cache" / "llama-1.2b-random")
+    make = {
+        "smollm2-135m": smollm2_folder,
+        "llama-1.2b": lambda: make_big(ROOT / ".cache" / "llama-1.2b-random"),
+        "llama-8b": lambda: make_8b(ROOT / ".cache" / "llama-8b-random"),
+    }
+    parents = {name: make[name]() for name in args.parents}
     runs = []
     for name, folder in parents.items():
         for round_ in range(args.repeat):
@@ -233,21 +324,27 @@ def write_probe(where: Path, size: int = 2**30) -> dict:
 def run_once(method: str, folder: Path, child: dict) -> dict:
     with tempfile.TemporaryDirectory(dir=ROOT / ".cache") as tmp:
         out = Path(tmp) / "child"
+        os.environ["SURGEON_CACHE"] = str(Path(tmp) / "cache")  # kept measures: this run's
         if method == "hand-written baseline":
             cmd = [sys.executable, __file__, "--baseline", str(folder), str(out)]
             r = measure([*cmd, json.dumps(child)])
         else:
-            importance = method.split("(")[1].rstrip(")")
-            plan = Path(tmp) / "plan.yaml"
-            plan.write_text(
-                json.dumps({"target": child, "depth": "middle", "importance": importance})
-            )
-            # the surgeon of this tree (`python -m` from its root), not the installed one
-            cmd = [sys.executable, "-m", "surgeon", "apply", "--model", str(folder)]
-            cmd += ["--plan", str(plan)]
-            r = measure([*cmd, "--out", str(out)])
+            importance = method.split("(")[1].split(")")[0]
+            if method.endswith(SECOND):  # another size first, its measures kept
+                half = {k: max(v // 2, 1) for k, v in child.items()}
+                subprocess.run(apply(folder, Path(tmp), half, importance, "first"), check=True)
+            r = measure(apply(folder, Path(tmp), child, importance, "child"))
         r["child_bytes"] = safetensors_bytes(out)
     return r
+
+
+def apply(folder: Path, tmp: Path, target: dict, importance: str, out: str) -> list[str]:
+    """`surgeon apply` of `folder` to `target` into `tmp/out` (the surgeon of this tree:
+    `python -m` from its root, not an installed one)."""
+    plan = tmp / f"{out}.yaml"
+    plan.write_text(json.dumps({"target": target, "depth": "middle", "importance": importance}))
+    cmd = [sys.executable, "-m", "surgeon", "apply", "--model", str(folder)]
+    return [*cmd, "--plan", str(plan), "--out", str(tmp / out)]
 
 
 def summarise(runs: list[dict], parents: dict) -> list[dict]:

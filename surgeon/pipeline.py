@@ -117,8 +117,18 @@ def prepare(
                 return Parent(model, graph, _faithful(model, graph, analysis))
             except SurgeonError:
                 pass
-        graph = trace(model, example_inputs)
+        graph = _trace(model, example_inputs)
         return Parent(model, graph, _faithful(model, graph, _checked(model, analyse(graph))))
+
+
+def _trace(model: nn.Module, example_inputs: Any) -> Graph:
+    """`trace`, from a shallow twin's trace for a model on the meta device where one
+    stands for it (`surgeon.frontends.twin`; with weights, the whole model is traced and
+    `_faithful` compares the graph with it)."""
+    from .frontends.twin import trace_twin
+
+    on_meta = any(t.device.type == "meta" for t in model.parameters())
+    return (on_meta and trace_twin(model, example_inputs, trace)) or trace(model, example_inputs)
 
 
 def _faithful(model: nn.Module, graph: Graph, analysis: Analysis) -> Analysis:
@@ -237,11 +247,11 @@ def _signature(analysis: Analysis) -> str:
 
 
 def _traced_on_meta(model: nn.Module, example_inputs: Any) -> Graph:
-    """The graph of a model whose weights are on the meta device; `NotStreamable` for a
-    forward that branches on its input values (LED's `if is_global_attn:`): which branch
-    the example takes shows only with real weights."""
+    """The graph of a model whose weights are on the meta device (`_trace`);
+    `NotStreamable` for a forward that branches on its input values (LED's `if
+    is_global_attn:`): which branch the example takes shows only with real weights."""
     try:
-        return trace(model, example_inputs)
+        return _trace(model, example_inputs)
     except TraceError as e:
         if "data-dependent" not in str(e):
             raise

@@ -272,9 +272,11 @@ def _tokens():
     return torch.randint(3, VOCAB, (BATCH, SEQ), generator=g)
 
 
-def _hf(name: str, device: str = "cpu"):
+def _hf(name: str, device: str = "cpu", changes: dict | None = None):
     configs = (_hf_configs, _moe_configs, _hybrid_configs, _enc_dec_configs, _stream_configs)
     cls, config = {k: v for f in configs for k, v in f().items()}[name]
+    if changes:
+        config = _changed(config, changes)
     torch.manual_seed(SEED)
     with torch.device(device):
         model = cls(config).eval()
@@ -603,18 +605,31 @@ def tiny_decoder(family, heads, kv, head_dim, ffn, layers, tied, hidden=None):
     return like_trained(model), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def build(name: str, device: str = "cpu"):
+def build(name: str, device: str = "cpu", **changes):
     """Build zoo model `name`: returns `(model in eval mode, example_inputs)`.
 
     `device="meta"` builds the same architecture with no weights in memory (the inputs
-    stay on the CPU: tracing moves them where the model is).
+    stay on the CPU: tracing moves them where the model is). `changes`: config fields
+    the model is built with instead (a Hugging Face model; `num_hidden_layers=6` is a
+    deeper one of the same kind, its per-layer lists, such as `layer_types`, made anew).
     """
     known = NAMES + MOE_NAMES + MOE_SHAPES + HYBRID_NAMES + ENC_DEC_NAMES + ENC_DEC_FOLDERS
     known += STREAM_NAMES
     if name not in known:
         raise KeyError(f"no zoo model {name!r}; known: {', '.join(known)}")
-    model, inputs = nanogpt(device) if name == "nanogpt" else _hf(name, device)
+    model, inputs = nanogpt(device) if name == "nanogpt" else _hf(name, device, changes)
     return like_trained(model), inputs
+
+
+def _changed(config, changes: dict):
+    """`config` with `changes` (names as its class or its `attribute_map` spells them),
+    built anew: lists as long as its old layer count are left to its class to derive."""
+    n = config.num_hidden_layers
+    fields = {
+        k: v for k, v in config.to_dict().items() if not (isinstance(v, list) and len(v) == n)
+    }
+    mapped = {config.attribute_map.get(k, k): v for k, v in changes.items()}
+    return type(config)(**{**fields, **mapped})
 
 
 def like_trained(model: nn.Module, seed: int = SEED + 2) -> nn.Module:

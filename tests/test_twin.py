@@ -1,0 +1,87 @@
+"""A deep stack's graph from its shallow twin's trace (surgeon.frontends.twin): op for op
+the full trace's, analysed alike, computing the model's own output on its weights; a
+streamed child made through it is bit for bit the in-memory child (traced whole); where
+the twin cannot stand for the model, none is made."""
+
+import pytest
+import torch
+
+import surgeon.frontends.twin as twin
+from surgeon.analysis import analyse
+from surgeon.api import stream_apply, subclone
+from surgeon.frontends import trace
+from surgeon.frontends.graph import op_name, output_tensors
+from tests import zoo
+from tests.helpers import assert_embedding_is_a_hand_slice
+
+DEEP = 6  # twice the twin's layers
+
+
+def _ops(graph):
+    return [
+        (n.op, op_name(n) if n.op == "call_function" else str(n.target)) for n in graph.graph.nodes
+    ]
+
+
+def _groups(analysis):
+    groups = analysis.groups.values()
+    layers = [(x.name, x.heads, x.kv, x.ffn, x.experts) for x in analysis.layers]
+    return layers, sorted((g.id, g.size, g.role, sorted(g.members)) for g in groups)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt_neox", "bert", "vit", "qwen2_moe"])
+def test_the_twins_graph_is_the_full_trace(name):
+    model, inputs = zoo.build(name, num_hidden_layers=DEEP)
+    full = trace(model, inputs)
+    graph = twin.trace_twin(model, inputs, trace)
+    assert graph is not None
+    assert _ops(graph) == _ops(full)
+    assert _groups(analyse(graph)) == _groups(analyse(full))
+    with torch.no_grad():
+        want = output_tensors(model(**inputs))[0]
+        got = output_tensors(graph.module(**inputs))[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, changes",
+    [
+        ("gpt2", {"scale_attn_by_inverse_layer_idx": True}),  # reads the layer's index
+        ("gemma2", {}),  # sliding and full attention alternate (`layer_types`)
+    ],
+)
+def test_no_twin_where_layers_differ(name, changes):
+    model, inputs = zoo.build(name, num_hidden_layers=DEEP, **changes)
+    assert twin.trace_twin(model, inputs, trace) is None
+
+
+def test_no_twin_for_a_stack_as_shallow_as_one():
+    model, inputs = zoo.build("llama")
+    assert twin.trace_twin(model, inputs, trace) is None
+
+
+def test_a_streamed_child_through_the_twin_is_the_in_memory_child(tmp_path, monkeypatch):
+    made = []
+
+    def spy(*args):
+        made.append(twin_trace(*args))
+        return made[-1]
+
+    twin_trace = twin.trace_twin
+    monkeypatch.setattr(twin, "trace_twin", spy)
+    model, _ = zoo.build("llama", num_hidden_layers=DEEP)
+    model.save_pretrained(tmp_path / "parent")
+    plan = {
+        "target": {"num_layers": 4, "hidden_size": 32, "intermediate_size": 48, "num_heads": 2},
+        "importance": "weight",
+        "depth": "middle",
+    }
+    summary = stream_apply(tmp_path / "parent", plan, tmp_path / "child")
+    assert made and made[-1] is not None  # the folder was analysed through its twin
+    child = type(model).from_pretrained(tmp_path / "child").eval()
+    assert_embedding_is_a_hand_slice(model, child, summary["kept"]["hidden_size"])
+    streamed = child.state_dict()
+    in_memory = subclone(model, plan).model.state_dict()  # traced whole, in memory
+    assert streamed.keys() == in_memory.keys()
+    for key in streamed:
+        assert torch.equal(streamed[key], in_memory[key]), key
