@@ -18,10 +18,12 @@ fresh process:
 - `under load`: `surgeon (weight)` and the baseline again while a background process
   per core spins (`while True: pass`); their slowdown is wall under load / wall without.
 
-Before every run the parent's files are read once, so every method starts with them in
-the page cache. Methods take turns for `--repeat` rounds; the table shows medians (every
-run is in the JSON). Peak anonymous memory is `RssAnon` of `/proc/PID/status`, polled
-every 10 ms (pages of memory-mapped files are file-backed and do not count).
+Before every run, what earlier runs wrote is flushed to disk (`sync`) and the parent's
+files are read once, so every method starts with them in the page cache (as far as it
+holds them: the 8 B parent's 15 GiB may not fit beside the rest). Methods take turns for
+`--repeat` rounds; the table shows medians (every run is in the JSON). Peak anonymous
+memory is `RssAnon` of `/proc/PID/status`, polled every 10 ms (pages of memory-mapped
+files are file-backed and do not count).
 
     .venv/bin/python benchmarks/surgery_speed.py [--parents NAME ...] [--repeat 3] [--json FILE]
 
@@ -184,7 +186,10 @@ def make_8b(folder: Path, shard_bytes: int = 2 * 10**9) -> Path:
 
 
 def warm(folder: Path) -> None:
-    """Read the parent's files once: each method then finds them in the page cache."""
+    """Write out what earlier runs left to write (`sync`: no run waits on another's
+    writes), then read the parent's files once: each method finds them in the page cache
+    as far as it holds them."""
+    os.sync()
     for file in folder.glob("*.safetensors"):
         with file.open("rb") as f:
             while f.read(64 * 2**20):
@@ -332,7 +337,11 @@ def run_once(method: str, folder: Path, child: dict) -> dict:
             importance = method.split("(")[1].split(")")[0]
             if method.endswith(SECOND):  # another size first, its measures kept
                 half = {k: max(v // 2, 1) for k, v in child.items()}
-                subprocess.run(apply(folder, Path(tmp), half, importance, "first"), check=True)
+                subprocess.run(
+                    apply(folder, Path(tmp), half, importance, "first"),
+                    check=True, stdout=subprocess.DEVNULL,
+                )  # fmt: skip
+                os.sync()  # its writes are not the timed run's
             r = measure(apply(folder, Path(tmp), child, importance, "child"))
         r["child_bytes"] = safetensors_bytes(out)
     return r
