@@ -30,6 +30,7 @@ from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError, Trac
 from .execute import Runner, check_device
 from .fit import ChildShape, config_error, config_heads, fit_config
 from .frontends import Graph, tensor_of, trace
+from .frontends.twin import traced
 from .io.shards import Shards
 from .passes import PASSES, Pass, SurgeryState
 from .plan import Plan, load_plan
@@ -117,18 +118,8 @@ def prepare(
                 return Parent(model, graph, _faithful(model, graph, analysis))
             except SurgeonError:
                 pass
-        graph = _trace(model, example_inputs)
+        graph = traced(model, example_inputs)
         return Parent(model, graph, _faithful(model, graph, _checked(model, analyse(graph))))
-
-
-def _trace(model: nn.Module, example_inputs: Any) -> Graph:
-    """`trace`, from a shallow twin's trace for a model on the meta device where one
-    stands for it (`surgeon.frontends.twin`; with weights, the whole model is traced and
-    `_faithful` compares the graph with it)."""
-    from .frontends.twin import trace_twin
-
-    on_meta = any(t.device.type == "meta" for t in model.parameters())
-    return (on_meta and trace_twin(model, example_inputs, trace)) or trace(model, example_inputs)
 
 
 def _faithful(model: nn.Module, graph: Graph, analysis: Analysis) -> Analysis:
@@ -247,11 +238,11 @@ def _signature(analysis: Analysis) -> str:
 
 
 def _traced_on_meta(model: nn.Module, example_inputs: Any) -> Graph:
-    """The graph of a model whose weights are on the meta device (`_trace`);
+    """The graph of a model whose weights are on the meta device (`traced`);
     `NotStreamable` for a forward that branches on its input values (LED's `if
     is_global_attn:`): which branch the example takes shows only with real weights."""
     try:
-        return _trace(model, example_inputs)
+        return traced(model, example_inputs)
     except TraceError as e:
         if "data-dependent" not in str(e):
             raise

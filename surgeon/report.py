@@ -11,6 +11,7 @@ from torch import nn
 from .analysis import Analysis, analyse
 from .analysis.measure import residual_ratios
 from .frontends import trace
+from .frontends.twin import traced
 from .io.calibration import check_batches
 from .passes import Score, SurgeryState
 from .pipeline import Parent, runner
@@ -122,7 +123,8 @@ def inspect(
         calibration = list(calibration)
         example_inputs = calibration[0] if example_inputs is None else example_inputs
     if not isinstance(model, Parent):
-        graph = trace(model, example_inputs, frontend=frontend)
+        auto = frontend == "auto"  # a deep stack on the meta device: from its twin
+        graph = traced(model, example_inputs) if auto else trace(model, example_inputs, frontend)
         model = Parent(model, graph, analyse(graph))
     elif calibration:
         check_batches(model.graph.inputs, calibration)

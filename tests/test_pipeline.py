@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import surgeon
+import surgeon.frontends.twin
 import surgeon.pipeline
 from surgeon import PlanError
 from surgeon.api import subclone
@@ -27,9 +28,9 @@ PLANS = [
 def test_a_prepared_parent_serves_many_plans_with_one_trace(monkeypatch):
     model, example = zoo.build("llama")
     traced = []
-    real = surgeon.pipeline.trace
+    real = surgeon.frontends.twin.trace  # what `prepare` traces a Hugging Face model with
     monkeypatch.setattr(
-        surgeon.pipeline, "trace", lambda *a, **k: traced.append(1) or real(*a, **k)
+        surgeon.frontends.twin, "trace", lambda *a, **k: traced.append(1) or real(*a, **k)
     )
     parent = surgeon.prepare(model, example)
     children = [surgeon.apply(parent, plan) for plan in PLANS]

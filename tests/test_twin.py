@@ -6,6 +6,7 @@ the twin cannot stand for the model, none is made."""
 import pytest
 import torch
 
+import surgeon
 import surgeon.frontends.twin as twin
 from surgeon.analysis import analyse
 from surgeon.api import stream_apply, subclone
@@ -33,7 +34,7 @@ def _groups(analysis):
 def test_the_twins_graph_is_the_full_trace(name):
     model, inputs = zoo.build(name, num_hidden_layers=DEEP)
     full = trace(model, inputs)
-    graph = twin.trace_twin(model, inputs, trace)
+    graph = twin.trace_twin(model, inputs)
     assert graph is not None
     assert _ops(graph) == _ops(full)
     assert _groups(analyse(graph)) == _groups(analyse(full))
@@ -52,23 +53,36 @@ def test_the_twins_graph_is_the_full_trace(name):
 )
 def test_no_twin_where_layers_differ(name, changes):
     model, inputs = zoo.build(name, num_hidden_layers=DEEP, **changes)
-    assert twin.trace_twin(model, inputs, trace) is None
+    assert twin.trace_twin(model, inputs) is None
 
 
 def test_no_twin_for_a_stack_as_shallow_as_one():
     model, inputs = zoo.build("llama")
-    assert twin.trace_twin(model, inputs, trace) is None
+    assert twin.trace_twin(model, inputs) is None
 
 
-def test_a_streamed_child_through_the_twin_is_the_in_memory_child(tmp_path, monkeypatch):
-    made = []
+def _spy(monkeypatch) -> list:
+    """What `trace_twin` returns, call by call."""
+    made, twin_trace = [], twin.trace_twin
 
     def spy(*args):
         made.append(twin_trace(*args))
         return made[-1]
 
-    twin_trace = twin.trace_twin
     monkeypatch.setattr(twin, "trace_twin", spy)
+    return made
+
+
+def test_inspect_of_a_deep_model_on_the_meta_device_reads_its_twin(monkeypatch):
+    made = _spy(monkeypatch)
+    model, _ = zoo.build("llama", "meta", num_hidden_layers=DEEP)
+    report = surgeon.inspect(model).to_dict()
+    assert made and made[-1] is not None
+    assert report["num_layers"] == DEEP
+
+
+def test_a_streamed_child_through_the_twin_is_the_in_memory_child(tmp_path, monkeypatch):
+    made = _spy(monkeypatch)
     model, _ = zoo.build("llama", num_hidden_layers=DEEP)
     model.save_pretrained(tmp_path / "parent")
     plan = {

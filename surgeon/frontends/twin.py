@@ -32,16 +32,25 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from . import trace
 from .graph import Graph, Inputs, ParamTable, tensor_of
 
-__all__ = ["TWIN", "trace_twin"]
+__all__ = ["TWIN", "trace_twin", "traced"]
 
 TWIN = 3  # the first layer may differ from the others (no attention mask, a dense FFN)
 
 
-def trace_twin(model: nn.Module, inputs: Inputs, trace) -> Graph | None:
-    """`model`'s graph from its twin's trace (`trace(twin, inputs)`), or None where the
-    twin cannot stand for it. The twin is built on the device of `model`'s weights."""
+def traced(model: nn.Module, example_inputs: Any = None) -> Graph:
+    """`trace(model, example_inputs)`, from a shallow twin's trace for a model on the meta
+    device where one stands for it (a model with weights is traced whole: `prepare`
+    compares that graph with the model's own forward)."""
+    on_meta = any(t.device.type == "meta" for t in model.parameters())
+    return (on_meta and trace_twin(model, example_inputs)) or trace(model, example_inputs)
+
+
+def trace_twin(model: nn.Module, inputs: Inputs | Any) -> Graph | None:
+    """`model`'s graph from its twin's trace, or None where the twin cannot stand for it.
+    The twin is built on the device of `model`'s weights."""
     stack = _stack(model)
     if stack is None:
         return None
