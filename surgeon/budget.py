@@ -87,6 +87,9 @@ def solve(parent: Parent, surgery: Surgery) -> Surgery:
     plan = surgery.plan
     _check_supported(parent, plan)
     sizes = _parent_sizes(parent)
+    if plan.layout == "per_layer" and "num_layers" not in plan.target:
+        # the budget is met by widths, dealt per layer, rather than by dropping layers
+        plan = replace(plan, target={**plan.target, "num_layers": sizes["num_layers"]})
     limit = Limit.of(plan.budget, sizes.get("head_dim") or 0)
     whole = _parent_use(parent, sizes, limit)
     if limit.value >= whole:

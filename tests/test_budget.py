@@ -43,6 +43,19 @@ def test_every_budget_gives_a_child_that_fits_and_keeps_what_the_plan_fixes(prep
         assert child.cut.sizes["num_layers"] == 2
 
 
+def test_a_per_layer_budget_keeps_every_layer_and_cuts_widths(prepared):
+    """With `layout: per_layer` and no `num_layers` in the target, the budget is met by
+    the widths, every parent layer kept: the child of the plan that states them."""
+    p = prepared("llama")
+    budget = int(0.3 * _count(p.model))  # the uniform child of it keeps 2 of the 3 layers
+    plan = {"target": {"parameters": budget}, "recipe": "data-free", "layout": "per_layer"}
+    child = subclone(p.parent, plan)
+    stated = subclone(p.parent, {**plan, "target": {"parameters": budget, "num_layers": 3}})
+    assert child.cut.kept["layers"] == [0, 1, 2]
+    assert child.cut.kept == stated.cut.kept
+    assert _count(child.model) <= budget
+
+
 def test_validate_states_the_chosen_sizes_and_the_budget_used(prepared):
     p = prepared("llama")
     budget = int(0.6 * _count(p.model))
