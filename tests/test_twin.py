@@ -30,9 +30,21 @@ def _groups(analysis):
     return layers, sorted((g.id, g.size, g.role, sorted(g.members)) for g in groups)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt_neox", "bert", "vit", "qwen2_moe"])
-def test_the_twins_graph_is_the_full_trace(name):
-    model, inputs = zoo.build(name, num_hidden_layers=DEEP)
+@pytest.mark.parametrize(
+    "name, layers",
+    [
+        ("llama", DEEP),
+        ("gpt_neox", DEEP),
+        ("bert", DEEP),
+        ("vit", DEEP),
+        ("qwen2_moe", DEEP),
+        ("gemma2", 8),  # sliding and full attention alternate: a twin of 5 layers
+        ("gpt_oss", 8),  # the same, with experts
+        ("deepseek_v3", DEEP),  # a dense first layer; buffers (score correction) per layer
+    ],
+)
+def test_the_twins_graph_is_the_full_trace(name, layers):
+    model, inputs = zoo.build(name, num_hidden_layers=layers)
     full = trace(model, inputs)
     graph = twin.trace_twin(model, inputs)
     assert graph is not None
@@ -44,20 +56,16 @@ def test_the_twins_graph_is_the_full_trace(name):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "name, changes",
-    [
-        ("gpt2", {"scale_attn_by_inverse_layer_idx": True}),  # reads the layer's index
-        ("gemma2", {}),  # sliding and full attention alternate (`layer_types`)
-    ],
-)
-def test_no_twin_where_layers_differ(name, changes):
-    model, inputs = zoo.build(name, num_hidden_layers=DEEP, **changes)
+def test_no_twin_for_a_forward_that_reads_the_layer_index():
+    changes = {"scale_attn_by_inverse_layer_idx": True}  # GPT-2 scales by 1 / (index + 1)
+    model, inputs = zoo.build("gpt2", num_hidden_layers=DEEP, **changes)
     assert twin.trace_twin(model, inputs) is None
 
 
 def test_no_twin_for_a_stack_as_shallow_as_one():
     model, inputs = zoo.build("llama")
+    assert twin.trace_twin(model, inputs) is None
+    model, inputs = zoo.build("gemma2", num_hidden_layers=DEEP)  # its twin would have 5
     assert twin.trace_twin(model, inputs) is None
 
 

@@ -1,26 +1,28 @@
 """A deep stack's graph from the trace of a shallow twin (issue 33).
 
 torch.export spends most of a meta-device analysis tracing the same layer again and
-again. The twin is the model's own class built from a copy of its config with `TWIN`
-layers (per-layer config lists that hold one value for every layer cut to match). Its
+again. The twin is the model's own class built from a copy of its config with fewer
+layers: the first (it may differ: no attention mask before it, a dense FFN), then two
+periods of the per-layer config lists (one layer where they hold one value, two where
+`layer_types` alternates sliding and full attention, ...), the lists cut to match. Its
 trace stands for the model's when, and only when:
 
 - the model has one module list of layers, as long as its config's `num_hidden_layers`,
-  and every layer from the twin's last on has the module types, tensor names, shapes
-  and dtypes of the twin's last layer (the layers before it and the tensors outside the
+  and every later layer has the module types, tensor names, shapes and dtypes of the
+  twin's layer one period before it (the twin's own layers and the tensors outside the
   list match the twin's one for one);
-- in the twin's graph, the last two layers are the same computation (op for op, each
-  argument the same constant, the same shared value, the same tensor of their own layer,
-  or the previous layer's output), which catches a forward that reads the layer's index
-  (GPT-2's `scale_attn_by_inverse_layer_idx`), and each layer's nodes read no other
-  layer's nodes but its predecessor's output, which nodes outside the layers read only
-  of the last layer.
+- in the twin's graph, each layer of the last period is the same computation as the
+  layer a period before it (op for op, each argument the same constant, the same shared
+  value, the same tensor of their own layer, or the previous layer's output), which
+  catches a forward that reads the layer's index (GPT-2's
+  `scale_attn_by_inverse_layer_idx`), and each layer's nodes read no other layer's nodes
+  but its predecessor's output, which nodes outside the layers read only of the last.
 
-The last layer's nodes are then copied once per missing layer, each copy reading the
-previous copy's output and its own layer's tensors, and the graph's readers of the last
-layer's output read the last copy's. Anything else returns None: the caller traces the
-model itself. Tests compare the expanded graph with the full trace, op for op, and run
-both on the same weights."""
+The last period's nodes are then copied in turn for every missing layer, each copy
+reading the previous copy's output and its own layer's tensors, and the graph's readers
+of the last layer's output read the last copy's. Anything else returns None: the caller
+traces the model itself. Tests compare the expanded graph with the full trace, op for op,
+and run both on the same weights."""
 
 from __future__ import annotations
 
@@ -35,9 +37,24 @@ from torch import fx, nn
 from . import trace
 from .graph import Graph, Inputs, ParamTable, tensor_of
 
-__all__ = ["TWIN", "trace_twin", "traced"]
+__all__ = ["trace_twin", "traced"]
 
-TWIN = 3  # the first layer may differ from the others (no attention mask, a dense FFN)
+
+def _depth(period: int) -> int:
+    """The twin's layers for layers that repeat every `period`: the first (which may
+    differ: no attention mask before it, a dense FFN), then two periods to compare."""
+    return 1 + 2 * period
+
+
+def _period(config: Any, n: int) -> int | None:
+    """The shortest period of the config's per-layer lists (`layer_types` alternating
+    sliding and full attention: 2), 1 when it has none or they hold one value; None
+    where they do not repeat."""
+    lists = [v for v in config.to_dict().values() if isinstance(v, (list, tuple)) and len(v) == n]
+    for period in range(1, n // 3 + 1):
+        if all(repr(v[i]) == repr(v[i - period]) for v in lists for i in range(period, n)):
+            return period
+    return None
 
 
 def traced(model: nn.Module, example_inputs: Any = None) -> Graph:
@@ -55,8 +72,11 @@ def trace_twin(model: nn.Module, inputs: Inputs | Any) -> Graph | None:
     if stack is None:
         return None
     prefix, n = stack
-    twin = _twin(model, n)
-    if twin is None or not _same_tensors(model, twin, prefix):
+    period = _period(model.config, n)
+    if period is None or _depth(period) + 1 >= n:
+        return None
+    twin = _twin(model, n, period)
+    if twin is None or not _same_tensors(model, twin, prefix, period):
         return None
     try:
         small = trace(twin, inputs)
@@ -64,7 +84,8 @@ def trace_twin(model: nn.Module, inputs: Inputs | Any) -> Graph | None:
         return None
     constants = [e for e in small.params if e.kind == "constant"]
     params = ParamTable([*ParamTable.from_module(model), *constants])
-    module = _expanded(small.module, prefix, n, lambda name: tensor_of(model, name))
+    tensor = lambda name: tensor_of(model, name)  # noqa: E731
+    module = _expanded(small.module, prefix, n, period, tensor)
     if module is None:
         return None
     for node in module.graph.nodes:  # the model's own tensors, ties as in the model
@@ -80,8 +101,6 @@ def _stack(model: nn.Module) -> tuple[str, int] | None:
         n = int(model.config.num_hidden_layers)
     except (AttributeError, TypeError, ValueError):
         return None
-    if n <= TWIN + 1:
-        return None
     found = [
         name
         for name, m in model.named_modules()
@@ -90,19 +109,18 @@ def _stack(model: nn.Module) -> tuple[str, int] | None:
     return (found[0], n) if len(found) == 1 else None
 
 
-def _twin(model: nn.Module, n: int) -> nn.Module | None:
-    """The model's class on the meta device from its config with `TWIN` layers; None
-    where a per-layer list of the config holds different values."""
+def _twin(model: nn.Module, n: int, period: int) -> nn.Module | None:
+    """The model's class from its config with `_depth(period)` layers (its per-layer
+    lists cut to match), on the device of its weights."""
     config = copy.deepcopy(model.config)
+    depth = _depth(period)
     lists = {
         k: v for k, v in config.to_dict().items() if isinstance(v, (list, tuple)) and len(v) == n
     }
-    if any(len({repr(x) for x in v}) > 1 for v in lists.values()):
-        return None
     try:
-        config.num_hidden_layers = TWIN
+        config.num_hidden_layers = depth
         for key, value in lists.items():
-            setattr(config, key, type(value)(value[:TWIN]))
+            setattr(config, key, type(value)(value[:depth]))
         device = next(chain(model.parameters(), [torch.empty(0, device="meta")])).device
         with torch.device(device):
             return type(model)(config).eval()
@@ -110,7 +128,13 @@ def _twin(model: nn.Module, n: int) -> nn.Module | None:
         return None
 
 
-def _same_tensors(model: nn.Module, twin: nn.Module, prefix: str) -> bool:
+def _source(k: int, period: int) -> int:
+    """The twin's layer that layer `k` is a copy of (itself within the twin)."""
+    depth = _depth(period)
+    return k if k < depth else depth - period + (k - depth) % period
+
+
+def _same_tensors(model: nn.Module, twin: nn.Module, prefix: str, period: int) -> bool:
     """Whether the model is the twin with its last layer repeated: the same tensors
     (names, shapes, dtypes) and module types outside the list and in its first layers,
     and the twin's last layer's in every later one."""
@@ -124,7 +148,7 @@ def _same_tensors(model: nn.Module, twin: nn.Module, prefix: str) -> bool:
 
     def as_twin(name: str) -> str:
         k = _layer(name, prefix)
-        return name if k is None or k < TWIN else _renamed(name, prefix, TWIN - 1)
+        return name if k is None else _renamed(name, prefix, _source(k, period))
 
     return entries(model, as_twin) == entries(twin, lambda name: name)
 
@@ -143,10 +167,13 @@ def _node_layer(node: fx.Node, prefix: str) -> int | None:
     return found.pop() if len(found) == 1 else (-1 if found else None)
 
 
-def _expanded(gm: fx.GraphModule, prefix: str, n: int, tensor) -> fx.GraphModule | None:
-    """The twin's graph with its last layer copied up to `n` layers, each copy's tensors
-    `tensor(name)`; None where the last two layers are not the same computation (see the
-    module's docstring)."""
+def _expanded(
+    gm: fx.GraphModule, prefix: str, n: int, period: int, tensor
+) -> fx.GraphModule | None:
+    """The twin's graph with its last period of layers copied, in turn, up to `n` layers,
+    each copy's tensors `tensor(name)`; None where the last two periods are not the same
+    computation layer for layer (see the module's docstring)."""
+    depth = _depth(period)
     nodes: dict[int, list[fx.Node]] = {}
     attrs: dict[int, list[fx.Node]] = {}
     for node in gm.graph.nodes:
@@ -155,41 +182,60 @@ def _expanded(gm: fx.GraphModule, prefix: str, n: int, tensor) -> fx.GraphModule
             return None
         if k is not None:
             (attrs if node.op == "get_attr" else nodes).setdefault(k, []).append(node)
-    if sorted(nodes) != list(range(TWIN)):
+    if sorted(nodes) != list(range(depth)):
         return None
-    last = nodes[TWIN - 1]
     inside = {x: k for k, group in (*nodes.items(), *attrs.items()) for x in group}
-    carried = [_read_from(nodes[k], inside, k - 1) for k in range(1, TWIN)]
-    if any(c is None for c in carried):
+    outs = [_read_from(nodes[k + 1], inside, k) for k in range(depth - 1)]
+    outs.append(_read_outside(gm, inside, depth - 1))
+    if any(o is None for o in outs):
         return None
-    out = _read_outside(gm, inside)
-    if out is None or not _same_layer(nodes[TWIN - 2], last, carried, prefix):
+    for a in range(1, 1 + period):  # layer a and its copy a period later
+        b = a + period
+        if not _same_layer(nodes[a], nodes[b], (outs[a - 1], outs[b - 1]), (a, b), prefix):
+            return None
+        if nodes[a].index(outs[a]) != nodes[b].index(outs[b]):
+            return None
+    runs = {k: _runs(gm, attrs.get(k, [])) for k in range(depth - period, depth)}
+    if len({len(r) for r in runs.values()}) != 1:
         return None
-    if nodes[TWIN - 2].index(carried[-1]) != last.index(out):
-        return None
-    graph, previous, anchor = gm.graph, out, last[-1]
-    attr_anchor = attrs.get(TWIN - 1, [None])[-1]
-    readers = [u for u in out.users if inside.get(u) != TWIN - 1]
-    for k in range(TWIN, n):
-        env: dict[fx.Node, fx.Node] = {carried[-1]: previous}
-        for node in attrs.get(TWIN - 1, []):
-            name = _renamed(node.target, prefix, k)
-            _assign(gm, name, tensor(name))
-            with graph.inserting_after(attr_anchor):
-                attr_anchor = env[node] = graph.get_attr(name)
-            attr_anchor.meta = dict(node.meta)
-        for node in last:
+    graph, previous, anchor = gm.graph, outs[-1], nodes[depth - 1][-1]
+    ends = [run[-1] for run in runs[depth - 1]]  # a copy's tensors go after the last's
+    readers = [u for u in outs[-1].users if u not in inside]
+    for k in range(depth, n):
+        src = _source(k, period)
+        env: dict[fx.Node, fx.Node] = {outs[src - 1]: previous}
+        for r, run in enumerate(runs[src]):
+            for node in run:
+                name = _renamed(node.target, prefix, k)
+                _assign(gm, name, tensor(name))
+                with graph.inserting_after(ends[r]):
+                    ends[r] = env[node] = graph.get_attr(name)
+                ends[r].meta = dict(node.meta)
+        for node in nodes[src]:
             with graph.inserting_after(anchor):
                 anchor = env[node] = graph.node_copy(node, lambda a, env=env: env.get(a, a))
             anchor.meta = _moved_meta(node.meta, prefix, k)
-        previous = env[out]
+        previous = env[outs[src]]
     for user in readers:
-        user.replace_input_with(out, previous)
+        user.replace_input_with(outs[-1], previous)
     try:
         graph.lint()
     except Exception:  # noqa: BLE001 - a reader placed before the layer's last node
         return None
     return gm
+
+
+def _runs(gm: fx.GraphModule, attrs: list[fx.Node]) -> list[list[fx.Node]]:
+    """A layer's `get_attr` nodes as runs that follow each other in the graph (its
+    parameters among all layers' parameters, its buffers among their buffers)."""
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    runs: list[list[fx.Node]] = []
+    for node in attrs:
+        if runs and order[node] == order[runs[-1][-1]] + 1:
+            runs[-1].append(node)
+        else:
+            runs.append([node])
+    return runs
 
 
 def _read_from(layer: list[fx.Node], inside: dict, source: int) -> fx.Node | None:
@@ -199,9 +245,9 @@ def _read_from(layer: list[fx.Node], inside: dict, source: int) -> fx.Node | Non
     return read.pop() if len(read) == 1 else None
 
 
-def _read_outside(gm: fx.GraphModule, inside: dict) -> fx.Node | None:
-    """The one node of the layers that nodes outside them read: the last layer's output
-    (None where they read another)."""
+def _read_outside(gm: fx.GraphModule, inside: dict, last: int) -> fx.Node | None:
+    """The one node of the layers that nodes outside them read, of the layer `last`: its
+    output (None where they read another)."""
     read = {
         a
         for node in gm.graph.nodes
@@ -209,13 +255,14 @@ def _read_outside(gm: fx.GraphModule, inside: dict) -> fx.Node | None:
         for a in node.all_input_nodes
         if a in inside and a.op != "get_attr"
     }
-    if len(read) != 1 or inside[next(iter(read))] != TWIN - 1:
+    if len(read) != 1 or inside[next(iter(read))] != last:
         return None
     return read.pop()
 
 
-def _same_layer(a: list[fx.Node], b: list[fx.Node], carried: list, prefix: str) -> bool:
-    """Whether layers `a` and `b` (the twin's last two) compute the same thing."""
+def _same_layer(a: list[fx.Node], b: list[fx.Node], inputs, layers, prefix: str) -> bool:
+    """Whether layers `a` and `b` (numbered `layers`, reading `inputs`) compute the same
+    thing."""
     if len(a) != len(b):
         return False
     pos_a, pos_b = {x: i for i, x in enumerate(a)}, {x: i for i, x in enumerate(b)}
@@ -235,8 +282,8 @@ def _same_layer(a: list[fx.Node], b: list[fx.Node], carried: list, prefix: str) 
             y.meta.get("val")
         ):
             return False
-        ta = fx.node.map_arg((x.args, x.kwargs), lambda v: token(v, pos_a, carried[-2], TWIN - 2))
-        tb = fx.node.map_arg((y.args, y.kwargs), lambda v: token(v, pos_b, carried[-1], TWIN - 1))
+        ta = fx.node.map_arg((x.args, x.kwargs), lambda v: token(v, pos_a, inputs[0], layers[0]))
+        tb = fx.node.map_arg((y.args, y.kwargs), lambda v: token(v, pos_b, inputs[1], layers[1]))
         if not _equal(ta, tb):
             return False
     return True
