@@ -135,9 +135,9 @@ def _source(k: int, period: int) -> int:
 
 
 def _same_tensors(model: nn.Module, twin: nn.Module, prefix: str, period: int) -> bool:
-    """Whether the model is the twin with its last layer repeated: the same tensors
-    (names, shapes, dtypes) and module types outside the list and in its first layers,
-    and the twin's last layer's in every later one."""
+    """Whether the model is the twin with its last period repeated: the same tensors
+    (names, shapes, dtypes) and module types outside the list and in the twin's layers,
+    and in every later layer those of the twin's layer it copies (`_source`)."""
 
     def entries(m: nn.Module, rename) -> set:
         named = chain(
