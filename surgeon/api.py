@@ -413,6 +413,8 @@ def budget_line(budget: dict, sep: str) -> str:
         return ""
     if "memory" in budget:
         limit = f"{budget['memory']['bytes']:,} bytes of weights and KV cache"
+    elif "active_parameters" in budget:
+        limit = f"{budget['active_parameters']:,} active parameters"
     else:
         limit = f"{budget['parameters']:,} parameters"
     return f"{sep}budget {limit}, {budget['share']:.1%} of it used"

@@ -1,4 +1,6 @@
-"""Budgets: `target: {parameters: N}` turned into the sizes of a child that fits.
+"""Budgets: `target: {parameters: N}` turned into the sizes of a child that fits
+(`active_parameters`: the routed experts' FFN weights counted at the share of them one
+token uses; `memory`: weights in a dtype and a KV cache).
 
 The plan states what must fit (the child's parameter count, embeddings included, each
 tied tensor once) and, optionally, some sizes it fixes; `solve` chooses the others on the
@@ -53,15 +55,21 @@ class Limit:
     each) plus a KV cache (`per_kv` bytes per layer and KV head: keys and values of
     head_dim each, for every token of the context and every sequence of the batch)."""
 
-    key: str  # "parameters" | "memory"
+    key: str  # "parameters" | "active_parameters" | "memory"
     value: int
     per_weight: int = 1
     per_kv: int = 0
 
+    @property
+    def active(self) -> bool:
+        """Whether routed experts count at the share of them a token uses."""
+        return self.key == "active_parameters"
+
     @classmethod
     def of(cls, budget: Mapping[str, Any], head_dim: int) -> Limit:
-        if "parameters" in budget:
-            return cls("parameters", budget["parameters"])
+        for key in ("parameters", "active_parameters"):
+            if key in budget:
+                return cls(key, budget[key])
         m = budget["memory"]
         size = DTYPE_BYTES[m.get("dtype", "bfloat16")]
         per_kv = 2 * head_dim * m["context"] * m.get("batch", 1) * size
@@ -75,7 +83,9 @@ class Limit:
         return count * self.per_weight + cache * self.per_kv
 
     def text(self, value: int) -> str:
-        return f"{value:,} parameters" if self.key == "parameters" else f"{value:,} bytes"
+        if self.key == "memory":
+            return f"{value:,} bytes"
+        return f"{value:,} {'active ' if self.active else ''}parameters"
 
 
 def solve(parent: Parent, surgery: Surgery) -> Surgery:
@@ -91,6 +101,11 @@ def solve(parent: Parent, surgery: Surgery) -> Surgery:
         # the budget is met by widths, dealt per layer, rather than by dropping layers
         plan = replace(plan, target={**plan.target, "num_layers": sizes["num_layers"]})
     limit = Limit.of(plan.budget, sizes.get("head_dim") or 0)
+    if limit.active and not _top_k(parent.analysis, {}):
+        raise PlanError(
+            f"target.active_parameters: {type(parent.model).__name__} routes no token "
+            "among experts, so every parameter is active: state target.parameters instead"
+        )
     whole = _parent_use(parent, sizes, limit)
     if limit.value >= whole:
         raise PlanError(
@@ -116,7 +131,7 @@ def solve(parent: Parent, surgery: Surgery) -> Surgery:
             continue
         record = {
             **plan.budget,
-            "child_parameters": count,
+            _counted_key(limit): count,
             **({"child_bytes": used} if limit.key == "memory" else {}),
             "share": used / limit.value,
         }
@@ -129,8 +144,14 @@ def solve(parent: Parent, surgery: Surgery) -> Surgery:
     )
 
 
+def _counted_key(limit: Limit) -> str:
+    return "child_active_parameters" if limit.active else "child_parameters"
+
+
 def _parent_use(parent: Parent, sizes: dict, limit: Limit) -> int:
-    count = parent.graph.params.num_parameters()
+    top_k = _top_k(parent.analysis, {}) if limit.active else None
+    outside, per_layer = _counted(parent, {}, top_k)
+    count = round(outside + sum(per_layer))
     return limit.used(count, _cache(parent, list(range(sizes["num_layers"])), sizes))
 
 
@@ -220,7 +241,7 @@ def _candidates(parent: Parent, plan, limit: Limit) -> list[tuple[int, int, dict
             width.update(num_kv_heads=kv)
         width.update({k: v for k, v in plan.target.items() if k not in width})
         width.pop("num_layers", None)
-        lines = _lines(parent, width, options["ffn"], sizes)
+        lines = _lines(parent, width, options["ffn"], sizes, limit.active)
         if lines is None:
             continue
         for n in options["num_layers"]:
@@ -281,17 +302,18 @@ def _kept(parent: Parent, plan, n: int) -> list[int]:
     return choose_layers(len(parent.analysis.layers), strategy, n, None)
 
 
-def _lines(parent: Parent, width: dict, roles: list[str], sizes: dict):
+def _lines(parent: Parent, width: dict, roles: list[str], sizes: dict, active: bool = False):
     """Per layer and outside the layers, the count as a line in each FFN role's width:
     (outside, [per layer: (count at the smallest widths, {role: parameters per unit})]).
     None where the widths are impossible for this parent."""
     low = {r: _step(sizes[r]) for r in roles}
     try:
-        base = _counts(parent, {**width, **low})
+        base = _counts(parent, {**width, **low}, active)
         slopes = {}
         for r in roles:
             probe = min(2 * low[r], sizes[r])  # a role one step wide has no other width
-            wider = _counts(parent, {**width, **low, r: probe}) if probe > low[r] else base
+            wider = {**width, **low, r: probe}
+            wider = _counts(parent, wider, active) if probe > low[r] else base
             run = max(probe - low[r], 1)
             slopes[r] = [(w - b) / run for w, b in zip(wider[1], base[1], strict=True)]
     except PlanError:
@@ -339,13 +361,33 @@ def _share(chosen: dict, sizes: dict, layers: int, options: dict) -> float:
     return math.prod(shares)
 
 
-def _counts(parent: Parent, width: Mapping[str, int]) -> tuple[float, list[float]]:
-    """The child's parameters outside the layers and in each parent layer, at `width`."""
-    return _counted(parent, resolve_target(parent.analysis, width))
+def _counts(
+    parent: Parent, width: Mapping[str, int], active: bool = False
+) -> tuple[float, list[float]]:
+    """The child's parameters outside the layers and in each parent layer, at `width`
+    (`active`: routed experts counted at the share a token uses, `_top_k`)."""
+    keep = resolve_target(parent.analysis, width)
+    top_k = _top_k(parent.analysis, width) if active else None
+    return _counted(parent, keep, top_k)
 
 
-def _counted(parent: Parent, keep: Mapping[int, int]) -> tuple[float, list[float]]:
-    """The same, where each group keeps `keep[group]` positions (the others all)."""
+def _top_k(a, width: Mapping[str, int]) -> dict[int, int]:
+    """Per layer with routed experts, the experts a token is routed to: the plan's
+    `num_experts_per_tok`, else the parent's top-k."""
+    out = {}
+    for i, layer in enumerate(a.layers):
+        picks = [k for _, k, whole in a.top_k(layer) if whole]
+        if layer.experts and picks:
+            out[i] = width.get("num_experts_per_tok") or picks[0]
+    return out
+
+
+def _counted(
+    parent: Parent, keep: Mapping[int, int], top_k: Mapping[int, int] | None = None
+) -> tuple[float, list[float]]:
+    """The same, where each group keeps `keep[group]` positions (the others all); with
+    `top_k` (per layer), a layer's routed experts' FFN weights count at top-k / the
+    experts it keeps (what one token uses)."""
     a = parent.analysis
     owner = {}
     for i, layer in enumerate(a.layers):
@@ -360,24 +402,39 @@ def _counted(parent: Parent, keep: Mapping[int, int]) -> tuple[float, list[float
         layer = next((i for p, i in owner.items() if entry.name.startswith(p)), None)
         if layer is None:
             outside += n
-        else:
-            per_layer[layer] += n
+            continue
+        if top_k and layer in top_k and axes and _expert_body(a, a.layers[layer], axes):
+            experts = a.layers[layer].experts
+            kept = math.prod(keep.get(g, a.atoms.size[g]) for g in experts)
+            n *= min(1.0, top_k[layer] / kept)
+        per_layer[layer] += n
     return outside, per_layer
+
+
+def _expert_body(a, layer, axes) -> bool:
+    """Whether a tensor is routed experts' FFN weights: an axis over the experts and one
+    over their FFN neurons (the router, over the experts and the hidden size, is run for
+    every token)."""
+    leaves = {g for x in axes for g in a.atoms.leaves(x)}
+    return bool(leaves & set(layer.experts)) and bool(leaves & set(layer.ffn))
 
 
 def recount(parent: Parent, surgery: Surgery, state: SurgeryState) -> Surgery:
     """The surgery's budget record counted again from what the passes decided (the
     layers a measured depth kept, the widths `per_layer` dealt): what the child uses."""
     budget = dict(surgery.budget)
-    asked = {k: v for k, v in budget.items() if k in ("parameters", "memory")}
+    asked = {k: v for k, v in budget.items() if k in ("parameters", "active_parameters", "memory")}
     limit = Limit.of(asked, _parent_sizes(parent).get("head_dim") or 0)
     keep = {g: len(chosen) for g, chosen in state.select.items()}
-    outside, per_layer = _counted(parent, {**keep, **state.resized})
+    top_k = None
+    if limit.active:
+        top_k = {i: state.top_k or k for i, k in _top_k(parent.analysis, {}).items()}
+    outside, per_layer = _counted(parent, {**keep, **state.resized}, top_k)
     kept = state.kept_layers()
     count = round(outside + sum(per_layer[i] for i in kept))
     sizes = {**_parent_sizes(parent), **{k: v for k, v in surgery.plan.target.items()}}
     used = limit.used(count, _cache(parent, kept, sizes))
-    budget.update(child_parameters=count, share=used / limit.value)
+    budget.update({_counted_key(limit): count, "share": used / limit.value})
     if limit.key == "memory":
         budget["child_bytes"] = used
     return replace(surgery, budget=budget)
@@ -393,7 +450,7 @@ def _smallest(parent: Parent, plan, limit: Limit) -> int:
         width = {"hidden_size": hidden, "num_heads": heads, "num_kv_heads": kv}
         width = {k: v for k, v in {**width, **plan.target}.items() if v is not None}
         width.pop("num_layers", None)
-        lines = _lines(parent, width, options["ffn"], sizes)
+        lines = _lines(parent, width, options["ffn"], sizes, limit.active)
         kept = _kept(parent, plan, options["num_layers"][0])
         found = lines and _widest_ffn(lines, kept, math.inf, options["ffn"], sizes, narrowest=True)
         if found:

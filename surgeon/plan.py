@@ -47,7 +47,11 @@ from .passes.slice import SIZES
 
 __all__ = ["Plan", "load_plan", "SCHEMA", "PASS_ORDER", "RECIPES"]
 
-BUDGETS = ("parameters", "memory")  # target keys that state what must fit (surgeon/budget.py)
+BUDGETS = (
+    "parameters",
+    "active_parameters",
+    "memory",
+)  # target keys that state what must fit (surgeon/budget.py)
 # The vocabulary is the passes' own: each pass names what it accepts.
 WIDTH = SIZES
 TARGETS = ("num_layers", *WIDTH)
@@ -98,6 +102,13 @@ SCHEMA = {
                         **_SIZE,
                         "description": "a budget: the child's parameter count at most (each "
                         "tied tensor once); the sizes not stated are chosen to fit",
+                    },
+                    "active_parameters": {
+                        **_SIZE,
+                        "description": "a budget for mixture-of-experts models: the "
+                        "parameters one token uses at most (each routed expert's tensors "
+                        "counted at top-k / the experts kept); the sizes not stated are "
+                        "chosen to fit",
                     },
                     "memory": {
                         **_object(
@@ -284,6 +295,8 @@ class Plan:
 def _budget_text(budget: Mapping) -> str:
     if "parameters" in budget:
         return f"parameters at most {budget['parameters']:,}"
+    if "active_parameters" in budget:
+        return f"active parameters at most {budget['active_parameters']:,}"
     m = budget["memory"]
     return (
         f"memory at most {m['bytes']:,} bytes (weights and a KV cache of {m['context']:,} "
@@ -323,7 +336,9 @@ def load_plan(plan: Any) -> Plan:
     target = dict(plan.get("target") or {})
     budget = {k: target.pop(k) for k in BUDGETS if k in target}
     if len(budget) > 1:
-        raise PlanError("target: one budget at a time (parameters or memory), not both")
+        raise PlanError(
+            "target: one budget at a time (parameters, active_parameters or memory), not several"
+        )
     if budget and plan.get("stacks"):
         raise PlanError(
             "target.parameters: budgets are solved for one stack of layers; give each "

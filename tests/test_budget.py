@@ -56,6 +56,37 @@ def test_a_per_layer_budget_keeps_every_layer_and_cuts_widths(prepared):
     assert _count(child.model) <= budget
 
 
+def _active(model) -> float:
+    """What one token uses, by hand: each routed expert's FFN tensors (the fused
+    `experts.*` of Mixtral and Qwen2-MoE) at top-k / experts, everything else whole."""
+    c = model.config
+    share = c.num_experts_per_tok / (getattr(c, "num_local_experts", None) or c.num_experts)
+    named = model.named_parameters()
+    return sum(t.numel() * (share if ".experts." in n else 1) for n, t in named)
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe"])
+def test_an_active_parameter_budget_counts_experts_at_top_k(prepared, name):
+    """`target: {active_parameters: N}` on a mixture of experts: the budget of a hand
+    plan's child, counted by hand, is met within three percent, and the count the solver
+    records is the hand count of its child."""
+    p = prepared(name)
+    target = {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1}
+    budget = int(_active(subclone(p.parent, {"target": target}).model))
+    plan = {"target": {"active_parameters": budget}, "recipe": "data-free"}
+    child = subclone(p.parent, plan)
+    active = _active(child.model)
+    assert 0.97 * budget <= active <= budget
+    assert child.cut.surgery.budget["child_active_parameters"] == active
+    assert _count(child.model) > active  # the experts a token skips are still there
+    assert "active parameters" in dry_run(p.parent, plan)
+
+
+def test_an_active_parameter_budget_on_a_dense_model_is_a_one_line_error(prepared):
+    with pytest.raises(PlanError, match="state target.parameters instead"):
+        subclone(prepared("llama").parent, {"target": {"active_parameters": 1000}})
+
+
 def test_validate_states_the_chosen_sizes_and_the_budget_used(prepared):
     p = prepared("llama")
     budget = int(0.6 * _count(p.model))
