@@ -34,9 +34,7 @@ def _groups(analysis):
     "name, layers",
     [  # a slice of benchmarks/twin_zoo.py, which checks every zoo type
         ("llama", DEEP),
-        ("bert", DEEP),
         ("gemma2", 8),  # sliding and full attention alternate: a twin of 5 layers
-        ("gpt_oss", 8),  # the same, with experts
         ("deepseek_v3", DEEP),  # a dense first layer; buffers (score correction) per layer
     ],
 )
