@@ -36,6 +36,7 @@ from .fit import _derived, config_value
 from .passes.depth import choose_layers
 from .passes.slice import resolve_target
 from .passes.state import SurgeryState
+from .plan import BUDGETS
 
 if TYPE_CHECKING:
     from .pipeline import Parent, Surgery
@@ -423,7 +424,7 @@ def recount(parent: Parent, surgery: Surgery, state: SurgeryState) -> Surgery:
     """The surgery's budget record counted again from what the passes decided (the
     layers a measured depth kept, the widths `per_layer` dealt): what the child uses."""
     budget = dict(surgery.budget)
-    asked = {k: v for k, v in budget.items() if k in ("parameters", "active_parameters", "memory")}
+    asked = {k: v for k, v in budget.items() if k in BUDGETS}
     limit = Limit.of(asked, _parent_sizes(parent).get("head_dim") or 0)
     keep = {g: len(chosen) for g, chosen in state.select.items()}
     top_k = None

@@ -47,11 +47,8 @@ from .passes.slice import SIZES
 
 __all__ = ["Plan", "load_plan", "SCHEMA", "PASS_ORDER", "RECIPES"]
 
-BUDGETS = (
-    "parameters",
-    "active_parameters",
-    "memory",
-)  # target keys that state what must fit (surgeon/budget.py)
+# target keys that state what must fit (surgeon/budget.py)
+BUDGETS = ("parameters", "active_parameters", "memory")
 # The vocabulary is the passes' own: each pass names what it accepts.
 WIDTH = SIZES
 TARGETS = ("num_layers", *WIDTH)
@@ -106,7 +103,7 @@ SCHEMA = {
                     "active_parameters": {
                         **_SIZE,
                         "description": "a budget for mixture-of-experts models: the "
-                        "parameters one token uses at most (each routed expert's tensors "
+                        "parameters one token uses at most (each routed expert's FFN weights "
                         "counted at top-k / the experts kept); the sizes not stated are "
                         "chosen to fit",
                     },

@@ -35,6 +35,7 @@ import torch
 from torch import fx, nn
 
 from . import trace
+from .export import _on_meta
 from .graph import Graph, Inputs, ParamTable, tensor_of
 
 __all__ = ["trace_twin", "traced"]
@@ -61,8 +62,7 @@ def traced(model: nn.Module, example_inputs: Any = None) -> Graph:
     """`trace(model, example_inputs)`, from a shallow twin's trace for a model on the meta
     device where one stands for it (a model with weights is traced whole: `prepare`
     compares that graph with the model's own forward)."""
-    on_meta = any(t.device.type == "meta" for t in model.parameters())
-    return (on_meta and trace_twin(model, example_inputs)) or trace(model, example_inputs)
+    return (_on_meta(model) and trace_twin(model, example_inputs)) or trace(model, example_inputs)
 
 
 def trace_twin(model: nn.Module, inputs: Inputs | Any) -> Graph | None:
@@ -84,13 +84,16 @@ def trace_twin(model: nn.Module, inputs: Inputs | Any) -> Graph | None:
         return None
     constants = [e for e in small.params if e.kind == "constant"]
     params = ParamTable([*ParamTable.from_module(model), *constants])
-    tensor = lambda name: tensor_of(model, name)  # noqa: E731
-    module = _expanded(small.module, prefix, n, period, tensor)
+    module = _expanded(small.module, prefix, n, period)
     if module is None:
         return None
     for node in module.graph.nodes:  # the model's own tensors, ties as in the model
         if node.op == "get_attr" and node.target in params:
             _assign(module, node.target, tensor_of(model, node.target))
+    try:
+        module.graph.lint()
+    except Exception:  # noqa: BLE001 - a reader placed before the layer's last node
+        return None
     module.recompile()
     return Graph(module, params, small.inputs, small.frontend)
 
@@ -167,12 +170,11 @@ def _node_layer(node: fx.Node, prefix: str) -> int | None:
     return found.pop() if len(found) == 1 else (-1 if found else None)
 
 
-def _expanded(
-    gm: fx.GraphModule, prefix: str, n: int, period: int, tensor
-) -> fx.GraphModule | None:
+def _expanded(gm: fx.GraphModule, prefix: str, n: int, period: int) -> fx.GraphModule | None:
     """The twin's graph with its last period of layers copied, in turn, up to `n` layers,
-    each copy's tensors `tensor(name)`; None where the last two periods are not the same
-    computation layer for layer (see the module's docstring)."""
+    each copy reading its own layer's tensors by name (the caller gives the module
+    them); None where the last two periods are not the same computation layer for layer
+    (see the module's docstring)."""
     depth = _depth(period)
     nodes: dict[int, list[fx.Node]] = {}
     attrs: dict[int, list[fx.Node]] = {}
@@ -207,9 +209,8 @@ def _expanded(
         for r, run in enumerate(runs[src]):
             for node in run:
                 name = _renamed(node.target, prefix, k)
-                _assign(gm, name, tensor(name))
-                with graph.inserting_after(ends[r]):
-                    ends[r] = env[node] = graph.get_attr(name)
+                with graph.inserting_after(ends[r]):  # the tensor itself: `trace_twin`'s
+                    ends[r] = env[node] = graph.create_node("get_attr", name)
                 ends[r].meta = dict(node.meta)
         for node in nodes[src]:
             with graph.inserting_after(anchor):
@@ -218,10 +219,6 @@ def _expanded(
         previous = env[outs[src]]
     for user in readers:
         user.replace_input_with(outs[-1], previous)
-    try:
-        graph.lint()
-    except Exception:  # noqa: BLE001 - a reader placed before the layer's last node
-        return None
     return gm
 
 
