@@ -14,6 +14,7 @@ vocab 128.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -157,6 +158,23 @@ class _Untraceable(nn.Module):
 def untraceable():
     torch.manual_seed(SEED)
     return _Untraceable().eval(), (torch.randn(2, 8),)
+
+
+class _Warns(nn.Module):
+    """A forward that warns: tests that a recalled trace gives its warnings again."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        warnings.warn("a warning from the forward", UserWarning, stacklevel=1)
+        return self.proj(x)
+
+
+def warns():
+    torch.manual_seed(SEED)
+    return _Warns().eval(), (torch.randn(2, 8),)
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import TraceError, first_line
+from . import memo
 from .export import trace_export
 from .fx import trace_fx
 from .graph import (
@@ -113,15 +115,31 @@ def trace(model: nn.Module, example_inputs: Any = None, frontend: str = "auto") 
         inputs = as_inputs(example_inputs)
     if _device(model).type == "meta":
         inputs = inputs.to("meta")
+    kept = memo.key(model, inputs, frontend)
+    graph = memo.recall(kept, model, inputs)
+    if graph is not None:
+        return graph
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph, failures = _first(model, inputs, frontend)
+    memo.replay(caught)  # as they would have been given; again when the graph is recalled
+    if graph is None:
+        raise _trace_error(model, failures) from failures[-1][1]
+    memo.remember(kept, graph, model, caught)
+    return graph
+
+
+def _first(model: nn.Module, inputs: Inputs, frontend: str) -> tuple[Graph | None, list]:
+    """The graph of the first frontend that traces `model`, and the failures before it."""
     names = list(FRONTENDS) if frontend == "auto" else [frontend]
     failures = []
     with eval_mode(model), tracing_settings(model), quiet_torch_logs():
         for name in names:
             try:
-                return FRONTENDS[name](model, inputs)
+                return FRONTENDS[name](model, inputs), failures
             except Exception as e:  # noqa: BLE001 - every frontend failure is reported below
                 failures.append((name, e))
-    raise _trace_error(model, failures) from failures[-1][1]
+    return None, failures
 
 
 def _trace_error(model: nn.Module, failures: list[tuple[str, Exception]]) -> TraceError:

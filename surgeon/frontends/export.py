@@ -46,7 +46,7 @@ def _specialised(model: nn.Module, inputs: Inputs, error: Exception):
         f"{type(model).__name__} branches on its input values"
         f"{f' ({where.group(1)})' if where else ''}: its graph is traced for inputs that "
         "take the example's branch, and fails on others",
-        stacklevel=4,
+        stacklevel=5,
     )
     return torch.export.draft_export(model, inputs.args, dict(inputs.kwargs), strict=False)
 

@@ -207,6 +207,30 @@ class Graph:
         return [n for n in self.graph.nodes if n.op == "get_attr"]
 
 
+def assign(module: nn.Module, name: str, value: Any, persistent: bool | None = True) -> None:
+    """Hold `value` (a tensor or a module) under the dotted `name`, submodules made as
+    needed: a `Parameter` as a parameter, another tensor as a buffer (`persistent`), or
+    with `persistent=None` as a plain attribute (a constant the trace made)."""
+    *path, attr = name.split(".")
+    for part in path:  # the dicts themselves: nn.Module's checks raise and catch per name
+        if part not in module._modules:
+            module._modules[part] = nn.Module()
+        module = module._modules[part]
+    for held in (module._parameters, module._buffers, module._modules, vars(module)):
+        held.pop(attr, None)
+    module._non_persistent_buffers_set.discard(attr)
+    if isinstance(value, nn.Module):
+        module._modules[attr] = value
+    elif isinstance(value, nn.Parameter):
+        module._parameters[attr] = value
+    elif persistent is None:
+        vars(module)[attr] = value
+    else:
+        module._buffers[attr] = value
+        if not persistent:
+            module._non_persistent_buffers_set.add(attr)
+
+
 def tensor_of(module: nn.Module, name: str) -> torch.Tensor:
     """The tensor a module holds under a dotted name (parameter, buffer or plain attribute)."""
     owner, _, attr = name.rpartition(".")

@@ -36,7 +36,7 @@ from torch import fx, nn
 
 from . import trace
 from .export import _on_meta
-from .graph import Graph, Inputs, ParamTable, tensor_of
+from .graph import Graph, Inputs, ParamTable, assign, tensor_of
 
 __all__ = ["trace_twin", "traced"]
 
@@ -89,7 +89,7 @@ def trace_twin(model: nn.Module, inputs: Inputs | Any) -> Graph | None:
         return None
     for node in module.graph.nodes:  # the model's own tensors, ties as in the model
         if node.op == "get_attr" and node.target in params:
-            _assign(module, node.target, tensor_of(model, node.target))
+            assign(module, node.target, tensor_of(model, node.target))
     try:
         module.graph.lint()
     except Exception:  # noqa: BLE001 - a reader placed before the layer's last node
@@ -324,18 +324,3 @@ def _moved_meta(meta: dict, prefix: str, k: int) -> dict:
             for name, (path, kind) in stack.items()
         }
     return out
-
-
-def _assign(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
-    """Hold `tensor` under the dotted `name` (submodules made as needed)."""
-    *path, attr = name.split(".")
-    for part in path:
-        if not hasattr(module, part):
-            module.add_module(part, nn.Module())
-        module = getattr(module, part)
-    if attr in module._parameters or attr in module._buffers or hasattr(module, attr):
-        delattr(module, attr)
-    if isinstance(tensor, nn.Parameter):
-        module.register_parameter(attr, tensor)
-    else:
-        module.register_buffer(attr, tensor)
