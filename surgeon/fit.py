@@ -592,7 +592,10 @@ def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, 
                 else:
                     continue
                 trial = copy.deepcopy(config)
-                setattr(_at(trial, owners), field, new)
+                try:
+                    setattr(_at(trial, owners), field, new)
+                except Exception:  # noqa: BLE001 - a strict config refuses this value
+                    continue  # (MPT's int `expansion_ratio` at a fraction)
                 if stack is not None:  # that config's lists per layer follow its stack
                     _per_layer_cut(_at(trial, owners), g, shape, stack)
                 for candidate in [trial, *_lists_cut(trial, g, w, shape)]:

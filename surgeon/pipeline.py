@@ -25,6 +25,7 @@ from torch import nn
 
 from .analysis import Analysis, analyse
 from .analysis.registry import overlay
+from .derived import allowed_positions
 from .emit.hf import is_hf_model
 from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError, TraceError
 from .execute import Runner, check_device
@@ -400,7 +401,10 @@ def check(
     state.measures = parent.measures
     for p in surgery.passes:
         p.check(state)
-    return Cut(parent, surgery, state, _child_config(parent, state))
+    config = _child_config(parent, state)
+    if any(parent.analysis.groups[g].derived for g in state.keep):  # values from a count
+        state.allowed = allowed_positions(parent, state, config)
+    return Cut(parent, surgery, state, config)
 
 
 def decide(

@@ -71,6 +71,10 @@ class Group:
     # (sinusoidal positions as wide as the hidden size), which a Hugging Face class
     # rebuilds from the config in its own order
     ordered: bool = False
+    # heads whose values the forward computes from their count (ALiBi's slopes): cut only
+    # to the heads whose values the child's class computes again (`surgeon/derived.py`),
+    # in the order it computes them
+    derived: bool = False
 
 
 @dataclass
@@ -246,10 +250,11 @@ def analyse(graph: Graph) -> Analysis:
             and kinds.get(g.members[0][0]) == "parameter"
         ):
             g.role = "ffn"
+    _derived(dims, groups)
     for g in groups.values():
         held = {kinds.get(n) for n, _ in g.members}
         g.movable = g.pinned is None and held <= {"parameter", "buffer"}
-        g.ordered = g.id in soft or "buffer" in held
+        g.ordered = g.id in soft or "buffer" in held or g.derived
     _fill_layers(layers, groups, sites, dims, canonical)
     analysis = Analysis(graph, dims, root, blocks, layers, groups, streams=streams)
     analysis.per_layer = _per_layer(analysis, kinds)
@@ -390,6 +395,23 @@ def _merge_parallel(layers: dict[str, LayerInfo]) -> dict[str, LayerInfo]:
         first.blocks = [b for owner in lists for b in layers[f"{owner}.{i}"].blocks]
         merged[first.name] = first
     return merged
+
+
+def _derived(dims: Dims, groups: dict[int, Group]) -> None:
+    """Groups along values computed from sizes alone (`Dims.derived`): heads are marked
+    `derived` (the child's class computes such values from its own head count: they can
+    be cut where it computes the kept heads' values again); any other group is pinned,
+    as an index."""
+    for node in dims.derived:
+        for axis in dims.out.get(node) or []:
+            for leaf in dims.atoms.leaves(axis):
+                g = groups.get(leaf)
+                if g is None or g.pinned is not None:
+                    continue
+                if g.role in ("heads", "kv_groups"):
+                    g.derived = True
+                else:
+                    g.pinned = "positions (arange)"
 
 
 def _groups(graph: Graph, dims: Dims) -> dict[int, Group]:

@@ -83,6 +83,10 @@ class Dims:
     # one position of an axis taken by a constant index (`h[:, :, 2]`): (node, atom, the
     # index, where it is written); a per-layer input reads its layer's position this way
     picks: list[tuple[fx.Node, int, int, tuple]] = field(default_factory=list)
+    # values computed from sizes written in the graph alone (`arange(1, 1 + n)`): the
+    # analysis pins their axes, but for heads, which may keep the heads whose values the
+    # child's class computes again (`Group.derived`)
+    derived: list[fx.Node] = field(default_factory=list)
 
 
 def source_line(node: fx.Node) -> str:

@@ -24,6 +24,7 @@ def emit_graph(state: SurgeryState) -> fx.GraphModule:
     for lit in state.analysis.dims.literals:
         _rewrite(state, nodes[lit.node.name], lit)
     _set_top_k(state, nodes)
+    _cut_derived(state, root.graph, nodes)
     _set_tensors(state, root)
     _move_picks(state, nodes)
     _edit_depth(state, root, nodes)
@@ -74,6 +75,27 @@ def _edit_depth(state: SurgeryState, root: nn.Module, nodes: dict[str, fx.Node])
             last = new_end
     _remove_dead(graph)  # dropped layers, and values the parent computed and never read
     return names
+
+
+def _cut_derived(state: SurgeryState, graph: fx.Graph, nodes: dict[str, fx.Node]) -> None:
+    """Values computed from sizes alone (`Dims.derived`: an `arange`) along a group the
+    child cuts are taken at the positions it keeps, as a tensor of the parent would be
+    (the kept heads' ALiBi slopes): an `index_select` after the node."""
+    atoms = state.analysis.atoms
+    for derived in state.analysis.dims.derived:
+        axes = state.analysis.dims.out.get(derived) or []
+        if len(axes) != 1 or not _moved(state, axes[0]):
+            continue
+        node = nodes[derived.name]
+        kept = atoms.positions(axes[0], state.select).tolist()
+        device = node.kwargs.get("device")
+        with graph.inserting_after(node):
+            where = graph.call_function(
+                torch.tensor, (kept,), {"dtype": torch.long, "device": device}
+            )
+        with graph.inserting_after(where):
+            taken = graph.call_function(torch.ops.aten.index_select.default, (node, 0, where))
+        node.replace_all_uses_with(taken, delete_user_cb=lambda user, t=taken: user is not t)
 
 
 def _move_picks(state: SurgeryState, nodes: dict[str, fx.Node]) -> None:

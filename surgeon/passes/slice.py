@@ -11,6 +11,7 @@ from typing import ClassVar
 import torch
 
 from ..analysis import FFN_ROLES, Analysis
+from ..derived import match
 from ..errors import PlanError
 from .state import SurgeryState, check_stack_names
 
@@ -79,7 +80,11 @@ class Slice:
             state.keep.update(per_layer_widths(state))
         for group, k in state.keep.items():
             order = state.select.get(group, torch.arange(atoms.size[group]))
-            if state.analysis.groups[group].ordered:  # the most important, in their order
+            if group in state.allowed:  # only the positions the child's class computes
+                state.select[group] = torch.tensor(
+                    match(state.allowed[group], state.scores.get(group)), dtype=torch.long
+                )
+            elif state.analysis.groups[group].ordered:  # the most important, in their order
                 scores = state.scores.get(group)
                 best = (
                     order if scores is None else torch.argsort(scores, descending=True, stable=True)

@@ -45,6 +45,9 @@ class SurgeryState:
     layers: list[int] | None = None  # the parent layer behind each child layer (None: all)
     top_k: int | None = None  # the experts a token is routed to, where the plan sets it
     resized: dict[int, int] = field(default_factory=dict)  # leaves sized, not cut (top-k's)
+    # group -> for each child position, the parent positions whose values the child's
+    # class computes there (heads of derived values, `surgeon/derived.py`)
+    allowed: dict[int, list[list[int]]] = field(default_factory=dict)
     influence: list[float] | None = None  # per parent layer, when measured
     residual_site_scores: list[torch.Tensor] = field(default_factory=list)  # per stream value
     # where the parent's tensors are read from: the traced module, or files (streaming)

@@ -292,10 +292,23 @@ def constant(ctx: Context, a: Args) -> None:
     """A tensor made from data: its axes are fresh and free."""
 
 
-@_rule("arange", "meshgrid", "eye", signature=_sig_any)
-def arange(ctx: Context, a: Args) -> None:
-    """Positions 0, 1, ...: the output's axis is an index."""
+@_rule("meshgrid", "eye", signature=_sig_any)
+def positions(ctx: Context, a: Args) -> None:
+    """Positions 0, 1, ...: the output's axes are indices."""
     ctx.pin_all(a.out, "positions (arange)")
+
+
+@_rule("arange", signature=_sig_any)
+def arange(ctx: Context, a: Args) -> None:
+    """Positions 0, 1, ...: the output's axis is an index. Of sizes written in the graph
+    (no input of its own), it is a value derived from a size (`Dims.derived`: ALiBi's
+    slopes, one per head, from the head count, as Bloom computes them): the analysis
+    pins it unless it is a heads group, which is cut only to heads whose values the
+    child's class computes again (`surgeon/derived.py`)."""
+    if a.node.all_input_nodes:
+        ctx.pin_all(a.out, "positions (arange)")
+    else:
+        ctx.dims.derived.append(a.node)
 
 
 # -- random draws -------------------------------------------------------------------------
@@ -315,7 +328,7 @@ _RANDOM_ELEMENTWISE = (
 )
 _rule(*_RANDOM_ELEMENTWISE, signature=_sig_any, random=True)(elementwise)
 _rule("randint", signature=_sig_any, random=True)(constant)  # fresh axes
-_rule("randperm", signature=_sig_any, random=True)(arange)  # a shuffle of positions
+_rule("randperm", signature=_sig_any, random=True)(positions)  # a shuffle of positions
 _rule("multinomial", signature=_sig_any, random=True)(data_dependent)  # indices drawn
 
 
