@@ -1,7 +1,8 @@
 """The training hint `surgeon apply` prints for a causal LM: what
 `benchmarks/convergence.py` chose on validation at the measured child size nearest to
 this one (by the child's share of its parent's parameters), or nothing where no size
-has been measured to the end (its search and every seed)."""
+has been measured to the end (its search and every seed) or none is within a factor of
+`NEAR` of this child's share."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ __all__ = ["FALLBACK", "HINTS", "recommended", "training_hint"]
 FALLBACK = {"lr": 1e-3, "wd": 0.1}  # `distill`'s settings where nothing is measured
 
 HINTS = Path(__file__).with_name("training_hints.json")  # written by convergence.py --report
+NEAR = 2.0  # a measured size stands for children whose share is within this factor of its
 
 
 def _nearest(child_parameters: int, parent_parameters: int, path: Path | None = None):
@@ -25,7 +27,8 @@ def _nearest(child_parameters: int, parent_parameters: int, path: Path | None = 
     if not sizes or parent_parameters <= 0 or child_parameters <= 0:
         return None
     share = child_parameters / parent_parameters
-    return min(sizes, key=lambda s: abs(math.log(s["share"] / share)))
+    near = min(sizes, key=lambda s: abs(math.log(s["share"] / share)))
+    return near if abs(math.log(near["share"] / share)) <= math.log(NEAR) else None
 
 
 def recommended(

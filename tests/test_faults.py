@@ -409,25 +409,34 @@ def test_force_replaces_in_one_step_and_leaves_nothing(parent, tmp_path, capsys,
 
 def test_the_hint_is_the_measurement_at_the_nearest_size(parent, tmp_path, capsys, monkeypatch):
     """A causal LM's hint: the lr and weight decay convergence.py chose at the measured
-    size nearest in share of the parent's parameters, with the real paths."""
+    size nearest in share of the parent's parameters, with the real paths; none where
+    the nearest is more than a factor of 2 away (this child is 27% of its parent)."""
     from surgeon import hints
 
-    sizes = [
-        {"size": s, "parent": "P", "parameters": n, "share": share,
-         "surgeon": {"lr": lr, "wd": 0.1}, "surgeon + distillation": {"lr": lr, "wd": 1.0}}
-        for s, n, share, lr in (("big", 90e6, 0.9, 1e-4), ("small", 1e6, 0.01, 3e-3))
-    ]  # fmt: skip
-    table = tmp_path / "hints.json"
-    table.write_text(json.dumps({"sizes": sizes}))
-    monkeypatch.setattr(hints, "HINTS", table)
+    def table(*shares):
+        sizes = [
+            {"size": f"s{i}", "parent": "P", "parameters": 1e6, "share": share,
+             "surgeon": {"lr": lr, "wd": 0.1}, "surgeon + distillation": {"lr": lr, "wd": 1.0}}
+            for i, (share, lr) in enumerate(zip(shares, (1e-4, 3e-3, 3e-2), strict=False))
+        ]  # fmt: skip
+        path = tmp_path / "hints.json"
+        path.write_text(json.dumps({"sizes": sizes}))
+        monkeypatch.setattr(hints, "HINTS", path)
+        return sizes
+
+    sizes = table(0.9, 0.4, 0.01)
     out = tmp_path / "out"
     assert main(_apply(parent, tmp_path, PLAN, "--out", str(out))) == 0
     summary = json.loads((out / "surgeon.json").read_text())
     share = summary["child_parameters"] / summary["parent_parameters"]
     nearest = min(sizes, key=lambda s: abs(math.log(s["share"] / share)))
+    assert nearest["share"] == 0.4 and 0.2 < share < 0.4  # the hand count: 27%
     hint = next(line for line in capsys.readouterr().out.splitlines() if "hint:" in line)
     assert f"lr {nearest['surgeon']['lr']:g}, weight decay 0.1" in hint
     assert f"--child {out} --teacher {parent}" in hint
+    table(0.9, 0.01)  # the nearest, 0.9, is 3.3 times this child's share
+    assert main(_apply(parent, tmp_path, PLAN, "--out", str(out), "--force")) == 0
+    assert "hint:" not in capsys.readouterr().out
 
 
 def _dead_pid() -> int:
