@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .analysis import Analysis, analyse
+from .analysis import FFN_ROLES, Analysis, analyse
 from .analysis.registry import overlay
 from .derived import allowed_positions
 from .emit.hf import is_hf_model
@@ -342,6 +342,16 @@ class Cut:
         if a.residual is not None:
             out["hidden_size"] = state.positions(a.residual).tolist()
         out["per_layer"] = [_kept_in(state, a.layers[i]) for i in state.kept_layers()]
+        for j, i in enumerate(state.kept_layers()):
+            if i in state.dropped:  # its attention or MLP block removed, with its sizes
+                mine = out["per_layer"][j]
+                if "mlp" in state.dropped[i]:
+                    for key in (*FFN_ROLES, "num_experts"):
+                        mine.pop(key, None)
+                if "attention" in state.dropped[i]:
+                    mine.pop("num_heads", None)
+                    mine.pop("num_kv_heads", None)
+                mine["dropped"] = list(state.dropped[i])
         return out
 
     @cached_property
@@ -434,7 +444,8 @@ def decide(
         kept = load_measures(parent.folder)
         kept[_signature(parent.analysis)] = parent.measures
         save_measures(parent.folder, kept)
-    if cut.surgery.plan.layout == "per_layer":  # widths no config states: a graph child
+    plan = cut.surgery.plan
+    if plan.layout == "per_layer" or plan.drop_blocks:  # what no config states: a graph child
         cut.config = None
     elif cut.config is not None and cut.state.layers != planned:  # measured depth
         cut.config = _child_config(parent, cut.state)

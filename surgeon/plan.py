@@ -39,6 +39,7 @@ import yaml
 
 from .errors import PlanError
 from .passes import PASSES
+from .passes.blocks import KINDS as BLOCK_KINDS
 from .passes.depth import STRATEGIES
 from .passes.rescale import METHODS as RESCALE_METHODS
 from .passes.score import EXPERTS
@@ -107,6 +108,26 @@ SCHEMA = {
                         "counted at top-k / the experts kept); the sizes not stated are "
                         "chosen to fit",
                     },
+                    "drop_blocks": _object(
+                        {
+                            k: {
+                                "oneOf": [
+                                    {"type": "integer", "minimum": 0},
+                                    {
+                                        "type": "array",
+                                        "items": {"type": "integer", "minimum": 0},
+                                        "minItems": 1,
+                                    },
+                                ]
+                            }
+                            for k in BLOCK_KINDS
+                        },
+                        "residual blocks removed (x + f(x) becomes x) in the layers the child "
+                        "keeps: how many attention and MLP blocks (those that matter least: "
+                        "the smallest ||f(x)|| / ||x + f(x)|| on calibration data where the "
+                        "importance reads data, else nearest the middle of the stack), or "
+                        "the parent layers whose block goes; a graph child",
+                    ),
                     "memory": {
                         **_object(
                             {
@@ -193,6 +214,8 @@ class Plan:
     passes: tuple[tuple[str, Mapping[str, Any]], ...] = ()  # the long form, as written
     budget: Mapping[str, int] = field(default_factory=dict)  # target.parameters, unsolved
     layout: str = "uniform"  # per_layer: dense FFN widths dealt by importance
+    # target.drop_blocks: kind ("attention", "mlp") -> how many, or the parent layers
+    drop_blocks: Mapping[str, int | tuple[int, ...]] = field(default_factory=dict)
 
     def resolved(self, data: bool) -> Plan:
         """The plan with its recipe's defaults; `data`: whether calibration data can be
@@ -235,6 +258,9 @@ class Plan:
             }
             if any(wide.values()):
                 width["stacks"] = {k: v for k, v in wide.items() if v}
+            if self.drop_blocks:
+                depth["blocks"] = dict(self.drop_blocks)
+                depth["block_measure"] = "ratio" if self.importance == "activation" else "middle"
             steps = [
                 ("score", {"method": self.importance, "experts": self.expert_importance}),
                 ("depth", depth),
@@ -286,7 +312,11 @@ class Plan:
             if (v := getattr(self, k)) is not None
         ]
         layout = ["layout per_layer"] if self.layout == "per_layer" else []
-        return "; ".join([target, f"recipe {self.recipe}", *chosen, *layout])
+        blocks = [
+            f"drop {k} blocks " + (", ".join(map(str, v)) if isinstance(v, tuple) else str(v))
+            for k, v in self.drop_blocks.items()
+        ]
+        return "; ".join([target, f"recipe {self.recipe}", *chosen, *layout, *blocks])
 
 
 def _budget_text(budget: Mapping) -> str:
@@ -341,6 +371,24 @@ def load_plan(plan: Any) -> Plan:
             "target.parameters: budgets are solved for one stack of layers; give each "
             "stack's sizes under stacks instead"
         )
+    drop = {
+        k: tuple(sorted(set(v))) if isinstance(v, list) else v
+        for k, v in (target.pop("drop_blocks", None) or {}).items()
+        if v != 0
+    }
+    if drop and plan.get("stacks"):
+        raise PlanError(
+            "target.drop_blocks: blocks are dropped in models with one stack of layers; "
+            "this plan names stacks"
+        )
+    if drop:
+        if settings["emit"] == "hf":
+            raise PlanError(
+                "target.drop_blocks: a Hugging Face config states every layer with its "
+                "attention and MLP, so it cannot hold dropped blocks: use emit: graph or "
+                "auto (a graph child; surgeon apply --nas writes it as a Nemotron-NAS folder)"
+            )
+        settings["emit"] = "graph"
     layout = plan.get("layout", "uniform")
     if layout == "per_layer":
         if settings["emit"] == "hf":
@@ -353,6 +401,7 @@ def load_plan(plan: Any) -> Plan:
         target=target,
         budget=budget,
         layout=layout,
+        drop_blocks=drop,
         stacks={k: dict(v or {}) for k, v in (plan.get("stacks") or {}).items()},
         depth=_depth(plan.get("depth")),
         importance=plan.get("importance"),
@@ -485,6 +534,11 @@ def _message(e: jsonschema.ValidationError) -> str:
     if e.validator == "oneOf" and path and path[-1] in ("depth", "strategy"):
         return (
             f"{where} must be one of {', '.join(DEPTH)} or a non-empty list of layer "
+            f"indices, not {_kind(value)}"
+        )
+    if e.validator == "oneOf" and len(path) >= 2 and path[-2] in ("drop_blocks", "blocks"):
+        return (
+            f"{where} must be a count of blocks (0 or more) or a non-empty list of layer "
             f"indices, not {_kind(value)}"
         )
     if e.validator == "additionalProperties":

@@ -28,6 +28,7 @@ def emit_graph(state: SurgeryState) -> fx.GraphModule:
     _set_tensors(state, root)
     _move_picks(state, nodes)
     _edit_depth(state, root, nodes)
+    _drop_blocks(state, nodes)
     child = fx.GraphModule(root, root.graph, type(parent).__name__)
     child.eval()
     return child
@@ -96,6 +97,22 @@ def _cut_derived(state: SurgeryState, graph: fx.Graph, nodes: dict[str, fx.Node]
         with graph.inserting_after(where):
             taken = graph.call_function(torch.ops.aten.index_select.default, (node, 0, where))
         node.replace_all_uses_with(taken, delete_user_cb=lambda user, t=taken: user is not t)
+
+
+def _drop_blocks(state: SurgeryState, nodes: dict[str, fx.Node]) -> None:
+    """Remove the residual branch of each dropped block (`x + f(x)` becomes `x`: every
+    use of the addition reads its other term) and what only the branch used; its weights
+    leave the child with the nodes that read them."""
+    blocks = state.dropped_blocks()
+    if not blocks:
+        return
+    dims = state.analysis.dims
+    for block in blocks:
+        a, b = dims.args[block.add].input, dims.args[block.add].other
+        skip = a if b is block.branch else b  # the skip as added (a scaled skip stays scaled)
+        add = nodes[block.add.name]
+        add.replace_all_uses_with(nodes[skip.name])
+    _remove_dead(add.graph)
 
 
 def _move_picks(state: SurgeryState, nodes: dict[str, fx.Node]) -> None:

@@ -9,7 +9,10 @@ parents only (the tensors named as Llama's, RMSNorm, SiLU-gated MLP without bias
 plain RoPE, head_dim = hidden_size / num_attention_heads); anything else is refused in
 one line. The FFN width the format derives from `ffn_mult` is rounded up to a multiple
 of 256, so every layer's width must be one (per_layer deals FFN neurons in steps of 256
-where the parent's width is a multiple of 256).
+where the parent's width is a multiple of 256). A dropped block (`target.drop_blocks`) is
+the format's no-op block (`attention: {no_op: true, n_heads_in_group: null}`, `ffn:
+{no_op: true, ffn_mult: null}`, as Nemotron-51B's and -253B's configs write them), its
+tensors (the norm before it included) absent.
 
 `check_nas` converts the folder to an f32 GGUF with llama.cpp's converter and compares
 llama.cpp's logits, position by position, with the graph child's."""
@@ -24,7 +27,7 @@ import torch
 
 from ..errors import SurgeonError
 
-__all__ = ["NAS_FFN_STEP", "check_nas", "nas_config", "write_nas"]
+__all__ = ["NAS_FFN_STEP", "check_nas", "llama_cpp_limits", "nas_config", "write_nas"]
 
 NAS_FFN_STEP = 256
 LAYER = (
@@ -41,15 +44,25 @@ LAYER = (
 OUTSIDE = ("model.embed_tokens.weight", "model.norm.weight")
 
 
-def nas_config(config: Any, tensors: dict[str, torch.Tensor]) -> dict:
+def nas_config(
+    config: Any, tensors: dict[str, torch.Tensor], dropped: list[tuple[str, ...]] | None = None
+) -> dict:
     """The DeciLM config of the child whose tensors (Llama's names) are `tensors`, its
-    other fields from the parent's `config`; `SurgeonError` where the format cannot
-    state the child."""
+    other fields from the parent's `config`; `dropped`: per child layer, the kinds of its
+    blocks the child drops ("attention", "mlp"), written as the format's no-op blocks.
+    `SurgeonError` where the format cannot state the child."""
     _refuse_unless_llama_shaped(config)
-    layers = sum(1 for k in tensors if k.endswith(".mlp.down_proj.weight"))
+    layers = len(dropped) if dropped is not None else _layer_count(tensors)
+    dropped = dropped if dropped is not None else [()] * layers
     hidden = tensors["model.embed_tokens.weight"].shape[1]
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    heads = tensors["model.layers.0.self_attn.q_proj.weight"].shape[0] // head_dim
+    attending = [i for i in range(layers) if "attention" not in dropped[i]]
+    if not attending:
+        raise SurgeonError(
+            "the Nemotron-NAS format states the head count from a layer with attention: "
+            "this child drops every attention block"
+        )
+    heads = tensors[f"model.layers.{attending[0]}.self_attn.q_proj.weight"].shape[0] // head_dim
     if heads * head_dim != hidden:
         raise SurgeonError(
             f"the Nemotron-NAS format derives head_dim from hidden_size / "
@@ -58,26 +71,31 @@ def nas_config(config: Any, tensors: dict[str, torch.Tensor]) -> dict:
         )
     blocks = []
     for i in range(layers):
-        q = tensors[f"model.layers.{i}.self_attn.q_proj.weight"].shape[0] // head_dim
-        kv = tensors[f"model.layers.{i}.self_attn.k_proj.weight"].shape[0] // head_dim
-        ffn = tensors[f"model.layers.{i}.mlp.down_proj.weight"].shape[1]
-        if q != heads or heads % kv:
-            raise SurgeonError(
-                f"layer {i} has {q} query heads and {kv} key/value heads: the Nemotron-NAS "
-                f"format holds {heads} query heads in every layer, in whole groups"
-            )
-        if ffn % NAS_FFN_STEP:
-            raise SurgeonError(
-                f"layer {i}'s FFN width is {ffn}: the Nemotron-NAS format rounds FFN widths "
-                f"up to a multiple of {NAS_FFN_STEP}; cut to such widths"
-            )
         no_op = {"no_op": False, "replace_with_linear": False}
-        blocks.append(
-            {
-                "attention": {"n_heads_in_group": heads // kv, **no_op},
-                "ffn": {"ffn_mult": 1.5 * ffn / hidden, **no_op},
-            }
-        )
+        gone = {"no_op": True, "replace_with_linear": False}  # the block is x -> x
+        if "attention" in dropped[i]:
+            attention = {"n_heads_in_group": None, **gone}
+        else:
+            q = tensors[f"model.layers.{i}.self_attn.q_proj.weight"].shape[0] // head_dim
+            kv = tensors[f"model.layers.{i}.self_attn.k_proj.weight"].shape[0] // head_dim
+            if q != heads or heads % kv:
+                raise SurgeonError(
+                    f"layer {i} has {q} query heads and {kv} key/value heads: the "
+                    f"Nemotron-NAS format holds {heads} query heads in every layer, in "
+                    "whole groups"
+                )
+            attention = {"n_heads_in_group": heads // kv, **no_op}
+        if "mlp" in dropped[i]:
+            ffn = {"ffn_mult": None, **gone}
+        else:
+            width = tensors[f"model.layers.{i}.mlp.down_proj.weight"].shape[1]
+            if width % NAS_FFN_STEP:
+                raise SurgeonError(
+                    f"layer {i}'s FFN width is {width}: the Nemotron-NAS format rounds FFN "
+                    f"widths up to a multiple of {NAS_FFN_STEP}; cut to such widths"
+                )
+            ffn = {"ffn_mult": 1.5 * width / hidden, **no_op}
+        blocks.append({"attention": attention, "ffn": ffn})
     rope = dict(getattr(config, "rope_parameters", None) or {})
     return {
         "architectures": ["DeciLMForCausalLM"],
@@ -99,6 +117,12 @@ def nas_config(config: Any, tensors: dict[str, torch.Tensor]) -> dict:
     }
 
 
+def _layer_count(tensors: dict) -> int:
+    """Layers numbered in `tensors` (`model.layers.<i>.`)."""
+    found = {int(k.split(".")[2]) for k in tensors if k.startswith("model.layers.")}
+    return max(found, default=-1) + 1
+
+
 def _refuse_unless_llama_shaped(config: Any) -> None:
     rope = dict(getattr(config, "rope_parameters", None) or {})
     checks = [
@@ -118,7 +142,8 @@ def _refuse_unless_llama_shaped(config: Any) -> None:
 def write_nas(child, folder: Path, tokenizer: Any = None) -> dict:
     """Write the per-layer graph child `child` (`surgeon.subclone`'s result) into `folder`
     as a Nemotron-NAS folder (config.json, model.safetensors, the tokenizer); returns the
-    config written."""
+    config written. Child layer j is the parent layer kept j-th; a dropped attention or
+    MLP block (`target.drop_blocks`) is the format's no-op block, without tensors."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().float().contiguous() for k, v in child.model.state_dict().items()}
@@ -127,9 +152,19 @@ def write_nas(child, folder: Path, tokenizer: Any = None) -> dict:
     for a, b in ((head, embedding), (embedding, head)):  # tied: the format writes both
         if a not in tensors and b in tensors:
             tensors[a] = tensors[b].clone()
-    layers = sum(1 for k in tensors if k.endswith(".mlp.down_proj.weight"))
+    state = child.cut.state
+    kept = state.kept_layers()
+    layers = state.analysis.layers
+    renamed = {}
+    for j, i in enumerate(kept):  # the graph child keeps the parent's layer names
+        renamed[layers[i].name + "."] = f"model.layers.{j}."
+    tensors = {_renamed(k, renamed): v for k, v in tensors.items()}
+    dropped = [state.dropped.get(i, ()) for i in kept]
     expected = {*OUTSIDE, "lm_head.weight"} | {
-        f"model.layers.{i}.{name}" for i in range(layers) for name in LAYER
+        f"model.layers.{j}.{name}"
+        for j in range(len(kept))
+        for name in LAYER
+        if _block_of(name) not in dropped[j]
     }
     if set(tensors) != expected:
         odd = sorted(set(tensors) ^ expected)[:3]
@@ -137,13 +172,46 @@ def write_nas(child, folder: Path, tokenizer: Any = None) -> dict:
             f"the Nemotron-NAS format holds Llama-shaped decoders; this child's tensors do "
             f"not match Llama's names ({', '.join(odd)}): write it as a graph (model.pt)"
         )
-    config = nas_config(child.cut.parent.model.config, tensors)
+    config = nas_config(child.cut.parent.model.config, tensors, dropped)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return config
+
+
+def _renamed(name: str, prefixes: dict[str, str]) -> str:
+    for old, new in prefixes.items():
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return name
+
+
+def _block_of(name: str) -> str:
+    """The block (as `target.drop_blocks` names it) a layer tensor of LAYER belongs to:
+    the norm before a block is the block's."""
+    return "attention" if name.startswith(("input_layernorm", "self_attn")) else "mlp"
+
+
+def llama_cpp_limits(config: dict) -> str:
+    """Why llama.cpp (src/models/deci.cpp, as in llama-cpp-python 0.3.36) cannot run a
+    Nemotron-NAS config whose no-op blocks it reads otherwise ("" where it can): it
+    takes head_dim from the first layer's head count, skips a layer's attention where its
+    FFN is a no-op (`if (n_ff == 0) continue;` before the attention's addition), and
+    aborts where the last layer's FFN is a no-op."""
+    blocks = config["block_configs"]
+    if blocks[0]["attention"].get("no_op"):
+        return "it drops the first layer's attention (llama.cpp reads head_dim from it)"
+    for i, b in enumerate(blocks):
+        if b["ffn"].get("no_op") and not b["attention"].get("no_op"):
+            return (
+                f"layer {i} drops its MLP and keeps its attention (llama.cpp's DeciLM graph "
+                "then skips the layer's attention as well)"
+            )
+    if blocks[-1]["ffn"].get("no_op"):
+        return "the last layer drops its MLP (llama.cpp aborts on it)"
+    return ""
 
 
 def check_nas(child, folder: Path, inputs: dict) -> dict:
@@ -154,6 +222,15 @@ def check_nas(child, folder: Path, inputs: dict) -> dict:
 
     from .gguf import load_llama, write_gguf
 
+    config = json.loads((folder / "config.json").read_text())
+    why = llama_cpp_limits(config)
+    if why:
+        raise SurgeonError(
+            f"llama.cpp cannot run this Nemotron-NAS child, so it cannot be checked: {why}; "
+            "the folder states it as the format does (no_op blocks), which llama.cpp's "
+            "DeciLM support does not follow here: choose other blocks (drop_blocks lists "
+            "layers), or write a graph child"
+        )
     path = folder / "model.f32.gguf"
     write_gguf(folder, path, "f32")
     ids = inputs["input_ids"]

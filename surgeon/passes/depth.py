@@ -9,8 +9,9 @@ from typing import ClassVar
 
 import torch
 
-from ..analysis.measure import layer_influence
+from ..analysis.measure import layer_influence, residual_ratios
 from ..errors import PlanError
+from .blocks import KINDS, MEASURES, choose_blocks
 from .state import SurgeryState, check_stack_names
 
 __all__ = ["STRATEGIES", "Depth", "choose_layers"]
@@ -32,11 +33,18 @@ class Depth:
     index duplicates that layer). With several stacks of layers (an encoder-decoder's
     encoder and decoder), each stack is cut alone: to its entry in `stacks`, else to
     `num_layers`.
+
+    `blocks` (`target.drop_blocks`) drops single residual blocks of the kept layers, per
+    kind (attention, mlp): a count, chosen by `block_measure` (`ratio`: the smallest
+    ||f(x)|| / ||x + f(x)|| on calibration data; `middle`: the layers nearest the middle
+    of the kept ones), or the parent layers whose block goes (`surgeon.passes.blocks`).
     """
 
     strategy: str | tuple[int, ...] = "middle"
     num_layers: int | None = None
     stacks: Mapping[str, int] = field(default_factory=dict)  # a stack's own num_layers
+    blocks: Mapping[str, int | tuple[int, ...]] = field(default_factory=dict)
+    block_measure: str = "middle"
     name = "depth"
     schema: ClassVar[dict] = {
         "strategy": {
@@ -47,11 +55,32 @@ class Depth:
         },
         "num_layers": {"type": "integer", "minimum": 1},
         "stacks": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
+        "blocks": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                k: {
+                    "oneOf": [
+                        {"type": "integer", "minimum": 0},
+                        {
+                            "type": "array",
+                            "items": {"type": "integer", "minimum": 0},
+                            "minItems": 1,
+                        },
+                    ]
+                }
+                for k in KINDS
+            },
+        },
+        "block_measure": {"enum": list(MEASURES)},
     }
 
     @property
     def needs_data(self) -> bool:
         """Whether it runs the parent on calibration data (a measured strategy)."""
+        counted = any(isinstance(v, int) and v for v in self.blocks.values())
+        if counted and self.block_measure == "ratio":
+            return True
         return self.strategy == "influence" and (self.num_layers is not None or bool(self.stacks))
 
     def check(self, state: SurgeryState) -> None:
@@ -60,6 +89,41 @@ class Depth:
         n = len(state.analysis.layers)
         state.layers = self._choose(state, [0.0] * n)
         _select_per_layer(state)
+        if self.blocks:
+            if len(state.analysis.stacks) > 1:
+                raise PlanError(
+                    "target.drop_blocks: blocks are dropped in models with one stack of "
+                    f"layers; this one has {len(state.analysis.stacks)}"
+                )
+            measured = state.kept_layers() != list(range(n)) and self.strategy == "influence"
+            # a measured depth's layers are a placeholder here: listed layers count only
+            asked = {
+                k: len(v) if measured and isinstance(v, tuple) else v
+                for k, v in self.blocks.items()
+            }
+            state.dropped = choose_blocks(state.analysis, state.kept_layers(), asked)
+
+    def _drop(self, state: SurgeryState) -> None:
+        """Which blocks of the kept layers the child drops (`state.dropped`)."""
+        if not self.blocks:
+            return
+        kept = state.kept_layers()
+        ratios = None
+        counted = any(isinstance(v, int) for v in self.blocks.values())
+        if counted and self.block_measure == "ratio":
+            ratios = state.recall("block_ratios", True)  # measured for an earlier plan
+            if ratios is None:
+                a = state.analysis
+                blocks = [b for layer in a.layers for b in layer.blocks]
+                ratios = residual_ratios(state.runner or state.graph, blocks, state.calibration)
+                state.remember("block_ratios", True, list(ratios))
+            at = iter(ratios)
+            ratios = {
+                (i, k): next(at)
+                for i, layer in enumerate(state.analysis.layers)
+                for k in range(len(layer.blocks))
+            }
+        state.dropped = choose_blocks(state.analysis, kept, self.blocks, ratios)
 
     def run(self, state: SurgeryState) -> None:
         n = len(state.analysis.layers)
@@ -74,6 +138,7 @@ class Depth:
             state.influence = influence
         state.layers = self._choose(state, influence)
         _select_per_layer(state)
+        self._drop(state)
 
     def _choose(self, state: SurgeryState, influence: list[float] | None) -> list[int]:
         """The kept layers of every stack in turn (`model.encoder.layers`, then

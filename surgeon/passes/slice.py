@@ -114,7 +114,9 @@ def per_layer_widths(state: SurgeryState) -> dict[int, int]:
         g
         for i in kept
         for g in a.layers[i].ffn
-        if g in state.keep and a.layers[i].ffn_role[g] == FFN_ROLES[0]
+        if g in state.keep
+        and a.layers[i].ffn_role[g] == FFN_ROLES[0]
+        and "mlp" not in state.dropped.get(i, ())  # a dropped MLP gets no neurons
     ]
     if not groups:
         return {}

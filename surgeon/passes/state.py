@@ -49,6 +49,8 @@ class SurgeryState:
     # class computes there (heads of derived values, `surgeon/derived.py`)
     allowed: dict[int, list[list[int]]] = field(default_factory=dict)
     influence: list[float] | None = None  # per parent layer, when measured
+    # blocks the child drops (`target.drop_blocks`): parent layer -> kinds ("attention", "mlp")
+    dropped: dict[int, tuple[str, ...]] = field(default_factory=dict)
     residual_site_scores: list[torch.Tensor] = field(default_factory=list)  # per stream value
     # where the parent's tensors are read from: the traced module, or files (streaming)
     source: Callable[[str], torch.Tensor] | None = None
@@ -92,6 +94,16 @@ class SurgeryState:
         """For an axis: the parent position each child position takes its values from."""
         return self.analysis.atoms.positions(atom, self.select)
 
+    def dropped_blocks(self) -> list:
+        """The parent's blocks (`analysis.residual.Block`) the child drops."""
+        from .blocks import block_kind
+
+        a, out = self.analysis, []
+        for i, kinds in self.dropped.items():
+            layer = a.layers[i]
+            out += [b for b in layer.blocks if block_kind(a, layer, b) in kinds]
+        return out
+
     def kept_layers(self) -> list[int]:
         """The parent layer behind each child layer (all of them when depth is unchanged)."""
         return list(range(len(self.analysis.layers))) if self.layers is None else self.layers
@@ -109,13 +121,16 @@ class SurgeryState:
                 continue
             if layer.stack != stack if stack is not None else layer.stream != a.residual:
                 continue
-            if layer.experts:
+            gone = self.dropped.get(i, ())  # a dropped block says nothing of its sizes
+            if layer.experts and "mlp" not in gone:
                 experts = math.prod(self.new_size(g) for g in layer.experts)
                 per_layer.setdefault("num_experts", set()).add(experts)
             # each FFN role's width (a layer without a found FFN says nothing about it)
             for role, width in layer.widths({g: self.new_size(g) for g in layer.ffn}).items():
-                per_layer.setdefault(role, set()).add(width)
-            if a.cuts_heads(layer):  # a hybrid's other kind of attention: not the config's
+                if "mlp" not in gone:
+                    per_layer.setdefault(role, set()).add(width)
+            # a hybrid's other kind of attention: not the config's
+            if a.cuts_heads(layer) and "attention" not in gone:
                 heads = math.prod(self.new_size(g) for g in layer.heads)
                 kv = math.prod(self.new_size(g) for g in layer.kv)
                 per_layer.setdefault("num_heads", set()).add(heads)
