@@ -156,11 +156,18 @@ def _parent_use(parent: Parent, sizes: dict, limit: Limit) -> int:
     return limit.used(count, _cache(parent, list(range(sizes["num_layers"])), sizes))
 
 
-def _cache(parent: Parent, kept: list[int], width: dict) -> int:
+def _cache(parent: Parent, kept: list[int], width: dict, drop: Mapping | None = None) -> int:
     """Layers x KV heads of the child's cache: every kept layer with attention heads,
-    each with the child's KV heads (its query heads under multi-head attention)."""
+    each with the child's KV heads (its query heads under multi-head attention), but
+    those whose attention the child drops (`drop`: `target.drop_blocks`, or the layers
+    `state.dropped` names)."""
     kv = width.get("num_kv_heads") or width.get("num_heads") or 0
-    return sum(kv for i in kept if parent.analysis.layers[i].heads)
+    attending = [i for i in kept if parent.analysis.layers[i].heads]
+    gone = (drop or {}).get("attention", 0)
+    if isinstance(gone, tuple):
+        attending = [i for i in attending if i not in gone]
+        gone = 0
+    return kv * max(len(attending) - gone, 0)
 
 
 def _check_supported(parent: Parent, plan) -> None:
@@ -247,8 +254,9 @@ def _candidates(parent: Parent, plan, limit: Limit) -> list[tuple[int, int, dict
             continue
         for n in options["num_layers"]:
             kept = _kept(parent, plan, n)
-            cache = _cache(parent, kept, {**sizes, **width})
-            best = _widest_ffn(lines, kept, limit.weights(cache), options["ffn"], sizes)
+            cache = _cache(parent, kept, {**sizes, **width}, plan.drop_blocks)
+            mine = _without_blocks(parent, lines, width, options["ffn"], kept, plan.drop_blocks)
+            best = _widest_ffn(mine, kept, limit.weights(cache), options["ffn"], sizes)
             if best is None:
                 continue
             count, ffn = best
@@ -412,6 +420,78 @@ def _counted(
     return outside, per_layer
 
 
+def _block_counts(
+    parent: Parent, keep: Mapping[int, int], top_k: Mapping[int, int] | None = None
+) -> list[dict[str, float]]:
+    """Per parent layer, the parameters of its attention and of its MLP block (as
+    `target.drop_blocks` names them: the norm before a block is the block's), where each
+    group keeps `keep[group]` positions; counted as `_counted` counts them."""
+    from .passes.blocks import block_kind
+
+    a = parent.analysis
+    entries = {e.name: e for e in parent.graph.params if e.kind == "parameter"}
+    out: list[dict[str, float]] = []
+    for i, layer in enumerate(a.layers):
+        mine: dict[str, float] = {}
+        for block in layer.blocks:
+            kind = block_kind(a, layer, block)
+            if kind is None:
+                continue
+            for name in block.params:
+                if name not in entries or _owner(a, name) != i:
+                    continue
+                axes = a.dims.tensors.get(name)
+                n = (
+                    math.prod(a.atoms.new_size(x, keep) for x in axes)
+                    if axes
+                    else entries[name].numel
+                )
+                if top_k and i in top_k and axes and _expert_body(a, layer, axes):
+                    kept = math.prod(keep.get(g, a.atoms.size[g]) for g in layer.experts)
+                    n *= min(1.0, top_k[i] / kept)
+                mine[kind] = mine.get(kind, 0.0) + n
+        out.append(mine)
+    return out
+
+
+def _owner(a, name: str) -> int | None:
+    """The layer whose module holds tensor `name` (None: outside the layers)."""
+    for i, layer in enumerate(a.layers):
+        if any(name.startswith(part + ".") for part in layer.parts or [layer.name]):
+            return i
+    return None
+
+
+def _without_blocks(parent: Parent, lines, width: dict, roles: list[str], kept, drop: Mapping):
+    """`lines` (as `_lines` gives them) with the blocks `drop` removes taken out: listed
+    layers' blocks, or for a count those of the kept layers whose block is smallest (the
+    child is then at most the count; the measured choice is counted again by `recount`).
+    A dropped MLP's layer keeps no FFN width."""
+    if not drop:
+        return lines
+    from .passes.blocks import droppable
+
+    outside, per_layer = lines
+    sizes = _parent_sizes(parent)
+    low = {r: _step(sizes[r]) for r in roles}
+    blocks = _block_counts(parent, resolve_target(parent.analysis, {**width, **low}))
+    found = droppable(parent.analysis, kept)
+    per_layer = [(base, dict(slopes)) for base, slopes in per_layer]
+    for kind, asked in drop.items():
+        if isinstance(asked, tuple):
+            layers = [i for i in asked if i in found[kind]]
+        else:
+            layers = sorted(found[kind], key=lambda i: blocks[i].get(kind, 0))[:asked]
+        for i in layers:
+            base, slopes = per_layer[i]
+            fixed = blocks[i].get(kind, 0)
+            if kind == "mlp":  # its count at the smallest widths, less what grows with them
+                fixed -= sum(slopes.get(r, 0) * low[r] for r in roles)
+                slopes = dict.fromkeys(slopes, 0.0)
+            per_layer[i] = (base - fixed, slopes)
+    return outside, per_layer
+
+
 def _expert_body(a, layer, axes) -> bool:
     """Whether a tensor is routed experts' FFN weights: an axis over the experts and one
     over their FFN neurons (the router, over the experts and the hidden size, is run for
@@ -432,9 +512,12 @@ def recount(parent: Parent, surgery: Surgery, state: SurgeryState) -> Surgery:
         top_k = {i: state.top_k or k for i, k in _top_k(parent.analysis, {}).items()}
     outside, per_layer = _counted(parent, {**keep, **state.resized}, top_k)
     kept = state.kept_layers()
-    count = round(outside + sum(per_layer[i] for i in kept))
+    blocks = _block_counts(parent, {**keep, **state.resized}, top_k)
+    gone = sum(blocks[i].get(kind, 0) for i, kinds in state.dropped.items() for kind in kinds)
+    count = round(outside + sum(per_layer[i] for i in kept) - gone)
     sizes = {**_parent_sizes(parent), **{k: v for k, v in surgery.plan.target.items()}}
-    used = limit.used(count, _cache(parent, kept, sizes))
+    attention = tuple(i for i, kinds in state.dropped.items() if "attention" in kinds)
+    used = limit.used(count, _cache(parent, kept, sizes, {"attention": attention}))
     budget.update({_counted_key(limit): count, "share": used / limit.value})
     if limit.key == "memory":
         budget["child_bytes"] = used
@@ -453,9 +536,12 @@ def _smallest(parent: Parent, plan, limit: Limit) -> int:
         width.pop("num_layers", None)
         lines = _lines(parent, width, options["ffn"], sizes, limit.active)
         kept = _kept(parent, plan, options["num_layers"][0])
+        if lines:
+            lines = _without_blocks(parent, lines, width, options["ffn"], kept, plan.drop_blocks)
         found = lines and _widest_ffn(lines, kept, math.inf, options["ffn"], sizes, narrowest=True)
         if found:
-            used.append(limit.used(found[0], _cache(parent, kept, {**sizes, **width})))
+            cache = _cache(parent, kept, {**sizes, **width}, plan.drop_blocks)
+            used.append(limit.used(found[0], cache))
     return min(used, default=0)
 
 

@@ -243,3 +243,22 @@ def test_impossible_requests_are_one_line(llama):
         {"input_ids": ids},
     )
     assert "parallel block" in message
+
+
+@pytest.mark.parametrize("layout", ["uniform", "per_layer"])
+def test_a_budget_counts_the_dropped_blocks_as_gone(llama, layout):
+    """Under `target.parameters` the solver's sizes leave the dropped blocks out of the
+    count: the child, as built, fits the budget, and the record is its count. A uniform
+    child uses 0.97 of it or more; per_layer deals FFN neurons in steps of 256 here, which
+    leaves up to a step per layer unused (as without dropped blocks)."""
+    model, inputs, parent = llama
+    budget = int(0.55 * sum(p.numel() for p in model.parameters()))
+    target = {"parameters": budget, "num_layers": 3, "drop_blocks": {"attention": 1, "mlp": [2]}}
+    plan = {"target": target, "importance": "weight", "layout": layout}
+    child = subclone(parent, plan, inputs)
+    built = sum(p.numel() for p in child.model.parameters())
+    assert (0.97 if layout == "uniform" else 0.8) * budget <= built <= budget
+    widths = {"hidden_size", "intermediate_size", "num_heads", "num_kv_heads"}
+    assert widths & set(child.cut.surgery.plan.target)  # the solver cut widths too
+    assert child.cut.surgery.budget["child_parameters"] == built
+    assert len(_dropped(child)) == 2
