@@ -103,6 +103,14 @@ def _print(summary: dict, out: Path) -> None:
     if len(set(widths)) > 1:  # layout: per_layer
         print(f"  intermediate_size  per layer {', '.join(map(str, widths))}")
     print(f"  layers kept       {_ranges(s['layers_kept'])} (of the parent's)")
+    dropped = [
+        (i, kinds)
+        for i, k in zip(s["layers_kept"], s["kept"]["per_layer"], strict=True)
+        if (kinds := k.get("dropped"))
+    ]
+    if dropped:  # target.drop_blocks
+        blocks = ", ".join(f"{i} {'+'.join(kinds)}" for i, kinds in dropped)
+        print(f"  blocks dropped    {blocks} (parent layer, block)")
     print("  kept positions    surgeon.json 'kept' (residual, FFN neurons, heads per layer)")
     onnx = s.get("onnx")
     if onnx and onnx.get("kv_cache"):

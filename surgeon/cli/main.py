@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
         "--nas",
         action="store_true",
         help="write the child as a Nemotron-NAS folder (DeciLM block_configs; layout: "
-        "per_layer's widths), run in llama.cpp and compared with the child",
+        "per_layer's widths, drop_blocks' no-op blocks), run in llama.cpp and compared "
+        "with the child",
     )
     p.add_argument(
         "--no-cache",
