@@ -164,7 +164,7 @@ def _cache(parent: Parent, kept: list[int], width: dict, drop: Mapping | None = 
     kv = width.get("num_kv_heads") or width.get("num_heads") or 0
     attending = [i for i in kept if parent.analysis.layers[i].heads]
     gone = (drop or {}).get("attention", 0)
-    if isinstance(gone, tuple):
+    if isinstance(gone, (list, tuple)):
         attending = [i for i in attending if i not in gone]
         gone = 0
     return kv * max(len(attending) - gone, 0)
@@ -478,7 +478,7 @@ def _without_blocks(parent: Parent, lines, width: dict, roles: list[str], kept, 
     found = droppable(parent.analysis, kept)
     per_layer = [(base, dict(slopes)) for base, slopes in per_layer]
     for kind, asked in drop.items():
-        if isinstance(asked, tuple):
+        if isinstance(asked, (list, tuple)):
             layers = [i for i in asked if i in found[kind]]
         else:
             layers = sorted(found[kind], key=lambda i: blocks[i].get(kind, 0))[:asked]

@@ -359,7 +359,10 @@ def load_plan(plan: Any) -> Plan:
         "device": plan.get("device", "cpu"),
     }
     if "passes" in plan:
-        return Plan(passes=_passes(plan), **settings)
+        passes = _passes(plan)
+        if any(v for k, v in dict(passes).get("depth", {}).get("blocks", {}).items()):
+            _graph_for_blocks(settings)
+        return Plan(passes=passes, **settings)
     target = dict(plan.get("target") or {})
     budget = {k: target.pop(k) for k in BUDGETS if k in target}
     if len(budget) > 1:
@@ -382,13 +385,7 @@ def load_plan(plan: Any) -> Plan:
             "this plan names stacks"
         )
     if drop:
-        if settings["emit"] == "hf":
-            raise PlanError(
-                "target.drop_blocks: a Hugging Face config states every layer with its "
-                "attention and MLP, so it cannot hold dropped blocks: use emit: graph or "
-                "auto (a graph child; surgeon apply --nas writes it as a Nemotron-NAS folder)"
-            )
-        settings["emit"] = "graph"
+        _graph_for_blocks(settings)
     layout = plan.get("layout", "uniform")
     if layout == "per_layer":
         if settings["emit"] == "hf":
@@ -410,6 +407,17 @@ def load_plan(plan: Any) -> Plan:
         recipe=plan.get("recipe", "auto"),
         **settings,
     )
+
+
+def _graph_for_blocks(settings: dict) -> None:
+    """Dropped blocks make a graph child; `PlanError` where the plan insists on `hf`."""
+    if settings["emit"] == "hf":
+        raise PlanError(
+            "target.drop_blocks: a Hugging Face config states every layer with its "
+            "attention and MLP, so it cannot hold dropped blocks: use emit: graph or "
+            "auto (a graph child; surgeon apply --nas writes it as a Nemotron-NAS folder)"
+        )
+    settings["emit"] = "graph"
 
 
 def _integers(value: Any) -> Any:

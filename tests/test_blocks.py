@@ -80,6 +80,9 @@ def test_listed_blocks_are_gone_and_the_child_is_the_parent_with_them_zeroed(lla
         got = child.model(**inputs)["logits"]
     torch.testing.assert_close(got, _reference(model, inputs, _dropped(child)), rtol=0, atol=1e-5)
     assert "drop attention blocks 1; drop mlp blocks 2" in load_plan(plan).describe()
+    long = {"passes": [{"depth": {"blocks": {"attention": [1], "mlp": [2]}}}]}
+    assert load_plan(long).emit == "graph"
+    assert _dropped(subclone(parent, long, inputs)) == _dropped(child)
 
 
 def _ratios_by_hooks(model, batches) -> dict[tuple[int, str], float]:

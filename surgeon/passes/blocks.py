@@ -116,7 +116,7 @@ def choose_blocks(
     found = droppable(analysis, kept)
     out: dict[int, list[str]] = {}
     for kind, want in asked.items():
-        if isinstance(want, tuple):
+        if isinstance(want, (list, tuple)):  # the long form's lists stay lists
             for i in want:
                 if i not in found[kind]:
                     where = (

@@ -98,7 +98,7 @@ class Depth:
             measured = state.kept_layers() != list(range(n)) and self.strategy == "influence"
             # a measured depth's layers are a placeholder here: listed layers count only
             asked = {
-                k: len(v) if measured and isinstance(v, tuple) else v
+                k: len(v) if measured and isinstance(v, (list, tuple)) else v
                 for k, v in self.blocks.items()
             }
             state.dropped = choose_blocks(state.analysis, state.kept_layers(), asked)
