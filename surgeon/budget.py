@@ -241,6 +241,7 @@ def _candidates(parent: Parent, plan, limit: Limit) -> list[tuple[int, int, dict
     tied = _tied_hidden(parent, sizes) and "hidden_size" not in plan.target
     layers = len(parent.analysis.layers)
     scored = []
+    counted: dict = {}  # the dropped blocks' counts at one width
     for hidden, heads, kv in _widths(options, sizes, tied):
         width = {"hidden_size": hidden}
         if heads is not None:
@@ -255,7 +256,9 @@ def _candidates(parent: Parent, plan, limit: Limit) -> list[tuple[int, int, dict
         for n in options["num_layers"]:
             kept = _kept(parent, plan, n)
             cache = _cache(parent, kept, {**sizes, **width}, plan.drop_blocks)
-            mine = _without_blocks(parent, lines, width, options["ffn"], kept, plan.drop_blocks)
+            mine = _without_blocks(
+                parent, lines, width, options["ffn"], kept, plan.drop_blocks, counted
+            )
             best = _widest_ffn(mine, kept, limit.weights(cache), options["ffn"], sizes)
             if best is None:
                 continue
@@ -423,21 +426,21 @@ def _counted(
 def _block_counts(
     parent: Parent, keep: Mapping[int, int], top_k: Mapping[int, int] | None = None
 ) -> list[dict[str, float]]:
-    """Per parent layer, the parameters of its attention and of its MLP block (as
-    `target.drop_blocks` names them: the norm before a block is the block's), where each
+    """Per parent layer, the parameters of its attention and of its MLP block that can be
+    dropped (`target.drop_blocks`; the norm before a block is the block's), where each
     group keeps `keep[group]` positions; counted as `_counted` counts them."""
-    from .passes.blocks import block_kind
+    from .passes.blocks import droppable
 
     a = parent.analysis
     entries = {e.name: e for e in parent.graph.params if e.kind == "parameter"}
+    found = droppable(a, list(range(len(a.layers))))
     out: list[dict[str, float]] = []
     for i, layer in enumerate(a.layers):
         mine: dict[str, float] = {}
-        for block in layer.blocks:
-            kind = block_kind(a, layer, block)
-            if kind is None:
+        for kind, at in found.items():
+            if i not in at:
                 continue
-            for name in block.params:
+            for name in layer.blocks[at[i]].params:
                 if name not in entries or _owner(a, name) != i:
                     continue
                 axes = a.dims.tensors.get(name)
@@ -462,26 +465,32 @@ def _owner(a, name: str) -> int | None:
     return None
 
 
-def _without_blocks(parent: Parent, lines, width: dict, roles: list[str], kept, drop: Mapping):
+def _without_blocks(
+    parent: Parent, lines, width: dict, roles: list[str], kept, drop: Mapping, cache=None
+):
     """`lines` (as `_lines` gives them) with the blocks `drop` removes taken out: listed
     layers' blocks, or for a count those of the kept layers whose block is smallest (the
     child is then at most the count; the measured choice is counted again by `recount`).
-    A dropped MLP's layer keeps no FFN width."""
+    A dropped MLP's layer keeps no FFN width. `cache`: a dict that keeps one width's
+    block counts for every depth tried."""
     if not drop:
         return lines
-    from .passes.blocks import droppable
-
     outside, per_layer = lines
     sizes = _parent_sizes(parent)
     low = {r: _step(sizes[r]) for r in roles}
-    blocks = _block_counts(parent, resolve_target(parent.analysis, {**width, **low}))
-    found = droppable(parent.analysis, kept)
+    cache = {} if cache is None else cache
+    key = (tuple(sorted(width.items())), tuple(sorted(low.items())))
+    if key not in cache:
+        cache.clear()
+        cache[key] = _block_counts(parent, resolve_target(parent.analysis, {**width, **low}))
+    blocks = cache[key]
     per_layer = [(base, dict(slopes)) for base, slopes in per_layer]
     for kind, asked in drop.items():
+        found = [i for i in kept if kind in blocks[i]]  # kept layers with such a block
         if isinstance(asked, (list, tuple)):
-            layers = [i for i in asked if i in found[kind]]
+            layers = [i for i in asked if i in found]
         else:
-            layers = sorted(found[kind], key=lambda i: blocks[i].get(kind, 0))[:asked]
+            layers = sorted(found, key=lambda i: blocks[i][kind])[:asked]
         for i in layers:
             base, slopes = per_layer[i]
             fixed = blocks[i].get(kind, 0)

@@ -96,12 +96,12 @@ class SurgeryState:
 
     def dropped_blocks(self) -> list:
         """The parent's blocks (`analysis.residual.Block`) the child drops."""
-        from .blocks import block_kind
+        from .blocks import droppable
 
         a, out = self.analysis, []
         for i, kinds in self.dropped.items():
-            layer = a.layers[i]
-            out += [b for b in layer.blocks if block_kind(a, layer, b) in kinds]
+            found = droppable(a, [i])  # the block of each kind that can go alone
+            out += [a.layers[i].blocks[found[kind][i]] for kind in kinds]
         return out
 
     def kept_layers(self) -> list[int]:
