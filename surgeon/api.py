@@ -411,7 +411,9 @@ def budget_line(budget: dict, sep: str) -> str:
     """What a solved budget used (empty without one)."""
     if not budget:
         return ""
-    if "memory" in budget:
+    if "latency" in budget:
+        limit = f"{budget['latency']['ms_per_token']:g} ms per token (measured here)"
+    elif "memory" in budget:
         limit = f"{budget['memory']['bytes']:,} bytes of weights and KV cache"
     elif "active_parameters" in budget:
         limit = f"{budget['active_parameters']:,} active parameters"

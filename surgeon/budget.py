@@ -97,6 +97,10 @@ def solve(parent: Parent, surgery: Surgery) -> Surgery:
 
     plan = surgery.plan
     _check_supported(parent, plan)
+    if "latency" in plan.budget:
+        from .latency import solve_latency
+
+        return solve_latency(parent, surgery)
     sizes = _parent_sizes(parent)
     if plan.layout == "per_layer" and "num_layers" not in plan.target:
         # the budget is met by widths, dealt per layer, rather than by dropping layers
@@ -513,6 +517,8 @@ def recount(parent: Parent, surgery: Surgery, state: SurgeryState) -> Surgery:
     """The surgery's budget record counted again from what the passes decided (the
     layers a measured depth kept, the widths `per_layer` dealt): what the child uses."""
     budget = dict(surgery.budget)
+    if "latency" in budget:  # measured on the solved sizes, which the passes keep
+        return surgery
     asked = {k: v for k, v in budget.items() if k in BUDGETS}
     limit = Limit.of(asked, _parent_sizes(parent).get("head_dim") or 0)
     keep = {g: len(chosen) for g, chosen in state.select.items()}

@@ -49,7 +49,7 @@ from .passes.slice import SIZES
 __all__ = ["Plan", "load_plan", "SCHEMA", "PASS_ORDER", "RECIPES"]
 
 # target keys that state what must fit (surgeon/budget.py)
-BUDGETS = ("parameters", "active_parameters", "memory")
+BUDGETS = ("parameters", "active_parameters", "memory", "latency")
 # The vocabulary is the passes' own: each pass names what it accepts.
 WIDTH = SIZES
 TARGETS = ("num_layers", *WIDTH)
@@ -141,6 +141,20 @@ SCHEMA = {
                             "stated); the sizes not stated are chosen to fit",
                         ),
                         "required": ["bytes", "context"],
+                    },
+                    "latency": {
+                        **_object(
+                            {
+                                "ms_per_token": {"type": "number", "exclusiveMinimum": 0},
+                                "context": _SIZE,
+                                "batch": _SIZE,
+                            },
+                            "a budget: milliseconds per generated token of the child's ONNX "
+                            "decoder in onnxruntime on this machine, after `context` tokens "
+                            "(128 unless stated) for `batch` sequences (1), measured on "
+                            "candidate children; a causal language model's",
+                        ),
+                        "required": ["ms_per_token"],
                     },
                 },
                 "sizes of the child",
@@ -324,6 +338,12 @@ def _budget_text(budget: Mapping) -> str:
         return f"parameters at most {budget['parameters']:,}"
     if "active_parameters" in budget:
         return f"active parameters at most {budget['active_parameters']:,}"
+    if "latency" in budget:
+        t = budget["latency"]
+        return (
+            f"latency at most {t['ms_per_token']:g} ms per token (ONNX decoder in onnxruntime "
+            f"here, after {t.get('context', 128):,} tokens x {t.get('batch', 1)})"
+        )
     m = budget["memory"]
     return (
         f"memory at most {m['bytes']:,} bytes (weights and a KV cache of {m['context']:,} "
@@ -367,7 +387,8 @@ def load_plan(plan: Any) -> Plan:
     budget = {k: target.pop(k) for k in BUDGETS if k in target}
     if len(budget) > 1:
         raise PlanError(
-            "target: one budget at a time (parameters, active_parameters or memory), not several"
+            "target: one budget at a time (parameters, active_parameters, memory or latency), "
+            "not several"
         )
     if budget and plan.get("stacks"):
         raise PlanError(
@@ -387,6 +408,12 @@ def load_plan(plan: Any) -> Plan:
     if drop:
         _graph_for_blocks(settings)
     layout = plan.get("layout", "uniform")
+    if "latency" in budget and (layout == "per_layer" or drop):
+        raise PlanError(
+            "target.latency is measured on a child of one width per size, its Hugging Face "
+            "class exported to ONNX: not with layout: per_layer or drop_blocks (state "
+            "target.parameters or memory for those)"
+        )
     if layout == "per_layer":
         if settings["emit"] == "hf":
             raise PlanError(

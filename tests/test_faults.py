@@ -626,9 +626,9 @@ sys.exit(main(sys.argv[2:]))
 
 def test_sigkill_at_random_points_over_an_existing_child(parent, tmp_path):
     """`--force` runs killed outright at three points (a write into the staged folder,
-    picked at seeded random, and before and after the swap into place): every one leaves the parent as it was
-    and its output folder whole (the old child or the new one, nothing in between), and
-    the next run cleans up and finishes."""
+    picked at seeded random, and before and after the swap into place): every one leaves
+    the parent as it was and its output folder whole (the old child or the new one,
+    nothing in between), and the next run cleans up and finishes."""
     before = _hashes(parent)
     assert (
         main(
