@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import fx
+
 from ..context import Context
 from ..registry import Args
 from ._common import _dim, _lends_shape, _rule, _sig_any, _sig_shaped, _sig_unary
@@ -61,9 +63,6 @@ ELEMENTWISE = (
     "_softmax",
     "where",
     "masked_fill",
-    "clamp",
-    "clamp_min",
-    "clamp_max",
     "maximum",
     "minimum",
     "eq",
@@ -180,6 +179,32 @@ def elementwise(ctx: Context, a: Args) -> None:
         axes = ctx.axes(x)
         if axes is not None:
             ctx.broadcast(a.out, axes)
+
+
+def _sig_clamp(input, min=None, max=None, **options): ...
+def _sig_clamp_min(input, min, **options): ...
+def _sig_clamp_max(input, max, **options): ...
+
+
+@_rule("clamp", signature=_sig_clamp)
+@_rule("clamp_min", signature=_sig_clamp_min)
+@_rule("clamp_max", signature=_sig_clamp_max)
+def clamp(ctx: Context, a: Args) -> None:
+    """Element-wise; of positions (`Dims.positions`: a router's expert ids) between bounds
+    that hold every position of their axis (`ids.clamp_max(num_experts - 1)`, Ergo's
+    guard), the same positions: a child with fewer positions keeps them in bounds too.
+    Bounds that cut into the axis read the positions (the driver pins them)."""
+    elementwise(ctx, a)
+    atom = ctx.dims.positions.get(a.input) if isinstance(a.input, fx.Node) else None
+    if atom is None:
+        return
+    low, high = a.get("min", None), a.get("max", None)
+    number = (int, float)
+    if low is not None and not (isinstance(low, number) and low <= 0):
+        return
+    if high is not None and not (isinstance(high, number) and high >= ctx.size(atom) - 1):
+        return
+    ctx.dims.positions[a.node] = ctx.positions(a.input)
 
 
 # Copies: the values of the input as they are, so integer positions stay positions.
