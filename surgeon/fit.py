@@ -12,9 +12,12 @@ pipeline calls it before any weight is cut (a config that cannot hold the child 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from functools import cache
 from typing import Any
 
@@ -56,6 +59,9 @@ class ChildShape:
     lists: dict[str, list[int]]
     kept_by_stack: dict[str, list[int]]
     need: Callable[[str], tuple | None]
+    # per stack: head counts (`num_heads`, `num_kv_heads`) that differ between its layers
+    # and that the child scales by one factor in all of them -> that factor
+    scales: dict[str | None, dict[str, Fraction]] = dataclasses.field(default_factory=dict)
     role: Callable[[str], str | None] = lambda name: None  # noqa: E731 - the FFN role a
     # tensor's width is (`FFN_ROLES`), by the child's name; None for other tensors
 
@@ -86,12 +92,39 @@ class ChildShape:
             lists=state.lists(),
             kept_by_stack=state.kept_by_stack(),
             need=need,
+            scales={s: _head_scales(state, s) for s in stacks},
         )
 
     @property
     def num_layers(self) -> int:
         """The parent's layer count."""
         return len(self.layer_stacks)
+
+
+def _head_scales(state: SurgeryState, stack: str | None) -> dict[str, Fraction]:
+    """Head counts that differ between the kept attention layers of `stack` (None: the
+    main residual stream's) and that the child scales by one factor in every one of them
+    (MiMo-V2-Flash's sliding layers hold twice the config's KV heads): one config field
+    states them all, scaled by that factor."""
+    a, kept = state.analysis, set(state.kept_layers())
+    pairs: dict[str, set[tuple[int, int]]] = {}
+    for i, layer in enumerate(a.layers):
+        if i not in kept or "attention" in state.dropped.get(i, ()):
+            continue
+        if layer.stack != stack if stack is not None else layer.stream != a.residual:
+            continue
+        if not layer.heads or not a.cuts_heads(layer):
+            continue
+        for key, groups in (("num_heads", layer.heads), ("num_kv_heads", layer.kv)):
+            old = math.prod(a.atoms.size[g] for g in groups)
+            new = math.prod(state.new_size(g) for g in groups)
+            pairs.setdefault(key, set()).add((new, old))
+    return {
+        key: ratios.pop()
+        for key, seen in pairs.items()
+        if len({old for _, old in seen}) > 1
+        and len(ratios := {Fraction(new, old) for new, old in seen}) == 1
+    }
 
 
 # What each size is called in the configs of transformers (first match is set).
@@ -143,6 +176,7 @@ def child_config(parent: nn.Module, shape: ChildShape) -> Any:
     clashes: list = []
     for part in (config, text) if text is not config else (config,):
         _set_sizes(part, sizes, full, shape.hidden_size, clashes)
+        _scale_sizes(part, shape.scales.get(None, {}), sizes)
     for key, value, field, (other, its) in clashes:
         raise PlanError(
             f"target.{key} = {value}: {type(parent).__name__} has one width for the "
@@ -211,6 +245,20 @@ def _set_sizes(config: Any, sizes: dict, full: dict, old_hidden: int, clashes=No
     for field in FOLLOW_HIDDEN:
         if config_value(config, field) == old_hidden != sizes["hidden_size"]:
             setattr(config, field, sizes["hidden_size"])
+
+
+def _scale_sizes(config: Any, scales: dict[str, Fraction], sizes: dict) -> None:
+    """A head count that differs between layers (`ChildShape.scales`), scaled by one
+    factor in all of them: the first field that states it, scaled by that factor."""
+    for key, factor in scales.items():
+        if key in sizes or factor == 1:
+            continue
+        for name in CONFIG_FIELDS[key]:
+            value = config_value(config, name)
+            if type(value) is int and not _derived(config, name):
+                if (value * factor).denominator == 1:
+                    setattr(config, name, int(value * factor))
+                break
 
 
 def _exact(config: Any, key: str, full: dict, stacked: list = ()) -> list[str]:

@@ -191,8 +191,12 @@ def resolve_target(
             "numbered list of residual blocks); `surgeon inspect` shows what was found"
         )
     _roles_found(analysis, target, stacks)
+    kv_differ = _kv_differ(analysis)
     for layer in analysis.layers:
-        _layer_target(analysis, layer, {**target, **stacks.get(layer.stack, {})}, ask)
+        sizes = {**target, **stacks.get(layer.stack, {})}
+        if layer.stack in kv_differ:
+            sizes = _kv_in_step(layer, sizes)
+        _layer_target(analysis, layer, sizes, ask)
     if "head_dim" in target:
         _head_dim(analysis, target["head_dim"])
     return keep
@@ -217,6 +221,30 @@ def _stream_widths(analysis: Analysis, target: Mapping, stacks: Mapping) -> dict
         if widths:
             out[stream] = widths.pop()
     return out
+
+
+def _kv_differ(analysis: Analysis) -> set:
+    """The stacks whose attention layers (those a heads target cuts) hold different
+    numbers of key/value heads (MiMo-V2-Flash's sliding layers hold twice the config's)."""
+    kv: dict = {}
+    for layer in analysis.layers:
+        if layer.heads and analysis.cuts_heads(layer):
+            kv.setdefault(layer.stack, set()).add(layer.num_kv_heads or layer.num_heads)
+    return {stack for stack, counts in kv.items() if len(counts) > 1}
+
+
+def _kv_in_step(layer, target: Mapping) -> Mapping:
+    """A heads target without `num_kv_heads`, in a stack whose layers hold different
+    numbers of key/value heads: each layer keeps its query heads per KV group, so every
+    layer's KV heads scale by one factor, as the config's one field scales them (its
+    multi-head layers' KV heads are their heads: they scale with the target). Where the
+    ratio does not divide the target, the layer keeps its KV heads, as elsewhere."""
+    if "num_kv_heads" in target or "num_heads" not in target or not layer.num_kv_heads:
+        return target
+    heads, kv = layer.num_heads, layer.num_kv_heads
+    if kv >= heads or target["num_heads"] * kv % heads:
+        return target
+    return {**target, "num_kv_heads": target["num_heads"] * kv // heads}
 
 
 def _layer_target(analysis, layer, target, ask) -> None:
