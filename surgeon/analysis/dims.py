@@ -135,6 +135,11 @@ def _follow_positions(ctx: Context, node: fx.Node, key: str, same_values: bool =
         atoms = {ctx.A.find(positions[i]) for i in node.all_input_nodes}
         if len(atoms) == 1:  # picks of one axis side by side (a router's first and second)
             positions[node] = [ctx.positions(i) for i in node.all_input_nodes][0]
+    elif key in _PARTS and node.args and node.args[0] in positions:
+        val = node.meta.get("val")  # the parts of positions: positions of the same axis
+        if isinstance(val, (list, tuple)):
+            atom = ctx.positions(node.args[0])
+            positions.update({(node, i): atom for i in range(len(val))})
     elif same_values and node.all_input_nodes:
         source, val = node.all_input_nodes[0], node.meta.get("val")
         if source in positions and isinstance(val, torch.Tensor) and not val.is_floating_point():
@@ -143,6 +148,10 @@ def _follow_positions(ctx: Context, node: fx.Node, key: str, same_values: bool =
         if i in positions and i not in ctx.understood:
             ctx.A.pin(positions[i], f"positions read by {node.name} ({source_line(node)})")
     ctx.understood.clear()
+
+
+# Ops whose outputs are parts of their input (a tuple of tensors): values kept as they are.
+_PARTS = ("unbind", "split", "split_with_sizes", "chunk", "tensor_split")
 
 
 def _all_positions(nodes: list[fx.Node], positions: dict) -> bool:

@@ -11,6 +11,7 @@ from typing import ClassVar
 import torch
 
 from ..analysis import FFN_ROLES, Analysis
+from ..analysis.context import source_line
 from ..derived import match
 from ..errors import PlanError
 from .state import SurgeryState, check_stack_names
@@ -345,7 +346,9 @@ def _experts(analysis: Analysis, layer, value: int, ask, top_k: int | None = Non
     if not layer.experts:
         if any(other.experts for other in analysis.layers):
             return  # a dense layer among the expert layers
-        raise PlanError("target.num_experts: no routed experts found in this model")
+        raise PlanError(
+            "target.num_experts: no routed experts found in this model" + _unfollowed(analysis)
+        )
     sizes = [analysis.atoms.size[g] for g in layer.experts]  # outermost first
     if len(sizes) > 2:
         raise PlanError(f"target.num_experts: {layer.name} has several groups of experts")
@@ -369,6 +372,25 @@ def _experts(analysis: Analysis, layer, value: int, ask, top_k: int | None = Non
                 f"groups of experts by its best {k}; keep at least {k * sizes[0]} experts"
             )
     ask(layer.experts[-1], per_group, "num_experts")
+
+
+def _unfollowed(analysis: Analysis) -> str:
+    """Why a router's picks were not followed to the weights they pick: the first op that
+    reads them as something else than positions (expert ids computed from them: product
+    keys), as the analysis pinned them; "" where no router's picks were pinned so."""
+    for key, atom in analysis.dims.positions.items():
+        node = key[0] if isinstance(key, tuple) else key
+        if "topk" not in str(node.target):
+            continue
+        for leaf in analysis.atoms.leaves(atom):
+            why = analysis.groups[leaf].pinned if leaf in analysis.groups else None
+            if why and why.startswith("positions read by"):
+                return (
+                    f": the picks of the router {node.name} ({source_line(node)}) are {why}, "
+                    "which computes other ids from them (product keys) or reads them as "
+                    "data; the weights they pick stay whole: leave num_experts out"
+                )
+    return ""
 
 
 def _routed_to(analysis: Analysis, k: int, target: Mapping) -> int:
