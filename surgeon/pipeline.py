@@ -490,6 +490,9 @@ def _child_config(parent: Parent, state: SurgeryState) -> Any:
         config, wrong = fit_config(parent.model, shape)
         if not wrong:
             return config
+        if state.keep_in_step is not None:  # layers' KV heads, scaled by one factor
+            state.keep, state.keep_in_step = state.keep_in_step, None
+            continue
         if not _follow_config(state, wrong):
             break
     raise config_error(parent.model, wrong, shape)

@@ -71,6 +71,11 @@ class Slice:
         """How many positions each group keeps (`state.keep`); `PlanError` for a target
         that is wider than the parent, does not divide, or cuts what must stay whole."""
         state.keep = resolve_target(state.analysis, self.target, self.stacks)
+        try:
+            step = resolve_target(state.analysis, self.target, self.stacks, in_step=True)
+        except PlanError:
+            step = None
+        state.keep_in_step = step if step != state.keep else None
         if self.num_experts_per_tok is not None:
             state.top_k = _routed_to(state.analysis, self.num_experts_per_tok, self.target)
             state.resized = _picks_axis(state.analysis, state.top_k)
@@ -153,11 +158,16 @@ def per_layer_widths(state: SurgeryState) -> dict[int, int]:
 
 
 def resolve_target(
-    analysis: Analysis, target: Mapping[str, int], stacks: Mapping[str, Mapping] | None = None
+    analysis: Analysis,
+    target: Mapping[str, int],
+    stacks: Mapping[str, Mapping] | None = None,
+    in_step: bool = False,
 ) -> dict[int, int]:
     """Turn target sizes into the number of indices each group keeps; `PlanError` for a
     target that is wider than the parent, does not divide, or cuts what must stay whole.
-    `stacks`: sizes for the layers of one stack (`model.decoder.layers`), over `target`'s."""
+    `stacks`: sizes for the layers of one stack (`model.decoder.layers`), over `target`'s.
+    `in_step`: where a stack's layers hold different KV head counts and the target gives
+    none, every layer's scale by one factor (`_kv_in_step`); else each keeps its own."""
     stacks = stacks or {}
     widths = _stream_widths(analysis, target, stacks)
     keep: dict[int, int] = {}
@@ -192,7 +202,7 @@ def resolve_target(
             "numbered list of residual blocks); `surgeon inspect` shows what was found"
         )
     _roles_found(analysis, target, stacks)
-    kv_differ = _kv_differ(analysis)
+    kv_differ = _kv_differ(analysis) if in_step else set()
     for layer in analysis.layers:
         sizes = {**target, **stacks.get(layer.stack, {})}
         if layer.stack in kv_differ:

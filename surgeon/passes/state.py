@@ -41,6 +41,10 @@ class SurgeryState:
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
     select: dict[int, torch.Tensor] = field(default_factory=dict)
     keep: dict[int, int] = field(default_factory=dict)  # group -> positions the child keeps
+    # another `keep` for a config that cannot hold the first: a heads target without
+    # num_kv_heads where layers hold different KV head counts, every layer's KV heads
+    # scaled by one factor (`slice._kv_in_step`); None where there is no other
+    keep_in_step: dict[int, int] | None = None
     scale: dict[str, float] = field(default_factory=dict)  # tensor name -> factor
     layers: list[int] | None = None  # the parent layer behind each child layer (None: all)
     top_k: int | None = None  # the experts a token is routed to, where the plan sets it
