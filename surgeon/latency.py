@@ -29,7 +29,7 @@ from .errors import PlanError
 if TYPE_CHECKING:
     from .pipeline import Parent, Surgery
 
-__all__ = ["ms_per_token", "solve_latency"]
+__all__ = ["decoder_ms_per_token", "ms_per_token", "solve_latency"]
 
 PROBES = 5  # children measured in the bisection, besides the smallest
 STEPS, WARMUP = 16, 4
@@ -103,22 +103,28 @@ def ms_per_token(model: torch.nn.Module, spec: dict, threads: int | None = None)
     a prefill of `spec["context"]` tokens for `spec["batch"]` sequences."""
     from .emit.decoder import export_decoder
     from .emit.onnx import onnx_ready
-    from .generate import OnnxDecoder
 
-    batch, context = spec.get("batch", BATCH), spec.get("context", CONTEXT)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         export_decoder(onnx_ready(model), path)
-        decoder = OnnxDecoder(path, threads)
-        rng = np.random.default_rng(0)
-        ids = rng.integers(0, model.config.vocab_size, (batch, context))
-        mask = np.ones((batch, context), np.int64)
-        logits, past = decoder.step(ids, mask)
-        times = []
-        for _ in range(WARMUP + STEPS):
-            token = logits[:, -1:].argmax(-1)
-            mask = np.ones((batch, mask.shape[1] + 1), np.int64)
-            start = time.perf_counter()
-            logits, past = decoder.step(token, mask, past)
-            times.append(time.perf_counter() - start)
+        return decoder_ms_per_token(path, model.config.vocab_size, spec, threads)
+
+
+def decoder_ms_per_token(path: Path, vocab: int, spec: dict, threads: int | None = None) -> float:
+    """`ms_per_token` of the ONNX decoder at `path` (as `surgeon export` writes it)."""
+    from .generate import OnnxDecoder
+
+    batch, context = spec.get("batch", BATCH), spec.get("context", CONTEXT)
+    decoder = OnnxDecoder(path, threads)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocab, (batch, context))
+    mask = np.ones((batch, context), np.int64)
+    logits, past = decoder.step(ids, mask)
+    times = []
+    for _ in range(WARMUP + STEPS):
+        token = logits[:, -1:].argmax(-1)
+        mask = np.ones((batch, mask.shape[1] + 1), np.int64)
+        start = time.perf_counter()
+        logits, past = decoder.step(token, mask, past)
+        times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times[WARMUP:])

@@ -319,3 +319,14 @@ def test_a_gguf_check_lets_a_near_tie_pass_and_stops_at_anything_else(exported, 
     monkeypatch.setattr(gguf, "NEAR_TIE", gap / 2)
     with pytest.raises(InvariantError, match=f"at new token {at} of prompt 0 \\(no near-tie"):
         gguf.check_gguf(child, Path("x.gguf"), "f16", [prompt], 8)
+
+
+def test_the_latency_clock_times_a_cached_step_of_the_decoder(exported):
+    """A latency budget's clock (surgeon/latency.py) on the exported decoder: a cached
+    step after a prefill, fed the present the prefill returned, runs and takes a
+    positive time (its value is the machine's: benchmarks measure, tests do not)."""
+    from surgeon.latency import decoder_ms_per_token
+
+    folder, child, _ = exported
+    path, vocab = folder / "model.onnx", child.config.vocab_size
+    assert 0 < decoder_ms_per_token(path, vocab, {"context": 4, "batch": 2}, threads=1) < 1000
