@@ -204,7 +204,34 @@ def layer_span(blocks: list[Block], paths: list[str]) -> tuple[fx.Node, fx.Node,
         if len(start.all_input_nodes) != 1:
             break
         start = start.all_input_nodes[0]  # the layer's own change of layout (ViTDet's permute)
+    start = _entry(start, lambda n: any(_in_module(n, p) for p in paths))
     return start, end, _between(start, end, set())
+
+
+def _entry(start: fx.Node, inside) -> fx.Node:
+    """The stream value a layer reads where its first skip is computed inside its own
+    modules from it (`r = norm(x); r * alpha + f(r)`: the skip is the normed value, the
+    layer's input is `x`, and a layer dropped or copied must take its norm with it): the
+    one value of the skip's shape, computed outside the layer, behind the skip through
+    nodes of the layer that mix nothing with weights; `start` where there is none or
+    several."""
+    if not inside(start):
+        return start
+    seen, frontier, outside = {start}, [start], set()
+    while frontier:
+        for i in frontier.pop().all_input_nodes:
+            if i in seen or i.op == "get_attr":
+                continue
+            seen.add(i)
+            rule = rule_for(i)
+            if not inside(i) or i.op != "call_function":
+                outside.add(i)
+            elif rule is None or rule.mixes_stream:
+                return start  # computed through weights: a block of its own, not a norm
+            else:
+                frontier.append(i)
+    same = [i for i in outside if _shape(i) == _shape(start)]
+    return same[0] if len(same) == 1 else start
 
 
 def _exit(node: fx.Node, within) -> fx.Node | None:
