@@ -5,10 +5,14 @@ exactly the child's tensor shapes and compute what the child graph computes.
 
 from __future__ import annotations
 
+import ast
+import functools
 import math
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -123,30 +127,85 @@ def _adopt_rebuilt_scalars(parent: nn.Module, model: nn.Module, child: fx.GraphM
     another value than the parent's, the graph's calls inside that module that pass the
     parent's value take the child's, as `_adopt_rebuilt_buffers` does for buffers. So do
     the square root of a size (an int attribute, or a field of the module's config) and
-    its inverse, also where the forward makes it a tensor (`torch.tensor(hidden ** 0.5)`)."""
+    its inverse, also where the forward makes it a tensor (`torch.tensor(hidden ** 0.5)`).
+    Where two attributes of a module hold the parent's value and the child's class sets
+    them apart (LongCat's q-LoRA scale sqrt(hidden / rank) and its attention's scale
+    head_dim ** -0.5, both 24 ** -0.5 in a parent), the attribute a call passes is read
+    from the source line the trace recorded for it (`_read_attribute`)."""
     changed = _changed_scalars(parent, model, state)
     if not changed:
         return
     for node in child.graph.nodes:
         swap = changed.get(_owner(node))
         if node.op == "call_function" and swap:
-            node.args = tuple(swap.get(a, a) if type(a) is float else a for a in node.args)
+            node.args = tuple(_swapped(node, a, swap) for a in node.args)
             node.kwargs = {  # baddbmm(..., alpha=inv_norm_factor)
-                k: swap.get(a, a) if type(a) is float else a for k, a in node.kwargs.items()
+                k: _swapped(node, a, swap) for k, a in node.kwargs.items()
             }
         elif node.op == "get_attr" and node.users:
             swaps = [changed.get(_owner(u)) for u in node.users]
-            _swap_constant(
-                child, node.target, swaps[0] if all(swaps[0] == w for w in swaps) else None
-            )
+            _swap_constant(child, node, swaps[0] if all(swaps[0] == w for w in swaps) else None)
     child.recompile()
 
 
-def _changed_scalars(parent: nn.Module, model: nn.Module, state) -> dict[str, dict[float, float]]:
-    """Per module path of the parent: {the parent's value: the rebuilt module's}."""
+def _swapped(node: fx.Node, value, swap: dict):
+    """The child's value of a float the parent's graph passes to `node`."""
+    if type(value) is not float:
+        return value
+    new = swap.get(value, value)
+    if not isinstance(new, dict):
+        return new
+    attribute = _read_attribute(node, new)
+    if attribute is None:
+        names = " and ".join(sorted(new))
+        raise PlanError(
+            f"{_owner(node)} holds {value:.6g} in {names}, which the child's config sets "
+            f"apart, and the trace does not say which one {node.name} reads: choose sizes "
+            "that keep them equal (or leave the sizes they derive from uncut)"
+        )
+    return new[attribute]
+
+
+def _read_attribute(node: fx.Node, candidates: dict[str, float]) -> str | None:
+    """Which of `candidates` (attribute names) the call `node` passes: the innermost
+    frame of the stack the trace recorded whose statement names one of them
+    (`q * self.mla_scale_q_lora`, or `scaling=self.scaling` in a call over several
+    lines), where all it names agree on the value; None where none says."""
+    trace = node.meta.get("stack_trace") or ""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in \w+\n\s*(.*)', trace)
+    for path, line, text in reversed(frames):
+        statement = _statements(path).get(int(line), text)
+        named = [a for a in candidates if re.search(rf"\.{re.escape(a)}\b", statement)]
+        if named:
+            values = {candidates[a] for a in named}
+            return named[0] if len(values) == 1 else None
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _statements(path: str) -> dict[int, str]:
+    """Line number -> the text of the simple statement that spans it, in a source file."""
+    try:
+        source = Path(path).read_text()
+        tree = ast.parse(source)
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return {}
+    lines, out = source.splitlines(), {}
+    for stmt in ast.walk(tree):
+        if isinstance(stmt, ast.stmt) and not hasattr(stmt, "body"):
+            text = "\n".join(lines[stmt.lineno - 1 : stmt.end_lineno])
+            for k in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1):
+                out.setdefault(k, text)
+    return out
+
+
+def _changed_scalars(parent: nn.Module, model: nn.Module, state) -> dict[str, dict]:
+    """Per module path of the parent: {the parent's value: the rebuilt module's}, or
+    {the parent's value: {attribute: the rebuilt module's}} where attributes that hold
+    the same value in the parent hold different ones in the rebuilt module."""
     modules = dict(model.named_modules())
     child_path = {state.parent_name(f"{p}.w")[:-2]: p for p in modules if p}
-    changed: dict[str, dict[float, float]] = {}
+    changed: dict[str, dict] = {}
     new_sizes = state.child_sizes()
     full = replace(state, select={}, top_k=None).child_sizes()
     cut = {(full[k], v) for k, v in new_sizes.items() if full.get(k, v) != v and full[k] > 4}
@@ -154,28 +213,39 @@ def _changed_scalars(parent: nn.Module, model: nn.Module, state) -> dict[str, di
         new = modules.get(child_path.get(path, path))
         if new is None:
             continue
-        for value, other in _attribute_pairs(old, new):
-            if type(value) is float and type(other) is float and other != value:
-                swap = changed.setdefault(path, {})
-                swap[value] = other
-                # and its complement unless a value maps it: `(1 - self.lambda_init) * x`
-                swap.setdefault(1 - value, 1 - other)
+        floats: dict[float, dict[str, float]] = {}  # every float attribute, changed or not
+        for name, value, other in _attribute_pairs(old, new):
+            if type(value) is float and type(other) is float:
+                floats.setdefault(value, {})[name] = other
             elif type(value) is int and type(other) is int and (value, other) in cut:
                 # a size the forward scales by (`x * sqrt(d_model)`, `q * head_dim**-0.5`)
                 swap = changed.setdefault(path, {})
                 swap[math.sqrt(value)], swap[value**-0.5] = math.sqrt(other), other**-0.5
+        for value, by_name in floats.items():
+            news = set(by_name.values())
+            if news == {value}:
+                continue
+            swap = changed.setdefault(path, {})
+            if len(news) == 1:
+                (other,) = news
+                swap[value] = other
+                # and its complement unless a value maps it: `(1 - self.lambda_init) * x`
+                swap.setdefault(1 - value, 1 - other)
+            else:  # which attribute a call passes decides
+                swap[value] = by_name
+                swap.setdefault(1 - value, {n: 1 - v for n, v in by_name.items()})
     return changed
 
 
 def _attribute_pairs(old: nn.Module, new: nn.Module):
-    """(parent's, rebuilt's) of each attribute of a module, and of each field of its
+    """(name, parent's, rebuilt's) of each attribute of a module, and of each field of its
     config where it holds one."""
     mine = vars(new)
     for key, value in vars(old).items():
         other = mine.get(key)
-        yield value, other
+        yield key, value, other
         if hasattr(value, "to_dict") and hasattr(other, "to_dict"):
-            yield from ((v, config_value(other, k)) for k, v in vars(value).items())
+            yield from ((k, v, config_value(other, k)) for k, v in vars(value).items())
 
 
 def _owner(node: fx.Node) -> str | None:
@@ -183,9 +253,9 @@ def _owner(node: fx.Node) -> str | None:
     return list(stack.values())[-1][0] if stack else None
 
 
-def _swap_constant(child: fx.GraphModule, target: str, swap: dict | None) -> None:
+def _swap_constant(child: fx.GraphModule, node: fx.Node, swap: dict | None) -> None:
     """A number the forward made a tensor, read only inside modules whose scalars change."""
-    owner, _, attr = target.rpartition(".")
+    owner, _, attr = node.target.rpartition(".")
     module = child.get_submodule(owner) if owner else child
     value = getattr(module, attr, None)
     if (
@@ -199,6 +269,9 @@ def _swap_constant(child: fx.GraphModule, target: str, swap: dict | None) -> Non
     if new is None:  # float32 stores sqrt(64) exactly, not sqrt(2): compare in its dtype
         near = [v for k, v in swap.items() if torch.tensor(k, dtype=value.dtype) == value]
         new = near[0] if near else None
+    if isinstance(new, dict):  # as the calls that read it pass it
+        new = {_swapped(user, value.item(), {value.item(): new}) for user in node.users}
+        new = new.pop() if len(new) == 1 else None
     if new is not None:
         setattr(module, attr, torch.tensor(new, dtype=value.dtype))
 
