@@ -64,7 +64,8 @@ def test_minimax_dropped_layers_take_their_input_norms():
     torch.manual_seed(0)
     parent = _randomised(MiniMaxForCausalLM(config))
     plan = {"target": {"num_layers": 2}, "importance": "first", "rescale": "none"}
-    made = subclone(surgeon.prepare(parent, INPUTS), plan)
+    prepared = surgeon.prepare(parent, INPUTS)
+    made = subclone(prepared, plan)
     child, kept = made.model, made.cut.state.layers
     assert len(kept) == 2 and [config.layer_types[i] for i in kept] == child.config.layer_types
     by_hand = {}

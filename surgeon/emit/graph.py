@@ -248,29 +248,52 @@ UNREAD = (
 )
 
 
-def unread_cuts(state: SurgeryState, shape, want) -> tuple[list, list[int]] | None:
+def unread_cuts(
+    state: SurgeryState, shape, want, name: str | None = None
+) -> tuple[list, list[int]] | None:
     """Cuts that take a tensor the traced forward never reads (a mask token, a cross
     attention a causal LM skips) from the parent's `shape` to the `want` the child's class
     gives it: an axis as long as one cut group before and after is cut as that group (the
-    residual stream's where several are); any other axis keeps its leading positions.
-    Returns (cuts, the axes cut by leading positions), or None where the ranks differ or
-    an axis grows."""
+    one that tensors of the same module hold, where `name` says which module and several
+    groups fit: MiniMax's unread decay rates per head beside the ones its forward reads;
+    else the residual stream's where several are); any other axis keeps its leading
+    positions. Returns (cuts, the axes cut by leading positions), or None where the ranks
+    differ or an axis grows."""
     if len(shape) != len(want) or any(m > n for n, m in zip(shape, want, strict=True)):
         return None
     a = state.analysis
     stream = set(a.atoms.leaves(a.residual))
+    near = _module_groups(state, name.rpartition(".")[0]) if name else set()
     cuts, guessed = [], []
     for axis, (n, m) in enumerate(zip(shape, want, strict=True)):
         if n == m:
             continue
         like = [g for g, kept in state.select.items() if a.atoms.size[g] == n and len(kept) == m]
-        like = [g for g in like if g in stream] or like
+        like = [g for g in like if g in near] or [g for g in like if g in stream] or like
         if len(like) == 1:
             cuts.append((axis, state.select[like[0]]))
         else:
             cuts.append((axis, slice(0, m)))
             guessed.append(axis)
     return cuts, guessed
+
+
+def _module_groups(state: SurgeryState, module: str) -> set[int]:
+    """The groups that tensors of `module` itself (not its submodules) share with other
+    tensors: a group only one tensor holds is that tensor's own, which nothing the
+    traced forward computes ties to the others (an unread tensor's)."""
+    a = state.analysis
+    holders: dict[int, set[str]] = {}
+    for tensor, axes in a.dims.tensors.items():
+        for atom in axes:
+            if isinstance(atom, int):
+                for leaf in a.atoms.leaves(atom):
+                    holders.setdefault(leaf, set()).add(tensor)
+    return {
+        leaf
+        for leaf, tensors in holders.items()
+        if len(tensors) > 1 and any(t.rpartition(".")[0] == module for t in tensors)
+    }
 
 
 def take(value: torch.Tensor, axis: int, how: slice | torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,11 @@ def emit_hf(parent: nn.Module, config: Any, child: fx.GraphModule, state: Surger
             # (a mask token, a contact head, the pooler of a masked LM): the parent's when
             # the child's class gives it the same shape, else the class's own init
             source = parent_tensors.get(source_name)
-            how = None if source is None else unread_cuts(state, source.shape, init.shape)
+            how = (
+                None
+                if source is None
+                else unread_cuts(state, source.shape, init.shape, source_name)
+            )
             if how is not None and source.shape != init.shape:  # cut as the groups it shares
                 for axis, kept in how[0]:
                     source = take(source, axis, kept)

@@ -126,7 +126,7 @@ def _entries(cut: Cut, child: dict) -> list[Planned]:
         axes = dims.tensors.get(canonical)
         cuts = axis_cuts(state, axes, source.shape)
         if axes is None and list(source.shape) != list(shape):  # read by nothing traced
-            cuts, leading = unread_cuts(state, source.shape, shape) or (cuts, [])
+            cuts, leading = unread_cuts(state, source.shape, shape, canonical) or (cuts, [])
             guessed += [child_name] if leading else []
         new = list(source.shape)
         for axis, how in cuts:
