@@ -15,33 +15,16 @@ an independent reference:
 
 import pytest
 import torch
-from transformers import (
-    LongcatFlashConfig,
-    LongcatFlashForCausalLM,
-    MiniMaxConfig,
-    MiniMaxForCausalLM,
-)
+from transformers import MiniMaxForCausalLM
 
 import surgeon
 from surgeon import PlanError
 from surgeon.api import subclone
 from surgeon.emit.hf import _swapped
+from tests import zoo
 
 IDS = torch.randint(3, 64, (2, 8), generator=torch.Generator().manual_seed(1))
 INPUTS = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS)}
-SMALL = dict(vocab_size=64, hidden_size=16, num_attention_heads=2, head_dim=8)
-
-
-def _randomised(model):
-    """Zero-initialised matrices (a router) random, 1-D parameters off their init."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2 and not p.any():
-                p.copy_(0.02 * torch.randn(p.shape, generator=g))
-            elif p.dim() == 1:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def _logits(model):
@@ -50,19 +33,8 @@ def _logits(model):
 
 
 def test_minimax_dropped_layers_take_their_input_norms():
-    config = MiniMaxConfig(
-        **SMALL,
-        num_hidden_layers=3,
-        num_key_value_heads=1,
-        intermediate_size=16,
-        num_local_experts=2,
-        num_experts_per_tok=1,
-        max_position_embeddings=64,
-        block_size=16,
-        use_cache=False,
-    )
-    torch.manual_seed(0)
-    parent = _randomised(MiniMaxForCausalLM(config))
+    parent = zoo.minimax_norm_skips()
+    config = parent.config
     plan = {"target": {"num_layers": 2}, "importance": "first", "rescale": "none"}
     prepared = surgeon.prepare(parent, INPUTS)
     made = subclone(prepared, plan)
@@ -90,34 +62,8 @@ def test_minimax_dropped_layers_take_their_input_norms():
     torch.testing.assert_close(_logits(child), skipped, atol=1e-5, rtol=1e-4)
 
 
-def _longcat():
-    # qk_head_dim 12 and hidden / q_lora_rank = 1 / 12: both scales are 12 ** -0.5
-    config = LongcatFlashConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        q_lora_rank=192,
-        kv_lora_rank=8,
-        qk_nope_head_dim=8,
-        qk_rope_head_dim=4,
-        v_head_dim=8,
-        head_dim=4,
-        ffn_hidden_size=16,
-        expert_ffn_hidden_size=8,
-        n_routed_experts=2,
-        zero_expert_num=2,
-        num_experts_per_tok=2,
-        max_position_embeddings=64,
-        use_cache=False,
-    )
-    torch.manual_seed(0)
-    return _randomised(LongcatFlashForCausalLM(config))
-
-
 def test_longcat_scales_equal_in_the_parent_apart_in_the_child():
-    parent = _longcat()
+    parent = zoo.longcat_equal_scales()
     attn = parent.model.layers[0].self_attn[0]
     assert attn.mla_scale_q_lora == pytest.approx(attn.scaling)  # the collision
     made = subclone(surgeon.prepare(parent, INPUTS), {"target": {"hidden_size": 8}})
@@ -130,19 +76,7 @@ def test_longcat_scales_equal_in_the_parent_apart_in_the_child():
 
 
 def test_a_shared_float_no_trace_names_is_refused():
-    class Scaled(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = self.b = 0.5
-
-        def forward(self, x):
-            y = x * self.a
-            return torch.mul(
-                y,
-                self.b,
-            )
-
-    gm = torch.export.export(Scaled(), (torch.ones(2),)).module()
+    gm = torch.export.export(*zoo.shared_float()).module()
     muls = [n for n in gm.graph.nodes if n.op == "call_function" and 0.5 in n.args]
     assert len(muls) == 2
     swap = {0.5: {"a": 0.25, "b": 0.5}}

@@ -1297,3 +1297,88 @@ class _ConvMixerLayer(nn.Module):
 def conv_mixer():
     """Layers whose token mixer is a convolution: its channels are not the FFN."""
     return _toy(lambda: [_ConvMixerLayer() for _ in range(2)], seq=5)
+
+
+# ---------------------------------------------------------------------------------------
+# Mixture-of-experts layouts surgeon's own check used to stop (tests/test_moe_caught.py)
+# ---------------------------------------------------------------------------------------
+def _off_init(model):
+    """Zero-initialised matrices (a router) random, 1-D parameters off their init."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def minimax_norm_skips():
+    """MiniMax, 3 layers: each layer's skip is its own input norm's output."""
+    from transformers import MiniMaxConfig, MiniMaxForCausalLM
+
+    config = MiniMaxConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_attention_heads=2,
+        head_dim=8,
+        num_hidden_layers=3,
+        num_key_value_heads=1,
+        intermediate_size=16,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        max_position_embeddings=64,
+        block_size=16,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    return _off_init(MiniMaxForCausalLM(config))
+
+
+def longcat_equal_scales():
+    """LongCat-Flash whose two attention scales are one float in the parent."""
+    from transformers import LongcatFlashConfig, LongcatFlashForCausalLM
+
+    # qk_head_dim 12 and hidden / q_lora_rank = 1 / 12: both scales are 12 ** -0.5
+    config = LongcatFlashConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        q_lora_rank=192,
+        kv_lora_rank=8,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=4,
+        v_head_dim=8,
+        head_dim=4,
+        ffn_hidden_size=16,
+        expert_ffn_hidden_size=8,
+        n_routed_experts=2,
+        zero_expert_num=2,
+        num_experts_per_tok=2,
+        max_position_embeddings=64,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    return _off_init(LongcatFlashForCausalLM(config))
+
+
+class _SharedFloat(nn.Module):
+    """Two attributes holding one float, each read on a line of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = self.b = 0.5
+
+    def forward(self, x):
+        y = x * self.a
+        return torch.mul(
+            y,
+            self.b,
+        )
+
+
+def shared_float():
+    return _SharedFloat(), (torch.ones(2),)
