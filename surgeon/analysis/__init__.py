@@ -534,7 +534,11 @@ def _fill_layers(layers, groups, sites, dims, canonical) -> None:
     order = {leaf: i for atom in dims.experts for i, leaf in enumerate(dims.atoms.leaves(atom))}
     for layer in layers:
         nodes = set().union(*(b.nodes for b in layer.blocks))
-        site = next((s for s in sites if s.node in nodes), None)
+        # the layer's attention: of several products q·kᵀ in it, the first over heads;
+        # a scorer beside it whose scores sum over its heads only pick keys (a sparse
+        # attention's indexer, DeepSeek-V3.2's: its top-k only masks the attention)
+        mine = [s for s in sites if s.node in nodes]
+        site = next((s for s in mine if s.heads), mine[0] if mine else None)
         if site is not None:
             layer.num_heads = math.prod(groups[leaf].size for leaf in site.heads)
             layer.num_kv_heads = math.prod(groups[leaf].size for leaf in site.kv)

@@ -153,14 +153,24 @@ def einsum(ctx: Context, a: Args) -> None:
         return
     equation = a.equation.replace(" ", "")
     operands = list(a.operands)
-    lhs, _, rhs = equation.partition("->")
+    lhs, arrow, rhs = equation.partition("->")
     specs = lhs.split(",")
     axes = [ctx.axes(op) for op in operands]
-    if "." in equation or len(specs) != len(axes) or any(x is None for x in axes):
-        ctx.pin_all([*axes, a.out], f"einsum {equation!r} (ellipsis)")
+    if len(specs) != len(axes) or any(x is None for x in axes):
+        ctx.pin_all([*axes, a.out], f"einsum {equation!r} (operands)")
         return
-    if not rhs and "->" not in equation:
+    if "." in equation:  # `...` as labels of its own (LongT5's "...qhd,...khd->...hqk")
+        expanded = _expand_ellipsis(specs, rhs, bool(arrow), [len(x) for x in axes])
+        if expanded is None:
+            ctx.pin_all([*axes, a.out], f"einsum {equation!r} (ellipsis)")
+            return
+        specs, rhs = expanded
+        lhs = ",".join(specs)
+    elif not rhs and not arrow:
         rhs = "".join(sorted(c for c in set(lhs) - {","} if lhs.count(c) == 1))
+    if any(len(spec) != len(x) for spec, x in zip(specs, axes, strict=True)):
+        ctx.pin_all([*axes, a.out], f"einsum {equation!r} (ranks)")
+        return
     label: dict[str, int] = {}
     for spec, x in zip(specs, axes, strict=True):
         for c, ax in zip(spec, x, strict=True):
@@ -180,6 +190,32 @@ def einsum(ctx: Context, a: Args) -> None:
             ctx.fan_in(x0, s0.index(c), x1, s1.index(c))
             batch = [label[b] for b in rhs if b in s0 and b in s1]
             _record_contraction(ctx, a, batch, label[c], x0, x1)
+
+
+def _expand_ellipsis(
+    specs: list[str], rhs: str, arrow: bool, ranks: list[int]
+) -> tuple[list[str], str] | None:
+    """An equation's `...` written out as labels of their own, aligned from the right
+    across the operands as broadcasting aligns them; None where it cannot be read."""
+    fresh = [chr(0x100 + i) for i in range(max(ranks, default=0))]  # no letter of einsum's
+    counts = []
+    for spec, rank in zip(specs, ranks, strict=True):
+        if spec.count("...") > 1 or spec.replace("...", "").count(".") or rank < len(spec) - 3:
+            return None
+        counts.append(rank - (len(spec) - 3) if "..." in spec else 0)
+    n = max(counts, default=0)
+    out = [
+        spec.replace("...", "".join(fresh[n - k : n]))
+        for spec, k in zip(specs, counts, strict=True)
+    ]
+    if not arrow:  # implicit output: the ellipsis, then the labels used once, sorted
+        letters = "".join(s.replace("...", "") for s in specs)
+        return out, "".join(fresh[:n]) + "".join(
+            sorted(c for c in set(letters) if letters.count(c) == 1)
+        )
+    if rhs.count("...") > 1 or rhs.replace("...", "").count("."):
+        return None
+    return out, rhs.replace("...", "".join(fresh[:n]))
 
 
 assert operator.matmul.__name__ == "matmul"  # torch.fx records `@` as operator.matmul
