@@ -333,6 +333,7 @@ def _derived(config: Any, field: str) -> bool:
 PER_LAYER = (
     "layer_types",  # Gemma2/3, Qwen2/3, Mistral, Cohere2, ... ("sliding_attention", ...)
     "mlp_layer_types",  # dense or sparse MLP per layer
+    "indexer_types",  # HY-V4: a layer's own sparse-attention indexer ("full") or none
     "layers_block_type",  # hybrid models (Jamba, Zamba, Granite hybrid, ...)
     "block_types",  # RecurrentGemma-style block kinds
     "attention_layers",  # GPT-Neo's expanded attention types
