@@ -217,9 +217,12 @@ def _entry(start: fx.Node, inside) -> fx.Node:
     several."""
     if not inside(start):
         return start
-    seen, frontier, outside = {start}, [start], set()
+    seen, frontier, outside, changed = {start}, [start], set(), False
     while frontier:
-        for i in frontier.pop().all_input_nodes:
+        node = frontier.pop()
+        rule = rule_for(node) if node.op == "call_function" else None
+        changed = changed or not (rule is not None and rule.same_values)
+        for i in node.all_input_nodes:
             if i in seen or i.op == "get_attr":
                 continue
             seen.add(i)
@@ -230,6 +233,8 @@ def _entry(start: fx.Node, inside) -> fx.Node:
                 return start  # computed through weights: a block of its own, not a norm
             else:
                 frontier.append(i)
+    if not changed:  # the stream value itself, cast or copied (`x.to(float32)`): the skip
+        return start
     same = [i for i in outside if _shape(i) == _shape(start)]
     return same[0] if len(same) == 1 else start
 
