@@ -597,7 +597,7 @@ def test_sigterm_and_sigkill_mid_write(parent, tmp_path, capsys):
 KILLER = """
 import os, pathlib, signal, sys
 import surgeon.io.output as output
-step, at = 0, sys.argv[1]  # `write:N` (the N-th write into the staged folder), or a rename
+step, at = 0, sys.argv[1]  # `write:N` (the N-th write into the staged folder), or the swap
 def kill(here):
     if here == at:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -614,7 +614,6 @@ def counted_open(path, mode="r", *args, **kwargs):
         f.write = counted
     return f
 def exchange(a, b):
-    kill("before the swap")
     swapped = real_exchange(a, b)
     kill("after the swap")
     return swapped
@@ -625,8 +624,8 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_sigkill_at_random_points_over_an_existing_child(parent, tmp_path):
-    """`--force` runs killed outright at three points (a write into the staged folder,
-    picked at seeded random, and before and after the swap into place): every one leaves
+    """`--force` runs killed outright at two points (a write into the staged folder,
+    picked at seeded random, and after the swap into place): each leaves
     the parent as it was and its output folder whole (the old child or the new one,
     nothing in between), and the next run cleans up and finishes."""
     before = _hashes(parent)
@@ -639,7 +638,7 @@ def test_sigkill_at_random_points_over_an_existing_child(parent, tmp_path):
     assert main(_apply(parent, tmp_path, PLAN, "--out", str(tmp_path / "new"))) == 0
     whole = {"old": _model(tmp_path / "old"), "new": _model(tmp_path / "new")}
     rng = random.Random(0)
-    points = [f"write:{rng.randint(1, 12)}", "before the swap", "after the swap"]
+    points = [f"write:{rng.randint(1, 12)}", "after the swap"]
     runs = []
     for i, point in enumerate(points):
         shutil.copytree(tmp_path / "old", tmp_path / f"out{i}")

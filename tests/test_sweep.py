@@ -54,9 +54,15 @@ FOLDER_REFUSED = {
 }
 
 
+# Whose folder check (a save_pretrained folder through the CLI) the slice leaves to the
+# full sweep, for time: encoder-decoder folders go through the CLI in tests/test_stacks.py.
+FOLDER_IN_THE_SWEEP = {"t5gemma2"}
+
+
 @pytest.mark.parametrize("model_type", sorted(PASSING))
 def test_family_outside_the_zoo_passes_every_check(model_type):
-    record = check_type(model_type, skip=("onnx",))  # ONNX: tests/test_onnx.py, on the zoo
+    skip = ("onnx", "folder") if model_type in FOLDER_IN_THE_SWEEP else ("onnx",)
+    record = check_type(model_type, skip=skip)  # ONNX: tests/test_onnx.py, on the zoo
     assert record["buildable"], record.get("why")
     assert record["category"] == PASSING[model_type]
     checks = dict(record["checks"])
@@ -65,7 +71,7 @@ def test_family_outside_the_zoo_passes_every_check(model_type):
         assert folder["result"] == "refused" and FOLDER_REFUSED[model_type] in folder["why"]
     failed = {k: c for k, c in checks.items() if c["result"] != "ok"}
     assert not failed, failed
-    assert set(record["checks"]) == set(CHECKS) - {"onnx"}
+    assert set(record["checks"]) == set(CHECKS) - set(skip)
 
 
 def test_multi_query_attention_keeps_its_one_key_value_head():
