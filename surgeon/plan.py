@@ -39,7 +39,7 @@ import yaml
 
 from .errors import PlanError
 from .passes import PASSES
-from .passes.blocks import KINDS as BLOCK_KINDS
+from .passes.blocks import COUNTS as BLOCK_COUNTS
 from .passes.depth import STRATEGIES
 from .passes.rescale import METHODS as RESCALE_METHODS
 from .passes.score import EXPERTS
@@ -109,19 +109,7 @@ SCHEMA = {
                         "chosen to fit",
                     },
                     "drop_blocks": _object(
-                        {
-                            k: {
-                                "oneOf": [
-                                    {"type": "integer", "minimum": 0},
-                                    {
-                                        "type": "array",
-                                        "items": {"type": "integer", "minimum": 0},
-                                        "minItems": 1,
-                                    },
-                                ]
-                            }
-                            for k in BLOCK_KINDS
-                        },
+                        BLOCK_COUNTS,
                         "residual blocks removed (x + f(x) becomes x) in the layers the child "
                         "keeps: how many attention and MLP blocks (those that matter least: "
                         "the smallest ||f(x)|| / ||x + f(x)|| on calibration data where the "

@@ -20,6 +20,7 @@ import torch
 
 from benchmarks.sweep import _like_trained, head_class, tiny_config, tiny_inputs
 from surgeon import PlanError, apply, prepare
+from tests.helpers import assert_child_is_a_hand_slice
 
 PLAIN = {"importance": "first", "rescale": "none"}
 
@@ -40,21 +41,6 @@ def _build(model_type, **overrides):
     return model, tiny_inputs(model, config)
 
 
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def _check(model, inputs, child, want):
-    got = child.state_dict()
-    assert set(got) == set(want)
-    for key, tensor in want.items():
-        torch.testing.assert_close(got[key], tensor, atol=0, rtol=0, msg=key)
-    fresh = type(model)(child.config).eval()
-    fresh.load_state_dict(want)
-    torch.testing.assert_close(_logits(child, inputs), _logits(fresh, inputs), atol=1e-5, rtol=1e-5)
-
-
 def test_clamped_expert_ids_let_the_experts_be_cut_like_a_hand_slice():
     model, inputs = _build(
         "ergo", num_hidden_layers=2, first_dense_intermediate_size=64, shared_intermediate_size=64
@@ -73,7 +59,7 @@ def test_clamped_expert_ids_let_the_experts_be_cut_like_a_hand_slice():
         for k, v in model.state_dict().items()
     }
     assert sum(k.endswith(per_expert) for k in want) == len(per_expert)  # one MoE layer
-    _check(model, inputs, child, want)
+    assert_child_is_a_hand_slice(model, inputs, child, want)
 
 
 def test_layers_with_twice_the_kv_heads_halve_them_with_the_config():
@@ -95,7 +81,7 @@ def test_layers_with_twice_the_kv_heads_halve_them_with_the_config():
         want[a + "o_proj.weight"] = want[a + "o_proj.weight"][:, : 2 * v]
         if a + "sinks" in want:
             want[a + "sinks"] = want[a + "sinks"][:2]
-    _check(model, inputs, child, want)
+    assert_child_is_a_hand_slice(model, inputs, child, want)
 
 
 def test_experts_picked_by_product_keys_are_refused_in_one_line():

@@ -19,6 +19,7 @@ import torch
 
 from surgeon import PlanError, apply, prepare
 from tests import zoo
+from tests.helpers import assert_child_is_a_hand_slice
 
 
 def _build(name):
@@ -126,16 +127,7 @@ def test_one_plan_cuts_experts_and_every_ffn_role_like_a_hand_slice(case):
     for field, value in fields.items():
         assert getattr(child.config, field) == value, field
     P = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    want = by_hand(P)
-    got = child.state_dict()
-    assert set(got) == set(want)
-    for key, tensor in want.items():
-        torch.testing.assert_close(got[key], tensor, atol=0, rtol=0, msg=key)
-    fresh = type(model)(child.config).eval()
-    fresh.load_state_dict(want)
-    torch.testing.assert_close(
-        _logits(child, example), _logits(fresh, example), atol=1e-5, rtol=1e-5
-    )
+    assert_child_is_a_hand_slice(model, example, child, by_hand(P))
 
 
 def test_permuting_every_group_keeps_the_parents_output(case):

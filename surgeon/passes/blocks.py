@@ -21,10 +21,20 @@ from ..analysis.registry import rule_for
 from ..analysis.residual import Block
 from ..errors import PlanError
 
-__all__ = ["KINDS", "MEASURES", "block_kind", "choose_blocks", "droppable", "separable"]
+__all__ = ["COUNTS", "KINDS", "MEASURES", "block_kind", "choose_blocks", "droppable", "separable"]
 
 KINDS = ("attention", "mlp")  # the keys of `target.drop_blocks`
 MEASURES = ("ratio", "middle")  # measured ||f(x)|| / ||x + f(x)||, or nearest the middle
+# how many blocks of each kind go, or which parent layers lose theirs (the plan's schema)
+COUNTS = {
+    k: {
+        "oneOf": [
+            {"type": "integer", "minimum": 0},
+            {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+        ]
+    }
+    for k in KINDS
+}
 
 
 def block_kind(analysis, layer, block: Block) -> str | None:

@@ -11,7 +11,7 @@ import torch
 
 from ..analysis.measure import layer_influence, residual_ratios
 from ..errors import PlanError
-from .blocks import KINDS, MEASURES, choose_blocks
+from .blocks import COUNTS, MEASURES, choose_blocks
 from .state import SurgeryState, check_stack_names
 
 __all__ = ["STRATEGIES", "Depth", "choose_layers"]
@@ -55,23 +55,7 @@ class Depth:
         },
         "num_layers": {"type": "integer", "minimum": 1},
         "stacks": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}},
-        "blocks": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                k: {
-                    "oneOf": [
-                        {"type": "integer", "minimum": 0},
-                        {
-                            "type": "array",
-                            "items": {"type": "integer", "minimum": 0},
-                            "minItems": 1,
-                        },
-                    ]
-                }
-                for k in KINDS
-            },
-        },
+        "blocks": {"type": "object", "additionalProperties": False, "properties": COUNTS},
         "block_measure": {"enum": list(MEASURES)},
     }
 
