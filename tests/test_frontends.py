@@ -142,6 +142,25 @@ def test_trace_restores_training_flags_and_cache_setting():
     assert model.config.use_cache is True
 
 
+def test_tracing_leaves_each_config_its_own_experts_implementation():
+    # transformers records the experts implementation per config: the text model's
+    # experts dispatch, the vision tower refuses one; after tracing, each config states
+    # what it stated before, and the config builds the model again
+    import copy
+
+    from surgeon.frontends.hf import tracing_settings
+
+    model, _ = zoo.experts_beside_a_vision_tower()
+    config = model.config
+    parts = (config, config.text_config, config.vision_config)
+    before = [c._experts_implementation for c in parts]
+    assert before[1] != before[2]  # the case: two choices in one model
+    with tracing_settings(model):
+        assert config.text_config._experts_implementation == "batched_mm"
+    assert [c._experts_implementation for c in parts] == before
+    type(model)(copy.deepcopy(config))
+
+
 @pytest.mark.parametrize("name", ["llama", "bert", "vit"])
 def test_hf_models_trace_without_example_inputs(name):
     model, _ = zoo.build(name)

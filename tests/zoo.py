@@ -1382,3 +1382,24 @@ class _SharedFloat(nn.Module):
 
 def shared_float():
     return _SharedFloat(), (torch.ones(2),)
+
+
+def experts_beside_a_vision_tower():
+    """A multimodal model whose text model's experts choose their implementation and whose
+    vision tower (Idefics3's) refuses to be given one: transformers records each in its
+    own config (Aria)."""
+    import transformers as tf
+
+    config = tf.AriaConfig(
+        vision_config=tf.Idefics3VisionConfig(**_VISION),
+        text_config=tf.AriaTextConfig(
+            **{**_CAUSAL, "num_hidden_layers": 1, "head_dim": 16},
+            moe_num_experts=4,
+            moe_topk=2,
+            moe_num_shared_experts=1,
+        ),
+        projector_patch_to_query_dict={(_PIXELS // _PATCH) ** 2: 4},
+    )
+    torch.manual_seed(SEED)
+    model = tf.AriaForConditionalGeneration(config).eval()
+    return model, {"input_ids": _tokens()}

@@ -96,8 +96,14 @@ def tracing_settings(model: nn.Module) -> Iterator[None]:
     for part in {id(p): p for p in (config, *_sub_configs(config), *held.values())}.values():
         if getattr(part, "use_cache", False):
             changes.append((part, "use_cache", False))
-    if hasattr(config, "_experts_implementation"):  # experts that don't dispatch ignore it
-        changes.append((config, "_experts_implementation", "batched_mm"))
+    # every config's own field, not the property over it that sets every sub-config too:
+    # restored through that, a vision tower with no experts would be left the text
+    # model's choice, which it refuses when the config builds a model again
+    for part in {id(p): p for p in (*_all_configs(config), *held.values())}.values():
+        if hasattr(part, "_experts_implementation"):  # experts that don't dispatch ignore it
+            own = "_experts_implementation_internal"
+            key = own if hasattr(part, own) else "_experts_implementation"
+            changes.append((part, key, "batched_mm"))
     saved = [(part, key, getattr(part, key)) for part, key, _ in changes]
     for part, key, value in changes:
         setattr(part, key, value)
@@ -112,6 +118,13 @@ def tracing_settings(model: nn.Module) -> Iterator[None]:
 def _sub_configs(config) -> list:
     names = getattr(config, "sub_configs", None) or {}
     return [c for name in names if (c := getattr(config, name, None)) is not None]
+
+
+def _all_configs(config) -> list:
+    """`config` and its sub-configs, theirs too."""
+    if config is None:
+        return []
+    return [config, *(c for sub in _sub_configs(config) for c in _all_configs(sub))]
 
 
 @contextlib.contextmanager
