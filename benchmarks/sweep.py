@@ -137,6 +137,10 @@ FIXUPS: dict[str, tuple[dict, str]] = {
         {"enable_moe_block": True, "top_k_experts": 2},
         "its defaults turn the experts off; the sweep cuts them",
     ),
+    "gemma4": (
+        {"text_config": {"enable_moe_block": True, "top_k_experts": 2}},
+        "its text model's defaults turn the experts off; the sweep cuts them",
+    ),
     "gpt_neo": ({"attention_types": [[["global", "local"], 2]]}, "one entry per layer (4)"),
     "codegen": (
         {"n_head": 8},
@@ -275,7 +279,9 @@ def _config_kwargs(config_cls, extra: dict) -> dict:
             continue
         if getattr(sub_cls, "__name__", "") == "AutoConfig":
             out[key]["model_type"] = sub.model_type
-    out.update(extra)
+    for key, value in extra.items():  # a sub-config's fix-ups join its tiny sizes
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = {**out[key], **value} if both else value
     return out
 
 

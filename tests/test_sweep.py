@@ -135,3 +135,13 @@ def test_a_tensor_the_forward_never_reads_is_cut_as_the_stream_it_shares():
     kept = [int((cls_parent - v).abs().argmin()) for v in cls_child]
     assert len(set(kept)) == 32 and kept != list(range(32))  # permuted, then cut
     torch.testing.assert_close(child.embeddings.mask_token, model.embeddings.mask_token[:, kept])
+
+
+def test_a_fix_up_of_a_sub_config_joins_its_tiny_sizes():
+    # gemma4's experts are its text model's, off by default: the fix-up turns them on
+    # and the text config keeps the sweep's tiny sizes beside it
+    from benchmarks.sweep import tiny_config
+
+    text = tiny_config("gemma4").text_config
+    assert text.enable_moe_block and text.top_k_experts == 2 and text.num_experts == 4
+    assert (text.hidden_size, text.num_hidden_layers, text.vocab_size) == (64, 4, 128)
