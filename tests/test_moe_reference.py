@@ -6,12 +6,15 @@ fresh model of the parent's class with the smaller config.
 With `importance: first` and `rescale: none` nothing is reordered or scaled: the child
 keeps the leading positions of every cut axis. By hand, per layout:
 
-- experts: the router's first rows (and its score-correction bias); with group-limited
-  routing (DeepSeek-V3's 2 groups of 4) the first experts of every group;
+- experts: the router's first rows (and its score-correction bias, or the per-expert
+  scale Gemma 4 gathers by the routing indices); with group-limited routing
+  (DeepSeek-V3's 2 groups of 4) the first experts of every group;
 - a routed expert's width, in its stacked tensors: gate rows [0, w) and up rows
   [I, I + w) of a fused (gate | up) axis of 2I (Qwen2-MoE, DeepSeek-V3); the first 2w
   positions of an interleaved one (gpt-oss: gate at even positions, up at odd);
-- shared experts and dense MLPs: gate/up rows and down columns [0, w).
+- shared experts and dense MLPs (Gemma 4's beside its experts, in their block, is cut as
+  a shared expert and written as its config's intermediate_size): gate/up rows and down
+  columns [0, w).
 """
 
 import pytest
@@ -85,6 +88,20 @@ def _gpt_oss(P, experts, moe):
     return out
 
 
+def _gemma4_text(P, experts, moe, dense):
+    out = dict(P)
+    for i in range(3):
+        m = f"model.layers.{i}."
+        for name in ("router.proj.weight", "router.per_expert_scale"):
+            out[m + name] = P[m + name][experts]
+        out[m + "experts.gate_up_proj"] = _fused(P[m + "experts.gate_up_proj"][experts], moe, 32)
+        out[m + "experts.down_proj"] = P[m + "experts.down_proj"][experts][..., :moe]
+        for proj in ("gate_proj", "up_proj"):
+            out[m + f"mlp.{proj}.weight"] = P[m + f"mlp.{proj}.weight"][:dense]
+        out[m + "mlp.down_proj.weight"] = P[m + "mlp.down_proj.weight"][:, :dense]
+    return out
+
+
 CASES = {  # name: (target, the config fields it must write, the hand-sliced tensors)
     "qwen2_moe": (
         {"num_experts": 4, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 24},
@@ -106,7 +123,15 @@ CASES = {  # name: (target, the config fields it must write, the hand-sliced ten
         {"num_local_experts": 4, "intermediate_size": 24},
         lambda P: _gpt_oss(P, [0, 1, 2, 3], 24),
     ),
+    "gemma4_text": (  # the dense MLP in the experts' block: its config's intermediate_size
+        {"num_experts": 4, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 24},
+        {"num_experts": 4, "moe_intermediate_size": 16, "intermediate_size": 24},
+        lambda P: _gemma4_text(P, [0, 1, 2, 3], 16, 24),
+    ),
 }
+
+
+TOP_K = {"gemma4_text": "top_k_experts"}  # the configs that name the routers' top-k otherwise
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -181,14 +206,15 @@ def test_top_k_is_rewritten_in_the_graph_and_the_config(name):
     experts are cut too)."""
     model, example = _build(name)
     parent = prepare(model, example)
+    field = TOP_K.get(name, "num_experts_per_tok")
     P = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for target in ({"num_experts_per_tok": 1}, {"num_experts_per_tok": 3}):
         child = apply(parent, {"target": target, "importance": "first", "rescale": "none"})
-        assert child.config.num_experts_per_tok == target["num_experts_per_tok"]
+        assert getattr(child.config, field) == target["num_experts_per_tok"]
         fresh = type(model)(child.config).eval()
         fresh.load_state_dict(P)
         torch.testing.assert_close(_logits(child, example), _logits(fresh, example))
     with pytest.raises(PlanError, match="routed to 5 experts .* keep at least 5"):
         apply(parent, {"target": {"num_experts": 4, "num_experts_per_tok": 5}})
     child = apply(parent, {"target": {"num_experts": 4, "num_experts_per_tok": 1}})
-    assert child.config.num_experts_per_tok == 1
+    assert getattr(child.config, field) == 1

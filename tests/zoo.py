@@ -332,7 +332,7 @@ NAMES = ("nanogpt",) + HF_NAMES
 # use them; the whole-zoo tests stay as fast as they were).
 MOE_NAMES = ("mixtral", "qwen2_moe", "olmoe")
 # Routing and expert layouts beside those (tests/test_moe_reference.py)
-MOE_SHAPES = ("deepseek_v3", "gpt_oss")
+MOE_SHAPES = ("deepseek_v3", "gpt_oss", "gemma4_text")
 
 
 def _moe_configs():
@@ -377,6 +377,24 @@ def _moe_configs():
         "gpt_oss": (
             tf.GptOssForCausalLM,
             tf.GptOssConfig(**moe, num_local_experts=8, head_dim=16, sliding_window=8),
+        ),
+        # a dense MLP beside the experts in one block, a router with a norm and scale of
+        # its own, a per-expert scale gathered by the routing indices
+        "gemma4_text": (
+            tf.Gemma4ForCausalLM,
+            tf.Gemma4TextConfig(
+                **_CAUSAL,
+                head_dim=16,
+                global_head_dim=16,
+                layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                sliding_window=8,
+                enable_moe_block=True,
+                num_experts=8,
+                top_k_experts=2,
+                moe_intermediate_size=32,
+                hidden_size_per_layer_input=0,
+                vocab_size_per_layer_input=VOCAB,
+            ),
         ),
     }
 
