@@ -6,6 +6,7 @@ turned on, as in most saved language models: the export turns it off for the tra
 back on after."""
 
 import pytest
+import torch
 
 from surgeon.api import subclone
 from surgeon.emit.onnx import check_onnx, emit_onnx, export_onnx, fixed_axes, fresh_like
@@ -64,3 +65,16 @@ def test_a_forward_that_branches_on_its_input_values_exports_the_branch_taken(tm
 def test_complex_ops_without_an_onnx_translation_export_on_pairs(tmp_path):
     model, example = zoo.complex_rotary()
     assert emit_onnx(model, example, tmp_path) < 1e-5  # two other batch and sequence sizes
+
+
+def test_as_strided_of_a_view_reads_its_storage_as_pytorch_does(tmp_path):
+    """The exporter's `as_strided` reads its input's values in their logical order; here
+    they are a view of the storage in another order (Longformer's chunks)."""
+    model, example = zoo.strided_chunks()
+    h = model.a(example[0].transpose(0, 1)).view(8, 2, 3, 4).permute(1, 2, 0, 3)
+    h = h.reshape(6, 8, 4)  # the chunks by hand: positions 0-3, 2-5, 4-7 of each row
+    by_hand = model.c(torch.stack([h[:, i : i + 4] for i in (0, 2, 4)], 1))
+    assert torch.allclose(model(*example), by_hand)
+    export_onnx(model, example, tmp_path / "model.onnx")
+    again = (torch.randn(2, 8, 8),)
+    assert check_onnx(model, tmp_path / "model.onnx", [example, again]) < 1e-5

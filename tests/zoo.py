@@ -958,6 +958,30 @@ def chunks():
     return _Chunks().eval(), (torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(SEED)),)
 
 
+class _StridedChunks(nn.Module):
+    """Longformer's chunks of a transposed view: the sequence comes first (Longformer's
+    `(seq, batch, embed)`), so folding heads into the batch is a view whose storage is
+    not in its logical order, and `as_strided` reads that storage."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 12)
+        self.c = nn.Linear(4, 5)
+
+    def forward(self, x):  # x (2, 8, 8)
+        h = self.a(x.transpose(0, 1)).view(8, 2, 3, 4).permute(1, 2, 0, 3).reshape(6, 8, 4)
+        h = h.view(6, 2, 4, 4)
+        stride = list(h.stride())
+        stride[1] //= 2
+        return self.c(h.as_strided(size=[6, 3, 4, 4], stride=stride))
+
+
+def strided_chunks():
+    torch.manual_seed(SEED)
+    g = torch.Generator().manual_seed(SEED)
+    return _StridedChunks().eval(), (torch.randn(2, 8, 8, generator=g),)
+
+
 class _ScaledLayer(nn.Module):
     def __init__(self, scale: float):
         super().__init__()

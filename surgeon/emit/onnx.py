@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import InvariantError, SurgeonError, first_line
 from ..frontends import as_inputs, output_tensors, quiet_torch_logs
+from ..frontends.export import _windows_not_strides
 from ..frontends.hf import tracing_settings
 
 __all__ = [
@@ -112,6 +113,7 @@ def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path
             # constraints with another axis: batch": the names are used, as wanted
             warnings.filterwarnings("ignore", "# The axis name", UserWarning)
             options = {"custom_translation_table": _translations(), **options}
+            again = None
             try:
                 program = torch.onnx.export(
                     model, args, str(path), dynamo=True, report=False, verbose=False, **options
@@ -124,6 +126,11 @@ def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path
                     again = _complex_as_pairs(model, args, options)
                 else:
                     raise
+            else:
+                if _reads_strides(program):
+                    again = program.exported_program
+            if again is not None:
+                _windows_not_strides(again.graph_module)
                 program = torch.onnx.export(
                     again, (), str(path), dynamo=True, report=False, verbose=False,
                     custom_translation_table=options["custom_translation_table"],
@@ -132,6 +139,19 @@ def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path
         raise SurgeonError(f"{what} failed: {first_line(_cause(e))}") from e
     if program is None:
         raise SurgeonError(f"{what} produced nothing")
+
+
+def _reads_strides(program) -> bool:
+    """Whether the exported program calls `as_strided`: the exporter's translation reads
+    its input's values in their logical order as if they were its storage, which they
+    are not for a view with other strides (Longformer's chunks of a transposed query),
+    and the file then computes something else. The program is exported again with such
+    calls written as the ops they mean (`frontends.export._windows_not_strides`, as the
+    tracing frontend does: the strides its nodes' values record are PyTorch's)."""
+    graph = getattr(getattr(program, "exported_program", None), "graph", None)
+    return graph is not None and any(
+        n.target is torch.ops.aten.as_strided.default for n in graph.nodes
+    )
 
 
 def _translations() -> dict:
