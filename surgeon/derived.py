@@ -113,11 +113,11 @@ def _child_values(model: nn.Module, config: Any, inputs: Any, keys: list) -> lis
     """The values of the tensors at `keys` ((model line, op), occurrence) in the graph of
     `model`'s class built from `config` on the meta device; None where it cannot be traced
     or lacks one of them."""
+    from .frontends.graph import built_on_meta
     from .frontends.twin import traced
 
     try:
-        with torch.device("meta"):
-            child = type(model)(config)
+        child = built_on_meta(lambda: type(model)(config))
         frontier = _frontier(traced(child, inputs).graph)
         memo: dict[fx.Node, Any] = {}
         out = []

@@ -193,3 +193,15 @@ def test_the_writer_refuses_a_name_twice(tmp_path):
     entries = [Entry("a", torch.float32, [1], [torch.zeros(1)])] * 2
     with pytest.raises(ValueError, match="'a' twice"):
         write_safetensors(entries, tmp_path / "x.safetensors")
+
+
+def test_a_weight_made_off_the_meta_device_is_streamed(tmp_path):
+    """Built from its config on the meta device, ImageGPT still makes its norms' weights
+    on the CPU; the folder is traced all the same, and the permuted child it streams
+    computes the parent's output."""
+    model, inputs = zoo.legacy_weights()
+    model.save_pretrained(tmp_path / "parent")
+    stream_apply(tmp_path / "parent", {"importance": "weight"}, tmp_path / "child")
+    child = type(model).from_pretrained(tmp_path / "child").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(child(**inputs).logits, model(**inputs).logits)

@@ -982,6 +982,20 @@ def strided_chunks():
     return _StridedChunks().eval(), (torch.randn(2, 8, 8, generator=g),)
 
 
+def legacy_weights():
+    """ImageGPT, whose layer norm makes its weight with a legacy constructor
+    (`nn.Parameter(torch.Tensor(n))`) that ignores the default device: built on the meta
+    device, that weight is on the CPU."""
+    import transformers as tf
+
+    config = tf.ImageGPTConfig(
+        vocab_size=VOCAB, n_positions=16, n_embd=32, n_layer=2, n_head=2, use_cache=False
+    )
+    torch.manual_seed(SEED)
+    model = like_trained(tf.ImageGPTForCausalImageModeling(config).eval())
+    return model, {"input_ids": _tokens()}
+
+
 class _ScaledLayer(nn.Module):
     def __init__(self, scale: float):
         super().__init__()

@@ -18,9 +18,22 @@ __all__ = [
     "TensorEntry",
     "as_inputs",
     "bind_placeholders",
+    "built_on_meta",
     "output_tensors",
     "tensor_of",
 ]
+
+
+def built_on_meta(make) -> nn.Module:
+    """`make()` under the meta device, with every tensor its constructor made on another
+    device anyway moved there too: a legacy constructor (`nn.Parameter(torch.Tensor(n))`,
+    ImageGPT's layer norm weight) ignores the default device, and a trace then mixes a
+    CPU weight with meta activations."""
+    with torch.device("meta"):
+        model = make()
+    if any(t.device.type != "meta" for t in (*model.parameters(), *model.buffers())):
+        model.to("meta")
+    return model
 
 
 @dataclass(frozen=True)

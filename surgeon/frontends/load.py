@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import ModelLoadError, first_line
 from . import Inputs, as_inputs
+from .graph import built_on_meta
 
 __all__ = ["has_tokenizer", "load_model", "load_tokenizer"]
 
@@ -67,9 +67,8 @@ def _load_hf_folder(folder: Path, weights: bool = True) -> nn.Module:
         if weights:
             return cls.from_pretrained(folder, local_files_only=True).eval()
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-        with torch.device("meta"):
-            model = cls.from_config(config) if cls is transformers.AutoModel else cls(config)
-        return model.eval()
+        make = cls.from_config if cls is transformers.AutoModel else cls
+        return built_on_meta(lambda: make(config)).eval()
     except Exception as e:  # noqa: BLE001 - any loading failure becomes one clear line
         raise ModelLoadError(f"cannot load {folder} with {cls.__name__}: {first_line(e)}") from e
 

@@ -36,7 +36,7 @@ from torch import fx, nn
 
 from . import trace
 from .export import _on_meta
-from .graph import Graph, Inputs, ParamTable, assign, tensor_of
+from .graph import Graph, Inputs, ParamTable, assign, built_on_meta, tensor_of
 
 __all__ = ["trace_twin", "traced"]
 
@@ -125,6 +125,8 @@ def _twin(model: nn.Module, n: int, period: int) -> nn.Module | None:
         for key, value in lists.items():
             setattr(config, key, type(value)(value[:depth]))
         device = next(chain(model.parameters(), [torch.empty(0, device="meta")])).device
+        if device.type == "meta":
+            return built_on_meta(lambda: type(model)(config)).eval()
         with torch.device(device):
             return type(model)(config).eval()
     except Exception:  # noqa: BLE001 - a config that cannot be shortened has no twin
