@@ -557,6 +557,9 @@ def size_gaps(report: dict, config) -> list[str]:
         heads = {x.get("num_heads") for x in layers} - {0, None}
         if key == "num_kv_heads" and found in ({1}, heads):
             continue  # multi-query (latent attention's rope key) or multi-head: as heads
+        if key == "num_heads":  # with the heads one axis holds beside attention's (a
+            # convolution's): what a config counts together (ConvBERT's head_ratio)
+            found |= {x["num_heads"] + x["heads_beside"] for x in layers if "heads_beside" in x}
         if found and stated and not found & stated:
             said = "/".join(map(str, sorted(stated)))
             out.append(f"{key} {'/'.join(map(str, sorted(found)))}, config {said}")
@@ -778,8 +781,7 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
         if fingerprint(model) != state["print"]:
             raise Wrong("the parent changed")
         # the child's config states the plan's sizes, and the child analysed afresh has
-        # them (judged where the parent's analysis agrees with its config: where it does
-        # not, ConvBERT's, the analysis of a one-head child finds its convolution's heads)
+        # them (judged where the parent's analysis agrees with its config)
         gaps = config_gaps(model.config, child.config, state["report"], plan)
         if not size_gaps(state["report"], model.config):
             seen = surgeon.inspect(surgeon.prepare(child, inputs)).to_dict()

@@ -48,6 +48,8 @@ class Report:
                 "num_experts": layer.num_experts,
                 "blocks": len(layer.blocks),
             }
+            if layer.heads_beside:  # other segments of the axis the heads are in
+                entry["heads_beside"] = layer.heads_beside
             if layer.heads and not a.cuts_heads(layer):  # a hybrid's linear attention
                 entry["heads_kept"] = "another kind of attention than the config's heads"
             if layer.applied > 1:  # one module applied several times (ALBERT)

@@ -183,3 +183,15 @@ def test_residual_ratio_matches_a_direct_measurement():
         h.remove()
     assert ratios[0] == pytest.approx(total / count, rel=1e-5)
     assert all(0 < r < 10 for r in ratios)
+
+
+def test_attention_beside_a_dynamic_convolution():
+    """ConvBERT's layer: the attention is its q·kᵀ (head_dim 8, not the kernel's 3
+    positions that a dynamic convolution contracts over), and the convolution's heads,
+    concatenated with attention's, are reported beside them: the config counts both."""
+    model, inputs = zoo.mixed_attention()
+    attention = model.encoder.layer[0].attention.self
+    (layer,) = inspect(model, inputs).to_dict()["layers"]
+    assert layer["num_heads"] == attention.num_attention_heads == 2
+    assert layer["head_dim"] == attention.attention_head_size == 8
+    assert layer["heads_beside"] + layer["num_heads"] == model.config.num_attention_heads

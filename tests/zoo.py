@@ -996,6 +996,22 @@ def legacy_weights():
     return model, {"input_ids": _tokens()}
 
 
+def mixed_attention():
+    """ConvBERT: half its config's heads are attention heads, the other half a dynamic
+    convolution's (a kernel over 3 positions computed from weights, `F.unfold` windows),
+    concatenated with them before one output projection."""
+    import transformers as tf
+
+    config = tf.ConvBertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=48, embedding_size=32, conv_kernel_size=3, head_ratio=2,
+        max_position_embeddings=16,
+    )  # fmt: skip
+    torch.manual_seed(SEED)
+    ids = _tokens()
+    return like_trained(tf.ConvBertModel(config).eval()), {"input_ids": ids}
+
+
 class _ScaledLayer(nn.Module):
     def __init__(self, scale: float):
         super().__init__()

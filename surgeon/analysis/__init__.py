@@ -91,6 +91,9 @@ class LayerInfo:
     num_heads: int = 0
     num_kv_heads: int = 0
     head_dim: int = 0
+    # positions of other groups that one axis concatenates with the heads (a convolution's
+    # heads beside attention's, read by one output projection): heads a config may count
+    heads_beside: int = 0
     input: fx.Node | None = None  # the stream value the layer reads
     output: fx.Node | None = None  # the stream value it leaves (after a post-norm, if any)
     nodes: set[fx.Node] = field(default_factory=set)  # its nodes, input excluded
@@ -451,8 +454,10 @@ def _attention(dims: Dims, groups: dict[int, Group]) -> list[_Site]:
     sites = []
     for c in dims.contractions:
         contracted = [leaf for leaf in atoms.leaves(c.contracted) if leaf in groups]
-        if not contracted:
-            continue  # attention · values contracts over positions
+        if not contracted or all(_positions(groups[leaf]) for leaf in contracted):
+            # attention · values contracts over positions; so does a kernel computed
+            # from weights applied to windows of the sequence (a dynamic convolution's)
+            continue
         heads = [leaf for a in c.batch for leaf in atoms.leaves(a) if leaf in groups]
         # heads index the projections' weights beside head_dim; windows of positions
         # folded into the batch (windowed attention) index no such weight
@@ -469,6 +474,12 @@ def _attention(dims: Dims, groups: dict[int, Group]) -> list[_Site]:
         sites.append(site)
         _mark_values(dims, c.node, groups)
     return sites
+
+
+def _positions(group: Group) -> bool:
+    """Whether a group's positions are places in the sequence (the offsets of a window
+    that `im2col` or `unfold` reads), which an attention's head_dim never is."""
+    return (group.pinned or "").startswith(("positions of ", "windows of "))
 
 
 def _mark_values(dims: Dims, qk: fx.Node, groups: dict[int, Group]) -> None:
@@ -544,6 +555,7 @@ def _fill_layers(layers, groups, sites, dims, canonical) -> None:
             layer.num_kv_heads = math.prod(groups[leaf].size for leaf in site.kv)
             layer.head_dim = site.head_dim
             layer.heads, layer.kv = list(site.heads), list(site.kv)
+            layer.heads_beside = _beside(dims.atoms, groups, layer.heads)
         mine = [g for g in groups.values() if g.layer is not None and layers[g.layer] is layer]
         ranks = _attention_reads(site, layer.blocks, canonical)
         mixing = _convolved(nodes, canonical) | {
@@ -570,6 +582,21 @@ def _fill_layers(layers, groups, sites, dims, canonical) -> None:
                 layer.ffn_role[g] = FFN_ROLES[2]
             else:  # a dense MLP
                 layer.ffn_role[g] = FFN_ROLES[0]
+
+
+def _beside(atoms, groups: dict[int, Group], heads: list[int]) -> int:
+    """The positions of the other segments of an axis that concatenates the attention's
+    heads with other groups, where there is one such axis (0 where there is none)."""
+    for refinement in atoms.refinement.values():
+        if refinement.kind != "cat":
+            continue
+        parts = [atoms.leaves(p) for p in refinement.parts]
+        if heads not in parts:
+            continue
+        others = [leaf for part in parts if part != heads for leaf in part]
+        if others and all(leaf in groups and leaf not in heads for leaf in others):
+            return sum(groups[leaf].size for leaf in others)
+    return 0
 
 
 def _convolved(nodes, canonical) -> set[str]:
