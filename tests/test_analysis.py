@@ -195,3 +195,33 @@ def test_attention_beside_a_dynamic_convolution():
     assert layer["num_heads"] == attention.num_attention_heads == 2
     assert layer["head_dim"] == attention.attention_head_size == 8
     assert layer["heads_beside"] + layer["num_heads"] == model.config.num_attention_heads
+
+
+def test_differential_attention_keeps_its_two_maps():
+    """DiffLlama's key/value heads are the two maps each head subtracts: the analysis
+    finds them as its config states them, refuses to cut them, and cuts the query heads
+    per map: the child computes what DiffLlama of 2 heads computes with the parent's
+    weights of heads 0 and 2 (the first query head of each map)."""
+    import surgeon
+    from surgeon.errors import PlanError
+
+    model, inputs = zoo.differential_attention()
+    parent = surgeon.prepare(model, inputs)
+    (layer,) = surgeon.inspect(parent).to_dict()["layers"]
+    assert (layer["num_heads"], layer["num_kv_heads"]) == (4, 2)
+    with pytest.raises(PlanError, match="num_kv_heads cannot be cut"):
+        surgeon.apply(parent, {"target": {"num_kv_heads": 1, "num_heads": 2}})
+    child = surgeon.apply(
+        parent, {"target": {"num_heads": 2}, "importance": "first", "rescale": "none"}
+    )
+    config = type(model.config)(**{**model.config.to_dict(), "num_attention_heads": 2})
+    by_hand = type(model)(config).eval()
+    state = model.state_dict()
+    rows = torch.cat([torch.arange(0, 16), torch.arange(32, 48)])  # heads 0 and 2
+    attn = "model.layers.0.self_attn."
+    state[attn + "q_proj.weight"] = state[attn + "q_proj.weight"][rows]
+    # o_proj reads each head's difference of its two maps (2 x head_dim): head 0's
+    state[attn + "o_proj.weight"] = state[attn + "o_proj.weight"][:, :32]
+    by_hand.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(child(**inputs).logits, by_hand(**inputs).logits)

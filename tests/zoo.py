@@ -1012,6 +1012,17 @@ def mixed_attention():
     return like_trained(tf.ConvBertModel(config).eval()), {"input_ids": ids}
 
 
+def differential_attention():
+    """DiffLlama: each head's two softmax maps come from the two halves of its key/value
+    heads (2 here), subtracted one from the other: those heads' positions mean something."""
+    import transformers as tf
+
+    config = tf.DiffLlamaConfig(**{**_CAUSAL, "num_hidden_layers": 1})
+    torch.manual_seed(SEED)
+    ids = _tokens()
+    return like_trained(tf.DiffLlamaForCausalLM(config).eval()), {"input_ids": ids}
+
+
 class _ScaledLayer(nn.Module):
     def __init__(self, scale: float):
         super().__init__()

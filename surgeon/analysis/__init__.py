@@ -464,6 +464,9 @@ def _attention(dims: Dims, groups: dict[int, Group]) -> list[_Site]:
         weights = {n for leaf in contracted for n, _ in groups[leaf].members}
         heads = [h for h in heads if {n for n, _ in groups[h].members} & weights] or heads
         kv = [leaf for leaf in heads if atoms.find(leaf) not in shared]
+        if not kv and len(heads) > 1:  # values broadcast along the keys' own heads too
+            keys = _own_weights(c.operands[1], c.operands[0])
+            kv = [leaf for leaf in heads if {n for n, _ in groups[leaf].members} & keys]
         for leaf in contracted:
             if groups[leaf].role != "residual":
                 groups[leaf].role = "head_dim"
@@ -474,6 +477,25 @@ def _attention(dims: Dims, groups: dict[int, Group]) -> list[_Site]:
         sites.append(site)
         _mark_values(dims, c.node, groups)
     return sites
+
+
+def _own_weights(node: fx.Node, other: fx.Node) -> set[str]:
+    """The tensors `node` is computed from that `other` is not (the keys' projection,
+    beside the query's): their `get_attr` targets."""
+
+    def weights(start: fx.Node) -> set[str]:
+        seen, frontier, out = {start}, [start], set()
+        while frontier:
+            n = frontier.pop()
+            if n.op == "get_attr":
+                out.add(n.target)
+            for x in n.all_input_nodes:
+                if x not in seen:
+                    seen.add(x)
+                    frontier.append(x)
+        return out
+
+    return weights(node) - weights(other)
 
 
 def _positions(group: Group) -> bool:
