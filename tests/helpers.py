@@ -103,13 +103,13 @@ def batches(example: dict, count: int = 3) -> list[dict]:
 def assert_child_is_a_hand_slice(model, inputs: dict, child, want: dict) -> None:
     """`child` holds exactly the tensors `want` (the parent's, sliced by hand), and a
     fresh model of `model`'s class built from the child's config and holding them
-    computes the child's logits on `inputs`."""
+    computes the child's output on `inputs`."""
     got = child.state_dict()
     assert set(got) == set(want)
     for key, tensor in want.items():
         torch.testing.assert_close(got[key], tensor, atol=0, rtol=0, msg=key)
     fresh = type(model)(child.config).eval()
     fresh.load_state_dict(want)
-    with torch.no_grad():
-        got, expect = child(**inputs).logits, fresh(**inputs).logits
+    with torch.no_grad():  # logits, or the last hidden state of a model without a head
+        got, expect = output_tensors(child(**inputs))[0], output_tensors(fresh(**inputs))[0]
     torch.testing.assert_close(got, expect, atol=1e-5, rtol=1e-5)

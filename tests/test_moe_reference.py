@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from surgeon import PlanError, apply, prepare
+from surgeon.frontends import output_tensors
 from tests import zoo
 from tests.helpers import assert_child_is_a_hand_slice
 
@@ -102,6 +103,19 @@ def _gemma4_text(P, experts, moe, dense):
     return out
 
 
+def _muse_spark_text(P, experts, moe):
+    """The experts' own space (pre_expert_proj's rows, its norm, post_expert_proj's
+    columns, the stacked weights' other axis: 48) is kept whole."""
+    out = dict(P)
+    for i in range(2):
+        m = f"layers.{i}.mlp."
+        out[m + "gate.weight"] = P[m + "gate.weight"][experts]
+        out[m + "gate.e_score_correction_bias"] = P[m + "gate.e_score_correction_bias"][experts]
+        out[m + "experts.gate_up_proj"] = _fused(P[m + "experts.gate_up_proj"][experts], moe, 32)
+        out[m + "experts.down_proj"] = P[m + "experts.down_proj"][experts][..., :moe]
+    return out
+
+
 CASES = {  # name: (target, the config fields it must write, the hand-sliced tensors)
     "qwen2_moe": (
         {"num_experts": 4, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 24},
@@ -128,6 +142,11 @@ CASES = {  # name: (target, the config fields it must write, the hand-sliced ten
         {"num_experts": 4, "moe_intermediate_size": 16, "intermediate_size": 24},
         lambda P: _gemma4_text(P, [0, 1, 2, 3], 16, 24),
     ),
+    "muse_spark_text": (  # the experts' own width, moe_hidden_size, is not cut
+        {"num_experts": 4, "moe_intermediate_size": 16},
+        {"num_local_experts": 4, "moe_intermediate_size": 16, "moe_hidden_size": 48},
+        lambda P: _muse_spark_text(P, [0, 1, 2, 3], 16),
+    ),
 }
 
 
@@ -141,8 +160,9 @@ def case(request):
 
 
 def _logits(model, example):
+    """The logits, or the last hidden state of a model without a head."""
     with torch.no_grad():
-        return model(**example).logits
+        return output_tensors(model(**example))[0]
 
 
 def test_one_plan_cuts_experts_and_every_ffn_role_like_a_hand_slice(case):
@@ -174,6 +194,18 @@ def test_attentions_low_rank_projections_are_not_ffn_widths():
     ]
     ranks = {g.size for g in analysis.groups.values() if g.role == "rank"}
     assert ranks == {48, 32}  # q_lora_rank, kv_lora_rank: kept
+
+
+def test_the_experts_own_space_is_kept_not_an_ffn_width():
+    """Experts that read the stream through a projection into a space of their own and
+    write through one out of it: that space's two groups (the experts' input and output
+    width, 48 each) are not the experts' width; the FFN width is the 32 inside them."""
+    model, example = zoo.build("muse_spark_text")
+    analysis = prepare(model, example).analysis
+    sizes = {g.id: g.size for g in analysis.groups.values()}
+    assert [layer.widths(sizes) for layer in analysis.layers] == [{"moe_intermediate_size": 32}] * 2
+    own = [g for g in analysis.groups.values() if g.role == "rank"]
+    assert sorted(g.size for g in own) == [48] * 4  # in and out, per layer: kept
 
 
 @pytest.mark.parametrize(

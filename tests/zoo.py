@@ -332,7 +332,7 @@ NAMES = ("nanogpt",) + HF_NAMES
 # use them; the whole-zoo tests stay as fast as they were).
 MOE_NAMES = ("mixtral", "qwen2_moe", "olmoe")
 # Routing and expert layouts beside those (tests/test_moe_reference.py)
-MOE_SHAPES = ("deepseek_v3", "gpt_oss", "gemma4_text")
+MOE_SHAPES = ("deepseek_v3", "gpt_oss", "gemma4_text", "muse_spark_text")
 
 
 def _moe_configs():
@@ -394,6 +394,19 @@ def _moe_configs():
                 moe_intermediate_size=32,
                 hidden_size_per_layer_input=0,
                 vocab_size_per_layer_input=VOCAB,
+            ),
+        ),
+        # experts that read and write a space of their own (48 wide): a projection of the
+        # stream into it, normed, and one out of it (`moe_hidden_size`, kept); no LM head
+        "muse_spark_text": (
+            tf.MuseSparkTextModel,
+            tf.MuseSparkTextConfig(
+                **{**moe, "num_hidden_layers": 2},
+                num_local_experts=8,
+                moe_intermediate_size=32,
+                moe_hidden_size=48,
+                head_dim=16,
+                sliding_window=8,
             ),
         ),
     }

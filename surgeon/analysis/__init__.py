@@ -39,7 +39,9 @@ __all__ = [
 ]
 
 # The roles a group can have (Group.role); "rank": the inner width of a low-rank
-# projection inside attention (multi-head latent attention's q and kv ranks), kept;
+# projection inside attention (multi-head latent attention's q and kv ranks), or the
+# width routed experts read and write when a projection takes the stream into a space of
+# their own (a config's `moe_hidden_size`), kept;
 # "mixer": another inner width of a token mixer, not its heads (a convolution's channels,
 # a recurrence's width, a value width attention splits its own way), kept unless the
 # config sizes it with the sizes the plan cuts (`pipeline._follow_config`).
@@ -595,6 +597,12 @@ def _fill_layers(layers, groups, sites, dims, canonical) -> None:
         layer.experts = sorted((g.id for g in mine if g.role == "experts"), key=order.get)
         layer.num_experts = math.prod(groups[g].size for g in layer.experts) if layer.experts else 0
         routed = {n for g in layer.experts for n, _ in groups[g].members}
+        for g in layer.ffn:
+            names = {n for n, _ in groups[g].members}
+            if names & routed and names - routed:  # what the experts read and write, in a
+                groups[g].role = "rank"  # space of their own (a projection into it): kept
+        layer.ffn = [g for g in layer.ffn if groups[g].role == "ffn"]
+        layer.intermediate_size = sum(groups[g].size for g in layer.ffn)
         beside = {p for b in layer.blocks if routed & set(b.params) for p in b.params}
         for g in layer.ffn:
             names = {n for n, _ in groups[g].members}
