@@ -132,6 +132,20 @@ FIXUPS: dict[str, tuple[dict, str]] = {
         "32; each group is scored by its best 2, so 2 per group would leave none to cut)",
     ),
     "longcat_flash": (_MLA, "latent attention's head sizes"),
+    "kimi_linear": (
+        {
+            **_MLA,
+            "linear_attn_config": {
+                "full_attn_layers": [4],
+                "kda_layers": [1, 2, 3],
+                "head_dim": 16,
+                "num_heads": 4,
+            },
+        },
+        "latent attention's head sizes; a checkpoint's layer pattern (every 4th layer full "
+        "attention, 1-indexed): the default's (0-indexed) gives 4 layers none; the linear "
+        "attention's heads tiny (the default is 32 of 128)",
+    ),
     "doge": ({"is_moe": True}, "its defaults turn the experts off; the sweep cuts them"),
     "gemma4_text": (
         {"enable_moe_block": True, "top_k_experts": 2},
