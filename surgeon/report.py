@@ -153,7 +153,7 @@ ROLE_MEANING = {
     "vocab": "the vocabulary (kept)",
     "experts": "routed experts: num_experts",
     "mixer": "a token mixer's channels (kept, or as the config sizes them)",
-    "rank": "a low-rank projection's rank (kept)",
+    "rank": "a low-rank projection's rank, or routed experts' own space (kept)",
 }
 
 

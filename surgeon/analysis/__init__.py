@@ -41,7 +41,8 @@ __all__ = [
 # The roles a group can have (Group.role); "rank": the inner width of a low-rank
 # projection inside attention (multi-head latent attention's q and kv ranks), or the
 # width routed experts read and write when a projection takes the stream into a space of
-# their own (a config's `moe_hidden_size`), kept;
+# their own (a config's `moe_hidden_size`), or another axis of their tensors that others
+# share (shared experts counted on the router's rows), kept;
 # "mixer": another inner width of a token mixer, not its heads (a convolution's channels,
 # a recurrence's width, a value width attention splits its own way), kept unless the
 # config sizes it with the sizes the plan cuts (`pipeline._follow_config`).
@@ -598,9 +599,13 @@ def _fill_layers(layers, groups, sites, dims, canonical) -> None:
         layer.num_experts = math.prod(groups[g].size for g in layer.experts) if layer.experts else 0
         routed = {n for g in layer.experts for n, _ in groups[g].members}
         for g in layer.ffn:
+            # an axis of the routed experts' tensors that others share is not their width:
+            # the space they read and write (projections into and out of it, a norm over
+            # it), or shared experts scored on rows of the router beside the routed ones
+            # (their count): kept
             names = {n for n, _ in groups[g].members}
-            if names & routed and names - routed:  # what the experts read and write, in a
-                groups[g].role = "rank"  # space of their own (a projection into it): kept
+            if names & routed and names - routed:
+                groups[g].role = "rank"
         layer.ffn = [g for g in layer.ffn if groups[g].role == "ffn"]
         layer.intermediate_size = sum(groups[g].size for g in layer.ffn)
         beside = {p for b in layer.blocks if routed & set(b.params) for p in b.params}
