@@ -157,9 +157,12 @@ CONFIG_FIELDS = {
     "num_experts_per_tok": ("num_experts_per_tok", "top_k", "moe_topk", "top_k_experts")
     + ("num_selected_experts", "moe_k", "experts_per_token"),
 }
+# The same size spelt for one stack, or for one kind of layer (`swa_`: the sliding-window
+# layers' heads beside the full-attention layers'), followed where the parent holds it at
+# the same value.
 STACK_FIELDS = {
-    "num_heads": re.compile(r"^(encoder|decoder)_(num_)?attention_heads$"),
-    "num_kv_heads": re.compile(r"^(encoder|decoder)_(num_key_value_heads|kv_heads)$"),
+    "num_heads": re.compile(r"^(encoder|decoder|swa)_(num_)?attention_heads$"),
+    "num_kv_heads": re.compile(r"^(encoder|decoder|swa)_(num_key_value_heads|kv_heads)$"),
     "intermediate_size": re.compile(r"^(encoder|decoder)_(ffn_dim|intermediate_size)$"),
 }
 ROLE_NAMES = dict(zip(FFN_ROLES, ("dense MLPs", "routed experts", "shared experts"), strict=True))

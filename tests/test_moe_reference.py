@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from surgeon import PlanError, apply, prepare
+from surgeon.api import subclone
 from surgeon.frontends import output_tensors
 from tests import zoo
 from tests.helpers import assert_child_is_a_hand_slice
@@ -116,6 +117,44 @@ def _muse_spark_text(P, experts, moe):
     return out
 
 
+def _inkling_text(P, experts, moe, hidden):
+    """Routed experts' rows of the router, then its shared experts' (its last 2); heads in
+    whole KV groups: the sliding layer's 4 heads on 1 KV head keep heads 0 and 1, the
+    full layer's 2 per KV head keep the first of each (heads 0 and 2); the residual
+    stream's first `hidden` positions everywhere."""
+    out = dict(P)
+    h = slice(0, hidden)
+    for i, heads in ((0, [0, 1]), (1, [0, 2])):
+        m = f"model.layers.{i}."
+        q = torch.cat([torch.arange(16 * k, 16 * k + 16) for k in heads])
+        r = torch.cat([torch.arange(8 * k, 8 * k + 8) for k in heads])
+        a = m + "self_attn."
+        out[a + "q_proj.weight"] = P[a + "q_proj.weight"][q][:, h]
+        out[a + "r_proj.weight"] = P[a + "r_proj.weight"][r][:, h]
+        out[a + "o_proj.weight"] = P[a + "o_proj.weight"][h][:, q]
+        for proj in ("k_proj", "v_proj"):
+            out[a + f"{proj}.weight"] = P[a + f"{proj}.weight"][:, h]
+        e = m + "mlp."
+        rows = [*experts, 8, 9]  # the routed experts kept, then the 2 shared ones
+        out[e + "gate.weight"] = P[e + "gate.weight"][rows][:, h]
+        out[e + "gate.e_score_correction_bias"] = P[e + "gate.e_score_correction_bias"][experts]
+        fused = _fused(P[e + "experts.gate_up_proj"][experts], moe, 32)
+        out[e + "experts.gate_up_proj"] = fused[..., h]
+        out[e + "experts.down_proj"] = P[e + "experts.down_proj"][experts][:, h, :moe]
+        for proj in ("gate_proj", "up_proj"):
+            out[e + f"shared_experts.{proj}"] = P[e + f"shared_experts.{proj}"][:, :moe, h]
+        out[e + "shared_experts.down_proj"] = P[e + "shared_experts.down_proj"][:, h, :moe]
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            out[m + f"{norm}.weight"] = P[m + f"{norm}.weight"][h]
+        for conv in ("attn_sconv", "mlp_sconv"):
+            out[m + f"{conv}.conv1d.weight"] = P[m + f"{conv}.conv1d.weight"][h]
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        out[name] = P[name][:, h]
+    for name in ("model.embed_tokens.embed_norm.weight", "model.norm.weight"):
+        out[name] = P[name][h]
+    return out
+
+
 CASES = {  # name: (target, the config fields it must write, the hand-sliced tensors)
     "qwen2_moe": (
         {"num_experts": 4, "moe_intermediate_size": 16, "shared_expert_intermediate_size": 24},
@@ -146,6 +185,29 @@ CASES = {  # name: (target, the config fields it must write, the hand-sliced ten
         {"num_experts": 4, "moe_intermediate_size": 16},
         {"num_local_experts": 4, "moe_intermediate_size": 16, "moe_hidden_size": 48},
         lambda P: _muse_spark_text(P, [0, 1, 2, 3], 16),
+    ),
+    # one width for routed and shared experts; the sliding layers' heads follow the
+    # full layers' (swa_num_attention_heads); the routing scale (8.0) stays though the
+    # width it equals the square root of is cut
+    "inkling_text": (
+        {
+            "num_experts": 4,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 16,
+            "num_heads": 2,
+            "hidden_size": 32,
+        },
+        {
+            "n_routed_experts": 4,
+            "moe_intermediate_size": 16,
+            "num_attention_heads": 2,
+            "swa_num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "swa_num_key_value_heads": 1,
+            "hidden_size": 32,
+            "route_scale": 8.0,
+        },
+        lambda P: _inkling_text(P, [0, 1, 2, 3], 16, 32),
     ),
 }
 
@@ -208,6 +270,20 @@ def test_the_experts_own_space_is_kept_not_an_ffn_width():
     assert sorted(g.size for g in own) == [48] * 4  # in and out, per layer: kept
 
 
+def test_a_scale_equal_to_the_square_root_of_a_cut_width_stays():
+    """The router scales its weights by `route_scale` (8.0), and sits in a module that
+    holds the hidden size (64): a scale that is sqrt(64) by coincidence is not the
+    width's square root, so the graph child keeps 8.0 where the hidden size is cut. The
+    reference is transformers' forward of the child (its weights the hand slice of
+    `test_one_plan_cuts_experts_and_every_ffn_role_like_a_hand_slice`)."""
+    model, example = zoo.build("inkling_text")
+    plan = {"target": {"hidden_size": 32}, "importance": "first", "rescale": "none"}
+    child = subclone(prepare(model, example), plan)
+    assert child.model.config.route_scale == 8.0
+    want, got = _logits(child.model, example), _logits(child.graph, example)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 @pytest.mark.parametrize(
     ("name", "target", "message"),
     [
@@ -230,14 +306,12 @@ def test_a_width_the_config_cannot_hold_is_one_line(name, target, message):
         apply(prepare(model, example), {"target": target})
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_top_k_is_rewritten_in_the_graph_and_the_config(name):
+def test_top_k_is_rewritten_in_the_graph_and_the_config(case):
     """`num_experts_per_tok` 1 and 3: the child routes each token to that many experts.
     The reference is transformers' own routing: a fresh model of the parent's class with
     that top-k in its config and the parent's weights (the hand-sliced ones where the
     experts are cut too)."""
-    model, example = _build(name)
-    parent = prepare(model, example)
+    name, model, example, parent = case
     field = TOP_K.get(name, "num_experts_per_tok")
     P = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for target in ({"num_experts_per_tok": 1}, {"num_experts_per_tok": 3}):

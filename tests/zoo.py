@@ -332,7 +332,7 @@ NAMES = ("nanogpt",) + HF_NAMES
 # use them; the whole-zoo tests stay as fast as they were).
 MOE_NAMES = ("mixtral", "qwen2_moe", "olmoe")
 # Routing and expert layouts beside those (tests/test_moe_reference.py)
-MOE_SHAPES = ("deepseek_v3", "gpt_oss", "gemma4_text", "muse_spark_text")
+MOE_SHAPES = ("deepseek_v3", "gpt_oss", "gemma4_text", "muse_spark_text", "inkling_text")
 
 
 def _moe_configs():
@@ -407,6 +407,26 @@ def _moe_configs():
                 moe_hidden_size=48,
                 head_dim=16,
                 sliding_window=8,
+            ),
+        ),
+        # a sliding-window layer (its own head counts, `swa_*`: 4 heads on 1 KV head) before
+        # a full-attention one (4 on 2); shared experts scored on the router's last rows,
+        # run as one stacked batch; a routing scale of 8.0, the square root of the width
+        "inkling_text": (
+            tf.InklingForCausalLM,
+            tf.InklingTextConfig(
+                **{**moe, "num_hidden_layers": 2},
+                head_dim=16,
+                swa_num_attention_heads=4,
+                swa_num_key_value_heads=1,
+                swa_head_dim=16,
+                local_layer_ids=[0],
+                n_routed_experts=8,
+                n_shared_experts=2,
+                moe_intermediate_size=32,
+                sliding_window_size=8,
+                rel_extent=16,
+                d_rel=8,
             ),
         ),
     }

@@ -218,13 +218,20 @@ def _changed_scalars(parent: nn.Module, model: nn.Module, state) -> dict[str, di
         if new is None:
             continue
         floats: dict[float, dict[str, float]] = {}  # every float attribute, changed or not
+        sized: dict[float, dict[str, float]] = {}  # sqrt(size) and its inverse, per size
         for name, value, other in _attribute_pairs(old, new):
             if type(value) is float and type(other) is float:
                 floats.setdefault(value, {})[name] = other
             elif type(value) is int and type(other) is int and (value, other) in cut:
                 # a size the forward scales by (`x * sqrt(d_model)`, `q * head_dim**-0.5`)
-                swap = changed.setdefault(path, {})
-                swap[math.sqrt(value)], swap[value**-0.5] = math.sqrt(other), other**-0.5
+                sized.setdefault(math.sqrt(value), {})[name] = math.sqrt(other)
+                sized.setdefault(value**-0.5, {})[name] = other**-0.5
+        for value, by_name in sized.items():
+            # a float attribute of the same value that stays (a routing scale of 8.0
+            # beside a hidden size of 64): which attribute a call names decides
+            both = {**floats.pop(value, {}), **by_name}
+            news = set(both.values())
+            changed.setdefault(path, {})[value] = news.pop() if len(news) == 1 else both
         for value, by_name in floats.items():
             news = set(by_name.values())
             if news == {value}:
