@@ -146,6 +146,16 @@ FIXUPS: dict[str, tuple[dict, str]] = {
         "attention, 1-indexed): the default's (0-indexed) gives 4 layers none; the linear "
         "attention's heads tiny (the default is 32 of 128)",
     ),
+    "inkling_text": (
+        {
+            "local_layer_ids": [0, 1, 2],
+            "swa_num_attention_heads": 4,
+            "swa_num_key_value_heads": 1,
+            "swa_head_dim": 16,
+        },
+        "a full-attention layer after the sliding ones (the default's every 6th layer gives "
+        "4 layers none); the sliding layers' heads tiny (the default is 64 of 128, 16 KV)",
+    ),
     "doge": ({"is_moe": True}, "its defaults turn the experts off; the sweep cuts them"),
     "gemma4_text": (
         {"enable_moe_block": True, "top_k_experts": 2},
