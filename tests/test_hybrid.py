@@ -5,6 +5,7 @@ whose heads the config states (`num_attention_heads`); the linear attention keep
 heads. The reference is the parent's tensors sliced by hand, loaded into a fresh model
 of the parent's class with the child's config."""
 
+import pytest
 import torch
 
 from surgeon import apply, inspect, prepare
@@ -48,10 +49,13 @@ def test_heads_cut_the_configs_attention_and_keep_the_linear_attentions():
     )
 
 
-def test_a_convolutions_channels_are_not_the_ffn():
-    """The channels of a short convolution (a token mixer) are kept: `intermediate_size`
-    cuts the MLP alone, as a hand slice of its two projections."""
-    model, example = zoo.conv_mixer()
+@pytest.mark.parametrize("name", ["conv_mixer", "gated_conv_mixer"])
+def test_a_convolutions_channels_are_not_the_ffn(name):
+    """The channels of a short convolution (a token mixer) are kept, and so is the rank of
+    a low-rank projection into them (a gate's): `intermediate_size` cuts the MLP alone,
+    as a hand slice of its two projections."""
+    make = getattr(zoo, name)
+    model, example = make()
     parent = prepare(model, example)
     layers = inspect(parent).to_dict()["layers"]
     assert [x["intermediate_size"] for x in layers] == [24, 24]
@@ -66,7 +70,7 @@ def test_a_convolutions_channels_are_not_the_ffn():
             want[m + "up.bias"][:8],
         )
         want[m + "down.weight"] = want[m + "down.weight"][:, :8]
-    reference, _ = zoo.conv_mixer()
+    reference, _ = make()
     for layer in reference.layers:
         layer.up, layer.down = torch.nn.Linear(12, 8), torch.nn.Linear(8, 12)
     reference.load_state_dict(want)

@@ -1415,6 +1415,28 @@ def conv_mixer():
     return _toy(lambda: [_ConvMixerLayer() for _ in range(2)], seq=5)
 
 
+class _GatedConvMixerLayer(_ConvMixerLayer):
+    """`_ConvMixerLayer` whose channels a gate scales, computed from the layer's input
+    through a low-rank projection (rank 4) into the 16 channels (Kimi's linear
+    attention's gates): the rank is neither the FFN nor the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.g_a = nn.Linear(12, 4, bias=False)
+        self.g_b = nn.Linear(4, 16, bias=False)
+
+    def forward(self, x):  # x (batch, seq, 12)
+        h = self.in_proj(x).transpose(1, 2)
+        h = self.conv(h)[..., : x.shape[1]].transpose(1, 2)
+        x = x + self.out_proj(h * torch.sigmoid(self.g_b(self.g_a(x))))
+        return x + self.down(torch.relu(self.up(x)))
+
+
+def gated_conv_mixer():
+    """Layers whose token mixer is a convolution gated through a low-rank projection."""
+    return _toy(lambda: [_GatedConvMixerLayer() for _ in range(2)], seq=5)
+
+
 # ---------------------------------------------------------------------------------------
 # Mixture-of-experts layouts surgeon's own check used to stop (tests/test_moe_caught.py)
 # ---------------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ __all__ = [
 # projection inside attention (multi-head latent attention's q and kv ranks), or the
 # width routed experts read and write when a projection takes the stream into a space of
 # their own (a config's `moe_hidden_size`), or another axis of their tensors that others
-# share (shared experts counted on the router's rows), kept;
+# share (shared experts counted on the router's rows), or the rank of a low-rank
+# projection into a token mixer's width (a linear attention's gates), kept;
 # "mixer": another inner width of a token mixer, not its heads (a convolution's channels,
 # a recurrence's width, a value width attention splits its own way), kept unless the
 # config sizes it with the sizes the plan cuts (`pipeline._follow_config`).
@@ -592,6 +593,10 @@ def _fill_layers(layers, groups, sites, dims, canonical) -> None:
                 g.role = "rank"  # a low-rank projection inside attention (MLA's): kept
             elif g.role == "ffn" and names & mixing:  # a token mixer's width: not the FFN
                 g.role = "mixer"
+        mixers = {g.id for g in mine if g.role == "mixer"}
+        for g in mine:  # a low-rank projection into a token mixer's width (a gate's): kept
+            if g.role == "ffn" and _reaches_group(g, mixers, dims):
+                g.role = "rank"
         layer.ffn = [g.id for g in mine if g.role == "ffn"]
         layer.intermediate_size = sum(groups[g].size for g in layer.ffn)
         # outermost first: group-limited routing views its experts as (groups x experts)
@@ -632,6 +637,17 @@ def _beside(atoms, groups: dict[int, Group], heads: list[int]) -> int:
         if others and all(leaf in groups and leaf not in heads for leaf in others):
             return sum(groups[leaf].size for leaf in others)
     return 0
+
+
+def _reaches_group(group: Group, others: set[int], dims: Dims) -> bool:
+    """Whether a tensor that `group` indexes has another axis in one of `others`."""
+    atoms = dims.atoms
+    for name, axis in group.members:
+        axes = dims.tensors.get(name, [])
+        for i, a in enumerate(axes):
+            if i != axis and set(atoms.leaves(a)) & others:
+                return True
+    return False
 
 
 def _convolved(nodes, canonical) -> set[str]:
