@@ -218,33 +218,29 @@ def _changed_scalars(parent: nn.Module, model: nn.Module, state) -> dict[str, di
         if new is None:
             continue
         floats: dict[float, dict[str, float]] = {}  # every float attribute, changed or not
-        sized: dict[float, dict[str, float]] = {}  # sqrt(size) and its inverse, per size
+        roots: dict[float, dict[str, float]] = {}  # square roots of the sizes cut
         for name, value, other in _attribute_pairs(old, new):
             if type(value) is float and type(other) is float:
                 floats.setdefault(value, {})[name] = other
             elif type(value) is int and type(other) is int and (value, other) in cut:
                 # a size the forward scales by (`x * sqrt(d_model)`, `q * head_dim**-0.5`)
-                sized.setdefault(math.sqrt(value), {})[name] = math.sqrt(other)
-                sized.setdefault(value**-0.5, {})[name] = other**-0.5
-        for value, by_name in sized.items():
-            # a float attribute of the same value that stays (a routing scale of 8.0
-            # beside a hidden size of 64): which attribute a call names decides
-            both = {**floats.pop(value, {}), **by_name}
-            news = set(both.values())
-            changed.setdefault(path, {})[value] = news.pop() if len(news) == 1 else both
-        for value, by_name in floats.items():
+                roots.setdefault(math.sqrt(value), {})[name] = math.sqrt(other)
+                roots.setdefault(value**-0.5, {})[name] = other**-0.5
+        for value in dict.fromkeys([*floats, *roots]):
+            # a float attribute and the root of a cut size may hold one value in the
+            # parent (CodeGen's scale head_dim ** -0.5 beside its head count, 8 and 8):
+            # which attribute a call passes decides
+            by_name = {**floats.get(value, {}), **roots.get(value, {})}
             news = set(by_name.values())
             if news == {value}:
                 continue
             swap = changed.setdefault(path, {})
-            if len(news) == 1:
-                (other,) = news
-                swap[value] = other
-                # and its complement unless a value maps it: `(1 - self.lambda_init) * x`
-                swap.setdefault(1 - value, 1 - other)
-            else:  # which attribute a call passes decides
-                swap[value] = by_name
-                swap.setdefault(1 - value, {n: 1 - v for n, v in by_name.items()})
+            swap[value] = news.pop() if len(news) == 1 else by_name
+            kept = set(floats.get(value, {}).values())
+            if kept and kept != {value}:  # and its complement unless a value maps it:
+                # `(1 - self.lambda_init) * x`
+                one = {n: 1 - v for n, v in floats[value].items()}
+                swap.setdefault(1 - value, one.popitem()[1] if len(kept) == 1 else one)
     return changed
 
 

@@ -277,9 +277,7 @@ def _layer_target(analysis, layer, target, ask) -> None:
                 f"target.num_kv_heads = {target['num_kv_heads']} must equal num_heads = {heads}: "
                 "this model has one key/value head per query head"
             )
-        if len(layer.heads) != 1:
-            raise PlanError(f"target.num_heads: {layer.name} has several head groups")
-        ask(layer.heads[0], heads, "num_heads")
+        _outer_whole(analysis, layer, heads, ask)
         return
     if not layer.kv and len(layer.heads) == 1:  # multi-query: one key/value head for all
         if target.get("num_kv_heads", 1) != 1:
@@ -451,3 +449,22 @@ def _head_dim(analysis: Analysis, value: int) -> None:
         f"target.head_dim = {value}: heads are kept or dropped whole, so head_dim stays "
         f"{'/'.join(map(str, dims))}; shrink num_heads instead"
     )
+
+
+def _outer_whole(analysis: Analysis, layer, heads: int, ask) -> None:
+    """Multi-head attention whose heads axis is a product of groups (a fused projection
+    laid out in blocks, each holding some of the heads: shards × heads per shard): the
+    outer groups stay whole and the innermost keeps `heads` divided among them, the same
+    count in every block, as a class that fixes the number of blocks lays them out."""
+    sizes = [analysis.atoms.size[g] for g in layer.heads]  # outermost first
+    outer = math.prod(sizes[:-1])
+    if heads % outer:
+        fits = [str(outer * i) for i in range(1, sizes[-1] + 1)]
+        raise PlanError(
+            f"target.num_heads = {heads}: {layer.name} lays its {layer.num_heads} heads out "
+            f"in {outer} blocks of {sizes[-1]}; keep a multiple of {outer} heads, the same "
+            f"count in each block ({', '.join(fits)})"
+        )
+    for g in layer.heads[:-1]:
+        ask(g, analysis.atoms.size[g], "num_heads")
+    ask(layer.heads[-1], heads // outer, "num_heads")
