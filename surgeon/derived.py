@@ -9,7 +9,11 @@ these heads (`Group.derived`); here the values are compared: the parent's, compu
 CPU from the constants of its graph, and the child's, from the graph of its class built
 from the child's config on the meta device (the same tensors: the same line of the
 model's code, op and occurrence). Where several parent heads hold a child head's value,
-importance chooses (`match`). Nothing here knows a model family.
+importance chooses (`match`). The same holds for a width that weights read along values
+computed from sizes (XLNet's relative positions: sines | cosines of `d_model / 2`
+frequencies that its `r` projection reads, cut with the hidden size): the child's class
+computes its own frequencies, and the parent's positions that hold them are kept (every
+other one, at half the width). Nothing here knows a model family.
 """
 
 from __future__ import annotations
@@ -96,42 +100,77 @@ def _value(node: fx.Node, memo: dict[fx.Node, Any]) -> Any:
 
 
 def _candidates(
-    parent: list[tuple[torch.Tensor, int]], child: list[torch.Tensor], n: int, size: int
+    parent: list[tuple], child: list[torch.Tensor], n: int, size: int
 ) -> list[list[int]]:
     """For each of the child's `n` positions, the parent positions (of `size`) whose values
-    equal the child's there, in every tensor compared."""
+    equal the child's there, in every tensor compared (`parent`: (value, axis, the axis's
+    positions of each parent position, those of each child position at `n`))."""
     out = [list(range(size)) for _ in range(n)]
-    for (p, axis), c in zip(parent, child, strict=True):
+    for (p, axis, mine, theirs), c in zip(parent, child, strict=True):
         p, c = p.movedim(axis, 0).double(), c.movedim(axis, 0).double()
-        for j in range(n):
-            same = torch.isclose(p, c[j : j + 1], rtol=1e-6, atol=0).flatten(1).all(1)
+        rows = torch.stack([p[i] for i in mine(size)])  # (size, axis positions of one, ...)
+        for j, at in enumerate(theirs(n)):
+            same = torch.isclose(rows, c[at].unsqueeze(0), rtol=1e-6, atol=0).flatten(1).all(1)
             out[j] = [i for i in out[j] if bool(same[i])]
     return out
 
 
+def _along(atoms, atom: int, group: int):
+    """For an axis of `atom` with `group` among its leaves: (the axis positions of each
+    of the parent's positions of the group; those of each of the child's, at `n` kept),
+    each a list of index tensors: a group that is the whole axis, a segment of it or a
+    factor (the sines | cosines of one frequency, XLNet's relative positions)."""
+    size = atoms.size[group]
+    where = torch.empty(atoms.size[atoms.find(atom)], dtype=torch.long)
+    for i in range(size):
+        where[atoms.positions(atom, {group: torch.tensor([i])})] = i
+
+    def mine(_: int) -> list[torch.Tensor]:
+        return [atoms.positions(atom, {group: torch.tensor([i])}) for i in range(size)]
+
+    def theirs(n: int) -> list[torch.Tensor]:
+        at = where[atoms.positions(atom, {group: torch.arange(n)})]
+        return [(at == j).nonzero().flatten() for j in range(n)]
+
+    return mine, theirs
+
+
 def _child_values(model: nn.Module, config: Any, inputs: Any, keys: list) -> list | None:
     """The values of the tensors at `keys` ((model line, op), occurrence) in the graph of
-    `model`'s class built from `config` on the meta device; None where it cannot be traced
-    or lacks one of them."""
+    `model`'s class built from `config` on the meta device (on the CPU, uninitialised,
+    where it cannot be traced there); None where it cannot be traced or lacks one of them."""
+    for device in ("meta", "cpu"):
+        try:
+            graph = _child_graph(model, config, inputs, device)
+            frontier = _frontier(graph)
+            memo: dict[fx.Node, Any] = {}
+            out = []
+            for key, k in keys:
+                nodes = frontier.get(key, [])
+                out.append(_value(nodes[min(k, len(nodes) - 1)], memo) if nodes else None)
+        except Exception:  # noqa: BLE001 - a class that cannot be built or traced there
+            continue
+        return None if any(v is None for v in out) else out
+    return None
+
+
+def _child_graph(model: nn.Module, config: Any, inputs: Any, device: str) -> fx.Graph:
     from .frontends.graph import built_on_meta
     from .frontends.twin import traced
 
-    try:
-        child = built_on_meta(lambda: type(model)(config))
-        frontier = _frontier(traced(child, inputs).graph)
-        memo: dict[fx.Node, Any] = {}
-        out = []
-        for key, k in keys:
-            nodes = frontier.get(key, [])
-            out.append(_value(nodes[min(k, len(nodes) - 1)], memo) if nodes else None)
-    except Exception:  # noqa: BLE001 - a class that cannot be built or traced at that size
-        return None
-    return None if any(v is None for v in out) else out
+    if device == "meta":
+        return traced(built_on_meta(lambda: type(model)(config)), inputs).graph
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        child = type(model)(config)
+    return traced(child, inputs).graph
 
 
 def _compared(parent, group: int) -> tuple[list, list]:
-    """The parent's constant tensors read along `group` (one axis of it alone): their
-    (key, occurrence) in the graph and (value, axis)."""
+    """The parent's constant tensors read along `group` (one axis holding it, alone or
+    with copies of itself: sines | cosines): their (key, occurrence) in the graph and
+    (value, axis, the axis positions of each parent position, of each child position)."""
     analysis = parent.analysis
     atoms, dims = analysis.atoms, analysis.dims
     keys, values, memo = [], [], {}
@@ -143,18 +182,18 @@ def _compared(parent, group: int) -> tuple[list, list]:
             for axis, atom in enumerate(axes):
                 leaves = [x for x in atoms.leaves(atom) if atoms.size[x] > 1]
                 if group in leaves:
-                    if leaves != [group]:
+                    if set(leaves) != {group}:
                         return [], []  # the group is part of a wider axis: not compared
                     keys.append((key, k))
-                    values.append((_value(node, memo), axis))
+                    values.append((_value(node, memo), axis, *_along(atoms, atom, group)))
     return keys, values
 
 
 def allowed_positions(parent, state, config: Any) -> dict[int, list[list[int]]]:
     """For each derived group the plan cuts (`Group.derived`): the parent positions each
     child position may hold, from the values the child's class computes (`config`: the
-    child's). `PlanError`, in one line, where no set of the parent's heads holds them,
-    naming the head counts that work."""
+    child's). `PlanError`, in one line, where no set of the parent's positions holds
+    them, naming the head counts that work (of heads)."""
     analysis = parent.analysis
     out = {}
     for group, k in state.keep.items():
@@ -163,22 +202,37 @@ def allowed_positions(parent, state, config: Any) -> dict[int, list[list[int]]]:
             continue
         size = analysis.atoms.size[group]
         keys, values = _compared(parent, group)
-        what = f"target.num_heads = {k}" if g.role == "heads" else f"target.num_kv_heads = {k}"
+        heads = g.role in ("heads", "kv_groups")
+        what = (
+            f"target.num_heads = {k}"
+            if g.role == "heads"
+            else f"target.num_kv_heads = {k}"
+            if heads
+            else f"{g.members[0][0]} (axis {g.members[0][1]}, cut to {k} with the sizes "
+            "its config derives it from)"
+        )
+        per = "a value per head from the head count" if heads else "its values from sizes"
         if config is None or not keys:
             raise PlanError(
-                f"{what} cannot be cut here: the forward computes a value per head from the "
-                "head count (positions (arange)), and there is no config class to rebuild "
-                "them from"
+                f"{what} cannot be cut here: the forward computes {per} (positions "
+                "(arange)), and there is no config class to rebuild them from"
             )
         where = keys[0][0][0].rpartition("/")[2]
         allowed = _allowed(parent.model, config, parent.graph.inputs, keys, values, k, size)
+        if allowed is None and not heads:
+            raise PlanError(
+                f"{what} cannot be cut here: the forward computes {per} ({where}), and "
+                f"{type(parent.model).__name__} with this child's sizes computes values "
+                f"that no {k} of the parent's {size} positions hold: leave the sizes it "
+                "follows (hidden_size) uncut"
+            )
         if allowed is None:
             works = _counts_that_work(parent, keys, values, g, k, size)
             raise PlanError(
-                f"{what} cannot be cut here: the forward computes a value per head from the "
-                f"head count ({where}), and {type(parent.model).__name__} with {k} heads "
-                f"computes values that no {k} of the parent's {size} heads hold; head counts "
-                f"that work: {', '.join(map(str, works)) or 'none of those tried'}"
+                f"{what} cannot be cut here: the forward computes {per} ({where}), and "
+                f"{type(parent.model).__name__} with {k} heads computes values that no {k} "
+                f"of the parent's {size} heads hold; head counts that work: "
+                f"{', '.join(map(str, works)) or 'none of those tried'}"
             )
         out[group] = allowed
     return out
@@ -189,9 +243,9 @@ def _allowed(model, config, inputs, keys, values, n: int, size: int):
     child = _child_values(model, config, inputs, keys)
     if child is None:
         return None
-    for (p, axis), c in zip(values, child, strict=True):
+    for (p, axis, _, theirs), c in zip(values, child, strict=True):
         want = list(p.shape)
-        want[axis] = n
+        want[axis] = sum(len(at) for at in theirs(n))
         if list(c.shape) != want:
             return None
     allowed = _candidates(values, child, n, size)

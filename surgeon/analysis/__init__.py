@@ -257,7 +257,7 @@ def analyse(graph: Graph) -> Analysis:
             and kinds.get(g.members[0][0]) == "parameter"
         ):
             g.role = "ffn"
-    _derived(dims, groups)
+    _derived(dims, groups, kinds)
     for g in groups.values():
         held = {kinds.get(n) for n, _ in g.members}
         g.movable = g.pinned is None and held <= {"parameter", "buffer"}
@@ -404,18 +404,20 @@ def _merge_parallel(layers: dict[str, LayerInfo]) -> dict[str, LayerInfo]:
     return merged
 
 
-def _derived(dims: Dims, groups: dict[int, Group]) -> None:
-    """Groups along values computed from sizes alone (`Dims.derived`): heads are marked
-    `derived` (the child's class computes such values from its own head count: they can
-    be cut where it computes the kept heads' values again); any other group is pinned,
-    as an index."""
+def _derived(dims: Dims, groups: dict[int, Group], kinds: dict) -> None:
+    """Groups along values computed from sizes alone (`Dims.derived`): heads, and groups
+    that weights hold (XLNet's relative positions, sinusoids as wide as the hidden size
+    that its `r` projection reads), are marked `derived` (the child's class computes such
+    values from its own sizes: they can be cut where it computes the kept positions'
+    values again); any other group is pinned, as an index."""
     for node in dims.derived:
         for axis in dims.out.get(node) or []:
             for leaf in dims.atoms.leaves(axis):
                 g = groups.get(leaf)
                 if g is None or g.pinned is not None:
                     continue
-                if g.role in ("heads", "kv_groups"):
+                held = any(kinds.get(n) == "parameter" for n, _ in g.members)
+                if g.role in ("heads", "kv_groups") or held:
                     g.derived = True
                 else:
                     g.pinned = "positions (arange)"

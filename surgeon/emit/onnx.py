@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from ..errors import InvariantError, SurgeonError, first_line
 from ..frontends import as_inputs, output_tensors, quiet_torch_logs
@@ -124,6 +124,8 @@ def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path
                     again = _branch_taken(model, args, options.get("kwargs") or {})
                 elif "complex-valued input" in cause:
                     again = _complex_as_pairs(model, args, options)
+                elif "compatible OpOverload for aten.sub" in cause:
+                    again = _scalar_minus(model, args, options)
                 else:
                     raise
             else:
@@ -212,6 +214,37 @@ def _complex_as_pairs(model: nn.Module, args: tuple, options: dict):
             back = graph.call_function(torch.ops.aten.view_as_complex.default, (moved,))
             back.meta["val"] = torch.view_as_complex(moved.meta["val"])
         node.replace_all_uses_with(back)
+        graph.erase_node(node)
+    program.graph_module.recompile()
+    return program
+
+
+def _scalar_minus(model: nn.Module, args: tuple, options: dict):
+    """The decomposed program of `model` with each `number - tensor` written as
+    `-tensor + number`: PyTorch decomposes `rsub` (XLNet's `1.0 - attention_mask`) into
+    `aten.sub(number, tensor)`, which the exporter's type promotion cannot run again."""
+    from torch._guards import detect_fake_mode
+
+    kwargs = options.get("kwargs") or {}
+    try:
+        program = torch.export.export(
+            model, args, kwargs, dynamic_shapes=options.get("dynamic_shapes"), strict=False
+        )
+    except Exception:  # noqa: BLE001 - a forward that fixes its sizes (XLNet's positions):
+        program = torch.export.export(model, args, kwargs, strict=False)  # as the exporter
+    program = program.run_decompositions()
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        if node.target is not torch.ops.aten.sub.Tensor or isinstance(node.args[0], fx.Node):
+            continue
+        number, tensor = node.args[0], node.args[1]
+        val = tensor.meta.get("val")
+        with graph.inserting_before(node), detect_fake_mode([val]):
+            neg = graph.call_function(torch.ops.aten.neg.default, (tensor,))
+            neg.meta["val"] = torch.neg(val)
+            out = graph.call_function(torch.ops.aten.add.Tensor, (neg, number))
+            out.meta["val"] = torch.add(neg.meta["val"], number)
+        node.replace_all_uses_with(out)
         graph.erase_node(node)
     program.graph_module.recompile()
     return program

@@ -31,8 +31,18 @@ def built_on_meta(make) -> nn.Module:
     CPU weight with meta activations."""
     with torch.device("meta"):
         model = make()
-    if any(t.device.type != "meta" for t in (*model.parameters(), *model.buffers())):
-        model.to("meta")
+    moved: dict[int, torch.Tensor] = {}  # a tensor held under several names stays one
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, t in table.items():
+                if t is None or t.device.type == "meta":
+                    continue
+                if id(t) not in moved:
+                    meta = t.detach().to("meta")
+                    if isinstance(t, nn.Parameter):
+                        meta = nn.Parameter(meta, requires_grad=t.requires_grad)
+                    moved[id(t)] = meta
+                table[name] = moved[id(t)]
     return model
 
 
