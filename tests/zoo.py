@@ -26,6 +26,7 @@ __all__ = [
     "SEQ",
     "NAMES",
     "HF_NAMES",
+    "LAYOUT_NAMES",
     "STREAM_NAMES",
     "build",
     "stream_inputs",
@@ -292,6 +293,7 @@ def _tokens():
 
 def _hf(name: str, device: str = "cpu", changes: dict | None = None):
     configs = (_hf_configs, _moe_configs, _hybrid_configs, _enc_dec_configs, _stream_configs)
+    configs += (_layout_configs,)
     cls, config = {k: v for f in configs for k, v in f().items()}[name]
     if changes:
         config = _changed(config, changes)
@@ -427,6 +429,49 @@ def _moe_configs():
                 sliding_window_size=8,
                 rel_extent=16,
                 d_rel=8,
+            ),
+        ),
+    }
+
+
+# Attention laid out otherwise (tests/test_layouts.py): CodeGen's fused qkv in 4
+# model-parallel blocks (8 heads = 4 blocks x 2 heads each); XLNet's relative positions,
+# sines | cosines of d_model / 2 frequencies its forward computes, read by each layer's `r`.
+LAYOUT_NAMES = ("codegen", "xlnet")
+
+
+def _layout_configs():
+    import transformers as tf
+
+    return {
+        "codegen": (
+            tf.CodeGenForCausalLM,
+            tf.CodeGenConfig(
+                vocab_size=VOCAB,
+                n_positions=64,
+                n_ctx=64,
+                n_embd=64,
+                n_layer=2,
+                n_head=8,
+                rotary_dim=8,
+                n_inner=96,
+                use_cache=False,
+                bos_token_id=1,
+                eos_token_id=2,
+            ),
+        ),
+        "xlnet": (
+            tf.XLNetLMHeadModel,
+            tf.XLNetConfig(
+                vocab_size=VOCAB,
+                d_model=64,
+                n_layer=2,
+                n_head=4,
+                d_inner=96,
+                use_mems_eval=False,
+                pad_token_id=0,
+                bos_token_id=1,
+                eos_token_id=2,
             ),
         ),
     }
@@ -683,7 +728,7 @@ def build(name: str, device: str = "cpu", **changes):
     deeper one of the same kind, its per-layer lists, such as `layer_types`, made anew).
     """
     known = NAMES + MOE_NAMES + MOE_SHAPES + HYBRID_NAMES + ENC_DEC_NAMES + ENC_DEC_FOLDERS
-    known += STREAM_NAMES
+    known += STREAM_NAMES + LAYOUT_NAMES
     if name not in known:
         raise KeyError(f"no zoo model {name!r}; known: {', '.join(known)}")
     model, inputs = nanogpt(device) if name == "nanogpt" else _hf(name, device, changes)
