@@ -166,6 +166,12 @@ FIXUPS: dict[str, tuple[dict, str]] = {
         "its text model's defaults turn the experts off; the sweep cuts them",
     ),
     "gpt_neo": ({"attention_types": [[["global", "local"], 2]]}, "one entry per layer (4)"),
+    "dory": (
+        {"n_input_layers": 1, "n_output_layers": 1},
+        "its defaults run 8 layers before its loop and 8 after, more than the tiny 4 (each "
+        "layer would run once before and once after, which its config's validation "
+        "refuses): 1 before, 2 in the loop, 1 after",
+    ),
     "codegen": (
         {"n_head": 8},
         "its forward hard-codes 4 model-parallel chunks (mp_num); with 4 heads the chunks "

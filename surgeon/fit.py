@@ -353,8 +353,12 @@ PER_LAYER = (
 
 
 # Config fields that count the leading layers of another kind (dense MLPs before the
-# layers with experts): with depth, the kept layers among them.
-LEADING = ("first_k_dense_replace", "num_dense_layers", "moe_layer_start_index")
+# layers with experts; the layers run once before a loop): with depth, the kept layers
+# among them. The same of the trailing layers (those run once after a loop), and of the
+# layers between them (the loop's: Dory's `n_recurrent_layers`, what the others leave).
+LEADING = ("first_k_dense_replace", "num_dense_layers", "moe_layer_start_index", "n_input_layers")
+TRAILING = ("n_output_layers",)
+BETWEEN = ("n_recurrent_layers",)
 
 
 def _set_depth(parent: nn.Module, config: Any, shape: ChildShape) -> None:
@@ -394,10 +398,21 @@ def _set_depth(parent: nn.Module, config: Any, shape: ChildShape) -> None:
             # one entry per layer index (`per_layer_config: {3: ...}`), for some layers
             kept = {int(k): v for k, v in value.items()}
             setattr(config, field, {j: kept[i] for j, i in enumerate(order) if i in kept})
+    lead = trail = 0
     for field in LEADING:  # the first k layers are of another kind: those kept of them
         k = config_value(config, field)
         if type(k) is int and 0 < k <= n:
+            lead = lead or k
             setattr(config, field, sum(i < k for i in order))
+    for field in TRAILING:  # and the last k
+        k = config_value(config, field)
+        if type(k) is int and 0 < k <= n:
+            trail = trail or k
+            setattr(config, field, sum(i >= n - k for i in order))
+    for field in BETWEEN:  # and those between the first and the last (a loop's)
+        k = config_value(config, field)
+        if type(k) is int and k == n - lead - trail:
+            setattr(config, field, sum(lead <= i < n - trail for i in order))
     _set_stages(config, order)
     _fit_lists(parent, config, order, n)
 

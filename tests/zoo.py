@@ -27,6 +27,7 @@ __all__ = [
     "NAMES",
     "HF_NAMES",
     "LAYOUT_NAMES",
+    "LOOP_NAMES",
     "STREAM_NAMES",
     "build",
     "stream_inputs",
@@ -293,7 +294,7 @@ def _tokens():
 
 def _hf(name: str, device: str = "cpu", changes: dict | None = None):
     configs = (_hf_configs, _moe_configs, _hybrid_configs, _enc_dec_configs, _stream_configs)
-    configs += (_layout_configs,)
+    configs += (_layout_configs, _loop_configs)
     cls, config = {k: v for f in configs for k, v in f().items()}[name]
     if changes:
         config = _changed(config, changes)
@@ -472,6 +473,29 @@ def _layout_configs():
                 pad_token_id=0,
                 bos_token_id=1,
                 eos_token_id=2,
+            ),
+        ),
+    }
+
+
+# A stack run in a loop (tests/test_loops.py): Dory runs layer 0, then layers 1 and 2
+# twice (its recurrent section), then layer 3.
+LOOP_NAMES = ("dory",)
+
+
+def _loop_configs():
+    import transformers as tf
+
+    return {
+        "dory": (
+            tf.DoryForCausalLM,
+            tf.DoryConfig(
+                **{**_CAUSAL, "num_hidden_layers": 4},
+                head_dim=16,
+                n_input_layers=1,
+                n_output_layers=1,
+                n_recurrent_loops=2,
+                sliding_window=8,
             ),
         ),
     }
@@ -728,7 +752,7 @@ def build(name: str, device: str = "cpu", **changes):
     deeper one of the same kind, its per-layer lists, such as `layer_types`, made anew).
     """
     known = NAMES + MOE_NAMES + MOE_SHAPES + HYBRID_NAMES + ENC_DEC_NAMES + ENC_DEC_FOLDERS
-    known += STREAM_NAMES + LAYOUT_NAMES
+    known += STREAM_NAMES + LAYOUT_NAMES + LOOP_NAMES
     if name not in known:
         raise KeyError(f"no zoo model {name!r}; known: {', '.join(known)}")
     model, inputs = nanogpt(device) if name == "nanogpt" else _hf(name, device, changes)

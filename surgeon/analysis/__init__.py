@@ -110,6 +110,9 @@ class LayerInfo:
     experts: list[int] = field(default_factory=list)  # its groups of routed experts
     num_experts: int = 0
     applied: int = 1  # how many times its weights are applied in one forward
+    # where applied several times, one after another along the stream (a stack run in a
+    # loop): each application's (input, output), as `input` and `output` are the layer's
+    spans: list[tuple[fx.Node, fx.Node]] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)  # its modules: name, and any entry
     # of another list with its index that its blocks read (an `ffns.3` beside `attentions.3`)
 

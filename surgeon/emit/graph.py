@@ -60,9 +60,11 @@ def _edit_depth(state: SurgeryState, root: nn.Module, nodes: dict[str, fx.Node])
     for i, layer in enumerate(layers):
         start, end = nodes[layer.input.name], nodes[layer.output.name]
         copies = order.count(i)
-        if copies == 0:  # x + f(x) -> x, for the whole layer
-            end.replace_all_uses_with(resolve(start))
-            alias[end] = resolve(start)
+        if copies == 0:  # x + f(x) -> x, for the whole layer (each time it is applied)
+            for first, last in layer.spans or [(layer.input, layer.output)]:
+                start, end = nodes[first.name], nodes[last.name]
+                end.replace_all_uses_with(resolve(start))
+                alias[end] = resolve(start)
             continue
         names.append(layer.name)
         last = end

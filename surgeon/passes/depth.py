@@ -148,12 +148,16 @@ class Depth:
             except PlanError as e:
                 raise PlanError(f"{stack}: {e}" if len(a.stacks) > 1 else str(e)) from None
         changed = order != list(range(len(a.layers)))
-        for layer in a.layers if changed else []:
-            if layer.applied > 1:
+        for i, layer in enumerate(a.layers) if changed else []:
+            # a layer applied several times one application after another (a stack run in
+            # a loop) is removed from every application, as the child's loop runs the
+            # layers it keeps; copied, or applied otherwise, it cannot be
+            if layer.applied > 1 and (order.count(i) > 1 or not layer.spans):
                 raise PlanError(
                     f"{layer.name} is applied {layer.applied} times in one forward (layers that "
-                    "share weights): surgeon cannot remove or copy such layers; cut widths "
-                    "only (leave num_layers out)"
+                    "share weights): surgeon cannot "
+                    + ("copy such a layer" if layer.spans else "remove or copy such layers")
+                    + "; cut widths only (leave num_layers out)"
                 )
         for i in sorted({i for i in order if order.count(i) > 1}):
             if len({p.rpartition(".")[0] for p in a.layers[i].parts}) > 1:
@@ -195,10 +199,11 @@ def read_by_others(layers: list) -> dict[int, str]:
         # what its weights reach (not what it passes on of the masks and positions it got)
         stack = [n for n in reads if n.target.startswith(prefixes)]
         seen: set = set()
+        ends = {layer.output, *(end for _, end in layer.spans)}  # each application's
         while stack and i not in out:
             node = stack.pop()
             for user in node.users:
-                if user in seen or user is layer.output or not _computes(user):
+                if user in seen or user in ends or not _computes(user):
                     continue
                 seen.add(user)
                 if owner.get(user, i) != i:
