@@ -671,6 +671,8 @@ def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, 
                     except Exception:  # noqa: BLE001 - the class refuses this value
                         continue
                     if len(left) < len(wrong) and set(left) <= set(wrong):
+                        if stack is not None and type(value) is int:
+                            _scale_layer_counts(_at(candidate, owners), field, g, w)
                         better = (candidate, left)
                         break
                 if better:
@@ -683,6 +685,17 @@ def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, 
         if not wrong:
             break
     return config, wrong
+
+
+def _scale_layer_counts(config: Any, field: str, old: int, new: int) -> None:
+    """Where `field` took a stack's layer count from `old` to `new`, a layer count the
+    config states beside it as a multiple of it (HRM's `num_hidden_layers`, its cache
+    slots: `num_layers_per_stack` x H_cycles x (L_cycles + 1)) keeps the ratio."""
+    for name in CONFIG_FIELDS["num_layers"]:
+        value = config_value(config, name)
+        if name != field and type(value) is int and value > old and value % old == 0:
+            if not _derived(config, name):
+                setattr(config, name, value // old * new)
 
 
 def _fit_sub_configs(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape):

@@ -151,33 +151,6 @@ def _faithful(model: nn.Module, graph: Graph, analysis: Analysis) -> Analysis:
     return analysis
 
 
-def _applications(layer) -> list:
-    """Each application's (input, output) of a layer whose weights are applied several
-    times, where its blocks fall into that many runs, one after another in the graph,
-    each of which reads every weight of the layer once (Dory's recurrent layers, run in
-    a loop over their stack; ALBERT's one layer); [] where they do not."""
-    from .analysis.residual import layer_span
-
-    order = {node: i for i, node in enumerate(layer.blocks[0].add.graph.nodes)}
-    blocks, n = sorted(layer.blocks, key=lambda b: order[b.add]), layer.applied
-    if len(blocks) % n:
-        return []
-    size = len(blocks) // n
-    runs = [blocks[k * size : (k + 1) * size] for k in range(n)]
-    every = set(p for b in blocks for p in b.params)
-    spans = []
-    for run in runs:
-        if set(p for b in run for p in b.params) != every:
-            return []
-        start, end, _ = layer_span(run, layer.parts or [layer.name])
-        spans.append((start, end))
-    ends = [order[end] for _, end in spans]
-    starts = [order[start] for start, _ in spans]
-    if any(starts[k + 1] < ends[k] for k in range(n - 1)):
-        return []  # interleaved: not one application after another
-    return spans
-
-
 def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
     """Refuse, in one line, what the analysis would report wrongly: a forward that draws
     random numbers (an op `random` in the rule table: no output to preserve), or a list
@@ -185,7 +158,7 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
     run only with an image). Mark the layers whose weights are applied several times
     (ALBERT shares one layer across the depth; Dory runs a stack of layers in a loop):
     their widths can be cut, and they can be removed where each application is a span
-    of its own (`LayerInfo.spans`), but not copied."""
+    of its own (`LayerInfo.spans`, found by the analysis), but not copied."""
     from .analysis.context import source_line
     from .analysis.registry import rule_for, rule_key
 
@@ -201,11 +174,6 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
         # ALBERT: one layer, every weight applied 12 times; a norm that two parallel
         # blocks read (x + attn(norm x) + mlp(norm x)) is read twice, its layer once
         layer.applied = min(seen.values(), default=1)
-        layer.spans = _applications(layer) if layer.applied > 1 else []
-        if layer.spans:  # its nodes: those of its applications, not what runs between
-            from .analysis.residual import _between
-
-            layer.nodes = set().union(*(_between(a, b, set()) for a, b in layer.spans))
     stacks = {x.stack for x in analysis.layers if x.heads}
     shapes = {(x.stack, x.num_heads, x.head_dim) for x in analysis.layers if x.heads}
     if len(shapes) > len(stacks) and is_hf_model(model):  # attention of several shapes

@@ -63,3 +63,19 @@ def test_a_recurrent_layer_copied_is_one_line(dory):
     assert "\n" not in message
     assert "model.layers.1 is applied 2 times in one forward" in message
     assert "cannot copy such a layer" in message
+
+
+def test_hrm_stacks_lose_their_last_layer_in_every_cycle():
+    """HRM's L and H stacks (each layer applied twice) keep layer 0 each; its count of
+    cache slots (num_hidden_layers: layers x H_cycles x (L_cycles + 1)) follows."""
+    model, inputs = build("hrm_text")
+    assert (model.config.num_layers_per_stack, model.config.num_hidden_layers) == (2, 8)
+    plan = {"target": {"num_layers": 1}, "depth": "last"}
+    child = surgeon.apply(model, plan, example_inputs=inputs)
+    assert (child.config.num_layers_per_stack, child.config.num_hidden_layers) == (1, 4)
+    config = copy.deepcopy(model.config)
+    config.num_layers_per_stack, config.num_hidden_layers = 1, 4
+    ref = type(model)(config).eval()
+    ref.load_state_dict({k: t for k, t in model.state_dict().items() if ".layers.1." not in k})
+    torch.testing.assert_close(_logits(child, inputs), _logits(ref, inputs), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(_logits(child, inputs), _logits(model, inputs), atol=1e-3)

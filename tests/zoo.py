@@ -478,9 +478,10 @@ def _layout_configs():
     }
 
 
-# A stack run in a loop (tests/test_loops.py): Dory runs layer 0, then layers 1 and 2
-# twice (its recurrent section), then layer 3.
-LOOP_NAMES = ("dory",)
+# Stacks run in a loop (tests/test_loops.py): Dory runs layer 0, then layers 1 and 2
+# twice (its recurrent section), then layer 3; HRM runs its 2-layer L stack, then its
+# 2-layer H stack, twice (`num_layers_per_stack` sizes both stacks).
+LOOP_NAMES = ("dory", "hrm_text")
 
 
 def _loop_configs():
@@ -496,6 +497,16 @@ def _loop_configs():
                 n_output_layers=1,
                 n_recurrent_loops=2,
                 sliding_window=8,
+            ),
+        ),
+        "hrm_text": (
+            tf.HrmTextForCausalLM,
+            tf.HrmTextConfig(
+                **{k: v for k, v in _CAUSAL.items() if k != "num_key_value_heads"}
+                | {"num_hidden_layers": 2},
+                head_dim=16,
+                H_cycles=2,
+                L_cycles=1,
             ),
         ),
     }

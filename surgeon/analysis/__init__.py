@@ -24,7 +24,7 @@ from ..frontends import Graph, tensor_of
 from .atoms import Atoms
 from .dims import Dims, discover_dims
 from .registry import register_rule, rule_for, unregister_rule
-from .residual import NUMBERED, Block, find_blocks, layer_span, residual_root
+from .residual import NUMBERED, Block, _between, find_blocks, layer_span, residual_root
 
 __all__ = [
     "FFN_ROLES",
@@ -382,11 +382,41 @@ def _layers(blocks: list[Block]) -> list[LayerInfo]:
         parts = [p for p in dict.fromkeys(numbered) if p.rpartition(".")[2] == index]
         layer.parts = list(dict.fromkeys([layer.name, *parts]))
         layer.input, layer.output, layer.nodes = layer_span(layer.blocks, layer.parts)
+        seen = Counter(p for b in layer.blocks for p in dict.fromkeys(b.params))
+        if min(seen.values(), default=1) > 1:  # its weights applied several times
+            layer.spans = _applications(layer, min(seen.values()))
+        if layer.spans:  # its nodes: those of its applications, not what runs between
+            layer.nodes = set().union(*(_between(a, b, set()) for a, b in layer.spans))
         read = (a.target for n in layer.nodes for a in n.all_input_nodes if a.op == "get_attr")
         numbered = (m.group(1) for t in read if (m := NUMBERED.match(t)))
         more = [p for p in numbered if p.rpartition(".")[2] == index]  # a post-norm's list
         layer.parts = list(dict.fromkeys([*layer.parts, *more]))
     return list(layers.values())
+
+
+def _applications(layer: LayerInfo, n: int) -> list:
+    """Each application's (input, output) of a layer whose weights are applied `n` times,
+    where its blocks fall into that many runs, one after another in the graph,
+    each of which reads every weight of the layer once (Dory's recurrent layers, run in
+    a loop over their stack; ALBERT's one layer); [] where they do not."""
+    order = {node: i for i, node in enumerate(layer.blocks[0].add.graph.nodes)}
+    blocks = sorted(layer.blocks, key=lambda b: order[b.add])
+    if len(blocks) % n:
+        return []
+    size = len(blocks) // n
+    runs = [blocks[k * size : (k + 1) * size] for k in range(n)]
+    every = set(p for b in blocks for p in b.params)
+    spans = []
+    for run in runs:
+        if set(p for b in run for p in b.params) != every:
+            return []
+        start, end, _ = layer_span(run, layer.parts or [layer.name])
+        spans.append((start, end))
+    ends = [order[end] for _, end in spans]
+    starts = [order[start] for start, _ in spans]
+    if any(starts[k + 1] < ends[k] for k in range(n - 1)):
+        return []  # interleaved: not one application after another
+    return spans
 
 
 def _merge_parallel(layers: dict[str, LayerInfo]) -> dict[str, LayerInfo]:
