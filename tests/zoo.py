@@ -435,7 +435,7 @@ def _moe_configs():
     }
 
 
-# Attention laid out otherwise (tests/test_layouts.py): CodeGen's fused qkv in 4
+# Attention laid out otherwise (tests/test_attention_layouts.py): CodeGen's fused qkv in 4
 # model-parallel blocks (8 heads = 4 blocks x 2 heads each); XLNet's relative positions,
 # sines | cosines of d_model / 2 frequencies its forward computes, read by each layer's `r`.
 LAYOUT_NAMES = ("codegen", "xlnet")
