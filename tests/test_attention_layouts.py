@@ -96,13 +96,13 @@ def test_xlnet_keeps_the_frequencies_its_child_computes():
 def test_a_model_built_on_meta_has_every_tensor_there():
     """XLNet's `nn.Parameter(torch.FloatTensor(...))` ignores the meta device: moved there,
     ties kept (its LM head is its word embedding)."""
-    from surgeon.frontends.load import all_on_meta
+    from surgeon.frontends.graph import built_on_meta
 
     model, _ = build("xlnet")
     with torch.device("meta"):
         built = type(model)(model.config)
-    assert any(p.device.type == "cpu" for p in built.parameters())
-    moved = all_on_meta(built)
+    assert any(p.device.type == "cpu" for p in built.parameters())  # what it fixes
+    moved = built_on_meta(lambda: type(model)(model.config))
     assert {p.device.type for p in moved.parameters()} == {"meta"}
     assert moved.lm_loss.weight is moved.transformer.word_embedding.weight
 
