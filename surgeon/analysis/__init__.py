@@ -397,8 +397,8 @@ def _layers(blocks: list[Block]) -> list[LayerInfo]:
 def _applications(layer: LayerInfo, n: int) -> list:
     """Each application's (input, output) of a layer whose weights are applied `n` times,
     where its blocks fall into that many runs, one after another in the graph,
-    each of which reads every weight of the layer once (Dory's recurrent layers, run in
-    a loop over their stack; ALBERT's one layer); [] where they do not."""
+    each of which reads every weight of the layer once (recurrent layers run in a
+    loop over their stack; one layer applied as every layer); [] where they do not."""
     order = {node: i for i, node in enumerate(layer.blocks[0].add.graph.nodes)}
     blocks = sorted(layer.blocks, key=lambda b: order[b.add])
     if len(blocks) % n:
@@ -439,8 +439,8 @@ def _merge_parallel(layers: dict[str, LayerInfo]) -> dict[str, LayerInfo]:
 
 def _derived(dims: Dims, groups: dict[int, Group], kinds: dict) -> None:
     """Groups along values computed from sizes alone (`Dims.derived`): heads, and groups
-    that weights hold (XLNet's relative positions, sinusoids as wide as the hidden size
-    that its `r` projection reads), are marked `derived` (the child's class computes such
+    that weights hold (relative positions: sinusoids as wide as the hidden size that
+    a projection of them reads), are marked `derived` (the child's class computes such
     values from its own sizes: they can be cut where it computes the kept positions'
     values again); any other group is pinned, as an index."""
     for node in dims.derived:
@@ -608,7 +608,7 @@ def _fill_layers(layers, groups, sites, dims, canonical) -> None:
         nodes = set().union(*(b.nodes for b in layer.blocks))
         # the layer's attention: of several products q·kᵀ in it, the first over heads;
         # a scorer beside it whose scores sum over its heads only pick keys (a sparse
-        # attention's indexer, DeepSeek-V3.2's: its top-k only masks the attention)
+        # attention's indexer: its top-k only masks the attention)
         mine = [s for s in sites if s.node in nodes]
         site = next((s for s in mine if s.heads), mine[0] if mine else None)
         if site is not None:

@@ -327,7 +327,7 @@ def positions(ctx: Context, a: Args) -> None:
 def arange(ctx: Context, a: Args) -> None:
     """Positions 0, 1, ...: the output's axis is an index. Of sizes written in the graph
     (no input of its own), it is a value derived from a size (`Dims.derived`: ALiBi's
-    slopes, one per head, from the head count, as Bloom computes them): the analysis
+    slopes, one per head, computed from the head count): the analysis
     pins it unless it is a heads group, which is cut only to heads whose values the
     child's class computes again (`surgeon/derived.py`)."""
     if a.node.all_input_nodes:
