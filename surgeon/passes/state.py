@@ -118,10 +118,29 @@ class SurgeryState:
         main residual stream, `Analysis.residual`)."""
         a = self.analysis
         sizes = {"hidden_size": self.new_size(a.stream_of(stack))}
+        # a layer the child drops says nothing of its sizes, unless no kept layer holds
+        # that size (a hybrid's only attention layer dropped): then the config states
+        # the plan's cut, which no layer of the child reads
+        kept = set(self.kept_layers())
+        sizes |= self._layer_sizes(stack, range(len(a.layers)))
+        sizes |= self._layer_sizes(stack, kept)
+        ks = {
+            k
+            for layer in a.layers
+            for node, k, whole in a.top_k(layer)
+            if whole and "topk" in str(node.target)
+        }
+        if ks:  # the routers' top-k
+            sizes["num_experts_per_tok"] = self.top_k or (ks.pop() if len(ks) == 1 else None)
+        return {k: v for k, v in sizes.items() if v is not None}
+
+    def _layer_sizes(self, stack: str | None, layers) -> dict[str, int]:
+        """Each per-layer size that is the same in every one of `layers` of `stack`."""
+        a = self.analysis
+        sizes: dict[str, int] = {}
         per_layer: dict[str, set[int]] = {}
-        kept = set(self.kept_layers())  # a layer the child drops says nothing of its sizes
         for i, layer in enumerate(a.layers):
-            if i not in kept:
+            if i not in layers:
                 continue
             if layer.stack != stack if stack is not None else layer.stream != a.residual:
                 continue
@@ -143,15 +162,7 @@ class SurgeryState:
         for key, values in per_layer.items():
             if len(values) == 1:
                 sizes[key] = values.pop()
-        ks = {
-            k
-            for layer in a.layers
-            for node, k, whole in a.top_k(layer)
-            if whole and "topk" in str(node.target)
-        }
-        if ks:  # the routers' top-k
-            sizes["num_experts_per_tok"] = self.top_k or (ks.pop() if len(ks) == 1 else None)
-        return {k: v for k, v in sizes.items() if v is not None}
+        return sizes
 
     def kept_by_stack(self) -> dict[str, list[int]]:
         """Per stack of layers (`model.encoder.layers`, ...): the parent layer behind each
