@@ -76,3 +76,29 @@ def test_a_convolutions_channels_are_not_the_ffn(name):
     reference.load_state_dict(want)
     with torch.no_grad():
         torch.testing.assert_close(child(*example), reference(*example), atol=1e-6, rtol=1e-6)
+
+
+def test_a_size_no_kept_layer_holds_is_stated_as_the_plan_cut_it():
+    """Depth keeps only the linear-attention layers, so no kept layer holds the softmax
+    attention's heads: the child's config states them as the plan cut them (2 of 4, 1 KV
+    head of 2), not the parent's, and the child computes what a fresh model of its class
+    holding the kept layers' weights computes."""
+    model, example = zoo.build("qwen3_5_text")
+    parent = prepare(model, example)
+    plan = {"target": {"num_heads": 2, "num_kv_heads": 1}, "depth": [0, 2], "rescale": "none"}
+    child = apply(parent, {**plan, "importance": "first"})
+    config = child.config
+    assert (config.num_attention_heads, config.num_key_value_heads) == (2, 1)
+    assert config.layer_types == ["linear_attention"] * 2
+    want = {}
+    for name, value in model.state_dict().items():
+        layer = name.split(".")[2] if name.startswith("model.layers.") else None
+        if layer in ("1", "3"):
+            continue
+        if layer == "2":
+            name = name.replace("model.layers.2.", "model.layers.1.")
+        want[name] = value
+    reference = type(model)(config).eval()
+    reference.load_state_dict(want)
+    with torch.no_grad():
+        torch.testing.assert_close(child(**example).logits, reference(**example).logits)
