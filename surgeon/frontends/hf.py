@@ -93,13 +93,14 @@ def tracing_settings(model: nn.Module) -> Iterator[None]:
     # the model's config, its sub-configs, and the copies its submodules hold (T5's
     # decoder stack reads a deep copy of the config)
     held = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
-    for part in {id(p): p for p in (config, *_sub_configs(config), *held.values())}.values():
+    parts = {id(p): p for p in (*_all_configs(config), *held.values())}.values()
+    for part in parts:
         if getattr(part, "use_cache", False):
             changes.append((part, "use_cache", False))
     # every config's own field, not the property over it that sets every sub-config too:
     # restored through that, a vision tower with no experts would be left the text
     # model's choice, which it refuses when the config builds a model again
-    for part in {id(p): p for p in (*_all_configs(config), *held.values())}.values():
+    for part in parts:
         if hasattr(part, "_experts_implementation"):  # experts that don't dispatch ignore it
             own = "_experts_implementation_internal"
             key = own if hasattr(part, own) else "_experts_implementation"
