@@ -538,13 +538,52 @@ def fit_config(parent: nn.Module, shape: ChildShape):
             f"({first_line(e, 160)}): choose sizes its config accepts (hidden_size a "
             "multiple of num_heads, widths of at least a few units)"
         ) from e
+    planned = _head_fields(config, shape)
     if wrong:
         config, wrong = _fit_sub_configs(parent, config, wrong, shape)
     if wrong:
         config, wrong = _fit_fields(parent, config, wrong, shape)
     if not wrong:
+        _heads_as_planned(parent, config, shape, planned)
         _own_validation(parent, config, shape)
     return reloaded(config), wrong
+
+
+def _head_fields(config: Any, shape: ChildShape) -> dict[str, tuple[str, int]]:
+    """The config field that states each head count the plan cuts: key -> (field,
+    value)."""
+    sizes, full = shape.sizes[None]
+    out = {}
+    for key in ("num_heads", "num_kv_heads"):
+        if key in sizes and sizes[key] != full.get(key):
+            field = next(
+                (f for f in CONFIG_FIELDS[key] if config_value(config, f) is not None), None
+            )
+            if field is not None and config_value(config, field) == sizes[key]:
+                out[key] = (field, sizes[key])
+    return out
+
+
+def _heads_as_planned(parent: nn.Module, config: Any, shape: ChildShape, planned: dict) -> None:
+    """`PlanError` where fitting the config to the child's tensors moved a head count
+    the plan cut back to another value: the field also sizes tensors that are not
+    attention's (RecurrentGemma's `num_attention_heads` is its recurrent gates' block
+    count; with its only attention layer dropped, no head is left to cut)."""
+    for key, (field, value) in planned.items():
+        now = config_value(config, field)
+        if now == value:
+            continue
+        trial = copy.deepcopy(config)
+        setattr(trial, field, value)
+        try:
+            reads = next(iter(_mismatches(parent, trial, shape)), "other tensors")
+        except Exception:  # noqa: BLE001 - the class refuses the planned value outright
+            reads = "other tensors"
+        raise PlanError(
+            f"target.{key} = {value}: {type(parent).__name__}'s config field {field} also "
+            f"sizes {reads}, which the child keeps at {now}: leave {key} out of the plan, "
+            "or keep the layers whose heads it would cut"
+        )
 
 
 def _refusal(config: Any) -> Exception | None:

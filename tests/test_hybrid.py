@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from surgeon import apply, inspect, prepare
+from surgeon.errors import PlanError
 from tests import zoo
 
 
@@ -99,6 +100,28 @@ def test_a_size_no_kept_layer_holds_is_stated_as_the_plan_cut_it():
             name = name.replace("model.layers.2.", "model.layers.1.")
         want[name] = value
     reference = type(model)(config).eval()
+    reference.load_state_dict(want)
+    with torch.no_grad():
+        torch.testing.assert_close(child(**example).logits, reference(**example).logits)
+
+
+def test_a_head_count_other_layers_read_is_not_cut_when_no_attention_is_kept():
+    """RecurrentGemma's recurrent gates are block-diagonal in `num_attention_heads` blocks.
+    With its only attention layer dropped, cutting heads would cut those blocks, which the
+    child keeps: refused in one line naming the field and the tensor (the child had 4
+    heads in its config against the plan's 2). Without the heads, the plan goes through and
+    the child computes what a fresh model of its class holding the kept layers computes."""
+    model, example = zoo.build("recurrent_gemma")
+    parent = prepare(model, example)
+    plan = {"target": {"num_heads": 2, "num_kv_heads": 1}, "depth": [0, 1], "rescale": "none"}
+    with pytest.raises(PlanError, match=r"target\.num_heads = 2: .*num_attention_heads also "
+                       r"sizes model\.layers\.0\.temporal_block\.rg_lru"):  # fmt: skip
+        apply(parent, {**plan, "importance": "first"})
+    child = apply(parent, {"depth": [0, 1], "rescale": "none", "importance": "first"})
+    assert child.config.num_attention_heads == 4
+    assert child.config.num_hidden_layers == 2
+    reference = type(model)(child.config).eval()
+    want = {k: v for k, v in model.state_dict().items() if ".layers.2." not in k}
     reference.load_state_dict(want)
     with torch.no_grad():
         torch.testing.assert_close(child(**example).logits, reference(**example).logits)

@@ -512,9 +512,11 @@ def _loop_configs():
     }
 
 
-# A hybrid: linear-attention layers (their own head counts, `linear_num_*_heads`) beside
-# softmax attention (`num_attention_heads`), whose gated queries double q_proj's rows.
-HYBRID_NAMES = ("qwen3_5_text",)
+# Hybrids: linear-attention layers (their own head counts, `linear_num_*_heads`) beside
+# softmax attention (`num_attention_heads`), whose gated queries double q_proj's rows;
+# recurrent layers whose gates are block-diagonal in `num_attention_heads` blocks beside
+# one attention layer (layer 2 of 3).
+HYBRID_NAMES = ("qwen3_5_text", "recurrent_gemma")
 
 
 def _hybrid_configs():
@@ -531,6 +533,14 @@ def _hybrid_configs():
                 linear_num_value_heads=4,
                 linear_key_head_dim=8,
                 linear_value_head_dim=8,
+            ),
+        ),
+        "recurrent_gemma": (
+            tf.RecurrentGemmaForCausalLM,
+            tf.RecurrentGemmaConfig(
+                **{k: v for k, v in _CAUSAL.items() if k != "max_position_embeddings"},
+                lru_width=64,
+                attention_window_size=16,
             ),
         ),
     }
