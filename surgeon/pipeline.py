@@ -164,10 +164,13 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
 
     for node in analysis.graph.graph.nodes:
         rule = rule_for(node)  # every node, those whose values are never read included
-        if rule is not None and rule.random:
+        cut = rule is not None and rule.random and _cut_axes(analysis, node)
+        if cut:
             raise SurgeonError(
                 f"{type(model).__name__} draws random numbers in its forward ({rule_key(node)} "
-                f"at {source_line(node)}): surgeon needs a forward that gives one output"
+                f"at {source_line(node)}) along {cut}, which a child cuts: it would draw "
+                "other numbers than the parent, so surgeon cannot check that it computes "
+                "the same; pass that draw in as an input, or keep that size"
             )
     for layer in analysis.layers:
         seen = Counter(p for b in layer.blocks for p in dict.fromkeys(b.params))
@@ -191,6 +194,21 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
                 "they are not residual blocks): it cannot cut layers it does not see"
             )
     return analysis
+
+
+def _cut_axes(analysis: Analysis, node) -> str | None:
+    """The group a random draw's output axes share with sizes a plan may cut (its role),
+    None where a child draws the same numbers as the parent (`Inputs.call` seeds every
+    run): a draw of (batch, positions) only."""
+    from .analysis.dims import _flat
+
+    atoms = analysis.atoms
+    for a in _flat(analysis.dims.out.get(node)):
+        for leaf in atoms.leaves(a):
+            group = analysis.groups.get(leaf)
+            if group is not None and group.movable:
+                return f"the {group.role} axis"
+    return None
 
 
 def prepare_folder(

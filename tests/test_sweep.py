@@ -46,14 +46,6 @@ PASSING = {
 # multi-query attention has a test of its own below.)
 
 
-# Of those, the ones whose save_pretrained folder (the config's defaults, the cache on)
-# `surgeon apply` refuses through the CLI, with inputs it derives itself: the reason
-# each gives (issue 32 lists them; a fix turns the test red here, to move the type up).
-FOLDER_REFUSED = {
-    "vit_mae": "draws random numbers",  # its noise, unless the caller passes one
-}
-
-
 # Whose folder check (a save_pretrained folder through the CLI) the slice leaves to the
 # full sweep, for time: encoder-decoder folders go through the CLI in tests/test_stacks.py.
 FOLDER_IN_THE_SWEEP = {"t5gemma2"}
@@ -66,9 +58,6 @@ def test_family_outside_the_zoo_passes_every_check(model_type):
     assert record["buildable"], record.get("why")
     assert record["category"] == PASSING[model_type]
     checks = dict(record["checks"])
-    if model_type in FOLDER_REFUSED:
-        folder = checks.pop("folder")
-        assert folder["result"] == "refused" and FOLDER_REFUSED[model_type] in folder["why"]
     failed = {k: c for k, c in checks.items() if c["result"] != "ok"}
     assert not failed, failed
     assert set(record["checks"]) == set(CHECKS) - set(skip)

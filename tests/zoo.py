@@ -909,6 +909,41 @@ def per_item():
     return _PerItem().eval(), (torch.randn(2, 8),)
 
 
+def masked_autoencoder():
+    """ViT-MAE's encoder, called with images only: its forward draws the noise that
+    shuffles the patches (one number per image and patch, no width a plan cuts)."""
+    import transformers as tf
+
+    config = tf.ViTMAEConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    torch.manual_seed(SEED)
+    model = like_trained(tf.ViTMAEModel(config).eval())
+    return model, {"pixel_values": torch.randn(2, 3, 32, 32)}
+
+
+class _NoisyWidth(nn.Module):
+    """Noise drawn along a width a plan cuts (12 hidden units)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c = nn.Linear(8, 12), nn.Linear(12, 5)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.c(h + 0.1 * torch.randn_like(h))
+
+
+def noisy_width():
+    torch.manual_seed(SEED)
+    return _NoisyWidth().eval(), (torch.randn(2, 8),)
+
+
 def unsupported_op():
     torch.manual_seed(SEED)
     return _Bessel().eval(), (torch.randn(2, 8),)

@@ -334,6 +334,7 @@ def emit_onnx(model: nn.Module, example_inputs: Any, folder: str | Path) -> floa
     batch, seq = first.shape[0], first.shape[1] if first.dim() > 1 else 1
     path = Path(folder) / "model.onnx"
     export_onnx(model, example, path)
+    _deterministic(path)
     fixed = fixed_axes(path)
     if fixed:  # the forward specialised them (a loop over the images of a batch)
         warnings.warn(
@@ -347,6 +348,28 @@ def emit_onnx(model: nn.Module, example_inputs: Any, folder: str | Path) -> floa
         fresh_like(example, 1, max(2, 2 * seq), vocab, 2),
     ]
     return check_onnx(model, path, checks)
+
+
+RANDOM_OPS = ("RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike")
+RANDOM_OPS += ("Bernoulli", "Multinomial")
+
+
+def _deterministic(path: Path) -> None:
+    """`SurgeonError` (the file removed) where the ONNX graph draws random numbers (a
+    masked autoencoder's patch noise): onnxruntime draws other numbers than PyTorch, so
+    the file cannot be checked against the child."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    drawn = sorted({n.op_type for n in graph.node if n.op_type in RANDOM_OPS})
+    if drawn:
+        for file in path.parent.glob(f"{path.name}*"):
+            file.unlink()
+        raise SurgeonError(
+            f"the ONNX graph draws random numbers ({', '.join(drawn)}): onnxruntime draws "
+            "others than PyTorch, so surgeon cannot check it against the child; pass that "
+            "draw in as an input (an argument the forward otherwise fills at random)"
+        )
 
 
 def fixed_axes(path: str | Path) -> list[str]:

@@ -61,7 +61,17 @@ class Inputs:
         )
 
     def call(self, fn):
-        return fn(*self.args, **self.kwargs)
+        """`fn` on these inputs, drawing the same random numbers on every call: a
+        forward that draws some where no cut size reaches them (a masked autoencoder's
+        patch noise) gives the parent and each child one output to compare."""
+        cuda = {
+            t.device.index or 0
+            for t in (*self.args, *self.kwargs.values())
+            if isinstance(t, torch.Tensor) and t.device.type == "cuda"
+        }
+        with torch.random.fork_rng(devices=sorted(cuda)):
+            torch.manual_seed(0)
+            return fn(*self.args, **self.kwargs)
 
 
 def as_inputs(example_inputs: Any) -> Inputs:

@@ -337,9 +337,11 @@ def arange(ctx: Context, a: Args) -> None:
 
 
 # -- random draws -------------------------------------------------------------------------
-# Ops whose output is drawn at random (`random`; `rand` and `randn` are factories above):
-# `surgeon.prepare` refuses a forward that calls one (a masked autoencoder's noise), since
-# it has no one output to preserve. The rules relate the axes as the ops' shapes do.
+# Ops whose output is drawn at random (`random`; `rand` and `randn` are factories above).
+# A draw whose axes no cut size reaches (a masked autoencoder's noise per patch) is the
+# same in parent and child when both run with one seed, as every check does
+# (`Inputs.call`); `surgeon.prepare` refuses one along a width a plan may cut. The rules
+# relate the axes as the ops' shapes do.
 _RANDOM_ELEMENTWISE = (
     "bernoulli",
     "bernoulli_",
