@@ -35,13 +35,29 @@ def _result(r: dict, check: str) -> str:
 
 
 def _first_failure(r: dict) -> tuple[str, str, str] | None:
+    """(check, result, why) of the first check that did not pass: the task-head class's,
+    then the base class's (`base <check>`)."""
     if r.get("died"):
         return ("-", "died", r["died"])
-    for name in CHECKS:
-        c = r["checks"].get(name, {})
-        if c.get("result") not in (None, "ok", "skipped"):
-            return name, c["result"], c.get("why", "")
+    base = r.get("base") or {}
+    for prefix, checks in (("", r["checks"]), ("base ", base.get("checks", {}))):
+        for name in CHECKS:
+            c = checks.get(name, {})
+            if c.get("result") not in (None, "ok", "skipped"):
+                return prefix + name, c["result"], c.get("why", "")
     return None
+
+
+def _base(r: dict) -> str:
+    """The base class's column: its first failure's mark, `ok`, `-` where the type's
+    checked class is its base class or the row predates base checks, `not buildable`."""
+    base = r.get("base")
+    if not base:
+        return "-"
+    if "checks" not in base:
+        return "not buildable"
+    bad = next((c["result"] for c in base["checks"].values() if c["result"] != "ok"), "ok")
+    return MARK.get(bad, bad)
 
 
 def _all_but(r: dict, check: str) -> bool:
@@ -85,6 +101,17 @@ def summary(records: list[dict]) -> str:
                 f"crash {c['crash']}  wrong {c['wrong']}"
             )
     return "\n".join(lines)
+
+
+def _base_count(records: list[dict]) -> str:
+    """How many rows checked a base class, and how many could not yet (run before it)."""
+    built = [r for r in records if r.get("buildable")]
+    have = [r for r in built if r.get("base")]
+    passed = sum(bool(r["base"].get("passed")) for r in have)
+    return (
+        f"{len(have)} of the {len(built)} buildable rows did ({passed} of them pass); the "
+        "rest were swept before base classes were, or their checked class is the base."
+    )
 
 
 def _provenance(records: list[dict]) -> str:
@@ -138,7 +165,10 @@ def write_support(records: list[dict], path: Path) -> None:
         "of the child computes the same); **onnx** (the child against onnxruntime);",
         "**folder**, as users hold the model: a `save_pretrained` folder whose config keeps",
         "its class's defaults (the cache on), `surgeon inspect` and `surgeon apply` through",
-        "the CLI with inputs surgeon derives, the child folder reloads. `refused` is a clear",
+        "the CLI with inputs surgeon derives, the child folder reloads. The same checks run",
+        "on the type's base class (`AutoModel`'s) where it is not the class checked first;",
+        f"{_base_count(records)} A row passes only where both pass.",
+        "`refused` is a clear",
         "one-line error (quoted below); *caught* means",
         "surgeon's own consistency check (an `InvariantError`) stopped a child that would not",
         "compute what its graph computes: no child is written, the message asks for a report",
@@ -179,8 +209,8 @@ def write_support(records: list[dict], path: Path) -> None:
         "",
         "## By model type",
         "",
-        "| type | category | class | " + " | ".join(CHECKS) + " | first problem |",
-        "|---|---|---|" + "---|" * len(CHECKS) + "---|",
+        "| type | category | class | " + " | ".join(CHECKS) + " | base class | first problem |",
+        "|---|---|---|" + "---|" * len(CHECKS) + "---|---|",
     ]
     for r in sorted(
         records, key=lambda r: (CATEGORIES.index(r.get("category") or "other"), r["type"])
@@ -191,7 +221,8 @@ def write_support(records: list[dict], path: Path) -> None:
         why = f"{fail[0]}: {fail[2]}" if fail else ""
         marks = " | ".join(MARK.get(_result(r, c), _result(r, c)) for c in CHECKS)
         lines.append(
-            f"| {r['type']} | {r['category']} | {r.get('cls', '')} | {marks} | {_cell(why)} |"
+            f"| {r['type']} | {r['category']} | {r.get('cls', '')} | {marks} | {_base(r)} "
+            f"| {_cell(why)} |"
         )
     lines += [
         "",

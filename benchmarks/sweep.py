@@ -2,7 +2,7 @@
 
 For each model type of transformers' auto mappings, a tiny random model is built from its
 config class alone (vocab 128, hidden 64, 4 layers, 4 heads / 2 KV heads, FFN 128, 32 px
-images), and put through six checks, in order:
+images), and put through seven checks, in order:
 
     trace     surgeon.prepare(model, inputs)
     inspect   the analysis finds the config's number of layers and hidden size
@@ -16,6 +16,11 @@ images), and put through six checks, in order:
               child as surgeon made it: a trained PixioBackbone loses the difference
               between its two layer norms on save, a transformers matter)
     onnx      the shrunk child exported and checked against onnxruntime
+    folder    a `save_pretrained` folder with the config's defaults, through the CLI
+
+The same checks run on the type's base model class (`AutoModel`'s), where it is not the
+class checked first (a task head's): a row passes only where both pass (`--skip base`
+leaves it out).
 
 Each check is `ok`, `refused` (a SurgeonError: one line naming the problem), `wrong` (a
 numerical or structural mismatch that surgeon did not notice: a silent wrong child),
@@ -350,14 +355,27 @@ def tiny_inputs(model, config) -> dict:
     raise LookupError(f"the sweep builds no {name!r} input")
 
 
-def build(model_type: str):
+def base_class(model_type: str):
+    """The type's base model class (`AutoModel`'s), None where that is its task-head
+    class (the one the sweep checks first) or transformers has none."""
+    import transformers
+
+    name = mappings()[BASE].get(model_type)
+    name = name[0] if isinstance(name, (tuple, list)) else name
+    cls = getattr(transformers, name, None) if name else None
+    return None if cls is None or cls is head_class(model_type)[0] else cls
+
+
+def build(model_type: str, base: bool = False):
     """(model in eval mode, inputs, category, class name); raises when transformers
-    cannot build or run the tiny model."""
+    cannot build or run the tiny model. `base`: the base model class (`base_class`)."""
     import torch
 
     if model_type in NOT_RUNNABLE:
         raise RuntimeError(NOT_RUNNABLE[model_type])
     cls, mapping = head_class(model_type)
+    if base:
+        cls = base_class(model_type)
     config = tiny_config(model_type)
     torch.manual_seed(0)
     model = cls(config).eval()
@@ -903,8 +921,29 @@ def check_type(model_type: str, skip: tuple = ()) -> dict:
         record.pop("checks", None)
         return record
     record["passed"] = all(c["result"] == "ok" for c in record["checks"].values())
+    if "base" not in skip and base_class(model_type) is not None:
+        record["base"] = _check_base(model_type, skip)
+        record["passed"] &= record["base"].get("passed", True)  # (unbuildable: not counted)
     record["seconds"] = round(time.perf_counter() - start, 2)
     return record
+
+
+def _check_base(model_type: str, skip: tuple) -> dict:
+    """The same checks on the type's base model class (`AutoModel`'s: what a backbone
+    user holds), built from the same tiny config; its record, `passed` where it builds."""
+    from surgeon.errors import first_line
+
+    base = {"cls": base_class(model_type).__name__}
+    try:
+        model, inputs = build(model_type, base=True)[:2]
+    except Exception as e:  # noqa: BLE001 - transformers itself cannot build or run it
+        return {**base, "buildable": False, "why": f"{type(e).__name__}: {first_line(e)}"}
+    try:
+        run_checks(model, inputs, base, skip)
+    except TooBig as e:
+        return {**base, "buildable": False, "why": f"over the sweep's {MEMORY_GB} GiB: {e}"}
+    base["passed"] = all(c["result"] == "ok" for c in base["checks"].values())
+    return base
 
 
 # ---------------------------------------------------------------------------------------
