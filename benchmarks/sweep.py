@@ -161,6 +161,11 @@ FIXUPS: dict[str, tuple[dict, str]] = {
         "a full-attention layer after the sliding ones (the default's every 6th layer gives "
         "4 layers none); the sliding layers' heads tiny (the default is 64 of 128, 16 KV)",
     ),
+    "jamba": (
+        {"attn_layer_period": 2, "attn_layer_offset": 1},
+        "an attention layer every 2nd layer (the default's every 8th from layer 4 gives 4 "
+        "layers none, which no Jamba checkpoint is and its cache cannot run)",
+    ),
     "doge": ({"is_moe": True}, "its defaults turn the experts off; the sweep cuts them"),
     "gemma4_text": (
         {"enable_moe_block": True, "top_k_experts": 2},

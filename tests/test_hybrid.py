@@ -125,3 +125,39 @@ def test_a_head_count_other_layers_read_is_not_cut_when_no_attention_is_kept():
     reference.load_state_dict(want)
     with torch.no_grad():
         torch.testing.assert_close(child(**example).logits, reference(**example).logits)
+
+
+def test_a_counted_depth_keeps_one_softmax_attention_layer():
+    """`depth: last` keeping 1 of 4 layers would keep layer 0, a linear-attention layer:
+    a hybrid's child keeps one layer of the config's softmax attention (its cache needs
+    one), so the nearest, layer 1, comes in for it. The child computes what a fresh model
+    of its class holding layer 1's weights computes."""
+    model, example = zoo.build("qwen3_5_text")
+    parent = prepare(model, example)
+    child = apply(parent, {"target": {"num_layers": 1}, "depth": "last", "importance": "first"})
+    assert child.config.layer_types == ["full_attention"]
+    want = {}
+    for name, value in model.state_dict().items():
+        layer = name.split(".")[2] if name.startswith("model.layers.") else None
+        if layer in ("0", "2", "3"):
+            continue
+        want[name.replace("model.layers.1.", "model.layers.0.")] = value
+    reference = type(model)(child.config).eval()
+    reference.load_state_dict(want)
+    with torch.no_grad():
+        torch.testing.assert_close(child(**example).logits, reference(**example).logits)
+
+
+@pytest.mark.parametrize(
+    ("picked", "scores", "want"),
+    [
+        ([0], None, [1]),  # the nearest attention layer, for the kept one nearest it
+        ([0, 2], None, [1, 2]),  # 1 and 3 are as near; 1, then 0 and 2 as near to it: 0
+        ([0, 2], [0.5, 0.1, 0.3, 0.9], [0, 3]),  # the best attention layer for the worst kept
+        ([0, 1], None, [0, 1]),  # already keeps one
+    ],
+)
+def test_which_attention_layer_comes_in_for_which(picked, scores, want):
+    from surgeon.passes.depth import keep_one_of
+
+    assert keep_one_of(picked, [1, 3], set(), scores) == want

@@ -144,9 +144,14 @@ class Depth:
             if influence is not None:  # a layer others read is never the least influential
                 scores = [math.inf if i in needed else influence[i] for i in index]
             try:
-                order += [index[j] for j in choose_layers(len(index), self.strategy, k, scores)]
+                picked = choose_layers(len(index), self.strategy, k, scores)
             except PlanError as e:
                 raise PlanError(f"{stack}: {e}" if len(a.stacks) > 1 else str(e)) from None
+            if not isinstance(self.strategy, tuple):
+                attention = [j for j, i in enumerate(index) if i in (a.config_heads or ())]
+                fixed = {j for j, i in enumerate(index) if i in needed}
+                picked = keep_one_of(picked, attention, fixed, scores)
+            order += [index[j] for j in picked]
         changed = order != list(range(len(a.layers)))
         for i, layer in enumerate(a.layers) if changed else []:
             # a layer applied several times one application after another (a stack run in
@@ -171,6 +176,27 @@ class Depth:
                 f"besides the stream ({needed[i]}): keep it (depth: uniform and influence keep it)"
             )
         return order
+
+
+def keep_one_of(picked: list[int], some: list[int], fixed: set[int], scores=None) -> list[int]:
+    """A counted depth keeps one layer of `some` where the parent has any (a hybrid's
+    softmax attention layers, those its config's head count sizes: transformers' caches
+    of such models index them, and a child without one cannot run with its cache on).
+    Where the strategy kept none, the layer of `some` with the highest score comes in
+    (without scores: the one nearest a kept layer) for the kept layer not in `fixed`
+    with the lowest score (without: the one nearest it)."""
+    if not some or not picked or set(some) & set(picked):
+        return picked
+    others = [j for j in picked if j not in fixed]
+    if not others:
+        return picked
+    if scores is not None:
+        new = max(some, key=lambda j: scores[j])
+        old = min(others, key=lambda j: scores[j])
+    else:
+        new = min(some, key=lambda j: (min(abs(j - k) for k in picked), j))
+        old = min(others, key=lambda k: (abs(new - k), k))
+    return sorted(set(picked) - {old} | {new})
 
 
 def _select_per_layer(state: SurgeryState) -> None:
