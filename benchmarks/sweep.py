@@ -543,8 +543,11 @@ def full_plan_gaps(report: dict, plan: dict, config) -> tuple[dict, dict]:
 def _half_heads(layers: list[dict]) -> dict:
     """Half the heads of a stack, in whole KV groups, where its layers agree on them."""
     # a hybrid's attention: not its layers without any, nor those whose heads are of
-    # another kind than the config's (linear attention), which heads targets keep
-    layers = [x for x in layers if x.get("num_heads") and "heads_kept" not in x] or layers
+    # another kind than the config's (linear attention), which heads targets keep, nor
+    # those with a single product over no heads axis (a Mamba layer's scan beside Jamba's
+    # attention: nothing to halve)
+    many = [x for x in layers if x.get("num_heads", 0) > 1 and "heads_kept" not in x]
+    layers = many or [x for x in layers if x.get("num_heads") and "heads_kept" not in x] or layers
     heads, kv = layers[0].get("num_heads"), layers[0].get("num_kv_heads")
     kinds = {(x.get("num_heads"), x.get("num_kv_heads")) for x in layers}
     if heads and len(kinds) == 1:
@@ -662,6 +665,10 @@ def plan_gaps(report: dict, plan: dict, parent: dict | None = None) -> list[str]
     cut = [x for x in (parent or {}).get("layers", []) if x.get("num_heads")]
     dims = {x["head_dim"] for x in cut if "heads_kept" not in x}
     hybrid = any("heads_kept" in x for x in cut)
+    # a parent whose layers hold one product over no heads axis (a Mamba layer's scan)
+    # beside attention with heads: such layers keep theirs (`_half_heads`)
+    heads = {x["num_heads"] for x in cut}
+    scans = 1 in heads and max(heads) > 1
     out = []
     for stack, sizes in report["stack_sizes"].items():
         want = {**target, **stacks.get(stack, {})}
@@ -675,7 +682,8 @@ def plan_gaps(report: dict, plan: dict, parent: dict | None = None) -> list[str]
         if not dense and FFN_ROLES[0] in want:  # every role the plan gives no width
             want = {**{r: want[FFN_ROLES[0]] for r in FFN_ROLES}, **want}
         keys = [*FFN_ROLES, "num_experts"]
-        if "heads_kept" not in x and (not hybrid or x.get("head_dim") in dims):
+        scan = scans and x.get("num_heads") == 1
+        if "heads_kept" not in x and (not hybrid or x.get("head_dim") in dims) and not scan:
             keys += ["num_heads", "num_kv_heads"]
         for key in keys:
             if x.get(key) and key in want and x[key] != want[key]:
