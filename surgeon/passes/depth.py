@@ -32,7 +32,8 @@ class Depth:
     the least influential), or an explicit list of the parent's layers (sorted; a repeated
     index duplicates that layer). With several stacks of layers (an encoder-decoder's
     encoder and decoder), each stack is cut alone: to its entry in `stacks`, else to
-    `num_layers`.
+    `num_layers`. In a hybrid, a strategy keeps at least one layer of the softmax attention
+    the config's head count sizes (`keep_one_of`); a list is kept as written.
 
     `blocks` (`target.drop_blocks`) drops single residual blocks of the kept layers, per
     kind (attention, mlp): a count, chosen by `block_measure` (`ratio`: the smallest
