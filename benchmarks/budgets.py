@@ -38,8 +38,9 @@ SHAPES = {  # the plan's keys beside the budget (the solver chooses the sizes no
     "hidden 384 fixed": {"hidden_size": 384},
     "all 30 layers fixed": {"num_layers": 30},
     "10 layers fixed": {"num_layers": 10},
-    # the same budgets, the dense FFN neurons dealt to the layers by importance (where
-    # the uniform child cuts the FFN: the solver's choice keeps it whole)
+    # the same budgets, the dense FFN neurons dealt to the layers by importance; with no
+    # size fixed, per_layer keeps every layer and meets the budget by the widths
+    "solver's choice, per_layer": {"layout": "per_layer"},
     "hidden 480 fixed, per_layer": {"hidden_size": 480, "layout": "per_layer"},
     "all 30 layers fixed, per_layer": {"num_layers": 30, "layout": "per_layer"},
     "10 layers fixed, per_layer": {"num_layers": 10, "layout": "per_layer"},
