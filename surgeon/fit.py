@@ -232,6 +232,8 @@ def _set_sizes(config: Any, sizes: dict, full: dict, old_hidden: int, clashes=No
             continue
         for field in named if key not in FFN_ROLES[1:] else ():  # experts' widths: fitted
             old = config_value(config, field)
+            if isinstance(old, (list, tuple)):
+                continue  # one per stage (Swin's `num_heads`): `_fit_fields` finds the entry
             if old is not None or (key == "intermediate_size" and hasattr(config, field)):
                 new = value
                 was_full = full.get(key)
@@ -281,6 +283,18 @@ def _per_layer_lists(fields: dict, key: str) -> list[str]:
         and isinstance(v, list)
         and all(type(x) is int for x in v)
     ]
+
+
+def states_kinds(config: Any, n: int) -> bool:
+    """Whether `config` (or its text config) holds a list of one entry per layer of the
+    `n` (`PER_LAYER`: `layer_types`, ...), which a child's config takes at its layers."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for part in {id(config): config, id(text): text}.values():
+        for field in PER_LAYER:
+            value = config_value(part, field)
+            if isinstance(value, (list, tuple)) and len(value) == n:
+                return True
+    return False
 
 
 def config_heads(model: nn.Module, layers: list) -> set[int] | None:
@@ -680,7 +694,7 @@ def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, 
     another (a field named as one, `RATIOS`: Dinov2's `mlp_ratio`) is tried scaled by the
     factor that size must change by. A change is kept when it leaves fewer mismatched
     tensors and no new one. Returns (config, what is still wrong)."""
-    fields = _int_fields(config) + _float_fields(config)
+    fields = _int_fields(config) + _float_fields(config) + _list_fields(config)
     for _ in range(tries):
         name, (got, want) = next(iter(wrong.items()))
         moves = {(g, w) for g, w in zip(got, want, strict=False) if g != w}
@@ -690,29 +704,12 @@ def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, 
         for *owners, field in fields:
             for g, w in moves:
                 value = config_value(_at(config, owners), field)
-                if value == g and type(value) is int:
-                    new = w
-                elif _ratio(field) and type(value) in (int, float) and value > 0:
-                    new = value * w / g  # a ratio: scaled with the size it gives
-                    new = int(new) if type(value) is int and new == int(new) else new
-                else:
-                    continue
-                trial = copy.deepcopy(config)
-                try:
-                    setattr(_at(trial, owners), field, new)
-                except Exception:  # noqa: BLE001 - a strict config refuses this value
-                    continue  # (MPT's int `expansion_ratio` at a fraction)
-                if stack is not None:  # that config's lists per layer follow its stack
-                    _per_layer_cut(_at(trial, owners), g, shape, stack)
-                for candidate in [trial, *_lists_cut(trial, g, w, shape)]:
-                    try:
-                        left = _mismatches(parent, candidate, shape)
-                    except Exception:  # noqa: BLE001 - the class refuses this value
-                        continue
-                    if len(left) < len(wrong) and set(left) <= set(wrong):
-                        if stack is not None and type(value) is int:
-                            _scale_layer_counts(_at(candidate, owners), field, g, w)
-                        better = (candidate, left)
+                for new in _moved(field, value, g, w):
+                    trial = copy.deepcopy(config)
+                    better = _tried(
+                        parent, trial, owners, field, new, (g, w), value, wrong, shape, stack
+                    )
+                    if better:
                         break
                 if better:
                     break
@@ -724,6 +721,49 @@ def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, 
         if not wrong:
             break
     return config, wrong
+
+
+def _moved(field: str, value: Any, g: int, w: int) -> list:
+    """The values `field` (now `value`) is tried at where a size it may state moves from
+    `g` to `w`: `w` for an integer equal to `g`; a ratio scaled by w/g; for a list of
+    sizes (one per stage: Swin's `depths`, `num_heads`), the list with one entry equal to
+    `g` made `w`, each such entry in turn."""
+    if value == g and type(value) is int:
+        return [w]
+    if _ratio(field) and type(value) in (int, float) and value > 0:
+        new = value * w / g  # a ratio: scaled with the size it gives
+        return [int(new) if type(value) is int and new == int(new) else new]
+    if isinstance(value, (list, tuple)):
+        return [
+            type(value)([*value[:i], w, *value[i + 1 :]]) for i, v in enumerate(value) if v == g
+        ]
+    return []
+
+
+def _tried(parent, trial, owners, field, new, move, value, wrong, shape, stack):
+    """(config, what is still wrong) with `field` of `trial` at `new`, where that (or
+    that with the per-layer lists taken at the kept layers) leaves fewer mismatched
+    tensors and no new one; else None."""
+    g, w = move
+    try:
+        setattr(_at(trial, owners), field, new)
+    except Exception:  # noqa: BLE001 - a strict config refuses this value
+        return None  # (MPT's int `expansion_ratio` at a fraction)
+    candidates = [trial, *_lists_cut(trial, g, w, shape)]
+    if stack is not None:  # that config's lists per layer follow its stack (a list of
+        cut = copy.deepcopy(trial)  # one entry per stage, Swin's `num_heads`, may be as
+        _per_layer_cut(_at(cut, owners), g, shape, stack)  # long: tried as it is after)
+        candidates.insert(0, cut)
+    for candidate in candidates:
+        try:
+            left = _mismatches(parent, candidate, shape)
+        except Exception:  # noqa: BLE001 - the class refuses this value
+            continue
+        if len(left) < len(wrong) and set(left) <= set(wrong):
+            if stack is not None and type(value) is int:
+                _scale_layer_counts(_at(candidate, owners), field, g, w)
+            return candidate, left
+    return None
 
 
 def _scale_layer_counts(config: Any, field: str, old: int, new: int) -> None:
@@ -807,6 +847,19 @@ def _float_fields(config: Any) -> list[tuple[str, ...]]:
     for owners in [(), *_config_paths(config)]:
         fields = _at(config, owners).to_dict().items()
         out += [(*owners, k) for k, v in fields if type(v) is float and _ratio(k)]
+    return out
+
+
+def _list_fields(config: Any) -> list[tuple[str, ...]]:
+    """Paths of the fields of a config and its nested configs that hold a short list of
+    sizes (one per stage of a hierarchical backbone: Swin's `depths` and `num_heads`);
+    token ids and the per-layer lists (`PER_LAYER`) left out."""
+    out = []
+    for owners in [(), *_config_paths(config)]:
+        for k, v in _at(config, owners).to_dict().items():
+            sizes = isinstance(v, (list, tuple)) and v and all(type(x) is int for x in v)
+            if sizes and k not in PER_LAYER and not k.endswith(("_id", "_ids")):
+                out.append((*owners, k))
     return out
 
 

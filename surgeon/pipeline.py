@@ -29,7 +29,7 @@ from .derived import allowed_positions
 from .emit.hf import is_hf_model
 from .errors import ModelLoadError, NotStreamable, PlanError, SurgeonError, TraceError
 from .execute import Runner, check_device
-from .fit import ChildShape, config_error, config_heads, fit_config
+from .fit import ChildShape, config_error, config_heads, fit_config, states_kinds
 from .frontends import Graph, tensor_of, trace
 from .frontends.twin import traced
 from .io.shards import Shards
@@ -181,6 +181,8 @@ def _checked(model: nn.Module, analysis: Analysis) -> Analysis:
     shapes = {(x.stack, x.num_heads, x.head_dim) for x in analysis.layers if x.heads}
     if len(shapes) > len(stacks) and is_hf_model(model):  # attention of several shapes
         analysis.config_heads = config_heads(model, analysis.layers)
+    if is_hf_model(model):
+        analysis.stated_kinds = states_kinds(model.config, len(analysis.layers))
     for stack in analysis.stacks:
         try:
             modules = model.get_submodule(stack)

@@ -904,6 +904,27 @@ def ratio_sized():
     return model, {"pixel_values": torch.randn(2, 3, 32, 32)}
 
 
+def staged():
+    """A hierarchical vision backbone (Swin): two stages, each a list of two layers at a
+    width of its own (16, then 32 after a patch merge that concatenates 4 neighbours),
+    with per-stage lists in its config (`depths`, `num_heads`) and the MLP sized by
+    `mlp_ratio`. Returns (model, inputs, the config)."""
+    import transformers as tf
+
+    config = tf.SwinConfig(
+        image_size=32,
+        patch_size=4,
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=4,
+        num_labels=3,
+    )
+    torch.manual_seed(SEED)
+    model = like_trained(tf.SwinForImageClassification(config).eval())
+    return model, {"pixel_values": torch.randn(2, 3, 32, 32)}, config
+
+
 def per_item():
     torch.manual_seed(SEED)
     return _PerItem().eval(), (torch.randn(2, 8),)

@@ -24,7 +24,7 @@ from ..frontends import Graph, tensor_of
 from .atoms import Atoms
 from .dims import Dims, discover_dims
 from .registry import register_rule, rule_for, unregister_rule
-from .residual import NUMBERED, Block, _between, find_blocks, layer_span, residual_root
+from .residual import NUMBERED, Block, _between, find_blocks, layer_span, nested, residual_root
 
 __all__ = [
     "FFN_ROLES",
@@ -158,6 +158,10 @@ class Analysis:
     # (`num_attention_heads`, ...), found by building its class with another count; None:
     # no config to ask (see `cuts_heads`)
     config_heads: set[int] | None = None
+    # whether the model's config states each layer's kind (`layer_types`: its class builds
+    # a layer of a child as the child's config says, wherever the layer came from); False
+    # where none is known, so depth keeps each layer where a layer of its kind sits
+    stated_kinds: bool = False
 
     def cuts_heads(self, layer: LayerInfo) -> bool:
         """Whether a heads target (`num_heads`, `num_kv_heads`) cuts this layer's heads.
@@ -275,18 +279,26 @@ def analyse(graph: Graph) -> Analysis:
 def _streams(graph: Graph, dims: Dims, kinds: dict, root: int, canonical):
     """The residual streams (the one the last block writes first) and their blocks, in
     graph order. The stream that spans the most weights is found first; then, for each
-    numbered list of modules that holds weights of no layer found (a second tower, an
-    encoder with an embedding of its own), the atom class that spans the most of its
-    weights is another stream where residual blocks of such lists write it."""
+    numbered list of modules with entries that hold weights of no layer found (a second
+    tower, an encoder with an embedding of its own, the later stages of a hierarchical
+    backbone, each of its own width), the atom class that spans the most of those
+    entries' weights is another stream where residual blocks in them write it; a list is
+    searched again while that finds one."""
     streams = [root]
     blocks = find_blocks(graph.graph, dims, root, canonical)
-    tried: set[str] = set()
-    while lists := [p for p in _unclaimed(dims, kinds, _layers_of(blocks)) if p not in tried]:
-        tried.add(lists[0])
+    tried: set[tuple] = set()
+    while True:
+        free = _free_entries(dims, kinds, _layers_of(blocks))
+        pending = [(p, e) for p, e in free.items() if (p, frozenset(e)) not in tried]
+        if not pending:
+            break
+        path, entries = pending[0]
+        tried.add((path, frozenset(entries)))
+        inside = tuple(f"{path}.{i}." for i in sorted(entries))
         counts = Counter(
             dims.atoms.find(a)
             for name, axes in dims.tensors.items()
-            if kinds.get(name) == "parameter" and name.startswith(lists[0] + ".")
+            if kinds.get(name) == "parameter" and name.startswith(inside)
             for a in set(axes)
         )
         for candidate, _ in counts.most_common():
@@ -294,20 +306,22 @@ def _streams(graph: Graph, dims: Dims, kinds: dict, root: int, canonical):
                 found = [
                     b
                     for b in find_blocks(graph.graph, dims, candidate, canonical)
-                    if b.layer is not None and any(b.layer.startswith(p + ".") for p in lists)
+                    if b.layer is not None and (b.layer + ".").startswith(inside)
                 ]
                 streams += [candidate] if found else []
                 blocks += found
                 break
     order = {n: i for i, n in enumerate(graph.graph.nodes)}
-    blocks = sorted(blocks, key=lambda b: order[b.add])
+    blocks = nested(sorted(blocks, key=lambda b: order[b.add]), dims.tensors)
     last = blocks[-1].stream if blocks else root  # the stream the output is read from
     return sorted(streams, key=lambda r: r != last), blocks
 
 
 def _layers_of(blocks: list[Block]) -> set[str]:
-    """The numbered modules whose weights the blocks read (their layers' parts too)."""
-    return {m.group(1) for b in blocks for p in b.params if (m := NUMBERED.match(p))}
+    """The numbered modules whose weights the blocks read (their layers' parts too), and
+    their layers (entries of a list nested in one of those)."""
+    outer = {m.group(1) for b in blocks for p in b.params if (m := NUMBERED.match(p))}
+    return outer | {b.layer for b in blocks if b.layer is not None}
 
 
 def _per_layer(analysis: Analysis, kinds: dict[str, str]) -> dict[int, dict[int, int]]:
@@ -379,8 +393,11 @@ def _layers(blocks: list[Block]) -> list[LayerInfo]:
     for layer in layers.values():
         index = layer.name.rpartition(".")[2]
         numbered = (m.group(1) for b in layer.blocks for p in b.params if (m := NUMBERED.match(p)))
+        # a layer of an outermost list may span other lists' entries of its index (XLM's
+        # `attentions.3`, `ffns.3`); a layer of a nested list is its entry alone
+        outermost = _outermost(layer.name)
         parts = [p for p in dict.fromkeys(numbered) if p.rpartition(".")[2] == index]
-        layer.parts = list(dict.fromkeys([layer.name, *parts]))
+        layer.parts = list(dict.fromkeys([layer.name, *(parts if outermost else [])]))
         layer.input, layer.output, layer.nodes = layer_span(layer.blocks, layer.parts)
         seen = Counter(p for b in layer.blocks for p in dict.fromkeys(b.params))
         if min(seen.values(), default=1) > 1:  # its weights applied several times
@@ -389,7 +406,7 @@ def _layers(blocks: list[Block]) -> list[LayerInfo]:
             layer.nodes = set().union(*(_between(a, b, set()) for a, b in layer.spans))
         read = (a.target for n in layer.nodes for a in n.all_input_nodes if a.op == "get_attr")
         numbered = (m.group(1) for t in read if (m := NUMBERED.match(t)))
-        more = [p for p in numbered if p.rpartition(".")[2] == index]  # a post-norm's list
+        more = [p for p in numbered if p.rpartition(".")[2] == index and outermost]  # a post-norm's
         layer.parts = list(dict.fromkeys([*layer.parts, *more]))
     return list(layers.values())
 
@@ -427,7 +444,7 @@ def _merge_parallel(layers: dict[str, LayerInfo]) -> dict[str, LayerInfo]:
     order = [(name.rpartition(".")[0], name.rpartition(".")[2]) for name in layers]
     lists = list(dict.fromkeys(owner for owner, _ in order))
     indices = list(dict.fromkeys(i for _, i in order))
-    if len(lists) < 2 or order != [(owner, i) for i in indices for owner in lists]:
+    if len(lists) < 2 or len(indices) < 2 or order != [(o, i) for i in indices for o in lists]:
         return layers
     merged: dict[str, LayerInfo] = {}
     for i in indices:
@@ -800,15 +817,46 @@ def _other_stacks(analysis: Analysis, kinds: dict[str, str]) -> list[str]:
 
 def _unclaimed(dims: Dims, kinds: dict[str, str], layers: set[str]) -> list[str]:
     """The numbered lists of modules (outermost) whose weights the forward reads, none
-    of whose entries is among `layers` (module paths) or inside one."""
-    stacks = {name.rpartition(".")[0] for name in layers}
-    indices: dict[str, set[str]] = {}
+    of whose entries is among `layers` (module paths), inside one or holds one."""
+    entries = _entries(dims, kinds, layers)
+    return sorted(p for p, (free, seen) in entries.items() if free == seen)
+
+
+def _free_entries(dims: Dims, kinds: dict[str, str], layers: set[str]) -> dict[str, set[str]]:
+    """Per numbered list of modules whose weights the forward reads (the outermost one
+    that is not a layer's or does not hold one), its entries that are neither among
+    `layers`, inside one, nor hold one: {list path: {index, ...}}."""
+    entries = _entries(dims, kinds, layers)
+    return {p: free for p, (free, _) in entries.items() if free}
+
+
+def _entries(dims: Dims, kinds: dict[str, str], layers: set[str]) -> dict[str, tuple]:
+    """{list path: (free indices, all indices)} for the lists of two entries or more
+    found walking each parameter's path from the outside in: an entry inside one of
+    `layers` ends the walk, one that holds one is looked into, any other is free."""
+    holders = {layer[: m.end()] for layer in layers for m in _INDEX.finditer(layer)}
+    out: dict[str, tuple[set, set]] = {}
     for name in dims.tensors:
-        found = re.search(r"\.(\d+)\.", name) if kinds.get(name) == "parameter" else None
-        if found is None:
+        if kinds.get(name) != "parameter":
             continue
-        prefix = name[: found.start()]
-        if not any(prefix == s or prefix.startswith(s + ".") for s in stacks):
-            indices.setdefault(prefix, set()).add(found.group(1))
-    lists = [p for p, i in indices.items() if len(i) > 1]
-    return sorted(p for p in lists if not any(p.startswith(q + ".") for q in lists))
+        for m in _INDEX.finditer(name):
+            entry, path = name[: m.end()], name[: m.start()]
+            if any(entry.startswith(x + ".") for x in layers):
+                break  # a list inside a layer (its experts)
+            free, seen = out.setdefault(path, (set(), set()))
+            seen.add(m.group(1))
+            if entry in layers:
+                break
+            if entry not in holders:
+                free.add(m.group(1))
+                break
+    return {p: (free, seen) for p, (free, seen) in out.items() if len(seen) > 1}
+
+
+_INDEX = re.compile(r"\.(\d+)(?=\.)")
+
+
+def _outermost(name: str) -> bool:
+    """Whether module path `name` is an entry of an outermost numbered list."""
+    m = NUMBERED.match(name)
+    return m is not None and m.group(1) == name

@@ -11,7 +11,7 @@ from torch import fx
 from .dims import Dims
 from .registry import RULES, rule_for
 
-__all__ = ["Block", "residual_root", "find_blocks", "layer_span", "HEAVY", "NUMBERED"]
+__all__ = ["Block", "residual_root", "find_blocks", "layer_span", "nested", "HEAVY", "NUMBERED"]
 
 # The built-in ops that mix the features of a residual-stream activation (`mixes_stream`
 # in the table): kept for callers that read a set; the analysis asks the table.
@@ -113,6 +113,68 @@ def find_blocks(graph: fx.Graph, dims: Dims, root: int, canonical) -> list[Block
     return blocks
 
 
+def nested(blocks: list[Block], names) -> list[Block]:
+    """Blocks of numbered entries that fall into the entries of a module list inside them
+    (Swin's `layers.0.blocks.1`, MobileViT's `layer.2.transformer.layer.0`: stages of
+    layers) belong to those inner entries, where every block of an outer entry lies in
+    one entry of one inner list, and some entry of the outer list is a stage: its inner
+    entries are two or more and one holds two blocks or more (a layer: its attention and
+    its MLP), or one inner entry holds two blocks of their own weights beside weights of
+    the outer entry's (a stage cut to one layer, with its patch merge). Then every entry
+    of that outer list is read so. T5's `block.3.layer.0` and `.layer.1` hold one block
+    each (the parts of one layer), routed experts' entries hold no whole block, ALBERT's
+    one shared layer holds its blocks' weights again and again: those stay as they are.
+    `names`: every tensor's. Repeated for lists nested deeper."""
+    while True:
+        outer: dict[str, list[Block]] = {}
+        for b in blocks:
+            if b.layer is not None:
+                outer.setdefault(b.layer, []).append(b)
+        inner: dict[str, list[str]] = {}
+        stages: set[str] = set()  # outer lists read as lists of stages
+        for name, mine in outer.items():
+            entries = [_common_entry(b.params, name) for b in mine]
+            paths = {e.rpartition(".")[0] if e else None for e in entries}
+            if None in paths or len(paths) != 1:
+                continue
+            inner[name] = entries
+            if _stage(mine, entries, name, paths.pop(), names):
+                stages.add(name.rpartition(".")[0])
+        moved = [name for name in inner if name.rpartition(".")[0] in stages]
+        for name in moved:
+            for b, entry in zip(outer[name], inner[name], strict=True):
+                b.layer = entry
+        if not moved:
+            return blocks
+
+
+def _stage(mine: list[Block], entries: list[str], outer: str, path: str, names) -> bool:
+    """Whether outer entry `outer` is a stage of layers (`nested`)."""
+    counts = Counter(entries)
+    if max(counts.values()) < 2:
+        return False
+    if len(counts) > 1:
+        return True
+    params = [p for b in mine for p in dict.fromkeys(b.params)]
+    own = len(set(params)) == len(params)  # no block reads another's weights
+    beside = any(n.startswith(outer + ".") and not n.startswith(path + ".") for n in names)
+    return own and beside
+
+
+def _common_entry(params: list[str], outer: str) -> str | None:
+    """The deepest numbered entry inside `outer` that holds every one of `params`."""
+    inside = [p[len(outer) + 1 :] for p in params if p.startswith(outer + ".")]
+    if not inside or len(inside) != len(params):
+        return None
+    found = None
+    for m in re.finditer(r"(?:^|\.)(\d+)(?=\.)", inside[0]):
+        prefix = inside[0][: m.end()]
+        if not all(p.startswith(prefix + ".") for p in inside):
+            break
+        found = f"{outer}.{prefix}"
+    return found
+
+
 def _read_value(branch: fx.Node, stream: set[fx.Node], skip: fx.Node) -> fx.Node:
     """The stream value a branch is computed from, where it does not read its own skip: the
     latest one behind it in graph order (`x + attn(norm(x)) + mlp(norm(x))`: the MLP's
@@ -185,10 +247,12 @@ def layer_span(blocks: list[Block], paths: list[str]) -> tuple[fx.Node, fx.Node,
     end = blocks[-1].add
     index = paths[0].rpartition(".")[2]
 
+    outermost = (m := NUMBERED.match(paths[0])) is not None and m.group(1) == paths[0]
+
     def within(node: fx.Node) -> bool:  # its modules, or another list's entry of its index
         stack = node.meta.get("nn_module_stack") or {}
         numbered = (NUMBERED.match(p) for p, _ in stack.values())
-        same = any(m and m.group(1).rpartition(".")[2] == index for m in numbered)
+        same = outermost and any(m and m.group(1).rpartition(".")[2] == index for m in numbered)
         return same or any(_in_module(node, p) for p in paths)
 
     while True:  # follow the stream while it stays inside the layer's modules

@@ -323,7 +323,7 @@ def _check_same(
             "runs on every kernel)"
         ) from e
     want, got = _same_fields(raw, rebuilt)
-    _compare(model, want, got, "the traced inputs", other_kernels=False)
+    _compare(model, want, got, "the traced inputs", False, _moved_layers(state))
     want = output_tensors(raw)
     ids = inputs.kwargs.get("input_ids")
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] < 2:
@@ -407,9 +407,33 @@ def _causal_in_fact(model: nn.Module, kwargs: dict) -> bool:
     return torch.allclose(a, b, atol=1e-5 * max(a.abs().max().item(), 1.0), rtol=1e-4)
 
 
-def _compare(model: nn.Module, want, got, what: str, other_kernels: bool = True) -> None:
+def _moved_layers(state) -> str:
+    """Where depth put parent layers at other positions of their stack: a note for the
+    error a rebuilt model that differs gives ("" where no layer moved)."""
+    layers = state.analysis.layers
+    moved, place = [], {}
+    for i in state.kept_layers():
+        stack = layers[i].stack
+        mine = [k for k, x in enumerate(layers) if x.stack == stack]
+        j = place[stack] = place.get(stack, -1) + 1
+        if mine.index(i) != j:
+            moved.append(f"{mine.index(i)} to {j}")
+    if not moved:
+        return ""
+    return (
+        f" (depth moved layers of their stacks: {', '.join(moved[:4])}; a class that builds "
+        "each layer by its position, as shifted windows that alternate are, computes them as "
+        "the layers there: a depth that keeps each layer at its place, depth: last or a "
+        "list, may fit)"
+    )
+
+
+def _compare(
+    model: nn.Module, want, got, what: str, other_kernels: bool = True, note: str = ""
+) -> None:
     """`other_kernels`: the two ran different kernels (another length, a mask), so they
-    round differently: in bfloat16 or float16 the tolerance is 8 of the dtype's eps."""
+    round differently: in bfloat16 or float16 the tolerance is 8 of the dtype's eps.
+    `note`: said after the difference (what may explain it)."""
     for w, g in zip(want, got, strict=False):  # the first outputs (some add optional ones)
         scale = max(w.abs().max().item(), 1.0)
         eps = torch.finfo(w.dtype).eps if w.is_floating_point() and other_kernels else 0.0
@@ -418,7 +442,7 @@ def _compare(model: nn.Module, want, got, what: str, other_kernels: bool = True)
             diff = (g - w).abs().max().item() if g.shape == w.shape else float("nan")
             raise InvariantError(
                 f"the rebuilt {type(model).__name__} differs from the child graph by "
-                f"{diff:.3g} on {what}: please report this model"
+                f"{diff:.3g} on {what}{note}: please report this model"
             )
 
 

@@ -33,7 +33,10 @@ class Depth:
     index duplicates that layer). With several stacks of layers (an encoder-decoder's
     encoder and decoder), each stack is cut alone: to its entry in `stacks`, else to
     `num_layers`. In a hybrid, a strategy keeps at least one layer of the softmax attention
-    the config's head count sizes (`keep_one_of`); a list is kept as written.
+    the config's head count sizes (`keep_one_of`), and where the layers of a stack compute
+    differently by position (shifted windows in every other layer) and no config states
+    each layer's kind, each kept layer where a layer of its kind sits (`in_place`); a list
+    is kept as written.
 
     `blocks` (`target.drop_blocks`) drops single residual blocks of the kept layers, per
     kind (attention, mlp): a count, chosen by `block_measure` (`ratio`: the smallest
@@ -152,6 +155,9 @@ class Depth:
                 attention = [j for j, i in enumerate(index) if i in (a.config_heads or ())]
                 fixed = {j for j, i in enumerate(index) if i in needed}
                 picked = keep_one_of(picked, attention, fixed, scores)
+                placed = picked if a.stated_kinds else in_place(picked, _kinds(a, index))
+                if fixed <= set(placed) and (not attention or set(attention) & set(placed)):
+                    picked = placed
             order += [index[j] for j in picked]
         changed = order != list(range(len(a.layers)))
         for i, layer in enumerate(a.layers) if changed else []:
@@ -177,6 +183,52 @@ class Depth:
                 f"besides the stream ({needed[i]}): keep it (depth: uniform and influence keep it)"
             )
         return order
+
+
+def in_place(picked: list[int], kinds: list) -> list[int]:
+    """The layers `picked`, each moved where needed to the nearest layer that computes as
+    the parent's layer at its place in the child does (`kinds`: a key per layer of the
+    stack). A class that builds each layer by its position (one that shifts the windows of
+    every other layer) builds child layer j as its layer j: a layer of another kind there
+    would compute otherwise. Left as picked where all layers are of one kind, where they
+    already fit, or where no choice fits."""
+    if len(set(kinds)) < 2 or all(kinds[i] == kinds[j] for j, i in enumerate(picked)):
+        return picked
+    out, last = [], -1
+    for j, want in enumerate(picked):
+        room = len(kinds) - (len(picked) - j - 1)  # leave a layer for each one after
+        fits = [i for i in range(last + 1, room) if kinds[i] == kinds[j]]
+        if not fits:
+            return picked
+        last = min(fits, key=lambda i: (abs(i - want), i))
+        out.append(last)
+    return out
+
+
+def _kinds(a, index: list[int]) -> list:
+    """A key per layer of a stack: its nodes' ops and the constants they take, in graph
+    order (tensors and parameters left out), equal for layers that compute alike."""
+    order = {n: k for k, n in enumerate(a.graph.graph.nodes)}
+    return [_kind(a.layers[i].nodes, order) for i in index]
+
+
+def _kind(nodes, order: dict) -> tuple:
+    return tuple(
+        "get_attr"
+        if n.op == "get_attr"
+        else (n.op, str(n.target), _constants(n.args), _constants(n.kwargs))
+        for n in sorted(nodes, key=order.__getitem__)
+    )
+
+
+def _constants(x):
+    if isinstance(x, (list, tuple)):
+        return tuple(_constants(v) for v in x)
+    if isinstance(x, dict):
+        return tuple((k, _constants(v)) for k, v in sorted(x.items()))
+    if x is None or isinstance(x, (int, float, bool, str)):
+        return x
+    return type(x).__name__  # a node, a dtype, a device
 
 
 def keep_one_of(picked: list[int], some: list[int], fixed: set[int], scores=None) -> list[int]:
