@@ -137,6 +137,15 @@ FIXUPS: dict[str, tuple[dict, str]] = {
         "32; each group is scored by its best 2, so 2 per group would leave none to cut)",
     ),
     "longcat_flash": (_MLA, "latent attention's head sizes"),
+    **{
+        t: (
+            {"patch_size": 4, "window_size": 2, "depths": [2, 2], "num_heads": [4, 8]},
+            "two stages of 2 layers, heads doubling with the width as in Swin-T; windows "
+            "of 2 x 2 patches in an 8 x 8 grid (the default 7 x 7 windows do not divide a "
+            "tiny image's grid)",
+        )
+        for t in ("swin", "swinv2", "donut-swin")
+    },
     "kimi_linear": (
         {
             **_MLA,
@@ -303,12 +312,16 @@ def _config_kwargs(config_cls, extra: dict) -> dict:
     alias = dict(getattr(config_cls, "attribute_map", {}) or {})
     params = set(pyinspect.signature(config_cls.__init__).parameters)
     out = {}
+    stated = default.to_dict()
     for key, value in TINY.items():
         real = alias.get(key, key)
         if isinstance(getattr(config_cls, real, None), property):
             continue  # derived from the others (Falcon's head_dim)
         if real in params or hasattr(default, real):
             out[real] = value
+            per_stage = stated.get(real)  # one per stage (Swin's num_heads: [3, 6, 12, 24])
+            if isinstance(per_stage, (list, tuple)) and key not in _NOT_PER_STAGE:
+                out[real] = [value] * len(per_stage)
     for key, sub_cls in (getattr(config_cls, "sub_configs", {}) or {}).items():
         sub = getattr(default, key, None)  # its default instance tells the class (AutoConfig)
         if not hasattr(sub, "to_dict"):
@@ -323,6 +336,10 @@ def _config_kwargs(config_cls, extra: dict) -> dict:
         both = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = {**out[key], **value} if both else value
     return out
+
+
+# TINY's keys whose list defaults are not one size per stage (token ids, an image's sides)
+_NOT_PER_STAGE = {"eos_token_id", "bos_token_id", "pad_token_id", "image_size", "patch_size"}
 
 
 def tiny_config(model_type: str):
@@ -448,6 +465,20 @@ def _layers_and_hidden(config):
     return layers, _get(text, "hidden_size", "d_model", "n_embd", "embed_dim")
 
 
+def _stage_depths(config) -> list[int] | None:
+    """The layers of each stage of a hierarchical backbone, where its config lists them
+    (`depths`: Swin's, PVT's, SegFormer's)."""
+    depths = getattr(config, "depths", None)
+    return list(depths) if isinstance(depths, (list, tuple)) and len(depths) > 1 else None
+
+
+def _stage_widths(config) -> set[int]:
+    """The widths of the stages of a hierarchical backbone, where its config lists them
+    (`hidden_sizes`: SegFormer's, PVT's, MobileViT's)."""
+    sizes = getattr(config, "hidden_sizes", None)
+    return set(sizes) if isinstance(sizes, (list, tuple)) else set()
+
+
 def _module_counts(config) -> set[int]:
     """The layer counts a single-stack config states under any of its names."""
     if getattr(config, "is_encoder_decoder", False):
@@ -484,7 +515,27 @@ def shrink_plan(report: dict) -> dict:
     experts = {x.get("num_experts") for x in report["layers"]} - {0, None}
     if len(experts) == 1:
         target["num_experts"] = max(1, experts.pop() // 2)
+    widths = {s: v["hidden_size"] for s, v in report.get("stack_sizes", {}).items()}
+    if widths and min(widths.values()) <= target["hidden_size"] and all(heads.values()):
+        # stages of their own widths (Swin's 64, then 128): half of the widest would not
+        # cut the narrower, so each stack gets half of its own width, and of its FFN
+        plan["stacks"] = {s: {**h, **_half_stack(by_stack[s], widths[s])} for s, h in heads.items()}
+        del target["hidden_size"]
+        for role in FFN_ROLES:
+            target.pop(role, None)
     return plan
+
+
+def _half_stack(layers: list[dict], width: int) -> dict:
+    """Half a stack's width, and of each FFN role's width where its layers agree on it."""
+    from surgeon.analysis import FFN_ROLES
+
+    out = {"hidden_size": width // 2}
+    for role in FFN_ROLES:
+        found = {x.get(role) for x in layers} - {0, None}
+        if len(found) == 1:
+            out[role] = found.pop() // 2
+    return out
 
 
 # Per size of the full plan: the config fields that say a model has it.
@@ -795,6 +846,19 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
             found = (applied, found[1])
         if found[0] != layers and found[0] in _module_counts(model.config):
             layers = found[0]  # LongCat: num_layers modules, num_hidden_layers = 2x that
+        widths = {x["hidden_size"] for x in report.get("stack_sizes", {}).values()}
+        stages = _stage_depths(model.config)
+        if len(widths) > 1 and stages and len(stages) == len(report["stacks"]):
+            # stages of layers, a width each (Swin): the config states each stage's depth
+            layers = sum(stages) if list(report["stacks"].values()) == stages else layers
+        stated = _stage_widths(model.config) or {hidden}
+        if len(widths) > 1 and found[1] in stated and stated & widths == widths:
+            hidden = found[1]  # each stage's width as the config states it (`hidden_sizes`),
+            # or the first stage's (Swin's `embed_dim`) where the others double it
+        elif len(widths) > 1 and hidden in widths:
+            hidden = found[1]
+        if layers is None and len(widths) > 1 and hidden == found[1]:
+            layers = found[0]  # no layer count in the config (MobileViT's are its class's)
         if not found[0]:
             raise NoLayers(f"surgeon inspect finds no residual layers (config: {layers})")
         other = state["parent"].analysis.couplings["other_stacks"]

@@ -39,6 +39,7 @@ PASSING = {
     "embedding_gemma2_text": "encoder",
     "t5gemma2": "encoder-decoder",
     "radio": "vision",  # its folder, traced on meta, indexes by a constant of unknown value
+    "swin": "vision",  # stages of layers, a width each; every other layer's windows shifted
 }
 # A refused type is one line by construction of the sweep's checks (a SurgeonError's
 # first line): the reasons are in docs/support.md. (Doge's skips, each scaled by a learnt
