@@ -467,9 +467,12 @@ def _layers_and_hidden(config):
 
 def _stage_depths(config) -> list[int] | None:
     """The layers of each stage of a hierarchical backbone, where its config lists them
-    (`depths`: Swin's, PVT's, SegFormer's)."""
-    depths = getattr(config, "depths", None)
-    return list(depths) if isinstance(depths, (list, tuple)) and len(depths) > 1 else None
+    (`depths`: Swin's, PVT's, SegFormer's; `depth`: CvT's)."""
+    for name in ("depths", "depth"):  # CvT's `depth`
+        depths = getattr(config, name, None)
+        if isinstance(depths, (list, tuple)) and len(depths) > 1:
+            return list(depths)
+    return None
 
 
 def _stage_widths(config) -> set[int]:
@@ -848,11 +851,12 @@ def run_checks(model, inputs, record: dict, skip: tuple = ()) -> None:
             layers = found[0]  # LongCat: num_layers modules, num_hidden_layers = 2x that
         widths = {x["hidden_size"] for x in report.get("stack_sizes", {}).values()}
         stages = _stage_depths(model.config)
-        if len(widths) > 1 and stages and len(stages) == len(report["stacks"]):
-            # stages of layers, a width each (Swin): the config states each stage's depth
-            layers = sum(stages) if list(report["stacks"].values()) == stages else layers
-        stated = _stage_widths(model.config) or {hidden}
-        if len(widths) > 1 and found[1] in stated and stated & widths == widths:
+        if stages and list(report["stacks"].values()) == stages:
+            layers = sum(stages)  # stages of layers (Swin): the config states each's depth
+        if isinstance(hidden, (list, tuple)):  # one width per stage (CvT's embed_dim)
+            hidden = tuple(hidden)
+        stated = _stage_widths(model.config) or set(hidden if type(hidden) is tuple else [hidden])
+        if found[1] in stated and (len(widths) < 2 or stated & widths == widths):
             hidden = found[1]  # each stage's width as the config states it (`hidden_sizes`),
             # or the first stage's (Swin's `embed_dim`) where the others double it
         elif len(widths) > 1 and hidden in widths:
