@@ -116,3 +116,20 @@ def test_a_config_that_states_each_layers_kind_leaves_depth_as_the_strategy_chos
     assert states_kinds(config, 4) and not states_kinds(config, 3)
     _, _, swin = zoo.staged()
     assert not states_kinds(swin, 4)
+
+
+def test_layers_that_hold_tensors_of_their_own_keep_the_strategys_choice():
+    """GPT-NeoX-Japanese gives its last layer alone a bias of its own (the class places it
+    by the end of the stack): layers that differ in tensors are not moved to places of
+    their kind, so halving 4 layers keeps `middle`'s choice, the last layer last."""
+    import transformers as tf
+
+    config = tf.GPTNeoXJapaneseConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_multiple_size=2, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = zoo.like_trained(tf.GPTNeoXJapaneseForCausalLM(config).eval())
+    ids = torch.randint(0, 64, (2, 8))
+    cut = subclone(model, {"target": {"num_layers": 2}}, (ids,)).cut
+    assert cut.state.kept_layers() == [0, 3]

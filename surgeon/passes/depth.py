@@ -207,9 +207,25 @@ def in_place(picked: list[int], kinds: list) -> list[int]:
 
 def _kinds(a, index: list[int]) -> list:
     """A key per layer of a stack: its nodes' ops and the constants they take, in graph
-    order (tensors and parameters left out), equal for layers that compute alike."""
+    order (tensors and parameters left out), equal for layers that compute alike. All
+    equal where the layers hold tensors of different names or shapes: a class that gives
+    one layer tensors of its own (the last layer a bias of its own) may place it from the
+    end, not from the start, so no place is known."""
+    held = {tuple(_held(a, i)) for i in index}
+    if len(held) > 1:
+        return [None] * len(index)
     order = {n: k for k, n in enumerate(a.graph.graph.nodes)}
     return [_kind(a.layers[i].nodes, order) for i in index]
+
+
+def _held(a, i: int) -> list[tuple]:
+    """The tensors a layer's blocks read: names below the layer's own, and sizes."""
+    layer, size = a.layers[i], a.atoms.size
+    names = sorted({p for b in layer.blocks for p in b.params})
+    return [
+        (n.removeprefix(layer.name), tuple(size[x] for x in a.dims.tensors.get(n, ())))
+        for n in names
+    ]
 
 
 def _kind(nodes, order: dict) -> tuple:
