@@ -680,11 +680,14 @@ def _mismatches(parent: nn.Module, config: Any, shape: ChildShape) -> dict:
 
 def _module_lists(model: nn.Module) -> dict[str, nn.ModuleList]:
     """Every module list of numbered entries (a stack of layers, or any other list: a
-    field that changes the count of one the child keeps is the wrong field)."""
+    field that changes the count of one the child keeps is the wrong field); a
+    `Sequential` of numbered entries is one too (CvT's stages hold their layers so)."""
     return {
         path: m
         for path, m in model.named_modules()
-        if isinstance(m, nn.ModuleList) and path and all(k.isdigit() for k in m._modules)
+        if isinstance(m, (nn.ModuleList, nn.Sequential))
+        and path
+        and all(k.isdigit() for k in m._modules)
     }
 
 
