@@ -519,10 +519,13 @@ def shrink_plan(report: dict) -> dict:
     if len(experts) == 1:
         target["num_experts"] = max(1, experts.pop() // 2)
     widths = {s: v["hidden_size"] for s, v in report.get("stack_sizes", {}).items()}
-    if widths and min(widths.values()) <= target["hidden_size"] and all(heads.values()):
+    some = [bool(h) for h in heads.values()]
+    if widths and min(widths.values()) <= target["hidden_size"] and len(set(some)) == 1:
         # stages of their own widths (Swin's 64, then 128): half of the widest would not
         # cut the narrower, so each stack gets half of its own width, and of its FFN
         plan["stacks"] = {s: {**h, **_half_stack(by_stack[s], widths[s])} for s, h in heads.items()}
+        for size in ("num_heads", "num_kv_heads"):  # (FocalNet's stages have no heads)
+            target.pop(size, None)
         del target["hidden_size"]
         for role in FFN_ROLES:
             target.pop(role, None)
