@@ -155,7 +155,8 @@ class Depth:
                 attention = [j for j, i in enumerate(index) if i in (a.config_heads or ())]
                 fixed = {j for j, i in enumerate(index) if i in needed}
                 picked = keep_one_of(picked, attention, fixed, scores)
-                placed = picked if a.stated_kinds else in_place(picked, _kinds(a, index))
+                moved = not a.stated_kinds and picked != list(range(len(index)))
+                placed = in_place(picked, _kinds(a, index)) if moved else picked
                 if fixed <= set(placed) and (not attention or set(attention) & set(placed)):
                     picked = placed
             order += [index[j] for j in picked]
