@@ -393,8 +393,8 @@ def _layers(blocks: list[Block]) -> list[LayerInfo]:
     for layer in layers.values():
         index = layer.name.rpartition(".")[2]
         numbered = (m.group(1) for b in layer.blocks for p in b.params if (m := NUMBERED.match(p)))
-        # a layer of an outermost list may span other lists' entries of its index (XLM's
-        # `attentions.3`, `ffns.3`); a layer of a nested list is its entry alone
+        # a layer of an outermost list may span other lists' entries of its index
+        # (`attentions.3`, `ffns.3`); a layer of a nested list is its entry alone
         outermost = _outermost(layer.name)
         parts = [p for p in dict.fromkeys(numbered) if p.rpartition(".")[2] == index]
         layer.parts = list(dict.fromkeys([layer.name, *(parts if outermost else [])]))

@@ -115,16 +115,16 @@ def find_blocks(graph: fx.Graph, dims: Dims, root: int, canonical) -> list[Block
 
 def nested(blocks: list[Block], names) -> list[Block]:
     """Blocks of numbered entries that fall into the entries of a module list inside them
-    (Swin's `layers.0.blocks.1`, MobileViT's `layer.2.transformer.layer.0`: stages of
-    layers) belong to those inner entries, where every block of an outer entry lies in
-    one entry of one inner list, and some entry of the outer list is a stage: its inner
+    (`encoder.layers.0.blocks.1`: stages of layers, each stage an entry of the outer
+    list) belong to those inner entries, where every block of an outer entry lies in one
+    entry of one inner list, and some entry of the outer list is a stage: its inner
     entries are two or more and one holds two blocks or more (a layer: its attention and
     its MLP), or one inner entry holds two blocks of their own weights beside weights of
     the outer entry's (a stage cut to one layer, with its patch merge). Then every entry
-    of that outer list is read so. T5's `block.3.layer.0` and `.layer.1` hold one block
-    each (the parts of one layer), routed experts' entries hold no whole block, ALBERT's
-    one shared layer holds its blocks' weights again and again: those stay as they are.
-    `names`: every tensor's. Repeated for lists nested deeper."""
+    of that outer list is read so. Sublayers listed inside a layer (`block.3.layer.0`,
+    `.layer.1`) hold one block each, routed experts' entries hold no whole block, and one
+    shared layer applied again and again holds its blocks' weights several times: those
+    stay as they are. `names`: every tensor's. Repeated for lists nested deeper."""
     while True:
         outer: dict[str, list[Block]] = {}
         for b in blocks:
