@@ -61,7 +61,8 @@ def prepare(name: str) -> Prepared:
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items):
     """Tests of one zoo model run on one xdist worker (`--dist loadgroup`), so each
-    worker prepares only the parents it uses."""
+    worker prepares only the parents it uses; so do the tests of a module that share a
+    module-scoped fixture (a model built and traced once), where no zoo model groups them."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         names = [
@@ -72,6 +73,22 @@ def pytest_collection_modifyitems(items):
         ]
         if names:
             item.add_marker(pytest.mark.xdist_group(names[0]))
+        elif item.get_closest_marker("xdist_group") is None and (group := _module_group(item)):
+            item.add_marker(pytest.mark.xdist_group(group))
+    # groups first: a group is a worker's unit of work and the longest ones, so single
+    # tests, handed to whichever worker is free, even out the end
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+
+
+def _module_group(item) -> str | None:
+    """The module's name and the params of its module-scoped fixtures that `item` uses
+    (one instance of the fixture each); None where it uses none."""
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    scoped = [name for name, ds in defs.items() if any(d.scope == "module" for d in ds)]
+    if not scoped:
+        return None
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return ":".join([item.module.__name__] + [str(params[n]) for n in scoped if n in params])
 
 
 @pytest.fixture(scope="session")

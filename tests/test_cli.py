@@ -148,7 +148,8 @@ def test_the_same_parent_and_plan_write_byte_identical_folders(tmp_path):
     model, _ = zoo.build("llama")
     model.save_pretrained(tmp_path / "parent")
     plan = tmp_path / "plan.yaml"
-    plan.write_text("target: {num_layers: 2, hidden_size: 32, intermediate_size: 48}\n")
+    # one layer: the ONNX export, most of the time, grows with depth
+    plan.write_text("target: {num_layers: 1, hidden_size: 32, intermediate_size: 48}\n")
     digests = []
     for run in ("a", "b"):
         out = tmp_path / run

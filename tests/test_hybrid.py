@@ -12,6 +12,9 @@ from surgeon import apply, inspect, prepare
 from surgeon.errors import PlanError
 from tests import zoo
 
+# most tests here build and trace the same hybrid: on one xdist worker, traced once
+pytestmark = pytest.mark.xdist_group("qwen3_5_text")
+
 
 def _logits(model, example):
     with torch.no_grad():
