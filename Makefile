@@ -11,8 +11,11 @@ TORCH := torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -e '.[all,dev]'
+	$(PY) -m pip install --quiet --no-compile $(TORCH)
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet --no-compile -e '.[all,dev]'
+	# byte-compiled on every core (pip compiles on one, file by file);
+	# a file for a newer Python (torch's py312 test helpers) fails, as pip skips it
+	-$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1
 	$(PY) -m surgeon.emit.gguf
 	touch $@
 
