@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import re
@@ -12,7 +13,7 @@ from torch import fx, nn
 
 from .graph import Graph, Inputs, ParamTable
 
-__all__ = ["trace_export"]
+__all__ = ["lazy_graph_modules", "trace_export"]
 
 
 def trace_export(model: nn.Module, inputs: Inputs) -> Graph:
@@ -22,18 +23,31 @@ def trace_export(model: nn.Module, inputs: Inputs) -> Graph:
     is called exactly like the model. Its nodes keep `val`, `nn_module_stack` and
     `stack_trace` metadata from export.
     """
-    try:
-        ep = torch.export.export(model, inputs.args, dict(inputs.kwargs), strict=False)
-    except Exception as e:
-        if "data-dependent expression" not in str(e) or _on_meta(model):
-            raise
-        ep = _specialised(model, inputs, e)
-    module = ep.module()
-    _inline_grad_regions(module)
-    _out_of_place(module)
-    _windows_not_strides(module)
+    with lazy_graph_modules():
+        try:
+            ep = torch.export.export(model, inputs.args, dict(inputs.kwargs), strict=False)
+        except Exception as e:
+            if "data-dependent expression" not in str(e) or _on_meta(model):
+                raise
+            ep = _specialised(model, inputs, e)
+        module = ep.module()
+        _inline_grad_regions(module)
+        _out_of_place(module)
+        _windows_not_strides(module)
     params = ParamTable.from_module(model, constants=_lifted_constants(ep))
     return Graph(module, params, inputs, "export")
+
+
+def lazy_graph_modules():
+    """Within: the graph modules torch.export makes on its way generate their code when
+    first run, not at each of their rewrites (torch's `_LazyGraphModule`, which
+    `torch.compile` uses): a quarter of a small model's export is otherwise spent writing
+    and compiling code that is never run. The program it returns is the same."""
+    try:
+        from torch.fx._lazy_graph_module import _use_lazy_graph_module
+    except ImportError:  # another torch: exported as it does by default
+        return contextlib.nullcontext()
+    return _use_lazy_graph_module(True)
 
 
 def _specialised(model: nn.Module, inputs: Inputs, error: Exception):
