@@ -122,16 +122,8 @@ def test_layers_that_hold_tensors_of_their_own_keep_the_strategys_choice():
     """GPT-NeoX-Japanese gives its last layer alone a bias of its own (the class places it
     by the end of the stack): layers that differ in tensors are not moved to places of
     their kind, so halving 4 layers keeps `middle`'s choice, the last layer last."""
-    import transformers as tf
-
-    config = tf.GPTNeoXJapaneseConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_multiple_size=2, max_position_embeddings=32,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = zoo.like_trained(tf.GPTNeoXJapaneseForCausalLM(config).eval())
-    ids = torch.randint(0, 64, (2, 8))
-    cut = subclone(model, {"target": {"num_layers": 2}}, (ids,)).cut
+    model, inputs = zoo.last_layer_of_its_own()
+    cut = subclone(model, {"target": {"num_layers": 2}}, inputs).cut
     assert cut.state.kept_layers() == [0, 3]
 
 
@@ -139,19 +131,7 @@ def test_layers_held_in_a_sequential_are_counted_when_the_config_is_fitted():
     """CvT's stages hold their layers in an `nn.Sequential`: its per-stage `depth` list is
     fitted to the kept layers (a stage of 4 cut to 2), and the child computes what the
     parent computes with the dropped layers made identities."""
-    import transformers as tf
-
-    two = {"mlp_ratio": [4.0] * 2, "qkv_bias": [True] * 2, "kernel_qkv": [3] * 2}
-    two.update(padding_kv=[1] * 2, stride_kv=[2] * 2, padding_q=[1] * 2, stride_q=[1] * 2)
-    two.update(attention_drop_rate=[0.0] * 2, drop_rate=[0.0] * 2, drop_path_rate=[0.0] * 2)
-    config = tf.CvtConfig(
-        embed_dim=[16, 32], num_heads=[2, 4], depth=[2, 4], patch_sizes=[7, 3],
-        patch_stride=[4, 2], patch_padding=[2, 1], cls_token=[False, True],
-        qkv_projection_method=["dw_bn"] * 2, num_labels=3, **two,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = zoo.like_trained(tf.CvtForImageClassification(config).eval())
-    inputs = {"pixel_values": torch.randn(2, 3, 32, 32)}
+    model, inputs = zoo.staged_in_sequentials()
     child = subclone(model, {"target": {"num_layers": 2}, "depth": "last"}, inputs).model
     assert child.config.depth == [2, 2]
     reference = copy.deepcopy(model)

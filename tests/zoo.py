@@ -925,6 +925,39 @@ def staged():
     return model, {"pixel_values": torch.randn(2, 3, 32, 32)}, config
 
 
+def staged_in_sequentials():
+    """A hierarchical backbone whose stages hold their layers in an `nn.Sequential` (CvT):
+    two stages of 2 and 4 layers, widths 16 and 32, per-stage lists in its config
+    (`depth`, `num_heads`, ...). Returns (model, inputs)."""
+    import transformers as tf
+
+    two = {"mlp_ratio": [4.0] * 2, "qkv_bias": [True] * 2, "kernel_qkv": [3] * 2}
+    two.update(padding_kv=[1] * 2, stride_kv=[2] * 2, padding_q=[1] * 2, stride_q=[1] * 2)
+    two.update(attention_drop_rate=[0.0] * 2, drop_rate=[0.0] * 2, drop_path_rate=[0.0] * 2)
+    config = tf.CvtConfig(
+        embed_dim=[16, 32], num_heads=[2, 4], depth=[2, 4], patch_sizes=[7, 3],
+        patch_stride=[4, 2], patch_padding=[2, 1], cls_token=[False, True],
+        qkv_projection_method=["dw_bn"] * 2, num_labels=3, **two,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = like_trained(tf.CvtForImageClassification(config).eval())
+    return model, {"pixel_values": torch.randn(2, 3, 32, 32)}
+
+
+def last_layer_of_its_own():
+    """A decoder whose class gives its last layer alone a bias (GPT-NeoX-Japanese, placed
+    by the end of the stack): 4 layers. Returns (model, inputs)."""
+    import transformers as tf
+
+    config = tf.GPTNeoXJapaneseConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_multiple_size=2, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = like_trained(tf.GPTNeoXJapaneseForCausalLM(config).eval())
+    return model, (torch.randint(0, 64, (2, 8)),)
+
+
 def per_item():
     torch.manual_seed(SEED)
     return _PerItem().eval(), (torch.randn(2, 8),)

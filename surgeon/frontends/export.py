@@ -13,7 +13,7 @@ from torch import fx, nn
 
 from .graph import Graph, Inputs, ParamTable
 
-__all__ = ["lazy_graph_modules", "trace_export"]
+__all__ = ["trace_export"]
 
 
 def trace_export(model: nn.Module, inputs: Inputs) -> Graph:
@@ -23,7 +23,7 @@ def trace_export(model: nn.Module, inputs: Inputs) -> Graph:
     is called exactly like the model. Its nodes keep `val`, `nn_module_stack` and
     `stack_trace` metadata from export.
     """
-    with lazy_graph_modules():
+    with _lazy_graph_modules():
         try:
             ep = torch.export.export(model, inputs.args, dict(inputs.kwargs), strict=False)
         except Exception as e:
@@ -38,7 +38,7 @@ def trace_export(model: nn.Module, inputs: Inputs) -> Graph:
     return Graph(module, params, inputs, "export")
 
 
-def lazy_graph_modules():
+def _lazy_graph_modules():
     """Within: the graph modules torch.export makes on its way generate their code when
     first run, not at each of their rewrites (torch's `_LazyGraphModule`, which
     `torch.compile` uses): a quarter of a small model's export is otherwise spent writing
