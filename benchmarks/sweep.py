@@ -1098,7 +1098,12 @@ def _summary_line(r: dict) -> str:
         return f"{r['type']:<28} not buildable: {r['why'][:100]}"
     if r.get("died"):
         return f"{r['type']:<28} {r.get('category')}: DIED ({r['died']})"
-    bad = [(k, c) for k, c in r["checks"].items() if c["result"] not in ("ok", "skipped")]
+    checks = [
+        *r["checks"].items(),
+        *((f"base {k}", c) for k, c in r.get("base", {}).get("checks", {}).items()),
+    ]
+    bad = [(k, c) for k, c in checks if c["result"] not in ("ok", "skipped")]
+    bad = bad or [("base", {"result": "failed", "why": "the base class did not pass"})]
     status = "pass" if r["passed"] else f"{bad[0][0]} {bad[0][1]['result']}: {bad[0][1]['why']}"
     return f"{r['type']:<28} {r['category']:<16} {r['seconds']:6.1f}s {status[:160]}"
 
@@ -1142,9 +1147,9 @@ def main(argv=None) -> int:
 
     def report(record: dict) -> None:
         record.update(commit=code, timeout=args.timeout)
-        print(_summary_line(record), flush=True)
         with partial.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+        print(_summary_line(record), flush=True)
 
     skip = tuple(c for c in args.skip.split(",") if c)
     records = sweep(types, args.jobs, args.timeout, report, skip)

@@ -658,12 +658,16 @@ def reloaded(config: Any) -> Any:
         return config
 
 
-def _mismatches(parent: nn.Module, config: Any, shape: ChildShape) -> dict:
+def _mismatches(parent: nn.Module, config: Any, shape: ChildShape, kinds=None) -> dict:
     """Tensor name -> (shape the config gives, shape the child needs), where they differ;
-    and the number of layers, where the class builds another number than the child has."""
+    and the number of layers, where the class builds another number than the child has.
+    `kinds`: a set to fill with the names of the tensors built, a layer's index made `*`
+    (`_kinds`)."""
     with torch.device("meta"):
         probe = type(parent)(reloaded(config))
     names = probe.state_dict()
+    if kinds is not None:
+        kinds.update(_kinds(names, shape))
     out = {}
     for name, tensor in names.items():
         want = shape.need(name)  # child layer j: a parent layer's
@@ -675,6 +679,22 @@ def _mismatches(parent: nn.Module, config: Any, shape: ChildShape) -> dict:
     for path, n in want.items():
         if path in built and len(built[path]) != n:
             out[f"the layers under {path}"] = ((len(built[path]),), (n,))
+    return out
+
+
+def _kinds(names, shape: ChildShape) -> set[str]:
+    """Tensor names with the index of a layer in its stack made `*`: what each layer
+    holds, whatever the layer count (SegFormer's `sr_ratios` at 1 builds a stage's layers
+    without their spatial reduction)."""
+    owners = sorted(shape.lists, key=len, reverse=True)
+    out = set()
+    for name in names:
+        for owner in owners:
+            index, dot, rest = name[len(owner) + 1 :].partition(".")
+            if name.startswith(owner + ".") and index.isdigit() and dot:
+                name = f"{owner}.*.{rest}"
+                break
+        out.add(name)
     return out
 
 
@@ -696,34 +716,48 @@ def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, 
     tried, one at a time, at the size the child needs; a ratio that sizes a width from
     another (a field named as one, `RATIOS`: Dinov2's `mlp_ratio`) is tried scaled by the
     factor that size must change by. A change is kept when it leaves fewer mismatched
-    tensors and no new one. Returns (config, what is still wrong)."""
+    tensors and no new one; failing that, when the only new ones are narrower than the
+    child's (a group the plan left whole that the class sizes with the field it cut:
+    SegFormer's spatial reduction, as wide as its stage; the pipeline cuts such groups to
+    the config's size). Returns (config, what is still wrong)."""
     fields = _int_fields(config) + _float_fields(config) + _list_fields(config)
     for _ in range(tries):
-        name, (got, want) = next(iter(wrong.items()))
-        moves = {(g, w) for g, w in zip(got, want, strict=False) if g != w}
-        layers = "the layers under "
-        stack = name[len(layers) :] if name.startswith(layers) else None
-        better = None
-        for *owners, field in fields:
-            for g, w in moves:
-                value = config_value(_at(config, owners), field)
-                for new in _moved(field, value, g, w):
-                    trial = copy.deepcopy(config)
-                    better = _tried(
-                        parent, trial, owners, field, new, (g, w), value, wrong, shape, stack
-                    )
-                    if better:
-                        break
-                if better:
-                    break
-            if better:
-                break
+        kinds: set[str] = set()  # what the config builds now: a trial builds all of it
+        _mismatches(parent, config, shape, kinds)
+        better = _better(parent, config, wrong, shape, fields, kinds, False)
+        better = better or _better(parent, config, wrong, shape, fields, kinds, True)
         if better is None:
             return config, wrong
         config, wrong = better
         if not wrong:
             break
     return config, wrong
+
+
+def _better(parent, config, wrong, shape, fields, kinds: set, narrower: bool):
+    """(config, what is still wrong) with one field moved toward the size a mismatched
+    tensor needs (see `_fit_fields`), the first such tensor first; None where no field
+    does."""
+    tried = set()
+    for name, (got, want) in wrong.items():
+        moves = frozenset((g, w) for g, w in zip(got, want, strict=False) if g != w)
+        layers = "the layers under "
+        stack = name[len(layers) :] if name.startswith(layers) else None
+        if (moves, stack) in tried:
+            continue
+        tried.add((moves, stack))
+        for *owners, field in fields:
+            for g, w in moves:
+                value = config_value(_at(config, owners), field)
+                for new in _moved(field, value, g, w):
+                    trial = copy.deepcopy(config)
+                    better = _tried(
+                        parent, trial, owners, field, new, (g, w), value, wrong, shape, stack,
+                        kinds, narrower,
+                    )  # fmt: skip
+                    if better:
+                        return better
+    return None
 
 
 def _moved(field: str, value: Any, g: int, w: int) -> list:
@@ -736,6 +770,13 @@ def _moved(field: str, value: Any, g: int, w: int) -> list:
     if _ratio(field) and type(value) in (int, float) and value > 0:
         new = value * w / g  # a ratio: scaled with the size it gives
         return [int(new) if type(value) is int and new == int(new) else new]
+    if _ratio(field) and isinstance(value, (list, tuple)) and g:  # one ratio per stage:
+        scaled = [v * w / g for v in value]  # SegFormer's `mlp_ratios`, each entry in turn
+        return [
+            type(value)([*value[:i], int(x) if x == int(x) else x, *value[i + 1 :]])
+            for i, x in enumerate(scaled)
+            if type(value[i]) in (int, float) and x > 0
+        ]
     if isinstance(value, (list, tuple)):
         return [
             type(value)([*value[:i], w, *value[i + 1 :]]) for i, v in enumerate(value) if v == g
@@ -743,10 +784,12 @@ def _moved(field: str, value: Any, g: int, w: int) -> list:
     return []
 
 
-def _tried(parent, trial, owners, field, new, move, value, wrong, shape, stack):
+def _tried(parent, trial, owners, field, new, move, value, wrong, shape, stack, kinds, narrower):
     """(config, what is still wrong) with `field` of `trial` at `new`, where that (or
     that with the per-layer lists taken at the kept layers) leaves fewer mismatched
-    tensors and no new one; else None."""
+    tensors and no new one (`narrower`: no new one but tensors narrower than the child
+    needs), and builds every kind of tensor in `kinds` (a field that drops a tensor
+    leaves no mismatch on it); else None."""
     g, w = move
     try:
         setattr(_at(trial, owners), field, new)
@@ -759,14 +802,23 @@ def _tried(parent, trial, owners, field, new, move, value, wrong, shape, stack):
         candidates.insert(0, cut)
     for candidate in candidates:
         try:
-            left = _mismatches(parent, candidate, shape)
+            built: set[str] = set()
+            left = _mismatches(parent, candidate, shape, built)
         except Exception:  # noqa: BLE001 - the class refuses this value
             continue
-        if len(left) < len(wrong) and set(left) <= set(wrong):
+        if not kinds <= built:
+            continue
+        new_ones = [left[k] for k in set(left) - set(wrong)]
+        if len(left) < len(wrong) and all(narrower and _narrower(*x) for x in new_ones):
             if stack is not None and type(value) is int:
                 _scale_layer_counts(_at(candidate, owners), field, g, w)
             return candidate, left
     return None
+
+
+def _narrower(got: tuple, want: tuple) -> bool:
+    """Whether a shape the config gives is the child's but narrower along some axes."""
+    return len(got) == len(want) and all(g <= w for g, w in zip(got, want, strict=True))
 
 
 def _scale_layer_counts(config: Any, field: str, old: int, new: int) -> None:
@@ -860,7 +912,8 @@ def _list_fields(config: Any) -> list[tuple[str, ...]]:
     out = []
     for owners in [(), *_config_paths(config)]:
         for k, v in _at(config, owners).to_dict().items():
-            sizes = isinstance(v, (list, tuple)) and v and all(type(x) is int for x in v)
+            kinds = (int, float) if _ratio(k) else (int,)  # ratios may be fractions
+            sizes = isinstance(v, (list, tuple)) and v and all(type(x) in kinds for x in v)
             if sizes and k not in PER_LAYER and not k.endswith(("_id", "_ids")):
                 out.append((*owners, k))
     return out

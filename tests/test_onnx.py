@@ -78,3 +78,13 @@ def test_as_strided_of_a_view_reads_its_storage_as_pytorch_does(tmp_path):
     export_onnx(model, example, tmp_path / "model.onnx")
     again = (torch.randn(2, 8, 8),)
     assert check_onnx(model, tmp_path / "model.onnx", [example, again]) < 1e-5
+
+
+def test_numbers_in_the_output_are_left_out_of_the_onnx_file(tmp_path):
+    """A forward that returns numbers beside its tensors (MaskFormer-Swin's spatial
+    sizes): the file's outputs are the tensors, checked against the module's."""
+    import onnx
+
+    model, example = zoo.NumbersOut(), (torch.randn(2, 5, 8),)
+    assert emit_onnx(model, example, tmp_path) < 1e-5  # at two other batch and lengths
+    assert len(onnx.load(str(tmp_path / "model.onnx")).graph.output) == 1

@@ -141,3 +141,52 @@ def test_layers_held_in_a_sequential_are_counted_when_the_config_is_fitted():
     with torch.no_grad():
         want, got = reference(**inputs).logits, child(**inputs).logits
     assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+def test_a_reduction_as_wide_as_its_stage_is_cut_with_it_and_the_mlp_keeps_its_width():
+    """SegFormer: each stage's keys and values are read through a strided conv whose
+    output the class sizes with the stage width; cut with the stage, by its leading
+    channels under `importance: first`. The MLP, which the plan leaves whole, keeps its
+    width: the config's per-stage ratio doubles. The child is the parent sliced by hand."""
+    model, inputs, config = zoo.staged_with_reduction()
+    stages = ("segformer.stages.0.blocks", "segformer.stages.1.blocks")
+    plan = {
+        "target": {},
+        "importance": "first",
+        "rescale": "none",
+        "stacks": {
+            stages[0]: {"hidden_size": 8, "num_heads": 1},
+            stages[1]: {"hidden_size": 16, "num_heads": 1},
+        },
+    }
+    child = subclone(model, plan, inputs).model
+    assert list(child.config.hidden_sizes) == [8, 16]
+    assert list(child.config.mlp_ratios) == [8, 8]
+    assert list(child.config.num_attention_heads) == [1, 1]
+    small = copy.deepcopy(config)
+    small.hidden_sizes, small.mlp_ratios, small.num_attention_heads = [8, 16], [8, 8], [1, 1]
+    reference = type(model)(small).eval()
+    parent = model.state_dict()
+    reference.load_state_dict(
+        {
+            k: parent[k][tuple(slice(0, n) for n in t.shape)]
+            for k, t in reference.state_dict().items()
+        }
+    )
+    with torch.no_grad():
+        want, got = reference(**inputs).logits, child(**inputs).logits
+    assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+
+
+def test_a_config_without_an_image_size_gets_inputs_derived_for_it():
+    model, _, _ = zoo.staged_with_reduction()
+    assert not hasattr(model.config, "image_size")
+    d = inspect(model).to_dict()
+    assert d["stacks"] == {"segformer.stages.0.blocks": 2, "segformer.stages.1.blocks": 2}
+
+
+def test_stages_of_one_layer_in_a_list_of_lists_are_a_stack_each():
+    model, inputs = zoo.stages_of_one_layer()
+    d = inspect(model, inputs).to_dict()
+    assert d["stacks"] == {"pvt.encoder.block.0": 1, "pvt.encoder.block.1": 1}
+    assert [d["stack_sizes"][s]["hidden_size"] for s in d["stacks"]] == [16, 32]

@@ -944,6 +944,52 @@ def staged_in_sequentials():
     return model, {"pixel_values": torch.randn(2, 3, 32, 32)}
 
 
+def staged_with_reduction():
+    """A hierarchical backbone whose attention reads its keys and values through a
+    strided conv as wide as its stage (SegFormer's spatial reduction: a group of its own
+    in the graph, tied to the stage width by the class) and whose MLP is sized by a ratio
+    per stage (`mlp_ratios`): two stages of two layers, widths 16 and 32, a config with no
+    image size. Returns (model, inputs, the config)."""
+    import transformers as tf
+
+    config = tf.SegformerConfig(
+        num_encoder_blocks=2, depths=[2, 2], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+        patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[2, 2], mlp_ratios=[4, 4],
+        num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(SEED)
+    model = like_trained(tf.SegformerForImageClassification(config).eval())
+    return model, {"pixel_values": torch.randn(2, 3, 32, 32)}, config
+
+
+def stages_of_one_layer():
+    """A hierarchical backbone whose stages are entries of a list of lists (PVT's
+    `encoder.block.0.0`), each holding one layer. Returns (model, inputs)."""
+    import transformers as tf
+
+    config = tf.PvtConfig(
+        num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1],
+        hidden_sizes=[16, 32], patch_sizes=[4, 2], strides=[4, 2], num_attention_heads=[2, 2],
+        mlp_ratios=[4, 4], image_size=32, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(SEED)
+    model = like_trained(tf.PvtForImageClassification(config).eval())
+    return model, {"pixel_values": torch.randn(2, 3, 32, 32)}
+
+
+class NumbersOut(nn.Module):
+    """A module that returns numbers beside its tensor (MaskFormer-Swin's
+    `hidden_states_spatial_dimensions`): (x @ w, x's width, 4)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(SEED)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.proj(x), x.shape[-1], 4
+
+
 def last_layer_of_its_own():
     """A decoder whose class gives its last layer alone a bias (GPT-NeoX-Japanese, placed
     by the end of the stack): 4 layers. Returns (model, inputs)."""

@@ -126,6 +126,8 @@ def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path
                     again = _complex_as_pairs(model, args, options)
                 elif "compatible OpOverload for aten.sub" in cause:
                     again = _scalar_minus(model, args, options)
+                elif "'int' object has no attribute 'name'" in cause:
+                    again = _tensor_outputs(model, args, options)
                 else:
                     raise
             else:
@@ -215,6 +217,34 @@ def _complex_as_pairs(model: nn.Module, args: tuple, options: dict):
             back.meta["val"] = torch.view_as_complex(moved.meta["val"])
         node.replace_all_uses_with(back)
         graph.erase_node(node)
+    program.graph_module.recompile()
+    return program
+
+
+def _tensor_outputs(model: nn.Module, args: tuple, options: dict):
+    """The program of `model` returning its tensors alone: an output that is a number
+    (MaskFormer-Swin's `hidden_states_spatial_dimensions`) is a constant, which the
+    exporter cannot name as a graph output."""
+    from torch.export.graph_signature import OutputKind, TensorArgument
+    from torch.utils import _pytree as pytree
+
+    kwargs = options.get("kwargs") or {}
+    program = torch.export.export(
+        model, args, kwargs, dynamic_shapes=options.get("dynamic_shapes"), strict=False
+    )
+    output = program.graph_module.graph.output_node()
+    specs = program.graph_signature.output_specs
+    kept = [
+        (arg, spec)
+        for arg, spec in zip(output.args[0], specs, strict=True)
+        if isinstance(arg, fx.Node)
+        and (spec.kind is not OutputKind.USER_OUTPUT or isinstance(spec.arg, TensorArgument))
+    ]
+    output.args = (tuple(arg for arg, _ in kept),)
+    specs[:] = [spec for _, spec in kept]
+    users = sum(spec.kind is OutputKind.USER_OUTPUT for _, spec in kept)
+    call = program.module_call_graph[0].signature  # the outputs, unflattened: a tuple
+    call.out_spec = pytree.tree_flatten(tuple(range(users)))[1]
     program.graph_module.recompile()
     return program
 

@@ -26,13 +26,19 @@ _SPECIAL = ("pad", "bos", "eos", "decoder_start", "unk", "sep", "cls", "mask")
 _PARTS = ("encoder", "decoder")  # the sub-configs of a model built of two
 
 
+# the image size of a model whose config states none (ImageNet's; a backbone of any stride
+# up to 32 reads it)
+IMAGE_SIZE = 224
+
+
 def synthetic_inputs(model: nn.Module, batch: int = 2, seq_len: int = 16) -> Inputs | None:
     """A small batch the model accepts, derived from its config; None if none can be derived.
 
     Token models get `input_ids` (and an all-ones `attention_mask` where `forward` takes
     one; an encoder-decoder's decoder the same tokens shifted right); image models get
-    `pixel_values` of the configured size. Tensors are made on the
-    model's device, so a model on the meta device gets meta inputs.
+    `pixel_values` of the configured size (`IMAGE_SIZE` where the config states none).
+    Tensors are made on the model's device, so a model on the meta device gets meta
+    inputs.
     """
     config = getattr(model, "config", None)
     if config is None:
@@ -70,8 +76,10 @@ def synthetic_inputs(model: nn.Module, batch: int = 2, seq_len: int = 16) -> Inp
     # an image classifier of a two-tower model (CLIP's) sizes its images in its vision config
     vision = next((c for c in (config, getattr(config, "vision_config", None))
                    if getattr(c, "image_size", None)), None)  # fmt: skip
-    if "pixel_values" in params and vision is not None:
-        size = vision.image_size
+    if "pixel_values" in params:
+        # a backbone whose config states no image size reads any (SegFormer): ImageNet's
+        size = getattr(vision, "image_size", None) or IMAGE_SIZE
+        vision = vision or config
         size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         channels = getattr(vision, "num_channels", 3)
         g = torch.Generator().manual_seed(0)
