@@ -724,8 +724,7 @@ def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, 
     for _ in range(tries):
         kinds: set[str] = set()  # what the config builds now: a trial builds all of it
         _mismatches(parent, config, shape, kinds)
-        better = _better(parent, config, wrong, shape, fields, kinds, False)
-        better = better or _better(parent, config, wrong, shape, fields, kinds, True)
+        better = _better(parent, config, wrong, shape, fields, kinds)
         if better is None:
             return config, wrong
         config, wrong = better
@@ -734,11 +733,12 @@ def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, 
     return config, wrong
 
 
-def _better(parent, config, wrong, shape, fields, kinds: set, narrower: bool):
+def _better(parent, config, wrong, shape, fields, kinds: set):
     """(config, what is still wrong) with one field moved toward the size a mismatched
-    tensor needs (see `_fit_fields`), the first such tensor first; None where no field
-    does."""
-    tried = set()
+    tensor needs (see `_fit_fields`), the first such tensor first: the first move that
+    leaves no new mismatch, else the first whose new ones are all narrower; None where
+    no field does. Each distinct trial is built once."""
+    tried, seen, fallback = set(), set(), None
     for name, (got, want) in wrong.items():
         moves = frozenset((g, w) for g, w in zip(got, want, strict=False) if g != w)
         layers = "the layers under "
@@ -750,14 +750,19 @@ def _better(parent, config, wrong, shape, fields, kinds: set, narrower: bool):
             for g, w in moves:
                 value = config_value(_at(config, owners), field)
                 for new in _moved(field, value, g, w):
+                    key = (tuple(owners), field, repr(new), stack, g, w)
+                    if key in seen:
+                        continue
+                    seen.add(key)
                     trial = copy.deepcopy(config)
-                    better = _tried(
+                    found = _tried(
                         parent, trial, owners, field, new, (g, w), value, wrong, shape, stack,
-                        kinds, narrower,
+                        kinds,
                     )  # fmt: skip
-                    if better:
-                        return better
-    return None
+                    if found and found[2]:
+                        return found[:2]
+                    fallback = fallback or (found and found[:2])
+    return fallback or None
 
 
 def _moved(field: str, value: Any, g: int, w: int) -> list:
@@ -784,12 +789,12 @@ def _moved(field: str, value: Any, g: int, w: int) -> list:
     return []
 
 
-def _tried(parent, trial, owners, field, new, move, value, wrong, shape, stack, kinds, narrower):
-    """(config, what is still wrong) with `field` of `trial` at `new`, where that (or
-    that with the per-layer lists taken at the kept layers) leaves fewer mismatched
-    tensors and no new one (`narrower`: no new one but tensors narrower than the child
-    needs), and builds every kind of tensor in `kinds` (a field that drops a tensor
-    leaves no mismatch on it); else None."""
+def _tried(parent, trial, owners, field, new, move, value, wrong, shape, stack, kinds):
+    """(config, what is still wrong, whether no mismatch is new) with `field` of `trial`
+    at `new`, where that (or that with the per-layer lists taken at the kept layers)
+    leaves fewer mismatched tensors, the new ones (if any) narrower than the child needs,
+    and builds every kind of tensor in `kinds` (a field that drops a tensor leaves no
+    mismatch on it); one without new mismatches first; else None."""
     g, w = move
     try:
         setattr(_at(trial, owners), field, new)
@@ -800,24 +805,31 @@ def _tried(parent, trial, owners, field, new, move, value, wrong, shape, stack, 
         cut = copy.deepcopy(trial)  # one entry per stage, Swin's `num_heads`, may be as
         _per_layer_cut(_at(cut, owners), g, shape, stack)  # long: tried as it is after)
         candidates.insert(0, cut)
+    fallback = None
     for candidate in candidates:
         try:
             built: set[str] = set()
             left = _mismatches(parent, candidate, shape, built)
         except Exception:  # noqa: BLE001 - the class refuses this value
             continue
-        if not kinds <= built:
+        if not kinds <= built or len(left) >= len(wrong):
             continue
-        new_ones = [left[k] for k in set(left) - set(wrong)]
-        if len(left) < len(wrong) and all(narrower and _narrower(*x) for x in new_ones):
-            if stack is not None and type(value) is int:
-                _scale_layer_counts(_at(candidate, owners), field, g, w)
-            return candidate, left
-    return None
+        new_ones = set(left) - set(wrong)
+        if new_ones and not all(_narrower(k, *left[k]) for k in new_ones):
+            continue
+        if stack is not None and type(value) is int:
+            _scale_layer_counts(_at(candidate, owners), field, g, w)
+        if not new_ones:
+            return candidate, left, True
+        fallback = fallback or (candidate, left, False)
+    return fallback
 
 
-def _narrower(got: tuple, want: tuple) -> bool:
-    """Whether a shape the config gives is the child's but narrower along some axes."""
+def _narrower(name: str, got: tuple, want: tuple) -> bool:
+    """Whether the shape the config gives tensor `name` is the child's but narrower along
+    some axes (a layer count is not a width: fewer layers is never narrower)."""
+    if name.startswith("the layers under "):
+        return False
     return len(got) == len(want) and all(g <= w for g, w in zip(got, want, strict=True))
 
 

@@ -4,6 +4,7 @@ check it with onnxruntime on fresh inputs of other sizes."""
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,7 +127,7 @@ def torch_onnx_export(what: str, model: nn.Module, args: tuple, path: str | Path
                     again = _complex_as_pairs(model, args, options)
                 elif "compatible OpOverload for aten.sub" in cause:
                     again = _scalar_minus(model, args, options)
-                elif "'int' object has no attribute 'name'" in cause:
+                elif re.search(r"'(int|float|bool)' object has no attribute 'name'", cause):
                     again = _tensor_outputs(model, args, options)
                 else:
                     raise
