@@ -661,13 +661,14 @@ def reloaded(config: Any) -> Any:
 def _mismatches(parent: nn.Module, config: Any, shape: ChildShape, kinds=None) -> dict:
     """Tensor name -> (shape the config gives, shape the child needs), where they differ;
     and the number of layers, where the class builds another number than the child has.
-    `kinds`: a set to fill with the names of the tensors built, a layer's index made `*`
-    (`_kinds`)."""
+    `kinds`: a set to fill with the names of the tensors built that the child has, a
+    layer's index made `*` (`_kinds`)."""
     with torch.device("meta"):
         probe = type(parent)(reloaded(config))
     names = probe.state_dict()
-    if kinds is not None:
-        kinds.update(_kinds(names, shape))
+    if kinds is not None:  # (not RoFormer's `embeddings_project`, which its class builds
+        # while the config's embedding and hidden sizes differ)
+        kinds.update(_kinds([n for n in names if shape.need(n) is not None], shape))
     out = {}
     for name, tensor in names.items():
         want = shape.need(name)  # child layer j: a parent layer's

@@ -40,6 +40,8 @@ PASSING = {
     "t5gemma2": "encoder-decoder",
     "radio": "vision",  # its folder, traced on meta, indexes by a constant of unknown value
     "swin": "vision",  # stages of layers, a width each; every other layer's windows shifted
+    "roformer": "encoder",  # `embedding_size`: a projection its class builds where the
+    # config's embedding size differs from the hidden size (not in a child cut in both)
 }
 # A refused type is one line by construction of the sweep's checks (a SurgeonError's
 # first line): the reasons are in docs/support.md. (Doge's skips, each scaled by a learnt
