@@ -108,10 +108,14 @@ def _base_count(records: list[dict]) -> str:
     built = [r for r in records if r.get("buildable")]
     have = [r for r in built if r.get("base")]
     passed = sum(bool(r["base"].get("passed")) for r in have)
-    return (
-        f"{len(have)} of the {len(built)} buildable rows did ({passed} of them pass); the "
-        "rest were swept before base classes were, or their checked class is the base."
-    )
+    old = [r for r in built if "base" not in r and r.get("commit") in BEFORE_BASE_CLASSES]
+    rest = "the others' checked class is the base"
+    rest = f"{len(old)} were swept before base classes were, {rest}" if old else rest
+    return f"{len(have)} of the {len(built)} buildable rows did ({passed} of them pass); {rest}."
+
+
+# commits of sweep rows made before the sweep checked base classes (1274d6d)
+BEFORE_BASE_CLASSES = {"10cb446", "1460898", "c48726f", "31299dc", "e30755d"}
 
 
 def _provenance(records: list[dict]) -> str:
