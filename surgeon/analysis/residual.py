@@ -122,11 +122,11 @@ def nested(blocks: list[Block], names) -> list[Block]:
     its MLP), or one inner entry holds two blocks of their own weights beside weights of
     the outer entry's (a stage cut to one layer, with its patch merge). Then every entry
     of that outer list is read so; so is a list whose entries are lists, one of which
-    holds one entry of two blocks or more (PVT's stages, cut to one layer). Sublayers
-    listed inside a layer (`block.3.layer.0`, `.layer.1`) hold one block each, routed
-    experts' entries hold no whole block, and one shared layer applied again and again
-    holds its blocks' weights several times: those stay as they are. `names`: every
-    tensor's. Repeated for lists nested deeper."""
+    holds one entry of two blocks or more (stages that are lists of layers, cut to one
+    layer each). Sublayers listed inside a layer (`block.3.layer.0`, `.layer.1`) hold one
+    block each, routed experts' entries hold no whole block, and one shared layer applied
+    again and again holds its blocks' weights several times: those stay as they are.
+    `names`: every tensor's. Repeated for lists nested deeper."""
     while True:
         outer: dict[str, list[Block]] = {}
         for b in blocks:
@@ -160,7 +160,7 @@ def _stage(mine: list[Block], entries: list[str], outer: str, path: str, names) 
     params = [p for b in mine for p in dict.fromkeys(b.params)]
     own = len(set(params)) == len(params)  # no block reads another's weights
     beside = any(n.startswith(outer + ".") and not n.startswith(path + ".") for n in names)
-    return own and (beside or path == outer)  # or a list of lists (PVT's stages)
+    return own and (beside or path == outer)  # or a list of lists: stages of layers
 
 
 def _common_entry(params: list[str], outer: str) -> str | None:
