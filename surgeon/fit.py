@@ -722,23 +722,23 @@ def _fit_fields(parent: nn.Module, config: Any, wrong: dict, shape: ChildShape, 
     SegFormer's spatial reduction, as wide as its stage; the pipeline cuts such groups to
     the config's size). Returns (config, what is still wrong)."""
     fields = _int_fields(config) + _float_fields(config) + _list_fields(config)
+    kinds: set[str] = set()  # what the config builds now: a trial builds all of it
+    _mismatches(parent, config, shape, kinds)
     for _ in range(tries):
-        kinds: set[str] = set()  # what the config builds now: a trial builds all of it
-        _mismatches(parent, config, shape, kinds)
         better = _better(parent, config, wrong, shape, fields, kinds)
         if better is None:
             return config, wrong
-        config, wrong = better
+        config, wrong, kinds = better
         if not wrong:
             break
     return config, wrong
 
 
 def _better(parent, config, wrong, shape, fields, kinds: set):
-    """(config, what is still wrong) with one field moved toward the size a mismatched
-    tensor needs (see `_fit_fields`), the first such tensor first: the first move that
-    leaves no new mismatch, else the first whose new ones are all narrower; None where
-    no field does. Each distinct trial is built once."""
+    """(config, what is still wrong, the kinds of tensor it builds) with one field moved
+    toward the size a mismatched tensor needs (see `_fit_fields`), the first such tensor
+    first: the first move that leaves no new mismatch, else the first whose new ones are
+    all narrower; None where no field does. Each distinct trial is built once."""
     tried, seen, fallback = set(), set(), None
     for name, (got, want) in wrong.items():
         moves = frozenset((g, w) for g, w in zip(got, want, strict=False) if g != w)
@@ -760,9 +760,9 @@ def _better(parent, config, wrong, shape, fields, kinds: set):
                         parent, trial, owners, field, new, (g, w), value, wrong, shape, stack,
                         kinds,
                     )  # fmt: skip
-                    if found and found[2]:
-                        return found[:2]
-                    fallback = fallback or (found and found[:2])
+                    if found and found[3]:
+                        return found[:3]
+                    fallback = fallback or (found and found[:3])
     return fallback or None
 
 
@@ -791,7 +791,8 @@ def _moved(field: str, value: Any, g: int, w: int) -> list:
 
 
 def _tried(parent, trial, owners, field, new, move, value, wrong, shape, stack, kinds):
-    """(config, what is still wrong, whether no mismatch is new) with `field` of `trial`
+    """(config, what is still wrong, the kinds of tensor it builds, whether no mismatch is
+    new) with `field` of `trial`
     at `new`, where that (or that with the per-layer lists taken at the kept layers)
     leaves fewer mismatched tensors, the new ones (if any) narrower than the child needs,
     and builds every kind of tensor in `kinds` (a field that drops a tensor leaves no
@@ -821,8 +822,8 @@ def _tried(parent, trial, owners, field, new, move, value, wrong, shape, stack, 
         if stack is not None and type(value) is int:
             _scale_layer_counts(_at(candidate, owners), field, g, w)
         if not new_ones:
-            return candidate, left, True
-        fallback = fallback or (candidate, left, False)
+            return candidate, left, built, True
+        fallback = fallback or (candidate, left, built, False)
     return fallback
 
 

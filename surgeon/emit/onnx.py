@@ -222,6 +222,18 @@ def _complex_as_pairs(model: nn.Module, args: tuple, options: dict):
     return program
 
 
+def _program(model: nn.Module, args: tuple, options: dict):
+    """`model` exported as the ONNX exporter would (its dynamic shapes; without them for a
+    forward that fixes its sizes, XLNet's positions), to be rewritten and exported again."""
+    kwargs = options.get("kwargs") or {}
+    try:
+        return torch.export.export(
+            model, args, kwargs, dynamic_shapes=options.get("dynamic_shapes"), strict=False
+        )
+    except Exception:  # noqa: BLE001 - the exporter falls back so too
+        return torch.export.export(model, args, kwargs, strict=False)
+
+
 def _tensor_outputs(model: nn.Module, args: tuple, options: dict):
     """The program of `model` returning its tensors alone: an output that is a number
     (MaskFormer-Swin's `hidden_states_spatial_dimensions`) is a constant, which the
@@ -229,10 +241,7 @@ def _tensor_outputs(model: nn.Module, args: tuple, options: dict):
     from torch.export.graph_signature import OutputKind, TensorArgument
     from torch.utils import _pytree as pytree
 
-    kwargs = options.get("kwargs") or {}
-    program = torch.export.export(
-        model, args, kwargs, dynamic_shapes=options.get("dynamic_shapes"), strict=False
-    )
+    program = _program(model, args, options)
     output = program.graph_module.graph.output_node()
     specs = program.graph_signature.output_specs
     kept = [
@@ -256,14 +265,7 @@ def _scalar_minus(model: nn.Module, args: tuple, options: dict):
     `aten.sub(number, tensor)`, which the exporter's type promotion cannot run again."""
     from torch._guards import detect_fake_mode
 
-    kwargs = options.get("kwargs") or {}
-    try:
-        program = torch.export.export(
-            model, args, kwargs, dynamic_shapes=options.get("dynamic_shapes"), strict=False
-        )
-    except Exception:  # noqa: BLE001 - a forward that fixes its sizes (XLNet's positions):
-        program = torch.export.export(model, args, kwargs, strict=False)  # as the exporter
-    program = program.run_decompositions()
+    program = _program(model, args, options).run_decompositions()
     graph = program.graph_module.graph
     for node in list(graph.nodes):
         if node.target is not torch.ops.aten.sub.Tensor or isinstance(node.args[0], fx.Node):
