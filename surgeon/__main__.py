@@ -1,7 +1,5 @@
 """`python -m surgeon ...` is the `surgeon` command (also under torchrun)."""
 
-import sys
+from .cli import command
 
-from .cli import main
-
-sys.exit(main())
+command()

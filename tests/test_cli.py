@@ -102,6 +102,33 @@ def test_console_script_prints_no_traceback():
     assert result.stdout == ""
 
 
+def test_the_command_exits_after_its_exit_handlers_and_output(tmp_path):
+    """`surgeon` ends without the interpreter's teardown: its output still reaches a pipe
+    whole, its exit code is main's, and the exit handlers (coverage's, the user's) run."""
+    marker = tmp_path / "ran"
+    script = (
+        "import atexit, pathlib, sys\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'ran')\n"
+        "sys.argv = ['surgeon', *sys.argv[1:]]\n"
+        "from surgeon.cli import command\n"
+        "command()\n"
+    )
+    for args, code in ((["schema"], 0), (["validate", str(tmp_path / "none.yaml")], 2)):
+        marker.unlink(missing_ok=True)
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert result.returncode == code, result.stderr
+        assert marker.read_text() == "ran"
+    assert "does not exist" in result.stderr
+    schema = subprocess.run(
+        [sys.executable, "-m", "surgeon", "schema"], cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert schema.returncode == 0 and "properties" in json.loads(schema.stdout)
+
+
 def test_inspect_with_calibration_text(tmp_path, capsys):
     """A folder with a tokenizer: residual ratios and importance in the report."""
     from tests import zoo

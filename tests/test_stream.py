@@ -195,6 +195,29 @@ def test_the_writer_refuses_a_name_twice(tmp_path):
         write_safetensors(entries, tmp_path / "x.safetensors")
 
 
+def test_the_writer_stops_its_thread_on_an_error(tmp_path):
+    """Blocks are made in a thread ahead of the writes: an error there, or in the writer,
+    reaches the caller, and the thread is gone when the call returns."""
+    import threading
+
+    from surgeon.io.shards import Entry, write_safetensors
+
+    def failing():
+        yield torch.zeros(2)
+        raise RuntimeError("cannot read the parent")
+
+    wrong = [torch.zeros(2, dtype=torch.float64)] * 50
+    cases = [
+        ([Entry("a", torch.float32, [4], failing())], RuntimeError, "cannot read the parent"),
+        ([Entry("a", torch.float32, [100], wrong)], ValueError, "a torch.float64 block"),
+        ([Entry("a", torch.float32, [3], [torch.zeros(2)])], ValueError, "8 bytes written"),
+    ]
+    for entries, error, message in cases:
+        with pytest.raises(error, match=message):
+            write_safetensors(entries, tmp_path / "x.safetensors")
+        assert not [t for t in threading.enumerate() if t.name == "surgeon-blocks"]
+
+
 def test_a_weight_made_off_the_meta_device_is_streamed(tmp_path):
     """Built from its config on the meta device, ImageGPT still makes its norms' weights
     on the CPU; the folder is traced all the same, and the permuted child it streams

@@ -4,11 +4,14 @@ straight from memory, so a tensor never has to exist whole in the writer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
+import queue
 import struct
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -222,7 +225,8 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def write_safetensors(entries: list[Entry], path: Path, bar=None) -> None:
     """Write `entries` to the safetensors file `path`, each block straight from its memory
-    (the library's `save_file` first copies every tensor into a Python bytes object)."""
+    (the library's `save_file` first copies every tensor into a Python bytes object), the
+    next block made while this one is written (`_ahead`)."""
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for e in entries:
@@ -239,15 +243,72 @@ def write_safetensors(entries: list[Entry], path: Path, bar=None) -> None:
     with Path(path).open("wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for e in entries:
-            written = 0
-            for block in e.blocks:
+        written, current = 0, 0
+        with contextlib.closing(_ahead(entries)) as ahead:  # its thread stops on any exit
+            for i, block in ahead:
+                if i != current:  # entry `current` is complete
+                    _finished(entries[current], written, bar)
+                    written, current = 0, i
+                e = entries[i]
                 if block.dtype != e.dtype:
                     raise ValueError(f"{e.name}: a {block.dtype} block in a {e.dtype} tensor")
                 if block.numel():
-                    f.write(block.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+                    f.write(block.reshape(-1).view(torch.uint8).numpy().data)
                 written += block.numel() * block.element_size()
-            if written != e.nbytes:
-                raise ValueError(f"{e.name}: {written} bytes written, its shape needs {e.nbytes}")
-            if bar is not None:
-                bar.update(1)
+        if entries:
+            _finished(entries[current], written, bar)
+
+
+def _finished(e: Entry, written: int, bar) -> None:
+    if written != e.nbytes:
+        raise ValueError(f"{e.name}: {written} bytes written, its shape needs {e.nbytes}")
+    if bar is not None:
+        bar.update(1)
+
+
+_END = object()
+
+
+def _ahead(entries: list[Entry], depth: int = 2) -> Iterator[tuple[int, torch.Tensor]]:
+    """`(index of its entry, block)` for every block of `entries`, in order, each made
+    contiguous in a thread of its own up to `depth` blocks ahead of the caller: the next
+    block is cut (read from the parent's pages, gathered, scaled) while the caller writes
+    this one (both release the GIL). An entry without blocks still yields one empty
+    block, so that every entry is seen. Errors in the thread are raised here; leaving
+    the loop early (an error, a signal) stops the thread."""
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for i, e in enumerate(entries):
+                sent = False
+                for block in e.blocks:
+                    sent = True
+                    if not put((i, block.contiguous())):
+                        return
+                if not sent and not put((i, torch.empty(0, dtype=e.dtype))):
+                    return
+            put(_END)
+        except BaseException as error:  # noqa: BLE001 - raised again in the caller
+            put(error)
+
+    thread = threading.Thread(target=produce, name="surgeon-blocks", daemon=True)
+    thread.start()
+    try:
+        while (item := out.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
