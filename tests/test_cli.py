@@ -104,29 +104,36 @@ def test_console_script_prints_no_traceback():
 
 def test_the_command_exits_after_its_exit_handlers_and_output(tmp_path):
     """`surgeon` ends without the interpreter's teardown: its output still reaches a pipe
-    whole, its exit code is main's, and the exit handlers (coverage's, the user's) run."""
-    marker = tmp_path / "ran"
+    whole, its exit code is main's, and the exit handlers (the user's) run; under a
+    tracer (a debugger, coverage) it exits as Python does."""
+    marker, teardown = tmp_path / "ran", tmp_path / "teardown"
     script = (
         "import atexit, pathlib, sys\n"
         f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'ran')\n"
-        "sys.argv = ['surgeon', *sys.argv[1:]]\n"
-        "from surgeon.cli import command\n"
-        "command()\n"
+        f"held = open({str(teardown)!r}, 'w')\n"
+        "held.write('torn down')  # buffered: written when the teardown closes it\n"
+        "if sys.argv[1] == 'traced':\n"
+        "    sys.settrace(lambda *args: None)\n"
+        "sys.argv = ['surgeon', *sys.argv[2:]]\n"
+        "import runpy\n"
+        "runpy.run_module('surgeon', run_name='__main__')  # as `python -m surgeon`\n"
     )
-    for args, code in ((["schema"], 0), (["validate", str(tmp_path / "none.yaml")], 2)):
+    runs = [("fast", ["schema"], 0), ("fast", ["validate", str(tmp_path / "none.yaml")], 2)]
+    for how, args, code in [*runs, ("traced", ["schema"], 0)]:
         marker.unlink(missing_ok=True)
+        teardown.unlink(missing_ok=True)
         result = subprocess.run(
-            [sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True,
-            timeout=300,
+            [sys.executable, "-c", script, how, *args], cwd=ROOT, capture_output=True,
+            text=True, timeout=300,
         )  # fmt: skip
         assert result.returncode == code, result.stderr
         assert marker.read_text() == "ran"
-    assert "does not exist" in result.stderr
-    schema = subprocess.run(
-        [sys.executable, "-m", "surgeon", "schema"], cwd=ROOT, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert schema.returncode == 0 and "properties" in json.loads(schema.stdout)
+        torn = teardown.read_text() == "torn down"
+        assert torn == (how == "traced")  # a tracer: the normal exit
+        if code:
+            assert "does not exist" in result.stderr
+        else:  # the whole schema, through a pipe
+            assert "properties" in json.loads(result.stdout)
 
 
 def test_inspect_with_calibration_text(tmp_path, capsys):

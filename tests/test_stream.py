@@ -211,6 +211,14 @@ def test_the_writer_stops_its_thread_on_an_error(tmp_path):
         ([Entry("a", torch.float32, [4], failing())], RuntimeError, "cannot read the parent"),
         ([Entry("a", torch.float32, [100], wrong)], ValueError, "a torch.float64 block"),
         ([Entry("a", torch.float32, [3], [torch.zeros(2)])], ValueError, "8 bytes written"),
+        (  # the first error in the file's order, though the thread met the other first
+            [
+                Entry("a", torch.float32, [3], [torch.zeros(2)]),
+                Entry("b", torch.float32, [4], failing()),
+            ],
+            ValueError,
+            "a: 8 bytes written",
+        ),
     ]
     for entries, error, message in cases:
         with pytest.raises(error, match=message):

@@ -189,11 +189,14 @@ def command() -> None:
 
 def _exit(code: int | None) -> None:
     """Exit with `code` without the interpreter's teardown: the exit handlers run and the
-    output is flushed, as in a normal exit, but the thousands of modules torch and
-    transformers load are not taken apart one by one (a noticeable share of a short
-    command's time, for nothing). A normal exit where something may still need
-    it: a thread that is not a daemon, a process group of torch.distributed, a profiler or
-    tracer (`python -m cProfile` writes its file after the command returns)."""
+    output is flushed (Python's streams and C's, which native libraries print to), but
+    the thousands of modules torch and transformers load are not taken apart one by one
+    (a noticeable share of a short command's time, for nothing); a file left open is
+    not flushed by it (surgeon's writers close theirs). A failed flush other
+    than a reader gone (a full disk) exits 120, as Python's own exit does. A normal exit
+    where something may still need the teardown: a thread that is not a daemon, a
+    process group of torch.distributed, a profiler, tracer or monitoring tool
+    (`python -m cProfile` writes its file after the command returns)."""
     import atexit
     import threading
 
@@ -202,13 +205,26 @@ def _exit(code: int | None) -> None:
         distributed is not None and distributed.is_available() and distributed.is_initialized()
     )
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    if grouped or others or sys.getprofile() or sys.gettrace():
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12 and later
+    watched = monitoring is not None and any(monitoring.get_tool(i) for i in range(6))
+    if grouped or others or watched or sys.getprofile() or sys.gettrace():
         sys.exit(code)
     atexit._run_exitfuncs()  # noqa: SLF001 - what the teardown would run first
+    code = code or 0
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a closed pipe: nothing more to say
+        try:
             stream.flush()
-    os._exit(code or 0)
+        except BrokenPipeError:  # the reader is gone: nothing more to say
+            pass
+        except OSError:
+            code = code or 120
+        except (AttributeError, ValueError):  # no stream, or a closed one
+            pass
+    with contextlib.suppress(Exception):  # C's buffers (no C library: nothing buffered)
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -249,6 +249,8 @@ def write_safetensors(entries: list[Entry], path: Path, bar=None) -> None:
                 if i != current:  # entry `current` is complete
                     _finished(entries[current], written, bar)
                     written, current = 0, i
+                if isinstance(block, BaseException):
+                    raise block
                 e = entries[i]
                 if block.dtype != e.dtype:
                     raise ValueError(f"{e.name}: a {block.dtype} block in a {e.dtype} tensor")
@@ -269,12 +271,14 @@ def _finished(e: Entry, written: int, bar) -> None:
 _END = object()
 
 
-def _ahead(entries: list[Entry], depth: int = 2) -> Iterator[tuple[int, torch.Tensor]]:
-    """`(index of its entry, block)` for every block of `entries`, in order, each made
-    contiguous in a thread of its own up to `depth` blocks ahead of the caller: the next
-    block is cut (read from the parent's pages, gathered, scaled) while the caller writes
-    this one (both release the GIL). An entry without blocks still yields one empty
-    block, so that every entry is seen. Errors in the thread are raised here; leaving
+def _ahead(entries: list[Entry], depth: int = 2) -> Iterator[tuple[int, Any]]:
+    """`(index of its entry, block)` for every block of `entries`, in order, made
+    contiguous by one thread up to `depth` blocks ahead of the caller: a block that is
+    gathered or scaled (kept positions of an axis, a rescaled tensor) is made while the
+    caller writes the one before (both release the GIL); a plain slice of a file stays a
+    view, read as it is written. An entry without blocks yields one empty block, so that
+    every entry is seen. An error in the thread comes as the block of the entry it
+    happened in (the caller raises it once the entries before are complete); leaving
     the loop early (an error, a signal) stops the thread."""
     out: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -289,6 +293,7 @@ def _ahead(entries: list[Entry], depth: int = 2) -> Iterator[tuple[int, torch.Te
         return False
 
     def produce() -> None:
+        i = 0
         try:
             for i, e in enumerate(entries):
                 sent = False
@@ -300,15 +305,20 @@ def _ahead(entries: list[Entry], depth: int = 2) -> Iterator[tuple[int, torch.Te
                     return
             put(_END)
         except BaseException as error:  # noqa: BLE001 - raised again in the caller
-            put(error)
+            put((i, error))
 
     thread = threading.Thread(target=produce, name="surgeon-blocks", daemon=True)
-    thread.start()
     try:
-        while (item := out.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
+        thread.start()
+        while True:
+            try:
+                item = out.get(timeout=0.05)  # a timeout: a signal is not held up here
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
             yield item
     finally:
         stop.set()
-        thread.join()
+        if thread.ident is not None:
+            thread.join()
