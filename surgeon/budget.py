@@ -102,7 +102,7 @@ def solve(parent: Parent, surgery: Surgery) -> Surgery:
 
         return solve_latency(parent, surgery)
     sizes = _parent_sizes(parent)
-    if plan.layout == "per_layer" and "num_layers" not in plan.target:
+    if plan.layout != "uniform" and "num_layers" not in plan.target:
         # the budget is met by widths, dealt per layer, rather than by dropping layers
         plan = replace(plan, target={**plan.target, "num_layers": sizes["num_layers"]})
     limit = Limit.of(plan.budget, sizes.get("head_dim") or 0)

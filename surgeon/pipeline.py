@@ -466,7 +466,7 @@ def decide(
         kept[_signature(parent.analysis)] = parent.measures
         save_measures(parent.folder, kept)
     plan = cut.surgery.plan
-    if plan.layout == "per_layer" or cut.state.dropped:  # what no config states: a graph child
+    if plan.layout != "uniform" or cut.state.dropped:  # what no config states: a graph child
         cut.config = None
     elif cut.config is not None and cut.state.layers != planned:  # measured depth
         cut.config = _child_config(parent, cut.state)

@@ -58,7 +58,7 @@ IMPORTANCE = SCORE_METHODS
 EXPERT_CRITERIA = EXPERTS
 RESCALE = RESCALE_METHODS
 EMIT = ("auto", "hf", "graph")
-LAYOUT = ("uniform", "per_layer")
+LAYOUT = ("uniform", "per_layer", "per_layer_heads")
 CALIBRATION = {"samples": 32, "seq_len": 256, "batch_size": 4}
 PASS_ORDER = ("score", "depth", "permute", "slice", "rescale")
 # Named defaults for importance, depth and rescale; keys the plan states win. What each
@@ -169,7 +169,8 @@ SCHEMA = {
             "layout": {
                 "enum": list(LAYOUT),
                 "description": "uniform: every layer one FFN width; per_layer: the dense FFN "
-                "neurons dealt to the layers by importance (a graph child)",
+                "neurons dealt to the layers by importance (a graph child); per_layer_heads: "
+                "the key/value groups too",
             },
             "device": {
                 "type": "string",
@@ -270,8 +271,9 @@ class Plan:
                 ("slice", width),
                 ("rescale", {"method": self.rescale}),
             ]
-        if self.layout == "per_layer":
-            steps = [(n, {**p, "per_layer": True} if n == "slice" else p) for n, p in steps]
+        if self.layout != "uniform":
+            dealt = {"per_layer": True, "per_layer_heads": self.layout == "per_layer_heads"}
+            steps = [(n, {**p, **dealt} if n == "slice" else p) for n, p in steps]
         if dict(steps).get("score", {}).get("method") == "uniform":
             steps = [(n, {**p, "evenly": True} if n == "slice" else p) for n, p in steps]
         return steps
@@ -313,7 +315,7 @@ class Plan:
             for k in ("depth", "importance", "rescale")
             if (v := getattr(self, k)) is not None
         ]
-        layout = ["layout per_layer"] if self.layout == "per_layer" else []
+        layout = [f"layout {self.layout}"] if self.layout != "uniform" else []
         blocks = [
             f"drop {k} blocks " + (", ".join(map(str, v)) if isinstance(v, tuple) else str(v))
             for k, v in self.drop_blocks.items()
@@ -396,16 +398,16 @@ def load_plan(plan: Any) -> Plan:
     if drop:
         _graph_for_blocks(settings)
     layout = plan.get("layout", "uniform")
-    if "latency" in budget and (layout == "per_layer" or drop):
+    if "latency" in budget and (layout != "uniform" or drop):
         raise PlanError(
             "target.latency is measured on a child of one width per size, its Hugging Face "
-            "class exported to ONNX: not with layout: per_layer or drop_blocks (state "
+            "class exported to ONNX: not with a per-layer layout or drop_blocks (state "
             "target.parameters or memory for those)"
         )
-    if layout == "per_layer":
+    if layout != "uniform":
         if settings["emit"] == "hf":
             raise PlanError(
-                "layout: per_layer gives layers of different widths, which a Hugging Face "
+                f"layout: {layout} gives layers of different widths, which a Hugging Face "
                 "config cannot state: use emit: graph or auto (a graph child)"
             )
         settings["emit"] = "graph"

@@ -50,5 +50,5 @@ def test_a_budget_below_the_smallest_child_or_off_a_decoder_is_one_line(llama, m
     model, inputs = zoo.build("bert")
     with pytest.raises(surgeon.PlanError, match="not one: state target.parameters or memory"):
         check(surgeon.prepare(model, inputs), resolve({"target": {"latency": {"ms_per_token": 1}}}))
-    with pytest.raises(surgeon.PlanError, match="not with layout: per_layer"):
+    with pytest.raises(surgeon.PlanError, match="not with a per-layer layout"):
         resolve({"target": {"latency": {"ms_per_token": 1}}, "layout": "per_layer"})

@@ -62,7 +62,14 @@ def nas_config(
             "the Nemotron-NAS format states the head count from a layer with attention: "
             "this child drops every attention block"
         )
-    heads = tensors[f"model.layers.{attending[0]}.self_attn.q_proj.weight"].shape[0] // head_dim
+    counts = [tensors[f"model.layers.{i}.self_attn.q_proj.weight"].shape[0] for i in attending]
+    heads = counts[0] // head_dim
+    if len(set(counts)) > 1:
+        raise SurgeonError(
+            f"the child's layers hold {sorted({c // head_dim for c in counts})} query heads: "
+            "the Nemotron-NAS format holds one count in every layer (layout: per_layer "
+            "keeps every layer's heads; per_layer_heads deals them)"
+        )
     if heads * head_dim != hidden:
         raise SurgeonError(
             f"the Nemotron-NAS format derives head_dim from hidden_size / "

@@ -47,6 +47,7 @@ class Slice:
     num_experts_per_tok: int | None = None  # the routers' top-k
     evenly: bool = False
     per_layer: bool = False  # `layout: per_layer`: dense FFN widths dealt by importance
+    per_layer_heads: bool = False  # `layout: per_layer_heads`: key/value groups dealt too
     stacks: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per stack
     name = "slice"
     schema: ClassVar[dict] = {  # `evenly` is set by the recipes, not written in plans
@@ -84,6 +85,8 @@ class Slice:
         atoms = state.analysis.atoms
         if self.per_layer:
             state.keep.update(per_layer_widths(state))
+        if self.per_layer_heads:
+            state.keep.update(per_layer_groups(state))
         for group, k in state.keep.items():
             order = state.select.get(group, torch.arange(atoms.size[group]))
             if group in state.allowed:  # only the positions the child's class computes
@@ -106,16 +109,11 @@ class Slice:
 
 def per_layer_widths(state: SurgeryState) -> dict[int, int]:
     """`layout: per_layer`: the dense FFN neurons the target keeps in all kept layers
-    together, dealt to the layers by importance. Each layer's scores are divided by their
-    mean (so a layer's share depends on how its importance is spread, not on its
-    activations' scale); every layer starts with one step of neurons, and each further
-    step goes to the layer whose next step (its best neurons not yet kept) has the largest
-    scaled score. Steps are 256 neurons where the parent's widths are multiples of 256
-    (the Nemotron-NAS format's FFN widths), else 32 (or 16, 8, 1)."""
+    together, dealt to the layers by importance (`_deal`), in steps of 256 neurons where
+    the parent's widths are multiples of 256 (the Nemotron-NAS format's FFN widths), else
+    32 (or 16, 8, 1)."""
     a = state.analysis
-    kept = state.kept_layers()
-    if len(set(kept)) != len(kept):
-        raise PlanError("layout: per_layer cannot duplicate layers (depth lists one twice)")
+    kept = _distinct_layers(state)
     groups = [
         g
         for i in kept
@@ -126,11 +124,6 @@ def per_layer_widths(state: SurgeryState) -> dict[int, int]:
     ]
     if not groups:
         return {}
-    if any(g not in state.scores for g in groups):
-        raise PlanError(
-            "layout: per_layer deals FFN neurons by importance: use importance activation "
-            "or weight (uniform and first give no scores)"
-        )
     sizes = {g: a.atoms.size[g] for g in groups}
     step = next(q for q in (256, 32, 16, 8, 1) if all(n % q == 0 for n in sizes.values()))
     units = sum(state.keep[g] for g in groups) // step - len(groups)
@@ -139,6 +132,48 @@ def per_layer_widths(state: SurgeryState) -> dict[int, int]:
             f"layout: per_layer: the FFN width asked for leaves less than one step of {step} "
             "neurons per layer; ask for a wider FFN"
         )
+    return _deal(state, groups, step, units, "FFN neurons")
+
+
+def per_layer_groups(state: SurgeryState) -> dict[int, int]:
+    """`layout: per_layer_heads`: besides the FFN neurons, the key/value groups the
+    target keeps in all kept layers together (num_kv_heads × layers), dealt to the
+    layers by importance (`_deal`), one group at a time; each group keeps the target's
+    query heads. Multi-head attention deals its heads, multi-query attention its query
+    heads. Nothing is dealt where the target cuts no group."""
+    a = state.analysis
+    groups = []
+    for i in _distinct_layers(state):
+        layer = a.layers[i]
+        if not a.cuts_heads(layer) or "attention" in state.dropped.get(i, ()):
+            continue
+        outer = layer.kv[0] if layer.kv else layer.heads[0]
+        if outer in state.keep:
+            groups.append(outer)
+    if not any(state.keep[g] < state.analysis.atoms.size[g] for g in groups):
+        return {}
+    units = sum(state.keep[g] for g in groups) - len(groups)
+    return _deal(state, groups, 1, units, "key/value groups")
+
+
+def _distinct_layers(state: SurgeryState) -> list[int]:
+    kept = state.kept_layers()
+    if len(set(kept)) != len(kept):
+        raise PlanError("layout: per_layer cannot duplicate layers (depth lists one twice)")
+    return kept
+
+
+def _deal(state: SurgeryState, groups: list[int], step: int, units: int, what: str):
+    """Every group starts with one `step` of positions; `units` more steps go, one at a
+    time, to the group whose next step (its best positions not yet kept) has the largest
+    score, each group's scores divided by their mean (so a layer's share depends on how
+    its importance is spread, not on its activations' scale)."""
+    if any(g not in state.scores for g in groups):
+        raise PlanError(
+            f"layout: per_layer deals {what} by importance: use importance activation or "
+            "weight (uniform and first give no scores)"
+        )
+    sizes = {g: state.analysis.atoms.size[g] for g in groups}
     ranked = {}
     for g in groups:
         scores = state.scores[g].float()
