@@ -9,9 +9,11 @@ importance, influence depth) on the calibration windows; its parameter count is
 `sum(p.numel())` of the child as built, compared with the budget.
 
     .venv/bin/python benchmarks/budgets.py [--budget 60000000] [--threads 1]
+        [--shapes NAME ...] [--json FILE]
     .venv/bin/python benchmarks/budgets.py --train "all 30 layers fixed" --lr 0.01 --wd 1
 
-Writes benchmarks/results/budgets.json (commit, date, rows). `--train SHAPE` builds only
+Writes benchmarks/results/budgets.json (commit, date, rows; `--shapes`: those shapes only,
+`--json`: another file). `--train SHAPE` builds only
 that shape and trains it as `benchmarks/convergence.py` trains a run (its steps, batch,
 schedule and test checks; seed 0) at the stated lr and weight decay, not searched:
 one point of the grid, the same for every shape it is run for; the row goes to
@@ -46,6 +48,9 @@ SHAPES = {  # the plan's keys beside the budget (the solver chooses the sizes no
     "10 layers fixed, per_layer": {"num_layers": 10, "layout": "per_layer"},
     # the uniform child as a graph, as per_layer children are (a control for training)
     "all 30 layers fixed, graph": {"num_layers": 30, "emit": "graph"},
+    # the key/value groups dealt to the layers too
+    "solver's choice, per_layer_heads": {"layout": "per_layer_heads"},
+    "hidden 480 fixed, per_layer_heads": {"hidden_size": 480, "layout": "per_layer_heads"},
 }
 
 
@@ -91,6 +96,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=int, default=60_000_000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="these shapes only")
+    p.add_argument("--json", type=Path, default=OUT, help="where the rows go")
     p.add_argument("--train", choices=list(SHAPES), help="build and train this shape only")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--wd", type=float, default=1.0)
@@ -111,7 +118,7 @@ def main() -> None:
         }
     ]
     for name, fixed in SHAPES.items():
-        if args.train and name != args.train:
+        if (args.train and name != args.train) or (args.shapes and name not in args.shapes):
             continue
         sizes = {k: v for k, v in fixed.items() if k not in ("layout", "emit")}
         plan = {"target": {"parameters": args.budget, **sizes}, "recipe": "surgeon"}
@@ -129,6 +136,7 @@ def main() -> None:
             "share_of_budget": count / args.budget,
             "solver_count": child.cut.surgery.budget["child_parameters"],
             "ffn_per_layer": [len(x["intermediate_size"]) for x in child.kept["per_layer"]],
+            "kv_per_layer": [len(x.get("num_kv_heads", [])) for x in child.kept["per_layer"]],
             "validation": held_out_loss(child.model, split["validation"]),
             "test": held_out_loss(child.model, split["test"]),
             "seconds": round(seconds, 1),
@@ -155,8 +163,8 @@ def main() -> None:
         "threads": args.threads,
         "rows": rows,
     }
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {OUT}")
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
