@@ -407,7 +407,7 @@ def load_plan(plan: Any) -> Plan:
     if layout != "uniform":
         if settings["emit"] == "hf":
             raise PlanError(
-                f"layout: {layout} gives layers of different widths, which a Hugging Face "
+                f"layout: {layout} gives layers of different sizes, which a Hugging Face "
                 "config cannot state: use emit: graph or auto (a graph child)"
             )
         settings["emit"] = "graph"

@@ -64,32 +64,34 @@ def test_per_layer_widths_differ_add_up_and_match_the_parent_sliced_by_hand():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "kv, target, dealt",
+    [
+        (4, {"num_kv_heads": 2, "num_heads": 4}, "num_kv_heads"),  # grouped-query
+        (8, {"num_heads": 4}, "num_heads"),  # multi-head: the heads themselves
+    ],
+)
 def test_per_layer_heads_deal_key_value_groups_and_match_the_parent_with_heads_masked(
-    tmp_path,
+    tmp_path, kv, target, dealt
 ):
-    """`per_layer_heads`: the target's key/value groups (2 of 4 in each of 3 layers) are
-    dealt to the layers by importance, each keeping its query heads; the layer whose
-    importance sits in one group gives up groups. A removed head contributes nothing, so
-    the child computes the parent with those heads' columns of the output projection
-    zeroed. The Nemotron-NAS format, one query-head count for every layer, refuses it in
-    one line."""
+    """`per_layer_heads`: the target's key/value groups (2 of 4 in each of 3 layers; in
+    multi-head attention 4 of 8 heads) are dealt to the layers by importance, each group
+    keeping its query heads; the layer whose importance sits in its first group gives up
+    groups. A removed head contributes nothing, so the child computes the parent with
+    those heads' columns of the output projection zeroed; its ONNX file matches it. The
+    Nemotron-NAS format, one query-head count for every layer, refuses it in one line."""
     from surgeon.emit.nas import write_nas
     from surgeon.errors import SurgeonError
 
-    parent, inputs = zoo.tiny_decoder("llama", 8, 4, 8, 768, 3, tied=True)  # head_dim 8
+    parent, inputs = zoo.tiny_decoder("llama", 8, kv, 8, 768, 3, tied=True)  # head_dim 8
     with torch.no_grad():
         parent.model.layers[1].self_attn.v_proj.weight[:8] *= 50  # its first KV group
-    plan = {
-        "target": {"num_kv_heads": 2, "num_heads": 4},
-        "importance": "weight",
-        "rescale": "none",
-        "layout": "per_layer_heads",
-    }
-    child = subclone(parent, plan, inputs)
+    plan = {"target": target, "importance": "weight", "rescale": "none"}
+    child = subclone(parent, {**plan, "layout": "per_layer_heads"}, inputs)
     kept = child.kept["per_layer"]
-    groups = [len(k["num_kv_heads"]) for k in kept]
-    assert sum(groups) == 3 * 2 and groups[1] == min(groups) < max(groups)
-    assert all(len(k["num_heads"]) == 2 * len(k["num_kv_heads"]) for k in kept)
+    groups = [len(k[dealt]) for k in kept]
+    assert sum(groups) == 3 * target[dealt] and groups[1] == min(groups) < max(groups)
+    assert all(len(k["num_heads"]) == len(k[dealt]) * 8 // kv for k in kept)
     reference = copy.deepcopy(parent)
     with torch.no_grad():
         for layer, k in zip(reference.model.layers, kept, strict=True):
@@ -104,11 +106,14 @@ def test_per_layer_heads_deal_key_value_groups_and_match_the_parent_with_heads_m
     with pytest.raises(SurgeonError, match="per_layer_heads deals them") as e:
         write_nas(child, tmp_path)
     assert "\n" not in str(e.value)
+    uniform = subclone(parent, {**plan, "layout": "per_layer"}, inputs)  # the same count
+    count = sum(p.numel() for p in uniform.model.parameters())
+    assert sum(p.numel() for p in child.model.parameters()) == count
 
 
 def test_uniform_layout_is_the_default_and_per_layer_needs_scores():
     assert load_plan({"target": {"intermediate_size": 8}}).layout == "uniform"
-    with pytest.raises(PlanError, match="per_layer gives layers of different widths"):
+    with pytest.raises(PlanError, match="per_layer gives layers of different sizes"):
         load_plan({"target": {"intermediate_size": 8}, "layout": "per_layer", "emit": "hf"})
     parent, inputs = _decoder()
     plan = {"target": {"intermediate_size": 512}, "importance": "uniform", "layout": "per_layer"}
@@ -147,12 +152,11 @@ def test_what_the_nemotron_nas_format_cannot_state_is_refused_in_one_line(tmp_pa
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("layout", ["per_layer", "per_layer_heads"])
-def test_a_budget_with_per_layer_widths_counts_the_child_as_built(layout):
+def test_a_budget_with_per_layer_widths_counts_the_child_as_built():
     parent, inputs = _decoder()
     budget = int(0.8 * sum(p.numel() for p in parent.parameters()))
     plan = {"target": {"parameters": budget, "num_layers": 3}, "importance": "weight"}
-    child = subclone(parent, {**plan, "layout": layout}, inputs)
+    child = subclone(parent, {**plan, "layout": "per_layer"}, inputs)
     built = sum(p.numel() for p in child.model.parameters())
     assert built <= budget
     assert child.cut.surgery.budget["child_parameters"] == built

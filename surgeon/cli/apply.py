@@ -99,9 +99,10 @@ def _print(summary: dict, out: Path) -> None:
         print(f"  {budget_line(s['budget'], '')} (sizes chosen to fit it)")
     for key, value in from_to(s["parent_sizes"], s["child"]).items():
         print(f"  {key:<18} {value}")
-    widths = [len(k.get("intermediate_size", [])) for k in s["kept"]["per_layer"]]
-    if len(set(widths)) > 1:  # layout: per_layer
-        print(f"  intermediate_size  per layer {', '.join(map(str, widths))}")
+    for key in ("intermediate_size", "num_heads", "num_kv_heads"):  # layout: per_layer(_heads)
+        widths = [len(k.get(key, [])) for k in s["kept"]["per_layer"]]
+        if len(set(widths)) > 1:
+            print(f"  {key:<18} per layer {', '.join(map(str, widths))}")
     print(f"  layers kept       {_ranges(s['layers_kept'])} (of the parent's)")
     dropped = [
         (i, kinds)

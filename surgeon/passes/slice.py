@@ -83,10 +83,11 @@ class Slice:
 
     def run(self, state: SurgeryState) -> None:
         atoms = state.analysis.atoms
+        layout = "per_layer_heads" if self.per_layer_heads else "per_layer"
         if self.per_layer:
-            state.keep.update(per_layer_widths(state))
+            state.keep.update(per_layer_widths(state, layout))
         if self.per_layer_heads:
-            state.keep.update(per_layer_groups(state))
+            state.keep.update(per_layer_groups(state, layout))
         for group, k in state.keep.items():
             order = state.select.get(group, torch.arange(atoms.size[group]))
             if group in state.allowed:  # only the positions the child's class computes
@@ -107,13 +108,13 @@ class Slice:
                 state.select[group] = order[:k]
 
 
-def per_layer_widths(state: SurgeryState) -> dict[int, int]:
+def per_layer_widths(state: SurgeryState, layout: str = "per_layer") -> dict[int, int]:
     """`layout: per_layer`: the dense FFN neurons the target keeps in all kept layers
     together, dealt to the layers by importance (`_deal`), in steps of 256 neurons where
     the parent's widths are multiples of 256 (the Nemotron-NAS format's FFN widths), else
     32 (or 16, 8, 1)."""
     a = state.analysis
-    kept = _distinct_layers(state)
+    kept = _distinct_layers(state, layout)
     groups = [
         g
         for i in kept
@@ -122,6 +123,7 @@ def per_layer_widths(state: SurgeryState) -> dict[int, int]:
         and a.layers[i].ffn_role[g] == FFN_ROLES[0]
         and "mlp" not in state.dropped.get(i, ())  # a dropped MLP gets no neurons
     ]
+    groups = list(dict.fromkeys(groups))  # a layer applied several times: its group once
     if not groups:
         return {}
     sizes = {g: a.atoms.size[g] for g in groups}
@@ -129,37 +131,52 @@ def per_layer_widths(state: SurgeryState) -> dict[int, int]:
     units = sum(state.keep[g] for g in groups) // step - len(groups)
     if units < 0:
         raise PlanError(
-            f"layout: per_layer: the FFN width asked for leaves less than one step of {step} "
+            f"layout: {layout}: the FFN width asked for leaves less than one step of {step} "
             "neurons per layer; ask for a wider FFN"
         )
-    return _deal(state, groups, step, units, "FFN neurons")
+    return _deal(state, groups, step, units, f"layout: {layout} deals FFN neurons")
 
 
-def per_layer_groups(state: SurgeryState) -> dict[int, int]:
+def per_layer_groups(state: SurgeryState, layout: str = "per_layer_heads") -> dict[int, int]:
     """`layout: per_layer_heads`: besides the FFN neurons, the key/value groups the
-    target keeps in all kept layers together (num_kv_heads × layers), dealt to the
-    layers by importance (`_deal`), one group at a time; each group keeps the target's
-    query heads. Multi-head attention deals its heads, multi-query attention its query
-    heads. Nothing is dealt where the target cuts no group."""
+    target keeps in the kept layers together, dealt to the layers by importance (`_deal`),
+    one group at a time, each keeping the target's query heads (multi-head and
+    multi-query attention: the one heads group the target cuts). Only layers of one shape
+    share out groups (the group's size in the parent, the query heads per group, the
+    head size), so the child's heads, parameters and cache are the uniform child's.
+    Nothing is dealt where the target cuts no group, nor for heads whose values the
+    forward derives from their count (ALiBi's slopes: `state.allowed`)."""
     a = state.analysis
-    groups = []
-    for i in _distinct_layers(state):
+    pools: dict[tuple, list[int]] = {}
+    for i in _distinct_layers(state, layout):
         layer = a.layers[i]
         if not a.cuts_heads(layer) or "attention" in state.dropped.get(i, ()):
             continue
-        outer = layer.kv[0] if layer.kv else layer.heads[0]
-        if outer in state.keep:
-            groups.append(outer)
-    if not any(state.keep[g] < state.analysis.atoms.size[g] for g in groups):
-        return {}
-    units = sum(state.keep[g] for g in groups) - len(groups)
-    return _deal(state, groups, 1, units, "key/value groups")
+        if layer.kv and layer.kv != layer.heads:  # grouped-query: the key/value groups
+            dealt, per = layer.kv[0], [g for g in layer.heads if g not in layer.kv]
+        else:  # multi-head, multi-query: the heads group the target cuts
+            cut = [g for g in layer.heads if g in state.keep and state.keep[g] < a.atoms.size[g]]
+            if len(cut) != 1:
+                continue
+            dealt, per = cut[0], []
+        if dealt not in state.keep or dealt in state.allowed:
+            continue
+        shape = tuple(state.keep.get(g, a.atoms.size[g]) for g in per)
+        key = (a.atoms.size[dealt], shape, layer.head_dim, bool(layer.kv))
+        pools.setdefault(key, []).append(dealt)
+    out: dict[int, int] = {}
+    for groups in pools.values():
+        groups = list(dict.fromkeys(groups))
+        if any(state.keep[g] < a.atoms.size[g] for g in groups):
+            units = sum(state.keep[g] for g in groups) - len(groups)
+            out.update(_deal(state, groups, 1, units, f"layout: {layout} deals heads"))
+    return out
 
 
-def _distinct_layers(state: SurgeryState) -> list[int]:
+def _distinct_layers(state: SurgeryState, layout: str) -> list[int]:
     kept = state.kept_layers()
     if len(set(kept)) != len(kept):
-        raise PlanError("layout: per_layer cannot duplicate layers (depth lists one twice)")
+        raise PlanError(f"layout: {layout} cannot duplicate layers (depth lists one twice)")
     return kept
 
 
@@ -170,8 +187,8 @@ def _deal(state: SurgeryState, groups: list[int], step: int, units: int, what: s
     its importance is spread, not on its activations' scale)."""
     if any(g not in state.scores for g in groups):
         raise PlanError(
-            f"layout: per_layer deals {what} by importance: use importance activation or "
-            "weight (uniform and first give no scores)"
+            f"{what} by importance: use importance activation or weight (uniform and "
+            "first give no scores)"
         )
     sizes = {g: state.analysis.atoms.size[g] for g in groups}
     ranked = {}
