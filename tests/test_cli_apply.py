@@ -115,6 +115,25 @@ def test_a_bfloat16_folder_gives_a_bfloat16_child_and_a_float32_onnx(tmp_path, c
         assert {shards.tensor(n).dtype for n in shards.index} == {torch.bfloat16}
 
 
+def test_a_folder_with_emit_graph_writes_a_graph_that_loads(tmp_path):
+    """A graph child of a Hugging Face folder (`emit: graph`, as `layout: per_layer`
+    children are) is saved as `model.pt`; loaded again, at every width and reordered, it
+    computes the parent's logits. (torch.export's guards function did not pickle.)"""
+    from surgeon.frontends.hf import synthetic_inputs
+
+    model, _ = zoo.build("llama")
+    model.save_pretrained(tmp_path / "parent")
+    plan = _plan(tmp_path, "target: {}\nimportance: weight\nemit: graph\n")
+    out = tmp_path / "child"
+    argv = ["apply", "--model", str(tmp_path / "parent"), "--plan", plan, "--out", str(out)]
+    assert main(argv) == 0
+    graph = torch.load(out / "model.pt", weights_only=False)
+    inputs = synthetic_inputs(model)  # the shapes surgeon traced the folder at
+    with torch.no_grad():
+        got = graph(*inputs.args, **inputs.kwargs)["logits"]
+        torch.testing.assert_close(got, model(**inputs.kwargs).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_apply_on_a_factory_writes_a_graph(tmp_path):
     out = tmp_path / "child"
     plan = _plan(tmp_path, "target: {hidden_size: 32, num_layers: 2}\n")

@@ -30,6 +30,9 @@ def emit_graph(state: SurgeryState) -> fx.GraphModule:
     _edit_depth(state, root, nodes)
     _drop_blocks(state, nodes)
     child = fx.GraphModule(root, root.graph, type(parent).__name__)
+    # torch.load re-traces a saved graph's code with its tracer's class: torch.export's
+    # cannot be made again without its arguments, fx's plain tracer reads the code as well
+    child._tracer_cls = None
     child.eval()
     return child
 

@@ -30,7 +30,7 @@ def trace_export(model: nn.Module, inputs: Inputs) -> Graph:
             if "data-dependent expression" not in str(e) or _on_meta(model):
                 raise
             ep = _specialised(model, inputs, e)
-        module = ep.module()
+        module = ep.module(check_guards=False)  # its `_guards_fn` would not pickle
         _inline_grad_regions(module)
         _out_of_place(module)
         _windows_not_strides(module)
