@@ -111,7 +111,7 @@ def discover_dims(graph: Graph) -> Dims:
             ctx.dims.args[node] = args = bind(rule, node, ctx.dims.out[node])
             rule.fn(ctx, args)
             _follow_positions(ctx, node, rule_key(node), rule.same_values)
-        elif shape is not None:  # call_module (the guards of ep.module() return nothing)
+        elif shape is not None:  # call_module: one that returns nothing couples nothing
             raise UnsupportedOpError(
                 f"no rule for {node.op} node {node.name} ({source_line(node)}): "
                 "trace through submodules (the fx frontend does) or use the export frontend"
