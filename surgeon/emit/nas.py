@@ -83,13 +83,11 @@ def nas_config(
         if "attention" in dropped[i]:
             attention = {"n_heads_in_group": None, **gone}
         else:
-            q = tensors[f"model.layers.{i}.self_attn.q_proj.weight"].shape[0] // head_dim
             kv = tensors[f"model.layers.{i}.self_attn.k_proj.weight"].shape[0] // head_dim
-            if q != heads or heads % kv:
+            if heads % kv:  # every layer's query head count is `heads` (checked above)
                 raise SurgeonError(
-                    f"layer {i} has {q} query heads and {kv} key/value heads: the "
-                    f"Nemotron-NAS format holds {heads} query heads in every layer, in "
-                    "whole groups"
+                    f"layer {i} has {heads} query heads and {kv} key/value heads: the "
+                    "Nemotron-NAS format holds query heads in whole groups"
                 )
             attention = {"n_heads_in_group": heads // kv, **no_op}
         if "mlp" in dropped[i]:
