@@ -125,7 +125,8 @@ def stream_subclone(
     """The decisions for the child of the Hugging Face folder `folder`, its parent never
     loaded (a plan that measures runs it one layer at a time, each layer read from the
     files): what `stream_apply` writes, for tools that compare them. `cache`: reuse and
-    keep what earlier plans measured on this folder (`surgeon.io.measures`)."""
+    keep the folder's analysis and what earlier plans measured on it
+    (`surgeon.io.prepared`, `surgeon.io.measures`)."""
     from .frontends.load import load_model
 
     surgery = resolve(plan, calibration is not None or tokenizer is not None)
@@ -135,22 +136,25 @@ def stream_subclone(
         settings = surgery.plan.calibration
         batches = resolve_calibration(model, calibration, tokenizer, settings, True)
         check_batches(batches[0], batches)
-    with step(progress, f"tracing and analysing {folder} on the meta device"):
+    with step(progress, f"tracing and analysing {folder} on the meta device") as notes:
         parent = prepare_folder(folder, batches[0] if batches else None, cache=cache)
+        notes += ["kept from an earlier run"] if parent.kept else []
     return decide(parent, surgery, batches, progress)
 
 
 @contextlib.contextmanager
 def step(progress: bool, what: str):
     """A line on stderr when a step with no bar of its own starts, and its time when it
-    ends (with `progress`, on rank 0)."""
+    ends (with `progress`, on rank 0), with the notes added to the list it yields."""
+    notes: list[str] = []  # said after its time
     if not progress or rank() != 0:
-        yield
+        yield notes
         return
     started = time.perf_counter()
     print(f"{what} ...", file=sys.stderr, flush=True)  # not `surgeon:`, a notice's prefix
-    yield
-    print(f"{what}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    yield notes
+    said = "".join(f" ({note})" for note in notes)
+    print(f"{what}: {time.perf_counter() - started:.1f} s{said}", file=sys.stderr, flush=True)
 
 
 def stream_apply(

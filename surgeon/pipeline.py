@@ -13,6 +13,7 @@ in-memory and streamed paths differ only in where the parent's tensors are read 
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -69,6 +70,7 @@ class Parent:
     # are kept on disk too (`surgeon.io.measures`) unless `cache` is off
     measures: dict = field(default_factory=dict)
     cache: bool = False
+    kept: bool = False  # graph and analysis read from the disk (`surgeon.io.prepared`)
 
     @property
     def is_hf(self) -> bool:
@@ -226,10 +228,13 @@ def prepare_folder(
     read from the files as views (file pages, not process memory); the buffers the model
     computes rather than stores (rotary frequencies) are computed on the CPU.
     `NotStreamable` for checkpoints whose tensors transformers converts on load, or that
-    are quantized. `rules`: as for `prepare`. `cache`: read and keep the measures of
-    earlier plans on this folder (scores, influence) on disk (`surgeon.io.measures`)."""
+    are quantized. `rules`: as for `prepare`. `cache`: read and keep on disk the graph and
+    the analysis (`surgeon.io.prepared`) and the measures of earlier plans on this folder
+    (scores, influence; `surgeon.io.measures`)."""
+    from .frontends import memo
     from .frontends.load import load_model
     from .io.names import load_names
+    from .io.prepared import load_prepared, prepared_key, save_prepared
 
     folder = Path(folder)
     model, _ = load_model(str(folder), weights=False)
@@ -239,11 +244,23 @@ def prepare_folder(
         raise NotStreamable(f"the checkpoint is quantized ({method}): its tensors are packed")
     shards = Shards(folder)
     stored = load_names(model, shards.index)
-    with overlay(rules):
-        graph = _traced_on_meta(model, example_inputs)
-        buffers = _computed_buffers(model, graph, stored)
-        analysis = _checked(model, analyse(graph))
+    key = prepared_key(model, example_inputs, stored) if cache and not rules else None
+    found = load_prepared(key, model)
+    if found is not None:
+        graph, analysis, buffers = found
+    else:
+        caught: list = []
+        try:
+            with overlay(rules), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                graph = _traced_on_meta(model, example_inputs)
+                buffers = _computed_buffers(model, graph, stored)
+                analysis = _checked(model, analyse(graph))
+        finally:
+            memo.replay(caught)  # as they were given, and again on every load
+        save_prepared(key, model, graph, analysis, buffers, caught)
     parent = Parent(model, graph, analysis, shards, stored, folder, buffers, cache=cache)
+    parent.kept = found is not None
     if cache:
         from .io.measures import load_measures
 

@@ -124,8 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-cache",
         action="store_true",
-        help="neither reuse nor keep what earlier plans measured on this folder (scores, "
-        "influence; kept under $SURGEON_CACHE or ~/.cache/surgeon)",
+        help="neither reuse nor keep the folder's analysis and what earlier plans measured "
+        "on it (scores, influence; kept under $SURGEON_CACHE or ~/.cache/surgeon)",
     )
     p.set_defaults(run=_cmd_apply)
 

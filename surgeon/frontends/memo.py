@@ -39,7 +39,7 @@ from torch.utils import _pytree
 
 from .graph import Graph, Inputs, ParamTable, assign, tensor_of
 
-__all__ = ["clear", "key", "recall", "remember", "replay"]
+__all__ = ["bound", "clear", "key", "parts", "recall", "remember", "replay"]
 
 NODES = 200_000  # nodes kept in all (a tiny model's graph has a few hundred, an 8 B
 # model's a few thousand), the least recently used graphs dropped first
@@ -101,6 +101,21 @@ def remember(key: tuple | None, graph: Graph, model: nn.Module, caught: list) ->
     if key is None:
         return
     gm = graph.module
+    attributes, extras, constants = parts(graph, model)
+    entry = _Entry(
+        _copied(gm.graph), type(gm).__name__, attributes, extras, constants, graph.frontend,
+        list(caught),
+    )  # fmt: skip
+    _KEPT[key] = entry
+    while sum(len(e.graph.nodes) for e in _KEPT.values()) > NODES:
+        _KEPT.popitem(last=False)
+
+
+def parts(graph: Graph, model: nn.Module) -> tuple[dict, dict, dict]:
+    """What a graph module of `model`'s trace holds besides its graph and `model`'s
+    tensors: its own attributes (pytree specs, meta, ...), what it reads that `model`
+    does not hold, and copies of the constants the trace made."""
+    gm = graph.module
     constants = {
         e.name: tensor_of(gm, e.name).clone() for e in graph.params if e.kind == "constant"
     }
@@ -111,13 +126,7 @@ def remember(key: tuple | None, graph: Graph, model: nn.Module, caught: list) ->
                 extras[node.target] = _get(gm, node.target)
     attributes = {k: v for k, v in vars(gm).items() if not k.startswith("_") and k not in _INTERNAL}
     attributes.update({k: getattr(gm, k) for k in ("_in_spec", "_out_spec") if k in vars(gm)})
-    entry = _Entry(
-        _copied(gm.graph), type(gm).__name__, attributes, extras, constants, graph.frontend,
-        list(caught),
-    )  # fmt: skip
-    _KEPT[key] = entry
-    while sum(len(e.graph.nodes) for e in _KEPT.values()) > NODES:
-        _KEPT.popitem(last=False)
+    return attributes, extras, constants
 
 
 def replay(caught: list[warnings.WarningMessage]) -> None:
@@ -155,19 +164,26 @@ def _copied(source: fx.Graph) -> fx.Graph:
 
 
 def _module(entry: _Entry, model: nn.Module, constants: dict) -> fx.GraphModule:
-    graph = _copied(entry.graph)
+    return bound(_copied(entry.graph), entry.name, entry.attributes, entry.extras, constants, model)
+
+
+def bound(
+    graph: fx.Graph, name: str, attributes: dict, extras: dict, constants: dict, model: nn.Module
+) -> fx.GraphModule:
+    """A graph module of `graph` (taken as it is) reading `model`'s tensors, `constants`
+    and `extras` by its nodes' targets, with `attributes` (`parts`) set on it."""
     root = nn.Module()
     for node in graph.nodes:
         if node.op not in ("get_attr", "call_module") or _held(root, node.target):
             continue
         if node.target in constants:
             assign(root, node.target, constants[node.target], persistent=None)
-        elif node.target in entry.extras:
-            assign(root, node.target, entry.extras[node.target], persistent=None)
+        elif node.target in extras:
+            assign(root, node.target, extras[node.target], persistent=None)
         else:
             assign(root, node.target, _get(model, node.target))
-    module = fx.GraphModule(root, graph, entry.name)
-    for k, v in entry.attributes.items():
+    module = fx.GraphModule(root, graph, name)
+    for k, v in attributes.items():
         if isinstance(v, types.MethodType):  # ep.module()'s train and eval, bound anew
             v = types.MethodType(v.__func__, module)
         elif isinstance(v, dict):
