@@ -1,17 +1,21 @@
 """A folder's graph and analysis kept on disk (surgeon.io.prepared): a second preparation
-reads them instead of tracing, and gets the graph op for op and the analysis group for
-group of a fresh trace, computing the model's own output on its weights; a child made
-from it is byte for byte the child of a run without the cache; whatever the key holds
-changes it; a kept file that cannot be used, or that names another class, is no cache."""
+reads them instead of tracing, and gets the graph node for node and the analysis group
+for group of a fresh trace; a child made from it is byte for byte the child of a run
+without the cache; whatever the key holds changes it, and only that (in another process,
+under another hash seed, the key is the same); a kept file that cannot be used, or that
+would call anything but the classes a graph holds, is no cache."""
 
 import hashlib
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import surgeon
-import surgeon.io.prepared as prepared
+import surgeon.io.stamps as stamps
 from surgeon.api import stream_apply
 from surgeon.cli import main
 from surgeon.pipeline import prepare_folder
@@ -34,8 +38,10 @@ def _nodes(graph):
     out = []
     for n in graph.graph.nodes:
         val = n.meta.get("val")
-        shape = (tuple(val.shape), val.dtype) if isinstance(val, torch.Tensor) else repr(val)
-        out.append((n.name, n.op, str(n.target), repr(n.args), shape, n.meta.get("stack_trace")))
+        if isinstance(val, torch.Tensor):
+            val = (tuple(val.shape), val.stride(), val.storage_offset(), val.dtype, val.device)
+        meta = (repr(val), repr(n.meta.get("nn_module_stack")), n.meta.get("stack_trace"))
+        out.append((n.name, n.op, str(n.target), repr(n.args), repr(n.kwargs), *meta))
     return out
 
 
@@ -101,6 +107,8 @@ def test_a_child_from_the_kept_parent_is_byte_for_byte_the_uncached_child(
 
 
 def test_what_the_key_holds_changes_it(tmp_path, cache, monkeypatch):
+    from transformers.models.llama import modeling_llama
+
     _saved("llama", tmp_path / "parent")
     config = tmp_path / "parent" / "config.json"
     assert not prepare_folder(tmp_path / "parent").kept
@@ -108,17 +116,40 @@ def test_what_the_key_holds_changes_it(tmp_path, cache, monkeypatch):
     config.write_text(config.read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
     assert not prepare_folder(tmp_path / "parent").kept  # another constant in the graph
     assert prepare_folder(tmp_path / "parent").kept
-    from transformers.models.llama import modeling_llama
+    silu = modeling_llama.LlamaMLP.forward
 
-    forward = modeling_llama.LlamaMLP.forward
-    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", lambda self, x: forward(self, x))
-    assert not prepare_folder(tmp_path / "parent").kept  # a method patched in this process
+    def relu(self, x):
+        return self.down_proj(torch.relu(self.gate_proj(x)) * self.up_proj(x))
+
+    def sigmoid(self, x):  # the same bytecode as relu's, another name read
+        return self.down_proj(torch.sigmoid(self.gate_proj(x)) * self.up_proj(x))
+
+    changes = [
+        lambda: monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", relu),
+        lambda: monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", sigmoid),
+        lambda: monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", silu),  # as before
+        lambda: torch.set_default_dtype(torch.float64),  # the model built in another dtype
+        lambda: torch.set_default_dtype(torch.float32),
+        lambda: monkeypatch.setattr(stamps, "surgeon_stamp", lambda: "another surgeon"),
+    ]
+    for i, change in enumerate(changes):
+        change()
+        try:
+            assert prepare_folder(tmp_path / "parent").kept == (i == 2 or i == 4), i
+        finally:
+            torch.set_default_dtype(torch.float32)
+        assert prepare_folder(tmp_path / "parent").kept  # kept now
     monkeypatch.undo()  # the fixture's cache folder too
     monkeypatch.setenv("SURGEON_CACHE", str(cache.parent))
-    assert prepare_folder(tmp_path / "parent").kept
-    monkeypatch.setattr(prepared, "_surgeon_stamp", lambda: "another surgeon")
-    assert not prepare_folder(tmp_path / "parent").kept
     assert not prepare_folder(tmp_path / "parent", cache=False).kept
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = lambda *a, **k: sdpa(*a, **k)
+    try:
+        assert not prepare_folder(tmp_path / "parent").kept  # another function registered
+    finally:
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa
 
     @surgeon.register_rule("surgeon_test::nothing")
     def nothing(ctx, a):  # a user's rule: another table, another analysis maybe
@@ -131,22 +162,53 @@ def test_what_the_key_holds_changes_it(tmp_path, cache, monkeypatch):
     assert prepare_folder(tmp_path / "parent").kept
     batch = {"input_ids": torch.ones(1, 5, dtype=torch.long)}  # other example inputs
     assert not prepare_folder(tmp_path / "parent", batch).kept
+    batch = {"input_ids": torch.zeros(1, 5, dtype=torch.long)}  # values a meta trace never reads
     assert prepare_folder(tmp_path / "parent", batch).kept
 
 
-class _Remove:
-    """Unpickled, it would remove `path`: what a kept file must never run."""
+_KEY = """
+import sys
+import surgeon
+from surgeon.frontends.load import load_model
+from surgeon.io.names import load_names
+from surgeon.io.prepared import prepared_key
+from surgeon.io.shards import Shards
 
-    def __init__(self, path):
-        self.path = str(path)
+@surgeon.register_rule("surgeon_test::sets")
+def sets(ctx, a):  # a set literal: its order depends on the hash seed
+    return a.node.name in {"alpha", "beta", "gamma", "delta"}
+
+model, _ = load_model(sys.argv[1], weights=False)
+print(prepared_key(model, None, load_names(model, Shards(sys.argv[1]).index)))
+"""
+
+
+def test_the_key_is_the_same_in_another_process_under_another_hash_seed(tmp_path):
+    _saved("llama", tmp_path / "parent")
+    keys = set()
+    for seed in ("1", "2", "3"):
+        run = subprocess.run(
+            [sys.executable, "-c", _KEY, str(tmp_path / "parent")],
+            capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed},
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        keys.add(run.stdout.strip().splitlines()[-1])
+    assert len(keys) == 1 and "None" not in keys
+
+
+class _Call:
+    """Unpickled, it would call `fn(*args)`: what a kept file must never do."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
 
     def __reduce__(self):
-        import os
-
-        return (os.remove, (self.path,))
+        return (self.fn, self.args)
 
 
 def test_a_kept_file_that_cannot_be_used_is_no_cache(tmp_path, cache):
+    import operator
+
     _saved("llama", tmp_path / "parent")
     want = _groups(prepare_folder(tmp_path / "parent").analysis)
     (file,) = cache.glob("*.pkl")
@@ -155,9 +217,21 @@ def test_a_kept_file_that_cannot_be_used_is_no_cache(tmp_path, cache):
     assert not parent.kept and _groups(parent.analysis) == want
     sentinel = tmp_path / "sentinel"
     sentinel.write_text("kept")
-    file.write_bytes(pickle.dumps([pickle.dumps(_Remove(sentinel)), b""]))
-    parent = prepare_folder(tmp_path / "parent")
-    assert not parent.kept and sentinel.exists() and _groups(parent.analysis) == want
+    remove = f"__import__('os').remove({str(sentinel)!r})"
+    calls = [
+        _Call(os.remove, str(sentinel)),
+        _Call(eval, remove),
+        _Call(operator.attrgetter, "remove"),
+        _Call(torch.storage._load_from_bytes, pickle.dumps(_Call(os.remove, str(sentinel)))),
+        _Call(torch.fx.GraphModule, torch.nn.Module(), torch.fx.Graph()),
+    ]
+    for call in calls:
+        for where in (0, 1):  # the file's list, or the graph's pickle in it
+            blobs = [pickle.dumps(call), b""] if where else None
+            file.write_bytes(pickle.dumps(blobs) if where else pickle.dumps(call))
+            parent = prepare_folder(tmp_path / "parent")
+            assert not parent.kept and sentinel.exists(), call.fn
+            assert _groups(parent.analysis) == want
     assert prepare_folder(tmp_path / "parent").kept  # written again
 
 
