@@ -11,7 +11,7 @@ import torch
 from surgeon.frontends import output_tensors
 from tests.zoo import VOCAB
 
-__all__ = ["GQA", "fingerprint", "out", "shrink_plan", "train"]
+__all__ = ["GQA", "analysis_groups", "fingerprint", "graph_nodes", "out", "shrink_plan", "train"]
 
 GQA = {"llama", "qwen2", "qwen3", "mistral", "phi3", "phi", "gemma", "gemma2"}
 
@@ -113,3 +113,28 @@ def assert_child_is_a_hand_slice(model, inputs: dict, child, want: dict) -> None
     with torch.no_grad():  # logits, or the last hidden state of a model without a head
         got, expect = output_tensors(child(**inputs))[0], output_tensors(fresh(**inputs))[0]
     torch.testing.assert_close(got, expect, atol=1e-5, rtol=1e-5)
+
+
+def graph_nodes(graph) -> list:
+    """A traced graph's nodes as what the passes read of them: name, op, target,
+    arguments, the value's shape, stride, offset, dtype and device, module stack, source."""
+    out = []
+    for n in graph.graph.nodes:
+        val = n.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            val = (tuple(val.shape), val.stride(), val.storage_offset(), val.dtype, val.device)
+        meta = (repr(val), repr(n.meta.get("nn_module_stack")), n.meta.get("stack_trace"))
+        out.append((n.name, n.op, str(n.target), repr(n.args), repr(n.kwargs), *meta))
+    return out
+
+
+def analysis_groups(analysis) -> tuple:
+    """An analysis's layers (groups, stream values), groups and tensors' axes."""
+    layers = [
+        (x.name, x.heads, x.kv, x.ffn, x.experts, x.input.name, x.output.name, x.applied)
+        for x in analysis.layers
+    ]
+    groups = sorted(
+        (g.id, g.size, g.role, g.movable, sorted(g.members)) for g in analysis.groups.values()
+    )
+    return layers, groups, analysis.residual, sorted(analysis.dims.tensors.items())

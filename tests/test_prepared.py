@@ -1,9 +1,10 @@
-"""A folder's graph and analysis kept on disk (surgeon.io.prepared): a second preparation
-reads them instead of tracing, and gets the graph node for node and the analysis group
-for group of a fresh trace; a child made from it is byte for byte the child of a run
-without the cache; whatever the key holds changes it, and only that (in another process,
-under another hash seed, the key is the same); a kept file that cannot be used, or that
-would call anything but the classes a graph holds, is no cache."""
+"""A folder's graph and analysis kept on disk (surgeon.io.prepared; benchmarks/
+prepared_zoo.py checks every zoo type): a second preparation reads them instead of
+tracing, and gets the graph node for node and the analysis group for group of a fresh
+trace; a child made from it is byte for byte the child of a run without the cache;
+whatever the key holds changes it, and only that (in another process, under another
+hash seed, the key is the same); a kept file that cannot be used, or that would call
+anything but the classes a graph holds, is no cache."""
 
 import hashlib
 import os
@@ -20,6 +21,7 @@ from surgeon.api import stream_apply
 from surgeon.cli import main
 from surgeon.pipeline import prepare_folder
 from tests import zoo
+from tests.helpers import analysis_groups, graph_nodes
 
 
 @pytest.fixture
@@ -34,34 +36,11 @@ def _saved(name, folder, **changes):
     return model, inputs
 
 
-def _nodes(graph):
-    out = []
-    for n in graph.graph.nodes:
-        val = n.meta.get("val")
-        if isinstance(val, torch.Tensor):
-            val = (tuple(val.shape), val.stride(), val.storage_offset(), val.dtype, val.device)
-        meta = (repr(val), repr(n.meta.get("nn_module_stack")), n.meta.get("stack_trace"))
-        out.append((n.name, n.op, str(n.target), repr(n.args), repr(n.kwargs), *meta))
-    return out
-
-
-def _groups(analysis):
-    layers = [
-        (x.name, x.heads, x.kv, x.ffn, x.experts, x.input.name, x.output.name, x.applied)
-        for x in analysis.layers
-    ]
-    groups = sorted(
-        (g.id, g.size, g.role, g.movable, sorted(g.members)) for g in analysis.groups.values()
-    )
-    return layers, groups, analysis.residual, sorted(analysis.dims.tensors.items())
-
-
 @pytest.mark.parametrize(
     "name, changes",
     [
         ("llama", {"num_hidden_layers": 6}),  # a twin's graph, expanded
         ("t5", {}),  # two stacks, traced whole
-        ("qwen3_5_text", {}),  # linear attention beside softmax attention
     ],
 )
 def test_a_kept_parent_is_the_fresh_one(name, changes, tmp_path, cache):
@@ -70,8 +49,8 @@ def test_a_kept_parent_is_the_fresh_one(name, changes, tmp_path, cache):
     assert not fresh.kept and len(list(cache.glob("*.pkl"))) == 1
     kept = prepare_folder(tmp_path / "parent")
     assert kept.kept
-    assert _nodes(kept.graph) == _nodes(fresh.graph)
-    assert _groups(kept.analysis) == _groups(fresh.analysis)
+    assert graph_nodes(kept.graph) == graph_nodes(fresh.graph)
+    assert analysis_groups(kept.analysis) == analysis_groups(fresh.analysis)
     assert [vars(e) for e in kept.graph.params] == [vars(e) for e in fresh.graph.params]
     nodes = set(kept.graph.graph.nodes)
     assert all(x.input in nodes and x.output in nodes for x in kept.analysis.layers)
@@ -185,14 +164,21 @@ print(prepared_key(model, None, load_names(model, Shards(sys.argv[1]).index)))
 
 def test_the_key_is_the_same_in_another_process_under_another_hash_seed(tmp_path):
     _saved("llama", tmp_path / "parent")
-    keys = set()
-    for seed in ("1", "2", "3"):
-        run = subprocess.run(
+    runs = [
+        subprocess.Popen(
             [sys.executable, "-c", _KEY, str(tmp_path / "parent")],
-            capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
         )  # fmt: skip
-        assert run.returncode == 0, run.stderr[-2000:]
-        keys.add(run.stdout.strip().splitlines()[-1])
+        for seed in ("1", "2")
+    ]
+    keys = set()
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-2000:]
+        keys.add(out.strip().splitlines()[-1])
     assert len(keys) == 1 and "None" not in keys
 
 
@@ -210,11 +196,11 @@ def test_a_kept_file_that_cannot_be_used_is_no_cache(tmp_path, cache):
     import operator
 
     _saved("llama", tmp_path / "parent")
-    want = _groups(prepare_folder(tmp_path / "parent").analysis)
+    want = analysis_groups(prepare_folder(tmp_path / "parent").analysis)
     (file,) = cache.glob("*.pkl")
     file.write_bytes(file.read_bytes()[:1000])  # cut short
     parent = prepare_folder(tmp_path / "parent")
-    assert not parent.kept and _groups(parent.analysis) == want
+    assert not parent.kept and analysis_groups(parent.analysis) == want
     sentinel = tmp_path / "sentinel"
     sentinel.write_text("kept")
     remove = f"__import__('os').remove({str(sentinel)!r})"
@@ -231,7 +217,7 @@ def test_a_kept_file_that_cannot_be_used_is_no_cache(tmp_path, cache):
             file.write_bytes(pickle.dumps(blobs) if where else pickle.dumps(call))
             parent = prepare_folder(tmp_path / "parent")
             assert not parent.kept and sentinel.exists(), call.fn
-            assert _groups(parent.analysis) == want
+            assert analysis_groups(parent.analysis) == want
     assert prepare_folder(tmp_path / "parent").kept  # written again
 
 
