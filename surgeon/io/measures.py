@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-__all__ = ["batches_key", "cache_folder", "load_measures", "save_measures"]
+__all__ = ["batches_key", "cache_folder", "load_measures", "save_measures", "write_kept"]
 
 
 def cache_folder() -> Path:
@@ -54,13 +54,30 @@ def save_measures(folder: Path, measures: dict) -> None:
     if not measures:
         return
     try:
-        path = _file(folder)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
-            torch.save(measures, f)
-        os.replace(f.name, path)
+        write_kept(_file(folder), lambda f: torch.save(measures, f))
     except OSError:
         pass
+
+
+def write_kept(path: Path, write: Callable[[IO[bytes]], None], keep: int | None = None) -> None:
+    """`write(file)` into `path` atomically (a temporary file beside it, renamed; removed
+    on any failure, an interrupt included); with `keep`, the files of `path`'s suffix in
+    its folder beyond the `keep` most recently written are removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
+            tmp = f.name
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    if keep is not None:
+        kept = sorted(path.parent.glob(f"*{path.suffix}"), key=lambda p: p.stat().st_mtime_ns)
+        for old in kept[:-keep]:
+            old.unlink(missing_ok=True)
 
 
 def batches_key(batches: Iterable[Any] | None) -> str:

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ import torch
 from torch import nn
 
 from . import graph_pickle, stamps
-from .measures import cache_folder
+from .measures import cache_folder, write_kept
 
 __all__ = ["load_prepared", "prepared_key", "save_prepared"]
 
@@ -138,27 +136,9 @@ def save_prepared(
         }
         body = {"analysis": analysis, "buffers": buffers}
         blobs = [graph_pickle.dumps(x, index, graph) for x in (head, body)]
-        _write(_path(key), blobs)
+        write_kept(_path(key), lambda f: pickle.dump(blobs, f, protocol=5), keep=KEPT)
     except Exception:  # noqa: BLE001 - what cannot be kept is traced next time
         return
-
-
-def _write(path: Path, blobs: list[bytes]) -> None:
-    """`blobs` into `path` atomically; the oldest files beyond `KEPT` removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
-            tmp = f.name
-            pickle.dump(blobs, f, protocol=5)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    kept = sorted(path.parent.glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns)
-    for old in kept[:-KEPT]:
-        old.unlink(missing_ok=True)
 
 
 def load_prepared(key: str | None, model: nn.Module):
