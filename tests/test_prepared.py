@@ -59,10 +59,21 @@ def test_a_kept_parent_is_the_fresh_one(name, changes, tmp_path, cache):
 
 @pytest.mark.parametrize("importance", ["weight", "activation"])
 def test_a_child_from_the_kept_parent_is_byte_for_byte_the_uncached_child(
-    importance, tmp_path, cache
+    importance, tmp_path, cache, monkeypatch
 ):
     """With `activation`, the kept graph runs the parent on calibration batches, layer by
     layer on the folder's weights (its measures deleted, so they are made again)."""
+    import surgeon.io.prepared as prepared
+
+    loaded = []
+    load = prepared.load_prepared
+
+    def spy(*args):
+        found = load(*args)
+        loaded.append(found is not None)
+        return found
+
+    monkeypatch.setattr(prepared, "load_prepared", spy)
     model, _ = _saved("llama", tmp_path / "parent", num_hidden_layers=6)
     plan = {
         "target": {"num_layers": 4, "hidden_size": 32, "intermediate_size": 48},
@@ -83,6 +94,7 @@ def test_a_child_from_the_kept_parent_is_byte_for_byte_the_uncached_child(
         }
     assert outs["plain"] == outs["first"] == outs["kept"]
     assert len(list(cache.glob("*.pkl"))) == 1  # written by `first` only
+    assert loaded == [False, False, True]  # only `kept` read the file
 
 
 def test_what_the_key_holds_changes_it(tmp_path, cache, monkeypatch):
