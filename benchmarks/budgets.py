@@ -8,21 +8,24 @@ out). Every child is built by `surgeon.subclone` with the `surgeon` recipe (acti
 importance, influence depth) on the calibration windows; its parameter count is
 `sum(p.numel())` of the child as built, compared with the budget.
 
-    .venv/bin/python benchmarks/budgets.py [--budget 60000000] [--threads 1]
+    .venv/bin/python benchmarks/budgets.py [--budget 60000000 ...] [--threads 1]
         [--shapes NAME ...] [--json FILE]
     .venv/bin/python benchmarks/budgets.py --train "all 30 layers fixed" --lr 0.01 --wd 1
 
-Writes benchmarks/results/budgets.json (commit, date, rows; `--shapes`: those shapes only,
-`--json`: another file). `--train SHAPE` builds only
-that shape and trains it as `benchmarks/convergence.py` trains a run (its steps, batch,
-schedule and test checks; seed 0) at the stated lr and weight decay, not searched:
-one point of the grid, the same for every shape it is run for; the row goes to
-benchmarks/results/budgets_trained.jsonl.
+Writes benchmarks/results/budgets.json (commit, date, rows, each with its budget;
+`--shapes`: those shapes only, `--json`: another file). "solver's choice, by size" is a
+control: the solver ranks its candidates by the shares of their sizes (the even cut, what
+it did before it ranked by importance kept), its `_importance` replaced for that row.
+`--train SHAPE` builds only that shape (at the first budget) and trains it as
+`benchmarks/convergence.py` trains a run (its steps, batch, schedule and test checks; seed
+0) at the stated lr and weight decay, not searched: one point of the grid, the same for
+every shape it is run for; the row goes to benchmarks/results/budgets_trained.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import time
@@ -36,6 +39,7 @@ OUT = Path(__file__).resolve().parent / "results" / "budgets.json"
 TRAINED = OUT.with_name("budgets_trained.jsonl")
 SHAPES = {  # the plan's keys beside the budget (the solver chooses the sizes not fixed)
     "solver's choice": {},
+    "solver's choice, by size": {"by": "size"},
     "hidden 480 fixed": {"hidden_size": 480},
     "hidden 384 fixed": {"hidden_size": 384},
     "all 30 layers fixed": {"num_layers": 30},
@@ -52,6 +56,21 @@ SHAPES = {  # the plan's keys beside the budget (the solver chooses the sizes no
     "solver's choice, per_layer_heads": {"layout": "per_layer_heads"},
     "hidden 480 fixed, per_layer_heads": {"hidden_size": 480, "layout": "per_layer_heads"},
 }
+
+
+@contextlib.contextmanager
+def by_size(on: bool):
+    """The solver ranking its candidates by the shares of their sizes (`on`), as it did
+    before it ranked them by importance kept."""
+    import surgeon.budget
+
+    kept = surgeon.budget._importance
+    if on:
+        surgeon.budget._importance = lambda *args: {}
+    try:
+        yield
+    finally:
+        surgeon.budget._importance = kept
 
 
 def held_out_loss(model, windows) -> float:
@@ -94,7 +113,7 @@ class WithLoss(torch.nn.Module):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budget", type=int, default=60_000_000)
+    p.add_argument("--budget", type=int, nargs="+", default=[60_000_000])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="these shapes only")
     p.add_argument("--json", type=Path, default=OUT, help="where the rows go")
@@ -117,23 +136,27 @@ def main() -> None:
             "test": held_out_loss(parent, split["test"]),
         }
     ]
-    for name, fixed in SHAPES.items():
-        if (args.train and name != args.train) or (args.shapes and name not in args.shapes):
-            continue
-        sizes = {k: v for k, v in fixed.items() if k not in ("layout", "emit")}
-        plan = {"target": {"parameters": args.budget, **sizes}, "recipe": "surgeon"}
+    chosen = [n for n in SHAPES if (not args.train or n == args.train)]
+    chosen = [n for n in chosen if not args.shapes or n in args.shapes]
+    for budget, name in ((b, n) for b in args.budget for n in chosen):
+        fixed = SHAPES[name]
+        sizes = {k: v for k, v in fixed.items() if k not in ("layout", "emit", "by")}
+        plan = {"target": {"parameters": budget, **sizes}, "recipe": "surgeon"}
         plan.update({k: v for k, v in fixed.items() if k in ("layout", "emit")})
         t0 = time.perf_counter()
-        child = subclone(parent, plan, calibration=batches)
+        with by_size(fixed.get("by") == "size"):
+            child = subclone(parent, plan, calibration=batches)
         seconds = time.perf_counter() - t0
         count = sum(t.numel() for t in child.model.parameters())
         row = {
             "shape": name,
+            "budget": budget,
             "plan": plan,
             "sizes": child.cut.sizes,
             "layers_kept": child.cut.state.kept_layers(),
             "parameters": count,
-            "share_of_budget": count / args.budget,
+            "share_of_budget": count / budget,
+            "chosen_by": child.cut.surgery.budget.get("chosen_by"),
             "solver_count": child.cut.surgery.budget["child_parameters"],
             "ffn_per_layer": [len(x["intermediate_size"]) for x in child.kept["per_layer"]],
             "kv_per_layer": [len(x.get("num_kv_heads", [])) for x in child.kept["per_layer"]],
@@ -159,7 +182,7 @@ def main() -> None:
     result = {
         "commit": commit(),
         "date": datetime.date.today().isoformat(),
-        "budget": args.budget,
+        "budgets": args.budget,
         "threads": args.threads,
         "rows": rows,
     }

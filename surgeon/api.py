@@ -408,7 +408,21 @@ def dry_run(
         child = type(parent.model)(cut.config)
     old, new = (sum(p.numel() for p in m.parameters()) for m in (parent.model, child))
     text = f"{text}; parameters {old:,} -> {new:,} ({new / old:.1%})"
-    return text + budget_line(cut.surgery.budget, "; ")
+    return text + budget_line(cut.surgery.budget, "; ") + _unscored(cut.surgery)
+
+
+def _unscored(surgery: Any) -> str:
+    """Where a dry run chose a budget's sizes by size because the importance the plan
+    scores by cannot be measured without the weights or the calibration data."""
+    if surgery.budget.get("chosen_by") != "size":
+        return ""
+    methods = {getattr(p, "method", None) for p in surgery.passes if p.name == "score"}
+    if not methods & {"activation", "weight"}:
+        return ""
+    return (
+        "; sizes chosen here by size (an even cut): the child is cut to the sizes that "
+        "keep the most importance, which may differ"
+    )
 
 
 def budget_line(budget: dict, sep: str) -> str:

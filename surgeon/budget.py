@@ -14,13 +14,19 @@ head count, the head count times head_dim.
 
 A candidate's parameter count is exact, computed from the analysis (each tensor's axes
 and the sizes their groups keep, tensors of dropped layers left out), never by building
-the child. Among the candidates within [0.97 N, N] the solver keeps the one that cuts the
-sizes most evenly: the largest product of the kept shares (layers kept / parent's, times
-hidden, FFN and heads likewise), the larger count on a tie; the chosen sizes are then
-checked as any plan is (the config must hold them), the next candidate taken where it
-cannot. With no candidate in that window, the largest count under N. The shares are of
-sizes, not of measured importance: which positions are kept is still the plan's
-importance method's choice.
+the child. Among the candidates within [0.97 N, N] the solver keeps the one that keeps the
+most importance: the largest product of the kept shares, the larger count on a tie. A
+share is of the plan's importance scores (`activation` on its calibration batches,
+`weight` without data; measured once, then kept with the parent's measures for the passes
+and later plans): the residual stream's scores its hidden size keeps, and, averaged over
+the kept layers, the FFN neurons' and the key/value groups' (query heads where no group
+is shared) scores their widths keep, each group's best positions first; layers count by
+their number (layers kept / parent's). Where the plan's importance gives no scores
+(`first`, `uniform`, `activation` with no calibration batches, a parent whose weights are
+not at hand), the shares are of sizes instead: layers, hidden and FFN width kept / the
+parent's (the even cut). The chosen sizes are then checked as any plan is (the config
+must hold them), the next candidate taken where it cannot. With no candidate in that
+window, the largest count under N.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from .analysis import FFN_ROLES
 from .errors import PlanError
@@ -89,10 +97,11 @@ class Limit:
         return f"{value:,} {'active ' if self.active else ''}parameters"
 
 
-def solve(parent: Parent, surgery: Surgery) -> Surgery:
-    """The surgery with its budget turned into sizes (`Surgery.budget` records the budget
-    and what the child uses of it); `PlanError` for a budget no child of this parent
-    fits."""
+def solve(parent: Parent, surgery: Surgery, calibration: list | None = None) -> Surgery:
+    """The surgery with its budget turned into sizes (`Surgery.budget` records the budget,
+    what the child uses of it, and whether the sizes were chosen by importance kept or by
+    size); `PlanError` for a budget no child of this parent fits. `calibration`: the
+    batches `activation` importance is measured on."""
     from .pipeline import check, resolve
 
     plan = surgery.plan
@@ -100,7 +109,7 @@ def solve(parent: Parent, surgery: Surgery) -> Surgery:
     if "latency" in plan.budget:
         from .latency import solve_latency
 
-        return solve_latency(parent, surgery)
+        return solve_latency(parent, surgery, calibration=calibration)
     sizes = _parent_sizes(parent)
     if plan.layout != "uniform" and "num_layers" not in plan.target:
         # the budget is met by widths, dealt per layer, rather than by dropping layers
@@ -117,7 +126,8 @@ def solve(parent: Parent, surgery: Surgery) -> Surgery:
             f"target.{limit.key} = {limit.text(limit.value)} is not below the parent's "
             f"{limit.text(whole)}: nothing to cut (ask for less)"
         )
-    candidates = _candidates(parent, plan, limit)
+    curves = _importance(parent, surgery, calibration)
+    candidates = _candidates(parent, plan, limit, curves)
     if not candidates:
         smallest = _smallest(parent, plan, limit)
         raise PlanError(
@@ -139,6 +149,7 @@ def solve(parent: Parent, surgery: Surgery) -> Surgery:
             _counted_key(limit): count,
             **({"child_bytes": used} if limit.key == "memory" else {}),
             "share": used / limit.value,
+            "chosen_by": "importance" if curves else "size",
         }
         return replace(trial, budget=record)
     raise PlanError(
@@ -238,8 +249,11 @@ def _tied_hidden(parent: Parent, sizes: dict) -> bool:
     return config_value(config, "head_dim") is None or _derived(config, "head_dim")
 
 
-def _candidates(parent: Parent, plan, limit: Limit) -> list[tuple[int, int, dict]]:
-    """Every candidate's (use of the budget, parameter count, sizes), best first."""
+def _candidates(
+    parent: Parent, plan, limit: Limit, curves: Mapping | None = None
+) -> list[tuple[int, int, dict]]:
+    """Every candidate's (use of the budget, parameter count, sizes), best first
+    (`curves`: `_importance`'s, where the plan's importance gives scores)."""
     sizes = _parent_sizes(parent)
     options = _options(parent, plan, sizes)
     tied = _tied_hidden(parent, sizes) and "hidden_size" not in plan.target
@@ -269,10 +283,15 @@ def _candidates(parent: Parent, plan, limit: Limit) -> list[tuple[int, int, dict
             count, ffn = best
             used = limit.used(count, cache)
             chosen = {"num_layers": n, **width, **ffn}
-            share = _share(chosen, sizes, layers, options)
-            scored.append((used >= LOWEST * limit.value, share, used, count, chosen))
-    scored.sort(key=lambda s: s[:3], reverse=True)
-    return [(used, count, _plan_sizes(chosen, sizes)) for _, _, used, count, chosen in scored]
+            if curves:
+                share = _kept_importance(parent, chosen, kept, curves)
+            else:
+                share = _share(chosen, sizes, layers, options)
+            near = used >= LOWEST * limit.value
+            rank = (near, share, used) if near else (near, used, share)  # else the largest
+            scored.append((rank, used, count, chosen))
+    scored.sort(key=lambda s: s[0], reverse=True)
+    return [(used, count, _plan_sizes(chosen, sizes)) for _, used, count, chosen in scored]
 
 
 def _widths(options: dict, sizes: dict, tied: bool) -> list[tuple]:
@@ -375,6 +394,63 @@ def _share(chosen: dict, sizes: dict, layers: int, options: dict) -> float:
     shares = [chosen["num_layers"] / layers, chosen["hidden_size"] / sizes["hidden_size"]]
     shares += [chosen[r] / sizes[r] for r in options["ffn"]][:1]
     return math.prod(shares)
+
+
+def _importance(parent: Parent, surgery: Surgery, calibration) -> dict[int, torch.Tensor]:
+    """Each scored group's cumulative share of its scores, its best positions first (a
+    group keeping k positions keeps share [k - 1]), by the plan's importance method (the
+    scores then kept in the parent's measures, so the passes do not measure them again);
+    empty where the method gives no scores or cannot run here."""
+    from .passes.score import Score
+    from .pipeline import runner
+
+    score = next((p for p in surgery.passes if isinstance(p, Score)), None)
+    if score is None or score.method not in ("activation", "weight"):
+        return {}
+    if score.needs_data and not calibration:
+        return {}
+    if not parent.streamed and any(p.is_meta for p in parent.model.parameters()):
+        return {}  # a dry run on the meta device: no weights to score
+    source = parent.tensor if parent.streamed else None
+    state = SurgeryState(parent.graph, parent.analysis, source=source, calibration=calibration)
+    if score.needs_data:
+        state.runner = runner(parent, surgery.plan.device)
+    state.measures = parent.measures
+    score.run(state)
+    out = {}
+    for g, scores in state.scores.items():
+        ranked = torch.sort(scores.float().clamp_min(0), descending=True).values.cumsum(0)
+        if ranked[-1] > 0:
+            out[g] = ranked / ranked[-1]
+    return out
+
+
+def _kept_importance(parent: Parent, chosen: dict, kept: list[int], curves: Mapping) -> float:
+    """The product of the kept shares of importance (`_importance`): layers by number, the
+    residual streams' scores the hidden size keeps, and (each the mean over the kept
+    layers) the first FFN role's neurons' and the heads' (key/value groups, or query
+    heads where a layer has no shared groups) that their widths keep."""
+    a = parent.analysis
+    keep = resolve_target(a, {k: v for k, v in chosen.items() if k != "num_layers"})
+
+    def share(groups) -> float:
+        groups = [g for g in dict.fromkeys(groups) if g in keep]
+        if not groups:
+            return 1.0
+        return sum(_share_of(a, g, keep[g], curves) for g in groups) / len(groups)
+
+    layers = [a.layers[i] for i in dict.fromkeys(kept)]
+    ffn = [g for layer in layers for g in layer.ffn if layer.ffn_role.get(g) == FFN_ROLES[0]]
+    heads = [g for layer in layers for g in (layer.kv[:1] or layer.heads)]
+    stream = share(a.streams or [a.residual])
+    return len(kept) / len(a.layers) * stream * share(ffn) * share(heads)
+
+
+def _share_of(a, group: int, k: int, curves: Mapping) -> float:
+    """The share of `group`'s scores its best `k` positions hold (of its size, unscored)."""
+    if group in curves:
+        return float(curves[group][k - 1]) if k > 0 else 0.0
+    return k / a.atoms.size[group]
 
 
 def _counts(

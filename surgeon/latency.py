@@ -36,10 +36,11 @@ STEPS, WARMUP = 16, 4
 CONTEXT, BATCH = 128, 1
 
 
-def solve_latency(parent: Parent, surgery: Surgery, measure=None) -> Surgery:
+def solve_latency(parent: Parent, surgery: Surgery, measure=None, calibration=None) -> Surgery:
     """The surgery with its latency budget turned into sizes (`Surgery.budget` records the
     budget, the child's measured time and parameters, and every probe); `PlanError` where
-    even the smallest child is slower. `measure(config) -> ms` replaces the timing (tests)."""
+    even the smallest child is slower. `measure(config) -> ms` replaces the timing (tests);
+    `calibration`: the batches of the parameter budgets' solver (`solve`)."""
     from .budget import Limit, _smallest, solve
     from .emit.decoder import is_causal_lm
     from .pipeline import check
@@ -56,7 +57,8 @@ def solve_latency(parent: Parent, surgery: Surgery, measure=None) -> Surgery:
     probes: list[dict] = []
 
     def probe(count: int) -> tuple[float, Surgery]:
-        solved = solve(parent, replace(surgery, plan=replace(plan, budget={"parameters": count})))
+        asked = replace(surgery, plan=replace(plan, budget={"parameters": count}))
+        solved = solve(parent, asked, calibration)
         ms = measure(check(parent, solved).config)
         probes.append({"parameters": solved.budget["child_parameters"], "ms_per_token": ms})
         return ms, solved

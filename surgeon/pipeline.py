@@ -440,7 +440,7 @@ def check(
     if surgery.plan.budget:
         from .budget import solve
 
-        surgery = solve(parent, surgery)
+        surgery = solve(parent, surgery, calibration)
     source = parent.tensor if parent.streamed else None
     state = SurgeryState(parent.graph, parent.analysis, source=source, calibration=calibration)
     if surgery.needs_data:
@@ -467,9 +467,9 @@ def decide(
             "this plan runs the parent on calibration data (importance: activation or "
             "depth: influence): pass calibration batches"
         )
+    known = len(parent.measures)  # before the budget's solver, which may score
     cut = check(parent, surgery, calibration, progress)
     planned = cut.state.layers
-    known = len(parent.measures)
     for p in cut.surgery.passes:
         p.run(cut.state)
     if cut.surgery.budget:  # what the passes decided: measured depth, per-layer widths

@@ -4,10 +4,13 @@ by the child as built (`sum(p.numel())`), not by the solver's own arithmetic."""
 from __future__ import annotations
 
 import pytest
+import torch
 
+import surgeon
 from surgeon.api import dry_run, subclone
 from surgeon.errors import PlanError
 from surgeon.plan import load_plan
+from tests.zoo import build
 
 
 def _count(model) -> int:
@@ -153,3 +156,52 @@ def test_budgets_fit_encoders_vision_and_experts(prepared, name):
     built = _count(child.model)
     assert 0.8 * budget <= built <= budget  # the toy widths move in steps of a third
     assert child.cut.surgery.budget["child_parameters"] == built
+
+
+@pytest.mark.parametrize("recipe", ["data-free", "surgeon"])
+def test_a_budget_cuts_the_neurons_that_carry_nothing_and_keeps_the_parents_output(recipe):
+    """Where half of every layer's FFN neurons carry nothing (their weights zero, so
+    neither the weights nor the activations score them), a budget of the child without
+    them keeps every layer, the whole hidden size and every head, and cuts exactly those
+    neurons: of the children that fit, the one that keeps all the importance; unrescaled,
+    it computes the parent's output. By sizes (`importance: first`, no scores), the
+    solver drops a layer instead and keeps more neurons in the others."""
+    model, example = build(
+        "llama", tie_word_embeddings=False, hidden_size=128, intermediate_size=512
+    )
+    dead = torch.arange(1, 512, 2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate_proj.weight[dead] = 0
+            layer.mlp.up_proj.weight[dead] = 0
+            layer.mlp.down_proj.weight[:, dead] = 0
+    parent = surgeon.prepare(model, example)
+    data = {"calibration": [example]} if recipe == "surgeon" else {}
+    budget = _count(subclone(parent, {"target": {"intermediate_size": 256}}).model)
+    plan = {"target": {"parameters": budget}, "recipe": recipe, "rescale": "none"}
+    child = subclone(parent, plan, **data)
+    assert child.cut.surgery.budget["chosen_by"] == "importance"
+    sizes = child.cut.sizes
+    assert (sizes["num_layers"], sizes["hidden_size"], sizes["intermediate_size"]) == (3, 128, 256)
+    assert (sizes["num_heads"], sizes["num_kv_heads"]) == (4, 2)
+    alive = list(range(0, 512, 2))
+    assert all(sorted(kept["intermediate_size"]) == alive for kept in child.cut.kept["per_layer"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            child.model(**example).logits, model(**example).logits, rtol=1e-4, atol=1e-5
+        )
+    by_size = subclone(parent, {**plan, "importance": "first"}, **data)
+    assert by_size.cut.surgery.budget["chosen_by"] == "size"
+    assert by_size.cut.sizes["num_layers"] == 2
+
+
+def test_a_dry_run_without_the_data_says_its_budget_sizes_may_differ(prepared):
+    """`surgeon validate` of a budget plan scored on calibration data it does not have
+    chooses by size, and says that the child is cut to other sizes where importance
+    chooses them."""
+    p = prepared("llama")
+    budget = int(0.6 * _count(p.model))
+    line = dry_run(p.parent, {"target": {"parameters": budget}, "recipe": "surgeon"})
+    assert "sizes chosen here by size" in line
+    line = dry_run(p.parent, {"target": {"parameters": budget}, "importance": "first"})
+    assert "sizes chosen here" not in line

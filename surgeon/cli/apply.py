@@ -96,7 +96,9 @@ def _print(summary: dict, out: Path) -> None:
     from ..api import budget_line, from_to
 
     if s.get("budget"):
-        print(f"  {budget_line(s['budget'], '')} (sizes chosen to fit it)")
+        by = {"importance": ", by importance kept", "size": ", by size"}
+        how = by.get(s["budget"].get("chosen_by"), "")
+        print(f"  {budget_line(s['budget'], '')} (sizes chosen to fit it{how})")
     for key, value in from_to(s["parent_sizes"], s["child"]).items():
         print(f"  {key:<18} {value}")
     for key in ("intermediate_size", "num_heads", "num_kv_heads"):  # layout: per_layer(_heads)
