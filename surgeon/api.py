@@ -403,7 +403,7 @@ def dry_run(
     cut = check(parent, surgery)
     text = ", ".join(f"{k} {v}" for k, v in from_to(cut.parent_sizes, cut.sizes).items())
     if cut.config is None:
-        return text
+        return text + _unscored(cut.surgery)
     with torch.device("meta"):  # the class built from the child's config, as it will be
         child = type(parent.model)(cut.config)
     old, new = (sum(p.numel() for p in m.parameters()) for m in (parent.model, child))

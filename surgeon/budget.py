@@ -19,9 +19,10 @@ most importance: the largest product of the kept shares, the larger count on a t
 share is of the plan's importance scores (`activation` on its calibration batches,
 `weight` without data; measured once, then kept with the parent's measures for the passes
 and later plans): the residual stream's scores its hidden size keeps, and, averaged over
-the kept layers, the FFN neurons' and the key/value groups' (query heads where no group
-is shared) scores their widths keep, each group's best positions first; layers count by
-their number (layers kept / parent's). Where the plan's importance gives no scores
+the groups of the kept layers that a candidate cuts, the scores of the first free FFN
+size's neurons (a dense MLP's, else the routed experts') and of the heads that their
+widths keep, each group's best positions first; layers count by their number (layers
+kept / parent's). Where the plan's importance gives no scores
 (`first`, `uniform`, `activation` with no calibration batches, a parent whose weights are
 not at hand), the shares are of sizes instead: layers, hidden and FFN width kept / the
 parent's (the even cut). The chosen sizes are then checked as any plan is (the config
@@ -97,7 +98,9 @@ class Limit:
         return f"{value:,} {'active ' if self.active else ''}parameters"
 
 
-def solve(parent: Parent, surgery: Surgery, calibration: list | None = None) -> Surgery:
+def solve(
+    parent: Parent, surgery: Surgery, calibration: list | None = None, progress: bool = False
+) -> Surgery:
     """The surgery with its budget turned into sizes (`Surgery.budget` records the budget,
     what the child uses of it, and whether the sizes were chosen by importance kept or by
     size); `PlanError` for a budget no child of this parent fits. `calibration`: the
@@ -126,8 +129,10 @@ def solve(parent: Parent, surgery: Surgery, calibration: list | None = None) -> 
             f"target.{limit.key} = {limit.text(limit.value)} is not below the parent's "
             f"{limit.text(whole)}: nothing to cut (ask for less)"
         )
-    curves = _importance(parent, surgery, calibration)
-    candidates = _candidates(parent, plan, limit, curves)
+    candidates = _candidates(parent, plan, limit)
+    curves = _importance(parent, surgery, calibration, progress) if candidates else {}
+    if curves:
+        candidates = _candidates(parent, plan, limit, curves)
     if not candidates:
         smallest = _smallest(parent, plan, limit)
         raise PlanError(
@@ -284,7 +289,7 @@ def _candidates(
             used = limit.used(count, cache)
             chosen = {"num_layers": n, **width, **ffn}
             if curves:
-                share = _kept_importance(parent, chosen, kept, curves)
+                share = _kept_importance(parent, chosen, kept, curves, options["ffn"])
             else:
                 share = _share(chosen, sizes, layers, options)
             near = used >= LOWEST * limit.value
@@ -396,7 +401,9 @@ def _share(chosen: dict, sizes: dict, layers: int, options: dict) -> float:
     return math.prod(shares)
 
 
-def _importance(parent: Parent, surgery: Surgery, calibration) -> dict[int, torch.Tensor]:
+def _importance(
+    parent: Parent, surgery: Surgery, calibration, progress: bool = False
+) -> dict[int, torch.Tensor]:
     """Each scored group's cumulative share of its scores, its best positions first (a
     group keeping k positions keeps share [k - 1]), by the plan's importance method (the
     scores then kept in the parent's measures, so the passes do not measure them again);
@@ -416,6 +423,7 @@ def _importance(parent: Parent, surgery: Surgery, calibration) -> dict[int, torc
     if score.needs_data:
         state.runner = runner(parent, surgery.plan.device)
     state.measures = parent.measures
+    state.progress = progress
     score.run(state)
     out = {}
     for g, scores in state.scores.items():
@@ -425,25 +433,29 @@ def _importance(parent: Parent, surgery: Surgery, calibration) -> dict[int, torc
     return out
 
 
-def _kept_importance(parent: Parent, chosen: dict, kept: list[int], curves: Mapping) -> float:
+def _kept_importance(
+    parent: Parent, chosen: dict, kept: list[int], curves: Mapping, roles: list[str]
+) -> float:
     """The product of the kept shares of importance (`_importance`): layers by number, the
-    residual streams' scores the hidden size keeps, and (each the mean over the kept
-    layers) the first FFN role's neurons' and the heads' (key/value groups, or query
-    heads where a layer has no shared groups) that their widths keep."""
+    residual streams' scores the hidden size keeps, and (each the mean over the groups of
+    the kept layers that the candidate cuts) the neurons' of the first free FFN role
+    (`roles`: a dense MLP's, or the routed experts') and the heads' that their widths
+    keep. A size the candidate does not cut counts 1."""
     a = parent.analysis
     keep = resolve_target(a, {k: v for k, v in chosen.items() if k != "num_layers"})
 
     def share(groups) -> float:
-        groups = [g for g in dict.fromkeys(groups) if g in keep]
-        if not groups:
+        cut = [g for g in dict.fromkeys(groups) if g in keep and keep[g] < a.atoms.size[g]]
+        if not cut:
             return 1.0
-        return sum(_share_of(a, g, keep[g], curves) for g in groups) / len(groups)
+        return sum(_share_of(a, g, keep[g], curves) for g in cut) / len(cut)
 
     layers = [a.layers[i] for i in dict.fromkeys(kept)]
-    ffn = [g for layer in layers for g in layer.ffn if layer.ffn_role.get(g) == FFN_ROLES[0]]
-    heads = [g for layer in layers for g in (layer.kv[:1] or layer.heads)]
+    role = roles[0] if roles else None
+    ffn = [g for layer in layers for g in layer.ffn if layer.ffn_role.get(g) == role]
+    heads = [g for layer in layers for g in layer.heads]
     stream = share(a.streams or [a.residual])
-    return len(kept) / len(a.layers) * stream * share(ffn) * share(heads)
+    return len(set(kept)) / len(a.layers) * stream * share(ffn) * share(heads)
 
 
 def _share_of(a, group: int, k: int, curves: Mapping) -> float:

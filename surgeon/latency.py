@@ -89,6 +89,7 @@ def solve_latency(parent: Parent, surgery: Surgery, measure=None, calibration=No
         "child_ms_per_token": best_ms,
         "share": best_ms / spec["ms_per_token"],
         "probes": probes,
+        "chosen_by": best.budget.get("chosen_by"),
     }
     return replace(best, budget=record)
 

@@ -440,7 +440,7 @@ def check(
     if surgery.plan.budget:
         from .budget import solve
 
-        surgery = solve(parent, surgery, calibration)
+        surgery = solve(parent, surgery, calibration, progress)
     source = parent.tensor if parent.streamed else None
     state = SurgeryState(parent.graph, parent.analysis, source=source, calibration=calibration)
     if surgery.needs_data:
