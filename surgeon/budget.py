@@ -129,10 +129,9 @@ def solve(
             f"target.{limit.key} = {limit.text(limit.value)} is not below the parent's "
             f"{limit.text(whole)}: nothing to cut (ask for less)"
         )
-    candidates = _candidates(parent, plan, limit)
-    curves = _importance(parent, surgery, calibration, progress) if candidates else {}
-    if curves:
-        candidates = _candidates(parent, plan, limit, curves)
+    found = _candidates(parent, plan, limit)
+    curves = _importance(parent, surgery, calibration, progress) if found else {}
+    candidates = _ranked(parent, plan, limit, found, curves)
     if not candidates:
         smallest = _smallest(parent, plan, limit)
         raise PlanError(
@@ -254,16 +253,12 @@ def _tied_hidden(parent: Parent, sizes: dict) -> bool:
     return config_value(config, "head_dim") is None or _derived(config, "head_dim")
 
 
-def _candidates(
-    parent: Parent, plan, limit: Limit, curves: Mapping | None = None
-) -> list[tuple[int, int, dict]]:
-    """Every candidate's (use of the budget, parameter count, sizes), best first
-    (`curves`: `_importance`'s, where the plan's importance gives scores)."""
+def _candidates(parent: Parent, plan, limit: Limit) -> list[tuple[int, int, dict, list[int]]]:
+    """Every candidate's (use of the budget, parameter count, sizes, layers kept)."""
     sizes = _parent_sizes(parent)
     options = _options(parent, plan, sizes)
     tied = _tied_hidden(parent, sizes) and "hidden_size" not in plan.target
-    layers = len(parent.analysis.layers)
-    scored = []
+    found = []
     counted: dict = {}  # the dropped blocks' counts at one width
     for hidden, heads, kv in _widths(options, sizes, tied):
         width = {"hidden_size": hidden}
@@ -287,14 +282,26 @@ def _candidates(
                 continue
             count, ffn = best
             used = limit.used(count, cache)
-            chosen = {"num_layers": n, **width, **ffn}
-            if curves:
-                share = _kept_importance(parent, chosen, kept, curves, options["ffn"])
-            else:
-                share = _share(chosen, sizes, layers, options)
-            near = used >= LOWEST * limit.value
-            rank = (near, share, used) if near else (near, used, share)  # else the largest
-            scored.append((rank, used, count, chosen))
+            found.append((used, count, {"num_layers": n, **width, **ffn}, kept))
+    return found
+
+
+def _ranked(parent: Parent, plan, limit: Limit, found: list, curves: Mapping):
+    """`found` (`_candidates`) best first, as (use of the budget, parameter count, sizes
+    to write into the plan): within the window by importance kept (`curves`, where the
+    plan's importance gives scores) or by size, then by count; out of it, the largest."""
+    sizes = _parent_sizes(parent)
+    options = _options(parent, plan, sizes)
+    layers = len(parent.analysis.layers)
+    scored = []
+    for used, count, chosen, kept in found:
+        if curves:
+            share = _kept_importance(parent, chosen, kept, curves, options["ffn"])
+        else:
+            share = _share(chosen, sizes, layers, options)
+        near = used >= LOWEST * limit.value
+        rank = (near, share, used) if near else (near, used, share)
+        scored.append((rank, used, count, chosen))
     scored.sort(key=lambda s: s[0], reverse=True)
     return [(used, count, _plan_sizes(chosen, sizes)) for _, used, count, chosen in scored]
 
@@ -409,7 +416,7 @@ def _importance(
     scores then kept in the parent's measures, so the passes do not measure them again);
     empty where the method gives no scores or cannot run here."""
     from .passes.score import Score
-    from .pipeline import runner
+    from .pipeline import fresh_state
 
     score = next((p for p in surgery.passes if isinstance(p, Score)), None)
     if score is None or score.method not in ("activation", "weight"):
@@ -418,12 +425,7 @@ def _importance(
         return {}
     if not parent.streamed and any(p.is_meta for p in parent.model.parameters()):
         return {}  # a dry run on the meta device: no weights to score
-    source = parent.tensor if parent.streamed else None
-    state = SurgeryState(parent.graph, parent.analysis, source=source, calibration=calibration)
-    if score.needs_data:
-        state.runner = runner(parent, surgery.plan.device)
-    state.measures = parent.measures
-    state.progress = progress
+    state = fresh_state(parent, surgery, calibration, progress)
     score.run(state)
     out = {}
     for g, scores in state.scores.items():

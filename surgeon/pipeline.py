@@ -441,18 +441,27 @@ def check(
         from .budget import solve
 
         surgery = solve(parent, surgery, calibration, progress)
-    source = parent.tensor if parent.streamed else None
-    state = SurgeryState(parent.graph, parent.analysis, source=source, calibration=calibration)
-    if surgery.needs_data:
-        state.runner = runner(parent, surgery.plan.device)
-    state.progress = progress
-    state.measures = parent.measures
+    state = fresh_state(parent, surgery, calibration, progress)
     for p in surgery.passes:
         p.check(state)
     config = _child_config(parent, state)
     if any(parent.analysis.groups[g].derived for g in state.keep):  # values from a count
         state.allowed = allowed_positions(parent, state, config)
     return Cut(parent, surgery, state, config)
+
+
+def fresh_state(
+    parent: Parent, surgery: Surgery, calibration: list | None = None, progress: bool = False
+) -> SurgeryState:
+    """A state of nothing decided yet for `surgery` on `parent`: its tensors, calibration
+    batches and runner where the plan measures on data, and the parent's kept measures."""
+    source = parent.tensor if parent.streamed else None
+    state = SurgeryState(parent.graph, parent.analysis, source=source, calibration=calibration)
+    if surgery.needs_data:
+        state.runner = runner(parent, surgery.plan.device)
+    state.progress = progress
+    state.measures = parent.measures
+    return state
 
 
 def decide(
