@@ -61,6 +61,22 @@ def test_a_recalled_graph_is_the_fresh_trace_on_the_models_own_tensors(exports):
     assert exports[0] == 1
 
 
+def test_a_model_loaded_from_a_copy_of_its_folder_recalls_the_trace(exports, tmp_path):
+    """Where the weights were read from (`name_or_path`) is no part of the trace."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    model, inputs = zoo.build("llama")
+    model.save_pretrained(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    first, second = (AutoModelForCausalLM.from_pretrained(tmp_path / d) for d in "ab")
+    assert first.name_or_path != second.name_or_path
+    fresh = trace(first, inputs)
+    recalled = trace(second, inputs)
+    assert exports[0] == 1 and _code(recalled) == _code(fresh)
+
+
 def test_whatever_could_change_the_trace_traces_anew(exports, monkeypatch):
     model, inputs = zoo.build("llama")
     trace(model, inputs)

@@ -9,6 +9,7 @@ anything but the classes a graph holds, is no cache."""
 import hashlib
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -155,6 +156,8 @@ def test_what_the_key_holds_changes_it(tmp_path, cache, monkeypatch):
     assert not prepare_folder(tmp_path / "parent", batch).kept
     batch = {"input_ids": torch.zeros(1, 5, dtype=torch.long)}  # values a meta trace never reads
     assert prepare_folder(tmp_path / "parent", batch).kept
+    shutil.copytree(tmp_path / "parent", tmp_path / "elsewhere")  # where it is: not the key
+    assert prepare_folder(tmp_path / "elsewhere", batch).kept
 
 
 _KEY = """

@@ -9,7 +9,9 @@ besides the tensors' values, so the key holds all of that:
 
 - the model's class, and every module's class, each with the functions of its classes
   and of the modules that define them (a patched method or helper is another key);
-- the config (its JSON, its private settings such as the attention implementation);
+- the config (its JSON, its private settings such as the attention implementation), but
+  for the folder it was read from, as the model's `name_or_path` (a copy of a folder
+  traces as the folder);
 - every module's path, train flag and plain attributes (numbers, strings, tuples of
   them, functions; a tensor attribute by its bytes), and no hooks on any module;
 - every parameter's and buffer's name, shape, dtype, device and ties;
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import sys
 import types
 import warnings
@@ -39,12 +42,14 @@ from torch.utils import _pytree
 
 from .graph import Graph, Inputs, ParamTable, assign, tensor_of
 
-__all__ = ["bound", "clear", "key", "parts", "recall", "remember", "replay"]
+__all__ = ["bound", "clear", "key", "parts", "recall", "remember", "replay", "without_path"]
 
 NODES = 200_000  # nodes kept in all (a tiny model's graph has a few hundred, an 8 B
 # model's a few thousand), the least recently used graphs dropped first
 _KEPT: OrderedDict[tuple, _Entry] = OrderedDict()
 _INTERNAL = {"_parameters", "_buffers", "_modules", "training"}
+# where a model's weights were read from (a folder's path): no part of what it computes
+_WHERE = {"name_or_path", "_name_or_path"}
 
 
 @dataclass
@@ -232,7 +237,9 @@ def _plain(v: Any, depth: int = 0) -> Any:
 
 def _attributes(m: nn.Module) -> tuple:
     return tuple(
-        (k, _plain(v)) for k, v in vars(m).items() if k not in _INTERNAL and not _hook_slot(k)
+        (k, _plain(v))
+        for k, v in vars(m).items()
+        if k not in _INTERNAL and k not in _WHERE and not _hook_slot(k)
     )
 
 
@@ -246,13 +253,13 @@ def _config(config: Any, depth: int = 0) -> Any:
     if not hasattr(config, "to_json_string"):  # a plain config object (nanoGPT's)
         return _plain(vars(config) if hasattr(config, "__dict__") else config)
     try:
-        text = config.to_json_string(use_diff=False)
+        text = json.dumps(without_path(json.loads(config.to_json_string(use_diff=False))))
     except Exception as e:  # noqa: BLE001 - a config that does not serialise
         raise _Untold from e
     private = tuple(
         (k, _plain(v))
         for k, v in sorted(vars(config).items())
-        if k.startswith("_") and not hasattr(v, "to_json_string")
+        if k.startswith("_") and k not in _WHERE and not hasattr(v, "to_json_string")
     )
     nested = tuple(
         (k, _config(v, depth + 1))
@@ -260,6 +267,15 @@ def _config(config: Any, depth: int = 0) -> Any:
         if hasattr(v, "to_json_string")
     )
     return text, private, nested
+
+
+def without_path(data: Any) -> Any:
+    """A config's JSON data without the folder it was read from, at any depth."""
+    if isinstance(data, dict):
+        return {k: without_path(v) for k, v in data.items() if k not in _WHERE}
+    if isinstance(data, list):
+        return [without_path(v) for v in data]
+    return data
 
 
 def _code(cls: type) -> tuple:

@@ -82,12 +82,15 @@ def prepared_key(model: nn.Module, inputs: Any, stored: dict[str, str]) -> str |
 def _config(config: Any, depth: int = 0) -> str:
     """The config's JSON (defaults included, the folder's path left out) and the private
     settings of plain values of it and of its sub-configs."""
-    data = json.loads(config.to_json_string(use_diff=False))
-    data = _without_path(data)
+    from ..frontends import memo
+
+    data = memo.without_path(json.loads(config.to_json_string(use_diff=False)))
     private = {
         k: v
         for k, v in vars(config).items()
-        if k.startswith("_") and isinstance(v, (type(None), bool, int, float, str))
+        if k.startswith("_")
+        and k not in memo._WHERE
+        and isinstance(v, (type(None), bool, int, float, str))
     }
     subs = {
         k: _config(v, depth + 1)
@@ -95,14 +98,6 @@ def _config(config: Any, depth: int = 0) -> str:
         if hasattr(v, "to_json_string") and depth < 3
     }
     return stamps.describe((json.dumps(data, sort_keys=True), private, subs))
-
-
-def _without_path(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _without_path(v) for k, v in data.items() if k != "_name_or_path"}
-    if isinstance(data, list):
-        return [_without_path(v) for v in data]
-    return data
 
 
 def save_prepared(
