@@ -311,11 +311,13 @@ def inspect_source(
     frontend: str = "auto",
     device: str = "cpu",
     notice: Any = None,
+    cache: bool = True,
 ) -> Report:
     """`surgeon inspect`'s path: the structure of `source` (a folder or 'module:factory',
     built on the meta device), or with `calibration` (a text file) its measured residual
     ratios and importance: a folder one layer at a time from its files (loaded whole, with
-    a line to `notice`, where it cannot be read as stored), anything else in memory."""
+    a line to `notice`, where it cannot be read as stored), anything else in memory.
+    `cache`: as for `prepare_folder`."""
     from .frontends.load import load_model
     from .plan import CALIBRATION
 
@@ -335,7 +337,7 @@ def inspect_source(
         model, _ = load_model(source, weights=False)
         batches = resolve_calibration(model, calibration, tokenizer, CALIBRATION, True)
         try:
-            parent = prepare_folder(source, batches[0])
+            parent = prepare_folder(source, batches[0], cache=cache)
             return inspect(parent, calibration=batches, device=device)
         except NotStreamable as e:
             if notice is not None:

@@ -7,6 +7,7 @@ hash seed, the key is the same); a kept file that cannot be used, or that would 
 anything but the classes a graph holds, is no cache."""
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -248,3 +249,19 @@ def test_the_cli_says_it_reused_the_analysis_and_no_cache_keeps_none(tmp_path, c
     assert main([*argv, str(tmp_path / "c")]) == 0
     assert "on the meta device: " in (err := capsys.readouterr().err)
     assert "(kept from an earlier run)" in err
+
+
+def test_inspect_with_calibration_keeps_the_analysis_and_no_cache_keeps_none(
+    tmp_path, cache, capsys
+):
+    _saved("llama", tmp_path / "parent")
+    zoo.save_letter_tokenizer(tmp_path / "parent")
+    text = tmp_path / "text.txt"
+    text.write_text("abcdefghijklmnopqrstuvwxyz" * 400)
+    argv = ["inspect", "--model", str(tmp_path / "parent"), "--calibration", str(text)]
+    assert main([*argv, "--no-cache", "--json"]) == 0
+    fresh = json.loads(capsys.readouterr().out)
+    assert not cache.parent.exists()
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == fresh
+    assert len(list(cache.glob("*.pkl"))) == 1

@@ -13,6 +13,10 @@ from ..errors import SurgeonError, first_line
 __all__ = ["command", "main"]
 
 DEVICE_HELP = "where calibration runs the layers: cpu (default), cuda, cuda:1, ..."
+NO_CACHE_HELP = (
+    "neither reuse nor keep the folder's analysis and what earlier plans measured on it "
+    "(scores, influence; kept under $SURGEON_CACHE or ~/.cache/surgeon)"
+)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -20,7 +24,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     report = inspect_source(
         args.model, calibration=args.calibration, frontend=args.frontend, device=args.device,
-        notice=lambda line: print(f"surgeon: {line}", file=sys.stderr),
+        notice=lambda line: print(f"surgeon: {line}", file=sys.stderr), cache=not args.no_cache,
     )  # fmt: skip
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.render(args.groups))
     return 0
@@ -91,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         "neuron importance (needs the model folder's tokenizer)",
     )
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     p.set_defaults(run=_cmd_inspect)
 
     p = sub.add_parser("apply", help="build a smaller model from a plan and write it")
@@ -121,12 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         "per_layer's widths, drop_blocks' no-op blocks), run in llama.cpp and compared "
         "with the child",
     )
-    p.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="neither reuse nor keep the folder's analysis and what earlier plans measured "
-        "on it (scores, influence; kept under $SURGEON_CACHE or ~/.cache/surgeon)",
-    )
+    p.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     p.set_defaults(run=_cmd_apply)
 
     from .distill import add_parser as add_distill
