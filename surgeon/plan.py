@@ -584,7 +584,9 @@ def _message(e: jsonschema.ValidationError) -> str:
             f"unknown key {unknown!r} in {inside}{guess}; allowed: {', '.join(allowed) or 'none'}"
         )
     if e.validator in ("type", "minimum") and e.schema.get("type") == "integer":
-        return f"{where} must be a positive integer, got {value!r}"
+        count = _count(value) if not isinstance(value, int) else None
+        fix = f" (write {count:_})" if count is not None else ""
+        return f"{where} must be a positive integer, got {value!r}{fix}"
     if e.validator == "enum":
         return f"{where} {value!r} is not one of: {', '.join(map(str, e.validator_value))}"
     if e.validator in ("minProperties", "maxProperties"):
@@ -593,6 +595,20 @@ def _message(e: jsonschema.ValidationError) -> str:
         kind = {"object": "a mapping", "array": "a list"}.get(e.validator_value, e.validator_value)
         return f"{where} must be {kind}, not {_kind(value)}"
     return f"{where}: {e.message.splitlines()[0]}"
+
+
+_SCALES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def _count(value: Any) -> int | None:
+    """The whole number that `60M`, `2.5B` or `1.5e6` (a string to YAML) spells, if any."""
+    text = str(value).strip().replace("_", "")
+    scale = _SCALES.get(text[-1:].lower(), 1)
+    try:
+        number = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        return None
+    return int(number) if number >= 1 and number.is_integer() else None
 
 
 MAX_PLAN_BYTES = 2**20  # a plan is a few lines; more is not a plan
