@@ -28,6 +28,7 @@ and what is allowed.
 
 from __future__ import annotations
 
+import decimal
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -568,15 +569,17 @@ def _message(e: jsonschema.ValidationError) -> str:
         )
     if e.validator == "additionalProperties":
         allowed = list(e.schema.get("properties", {}))
-        unknown = sorted(set(value) - set(allowed))[0]
+        unknown = sorted((k for k in value if k not in allowed), key=str)[0]
         if len(path) >= 2 and path[-2] == "passes":
             return (
                 f"unknown pass {unknown!r} in passes[{path[-1]}]; valid passes: "
                 f"{', '.join(PASS_ORDER)}"
             )
         names = [*allowed, *(k for k, v in ALIASES.items() if v in allowed)]
-        guess = difflib.get_close_matches(unknown, names, n=1, cutoff=0.6)
+        guess = difflib.get_close_matches(str(unknown), names, n=1, cutoff=0.6)
         guess = f" (did you mean {ALIASES.get(guess[0], guess[0])}?)" if guess else ""
+        if isinstance(unknown, int):  # `{parameters: 1,000,000}`: commas split a mapping
+            guess = " (a number is written without commas: 1_000_000)"
         if path == ["target"]:
             return f"unknown target {unknown!r}{guess}; allowed: {', '.join(allowed)}"
         inside = "the plan" if not path else where
@@ -584,8 +587,12 @@ def _message(e: jsonschema.ValidationError) -> str:
             f"unknown key {unknown!r} in {inside}{guess}; allowed: {', '.join(allowed) or 'none'}"
         )
     if e.validator in ("type", "minimum") and e.schema.get("type") == "integer":
-        count = _count(value) if not isinstance(value, int) else None
-        fix = f" (write {count:_})" if count is not None else ""
+        # a count, not a size in bytes, where a trailing b or G would be ambiguous
+        count = _count(value) if not isinstance(value, int) and path[-1:] != ["bytes"] else None
+        fix = ""
+        if count is not None:
+            quoted = isinstance(value, str) and f"{count:_}" == value.strip()
+            fix = f" (write {count:_}{' without quotes' if quoted else ''})"
         return f"{where} must be a positive integer, got {value!r}{fix}"
     if e.validator == "enum":
         return f"{where} {value!r} is not one of: {', '.join(map(str, e.validator_value))}"
@@ -601,14 +608,16 @@ _SCALES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
 
 
 def _count(value: Any) -> int | None:
-    """The whole number that `60M`, `2.5B` or `1.5e6` (a string to YAML) spells, if any."""
-    text = str(value).strip().replace("_", "")
-    scale = _SCALES.get(text[-1:].lower(), 1)
+    """The whole number that `60M`, `2.5B` or `1.5e6` (a string to YAML) spells, if any
+    (up to 10**18; never raises: it words an error)."""
     try:
-        number = float(text[:-1] if scale > 1 else text) * scale
-    except ValueError:
+        text = str(value).strip().replace("_", "")
+        scale = _SCALES.get(text[-1:].lower(), 1)
+        number = decimal.Decimal(text[:-1] if scale > 1 else text) * scale
+        whole = 1 <= number <= 10**18 and number == number.to_integral_value()
+        return int(number) if whole else None
+    except Exception:  # noqa: BLE001 - whatever it is, it spells no number
         return None
-    return int(number) if number >= 1 and number.is_integer() else None
 
 
 MAX_PLAN_BYTES = 2**20  # a plan is a few lines; more is not a plan

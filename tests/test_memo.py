@@ -77,6 +77,37 @@ def test_a_model_loaded_from_a_copy_of_its_folder_recalls_the_trace(exports, tmp
     assert exports[0] == 1 and _code(recalled) == _code(fresh)
 
 
+def test_a_forward_that_reads_where_the_model_came_from_traces_each_copy(
+    exports, tmp_path, monkeypatch
+):
+    """Remote code may branch on the folder's name (`"chat" in config._name_or_path`):
+    where the model's code names it, the path is part of the key."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+    from transformers.models.llama import modeling_llama
+
+    forward = modeling_llama.LlamaMLP.forward
+
+    def by_path(self, x):
+        out = forward(self, x)
+        return out * 2 if "chat" in self.config._name_or_path else out
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", by_path)
+    model, inputs = zoo.build("llama")
+    model.save_pretrained(tmp_path / "base")
+    shutil.copytree(tmp_path / "base", tmp_path / "chat")
+    base, chat = (AutoModelForCausalLM.from_pretrained(tmp_path / d) for d in ("base", "chat"))
+    trace(base, inputs)
+    graph = trace(chat, inputs)
+    assert exports[0] == 2
+    with torch.no_grad():
+        expect = chat(**inputs).logits
+        assert not torch.allclose(expect, base(**inputs).logits)
+        got = output_tensors(graph(**inputs))[0]
+    torch.testing.assert_close(got, expect, rtol=0, atol=1e-6)
+
+
 def test_whatever_could_change_the_trace_traces_anew(exports, monkeypatch):
     model, inputs = zoo.build("llama")
     trace(model, inputs)

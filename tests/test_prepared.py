@@ -159,6 +159,15 @@ def test_what_the_key_holds_changes_it(tmp_path, cache, monkeypatch):
     assert prepare_folder(tmp_path / "parent", batch).kept
     shutil.copytree(tmp_path / "parent", tmp_path / "elsewhere")  # where it is: not the key
     assert prepare_folder(tmp_path / "elsewhere", batch).kept
+    forward = modeling_llama.LlamaMLP.forward
+
+    def by_path(self, x):  # but for code that reads it
+        return forward(self, x) * (2 if "chat" in self.config._name_or_path else 1)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", by_path)
+    assert not prepare_folder(tmp_path / "elsewhere", batch).kept
+    assert not prepare_folder(tmp_path / "parent", batch).kept
+    assert prepare_folder(tmp_path / "elsewhere", batch).kept
 
 
 _KEY = """

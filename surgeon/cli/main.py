@@ -13,10 +13,6 @@ from ..errors import SurgeonError, first_line
 __all__ = ["command", "main"]
 
 DEVICE_HELP = "where calibration runs the layers: cpu (default), cuda, cuda:1, ..."
-NO_CACHE_HELP = (
-    "neither reuse nor keep the folder's analysis and what earlier plans measured on it "
-    "(scores, influence; kept under $SURGEON_CACHE or ~/.cache/surgeon)"
-)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -95,7 +91,12 @@ def _parser() -> argparse.ArgumentParser:
         "neuron importance (needs the model folder's tokenizer)",
     )
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
-    p.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="with --calibration: neither reuse nor keep the folder's analysis (kept under "
+        "$SURGEON_CACHE or ~/.cache/surgeon)",
+    )
     p.set_defaults(run=_cmd_inspect)
 
     p = sub.add_parser("apply", help="build a smaller model from a plan and write it")
@@ -126,7 +127,12 @@ def _parser() -> argparse.ArgumentParser:
         "per_layer's widths, drop_blocks' no-op blocks), run in llama.cpp and compared "
         "with the child",
     )
-    p.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither reuse nor keep the folder's analysis and what earlier plans measured "
+        "on it (scores, influence; kept under $SURGEON_CACHE or ~/.cache/surgeon)",
+    )
     p.set_defaults(run=_cmd_apply)
 
     from .distill import add_parser as add_distill

@@ -10,8 +10,8 @@ besides the tensors' values, so the key holds all of that:
 - the model's class, and every module's class, each with the functions of its classes
   and of the modules that define them (a patched method or helper is another key);
 - the config (its JSON, its private settings such as the attention implementation), but
-  for the folder it was read from, as the model's `name_or_path` (a copy of a folder
-  traces as the folder);
+  for the folder it was read from, as the model's `name_or_path`, unless the model's
+  code names them (`reads_path`): a copy of a folder traces as the folder;
 - every module's path, train flag and plain attributes (numbers, strings, tuples of
   them, functions; a tensor attribute by its bytes), and no hooks on any module;
 - every parameter's and buffer's name, shape, dtype, device and ties;
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import sys
 import types
@@ -42,7 +43,9 @@ from torch.utils import _pytree
 
 from .graph import Graph, Inputs, ParamTable, assign, tensor_of
 
-__all__ = ["bound", "clear", "key", "parts", "recall", "remember", "replay", "without_path"]
+__all__ = [
+    "bound", "clear", "key", "parts", "reads_path", "recall", "remember", "replay", "without_path"
+]  # fmt: skip
 
 NODES = 200_000  # nodes kept in all (a tiny model's graph has a few hundred, an 8 B
 # model's a few thousand), the least recently used graphs dropped first
@@ -74,11 +77,12 @@ def key(model: nn.Module, inputs: Inputs, frontend: str) -> tuple | None:
         if any(_hooked(m) for _, m in modules):
             return None
         classes = {type(m) for _, m in modules}
+        where = reads_path(model)
         return (
             frontend,
             type(model),
-            _config(getattr(model, "config", None)),
-            tuple((name, type(m), m.training, _attributes(m)) for name, m in modules),
+            _config(getattr(model, "config", None), where=where),
+            tuple((name, type(m), m.training, _attributes(m, where)) for name, m in modules),
             tuple(_code(c) for c in sorted(classes, key=lambda c: (c.__module__, c.__qualname__))),
             _tensors(model),
             _inputs(inputs),
@@ -235,11 +239,11 @@ def _plain(v: Any, depth: int = 0) -> Any:
     return type(v)  # a module held outside `_modules` (a kernel): by its class
 
 
-def _attributes(m: nn.Module) -> tuple:
+def _attributes(m: nn.Module, where: bool = False) -> tuple:
     return tuple(
         (k, _plain(v))
         for k, v in vars(m).items()
-        if k not in _INTERNAL and k not in _WHERE and not _hook_slot(k)
+        if k not in _INTERNAL and (where or k not in _WHERE) and not _hook_slot(k)
     )
 
 
@@ -247,26 +251,79 @@ def _hook_slot(k: str) -> bool:
     return k.endswith("_hooks") or k.endswith("_hook") or k == "_non_persistent_buffers_set"
 
 
-def _config(config: Any, depth: int = 0) -> Any:
+def _config(config: Any, depth: int = 0, where: bool = False) -> Any:
+    """The config's JSON and private settings; where it was read from only if `where`."""
     if config is None or depth > 3:
         return None
     if not hasattr(config, "to_json_string"):  # a plain config object (nanoGPT's)
         return _plain(vars(config) if hasattr(config, "__dict__") else config)
     try:
-        text = json.dumps(without_path(json.loads(config.to_json_string(use_diff=False))))
+        text = config.to_json_string(use_diff=False)
+        text = text if where else json.dumps(without_path(json.loads(text)))
     except Exception as e:  # noqa: BLE001 - a config that does not serialise
         raise _Untold from e
     private = tuple(
         (k, _plain(v))
         for k, v in sorted(vars(config).items())
-        if k.startswith("_") and k not in _WHERE and not hasattr(v, "to_json_string")
+        if k.startswith("_") and (where or k not in _WHERE) and not hasattr(v, "to_json_string")
     )
     nested = tuple(
-        (k, _config(v, depth + 1))
+        (k, _config(v, depth + 1, where))
         for k, v in sorted(vars(config).items())
         if hasattr(v, "to_json_string")
     )
     return text, private, nested
+
+
+def reads_path(model: nn.Module) -> bool:
+    """Whether code `model`'s modules may run names where it was read from (a config's
+    `_name_or_path`, a model's `name_or_path`; remote code may branch on it): the
+    functions of its modules' classes and of the Python modules that define them, but
+    torch's and transformers' shared modules (loading and generation read it to find
+    files; no forward there does)."""
+    seen: set[str] = set()
+    for cls in {type(m) for m in model.modules()}:
+        for klass in cls.__mro__:
+            name = klass.__module__
+            if _shared(name):
+                continue
+            found = list(vars(klass).values())
+            if name not in seen and name in sys.modules:
+                seen.add(name)
+                found += [v for v in vars(sys.modules[name]).values() if _defined_in(v, name)]
+            if any(_names_path(code) for v in found for code in _codes(v)):
+                return True
+    return False
+
+
+def _shared(module: str) -> bool:
+    return module in ("builtins", "abc", "typing") or (
+        module.split(".")[0] in ("torch", "transformers")
+        and not module.startswith("transformers.models.")
+    )
+
+
+def _defined_in(value: Any, module: str) -> bool:
+    return isinstance(value, (types.FunctionType, type)) and value.__module__ == module
+
+
+def _codes(value: Any) -> list[types.CodeType]:
+    """The code objects of a function, method, property or class (its own attributes)."""
+    if isinstance(value, type):
+        return [c for v in vars(value).values() if not isinstance(v, type) for c in _codes(v)]
+    if isinstance(value, (staticmethod, classmethod)):
+        value = value.__func__
+    if isinstance(value, property):
+        return [c for f in (value.fget, value.fset, value.fdel) if f for c in _codes(f)]
+    value = inspect.unwrap(value) if callable(value) else value
+    code = getattr(value, "__code__", None)
+    return [code] if isinstance(code, types.CodeType) else []
+
+
+def _names_path(code: types.CodeType) -> bool:
+    if _WHERE & set(code.co_names) or _WHERE & {c for c in code.co_consts if isinstance(c, str)}:
+        return True
+    return any(_names_path(c) for c in code.co_consts if isinstance(c, types.CodeType))
 
 
 def without_path(data: Any) -> Any:

@@ -59,7 +59,7 @@ def prepared_key(model: nn.Module, inputs: Any, stored: dict[str, str]) -> str |
         told = memo._inputs(as_inputs(inputs).to("meta")) if inputs is not None else None
         parts = (
             FORMAT,
-            _config(model.config),
+            _config(model.config, memo.reads_path(model)),
             memo._tensors(model),
             torch.get_default_dtype(),
             f"{type(model).__module__}.{type(model).__qualname__}",
@@ -79,21 +79,23 @@ def prepared_key(model: nn.Module, inputs: Any, stored: dict[str, str]) -> str |
     return hashlib.sha256(stamps.describe(parts).encode()).hexdigest()[:32]
 
 
-def _config(config: Any, depth: int = 0) -> str:
-    """The config's JSON (defaults included, the folder's path left out) and the private
-    settings of plain values of it and of its sub-configs."""
+def _config(config: Any, where: bool = False, depth: int = 0) -> str:
+    """The config's JSON (defaults included) and the private settings of plain values of
+    it and of its sub-configs; the folder's path left out unless `where` (the model's
+    code reads it: `memo.reads_path`)."""
     from ..frontends import memo
 
-    data = memo.without_path(json.loads(config.to_json_string(use_diff=False)))
+    data = json.loads(config.to_json_string(use_diff=False))
+    data = data if where else memo.without_path(data)
     private = {
         k: v
         for k, v in vars(config).items()
         if k.startswith("_")
-        and k not in memo._WHERE
+        and (where or k not in memo._WHERE)
         and isinstance(v, (type(None), bool, int, float, str))
     }
     subs = {
-        k: _config(v, depth + 1)
+        k: _config(v, where, depth + 1)
         for k, v in vars(config).items()
         if hasattr(v, "to_json_string") and depth < 3
     }
