@@ -452,16 +452,17 @@ def report(rows: dict) -> dict:
 
 def hints(table, summary) -> dict:
     """What `surgeon apply` advises (surgeon/hints.py): the chosen lr and weight decay of
-    surgeon's init, plain and distilled, at each size measured to the end (search and
-    every seed of both)."""
+    surgeon's init, plain and distilled, at each size that measured either to the end
+    (search and every seed), with those of the two it measured so."""
     parent = 134_515_008  # SmolLM2-135M's parameters
     sizes, inits = [], ("surgeon", "surgeon + distillation")
     for size, t in table.items():
-        if all(t.get(i, {}).get("seeds") == [0, 1, 2] for i in inits):
+        done = [i for i in inits if t.get(i, {}).get("seeds") == [0, 1, 2]]
+        if done:
             entry = {"size": size, "parent": "SmolLM2-135M-Instruct"}
             entry["parameters"] = summary["parameters"][size]
             entry["share"] = entry["parameters"] / parent
-            sizes.append({**entry, **{i: {"lr": t[i]["lr"], "wd": t[i]["wd"]} for i in inits}})
+            sizes.append({**entry, **{i: {"lr": t[i]["lr"], "wd": t[i]["wd"]} for i in done}})
     return {"source": f"benchmarks/convergence.py protocol {PROTOCOL}", "sizes": sizes}
 
 

@@ -437,6 +437,16 @@ def test_the_hint_is_the_measurement_at_the_nearest_size(parent, tmp_path, capsy
     table(0.9, 0.01)  # the nearest, 0.9, is 3.3 times this child's share
     assert main(_apply(parent, tmp_path, PLAN, "--out", str(out), "--force")) == 0
     assert "hint:" not in capsys.readouterr().out
+    sizes = table(0.4, 0.01)
+    del sizes[0]["surgeon + distillation"]  # measured plain only: half a hint
+    hints.HINTS.write_text(json.dumps({"sizes": sizes}))
+    assert main(_apply(parent, tmp_path, PLAN, "--out", str(out), "--force")) == 0
+    hint = next(line for line in capsys.readouterr().out.splitlines() if "hint:" in line)
+    assert "train it with AdamW at lr 0.0001, weight decay 0.1" in hint
+    assert "distilled: not measured near this size" in hint and "surgeon distill" not in hint
+    plain = hints.recommended(summary["child_parameters"], summary["parent_parameters"], False)
+    distilled = hints.recommended(summary["child_parameters"], summary["parent_parameters"], True)
+    assert plain[0] == {"lr": 1e-4, "wd": 0.1} and distilled[0] == hints.FALLBACK
 
 
 def _dead_pid() -> int:
