@@ -68,7 +68,7 @@ def training_hint(
             f"distilled from the parent at lr {chosen['lr']:g}, weight decay {chosen['wd']:g}: "
             f"surgeon distill --child {out} --teacher {parent} --data FILE"
         )
-        if distilled is not plain:
+        if plain is None or distilled.get("size") != plain.get("size"):
             sources.append(_size(distilled))
     missing = "plain" if plain is None else "distilled" if distilled is None else None
     share = child_parameters / parent_parameters
