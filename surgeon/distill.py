@@ -12,19 +12,22 @@ DDP and FSDP: the same call runs under `torchrun` or `accelerate launch`
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer, TrainingArguments
 
 from .errors import PlanError
 from .io.output import check_output, record_json, staged_folder
 
-__all__ = ["distill", "distillation_loss", "DistillTrainer", "pack", "check_vocab", "check_mix"]
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+__all__ = ["distill", "distillation_loss", "DistillTrainer", "pack", "check_vocab", "check_mix"]  # noqa: F822 - DistillTrainer: made on first use (__getattr__)
 
 
 def distillation_loss(
@@ -43,30 +46,45 @@ def distillation_loss(
     return (1 - alpha) * cross_entropy + alpha * temperature**2 * kl
 
 
-class DistillTrainer(Trainer):
-    """A `Trainer` whose loss is `distillation_loss` against `teacher`'s logits; with
-    `teacher=None`, the model's own next-token loss."""
+def __getattr__(name: str) -> Any:
+    """`DistillTrainer`, made when first asked for: transformers' `Trainer` takes seconds
+    to import, and `pack` or `distillation_loss` do not need it."""
+    if name == "DistillTrainer":
+        return _trainer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args, teacher=None, alpha=0.5, temperature=1.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.alpha, self.temperature = alpha, temperature
-        self.teacher = teacher
-        if teacher is not None:
-            self.teacher = teacher.requires_grad_(False).eval().to(self.args.device)
+@functools.cache
+def _trainer_class() -> type:
+    from transformers import Trainer
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)  # labels are in inputs: outputs.loss is the cross-entropy
-        loss = outputs.loss
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = self.teacher(input_ids=inputs["input_ids"]).logits
-            teacher_logits = teacher_logits.to(outputs.logits.device)
-            loss = distillation_loss(
-                outputs.logits, teacher_logits, loss, self.alpha, self.temperature
-            )
-        return (loss, outputs) if return_outputs else loss
+    class DistillTrainer(Trainer):
+        """A `Trainer` whose loss is `distillation_loss` against `teacher`'s logits; with
+        `teacher=None`, the model's own next-token loss."""
+
+        loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+
+        def __init__(self, *args, teacher=None, alpha=0.5, temperature=1.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.alpha, self.temperature = alpha, temperature
+            self.teacher = teacher
+            if teacher is not None:
+                self.teacher = teacher.requires_grad_(False).eval().to(self.args.device)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)  # labels are in inputs: outputs.loss is the cross-entropy
+            loss = outputs.loss
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(input_ids=inputs["input_ids"]).logits
+                teacher_logits = teacher_logits.to(outputs.logits.device)
+                loss = distillation_loss(
+                    outputs.logits, teacher_logits, loss, self.alpha, self.temperature
+                )
+            return (loss, outputs) if return_outputs else loss
+
+    DistillTrainer.__qualname__ = "DistillTrainer"
+    return DistillTrainer
 
 
 def pack(tokenizer: Any, text: str, block_size: int) -> torch.Tensor:
@@ -177,8 +195,10 @@ def distill(
         "ddp_find_unused_parameters": False,
         **training_args,
     }
+    from transformers import TrainingArguments
+
     with tempfile.TemporaryDirectory() as scratch:  # the Trainer's own output_dir
-        trainer = DistillTrainer(
+        trainer = _trainer_class()(
             model=child,
             args=TrainingArguments(output_dir=scratch, **settings),
             train_dataset=_Blocks(blocks),
