@@ -7,11 +7,12 @@ The key is what the graph and the analysis depend on besides the tensors' values
 JSON with every default but the folder's path, unless the model's code names it, and
 the private settings of it and its sub-configs, such as the attention implementation),
 the model's tensors (names, shapes, dtypes, ties), its class and the code of its modules'
-classes and of the Python modules that define them, transformers' run-time registries (attention, masks, rotary tables)
-and the files of its shared modules, the example inputs' structure, shapes and dtypes
-(traced on the meta device, their values are never read), which tensors the folder
-stores (the others are computed), the versions of Python, torch and transformers, every
-source file of surgeon, and the op-rule table. A plan's own rules
+classes and of the Python modules that define them, transformers' run-time registries
+(attention, masks, rotary tables) and the files of its shared modules, the example
+inputs' structure, shapes and dtypes (traced on the meta device, their values are never
+read), which tensors the folder stores (the others are computed), the versions of
+Python, torch and transformers, every source file of surgeon, and the op-rule table. A
+plan's own rules
 (`prepare_folder(..., rules=)`) are never kept. What no key here sees: a function of
 torch or a helper outside the model's modules patched in the session (the in-process
 trace memo does not see it either).
