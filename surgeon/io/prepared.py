@@ -12,10 +12,9 @@ classes and of the Python modules that define them, transformers' run-time regis
 inputs' structure, shapes and dtypes (traced on the meta device, their values are never
 read), which tensors the folder stores (the others are computed), the versions of
 Python, torch and transformers, every source file of surgeon, and the op-rule table. A
-plan's own rules
-(`prepare_folder(..., rules=)`) are never kept. What no key here sees: a function of
-torch or a helper outside the model's modules patched in the session (the in-process
-trace memo does not see it either).
+plan's own rules (`prepare_folder(..., rules=)`) are never kept. What no key here sees:
+a function of torch or a helper outside the model's modules patched in the session (the
+in-process trace memo does not see it either).
 
 The file (`surgeon.io.graph_pickle`) holds the graph's nodes with the metadata surgeon
 reads (`val`, `nn_module_stack`, `stack_trace`; not the others export writes), its code
